@@ -424,7 +424,7 @@ impl<'a> Cursor<'a> {
                 .filter(|&n| n <= i64::MAX as u64)
                 .ok_or_else(|| bad(format!("dimensions {dims:?} overflow the element count")))?;
         }
-        if dims[0] % ggml_type.block_size() != 0 {
+        if !dims[0].is_multiple_of(ggml_type.block_size()) {
             return Err(bad(format!(
                 "first dimension {} is not a multiple of the {} block size {}",
                 dims[0],
@@ -437,7 +437,7 @@ impl<'a> Cursor<'a> {
                 "size of {n_elements} {ggml_type} elements overflows"
             ))
         })?;
-        if offset % alignment != 0 {
+        if !offset.is_multiple_of(alignment) {
             return Err(bad(format!(
                 "data offset {offset} is not a multiple of the alignment {alignment}"
             )));

@@ -112,7 +112,7 @@ impl GgmlType {
     /// the size overflows.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (bs, ts) = self.layout();
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return None;
         }
         (n / bs).checked_mul(ts)

@@ -105,7 +105,7 @@ impl GgufWriter {
                 tensor: name.to_string(),
             });
         }
-        if dims[0] % ggml_type.block_size() != 0 {
+        if !dims[0].is_multiple_of(ggml_type.block_size()) {
             return Err(bad(format!(
                 "first dimension {} is not a multiple of the {ggml_type} block size",
                 dims[0]
