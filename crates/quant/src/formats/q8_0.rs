@@ -1,0 +1,53 @@
+//! Q8_0: blocks of 32 weights, 8-bit signed levels times one f16 scale.
+
+use bytemuck::{Pod, Zeroable};
+use gguf::GgmlType;
+use half::f16;
+
+use super::{inverse, round_i32, signed_absmax, Block};
+
+/// Elements per Q8_0 block.
+pub const QK8_0: usize = 32;
+
+/// One Q8_0 block (34 bytes): `y[i] = d * qs[i]`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BlockQ8_0 {
+    /// Scale.
+    pub d: f16,
+    /// Levels.
+    pub qs: [i8; QK8_0],
+}
+
+const _: () = assert!(size_of::<BlockQ8_0>() == 34);
+
+impl Block for BlockQ8_0 {
+    const TYPE: GgmlType = GgmlType::Q8_0;
+    const ELEMS: usize = QK8_0;
+}
+
+impl BlockQ8_0 {
+    /// Writes the block's 32 values to `y`.
+    pub fn dequantize(&self, y: &mut [f32; QK8_0]) {
+        let d = self.d.to_f32();
+        for (y, &q) in y.iter_mut().zip(&self.qs) {
+            *y = q as f32 * d;
+        }
+    }
+
+    /// Scale `max|x| / 127`, each element rounded to the nearest level.
+    pub fn quantize(x: &[f32; QK8_0]) -> Self {
+        let (d, qs) = quantize_symmetric8(x);
+        BlockQ8_0 { d, qs }
+    }
+}
+
+/// Symmetric 8-bit quantization with an f16 scale `amax / 127` (shared with Q8_1); levels
+/// are rounded against the stored (f16) scale.
+pub(crate) fn quantize_symmetric8(x: &[f32; 32]) -> (f16, [i8; 32]) {
+    let (_, amax) = signed_absmax(x);
+    let d = f16::from_f32(amax / 127.0);
+    let id = inverse(d.to_f32());
+    (d, x.map(|v| round_i32(v * id).clamp(-127, 127) as i8))
+}

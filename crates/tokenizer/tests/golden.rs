@@ -1,0 +1,79 @@
+//! Token ids against llama.cpp's, for every `tokenize` entry of the three golden files, in
+//! all three modes; end-of-generation ids against the reference's list.
+
+use serde_json::Value;
+use tokenizer::Tokenizer;
+
+const MODELS: &[(&str, &str)] = &[
+    ("smollm2-135m", "smollm2-135m-instruct-q4_1"),
+    ("gemma3-270m", "gemma3-270m-q4_k_m"),
+    ("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4"),
+];
+
+fn golden(file: &str) -> Value {
+    let path = format!(
+        "{}/../../tests/data/golden/{file}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn load(name: &str) -> Tokenizer {
+    let g = gguf::Gguf::open(registry::test_model(name)).unwrap();
+    Tokenizer::from_metadata(g.metadata()).unwrap()
+}
+
+#[test]
+fn token_ids_match_llama_cpp_in_all_modes() {
+    let mut failures = Vec::new();
+    for (name, file) in MODELS {
+        let tok = load(name);
+        let g = golden(file);
+        for case in g["tokenize"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            for (mode, add, parse) in [
+                ("ids_parse_special", false, true),
+                ("ids_plain", false, false),
+                ("ids_with_bos", true, true),
+            ] {
+                let want = ids(&case[mode]);
+                let got = tok.encode(text, add, parse);
+                if got != want {
+                    failures.push(format!(
+                        "{name} {mode} {text:?}:\n  want {want:?}\n  got  {got:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn end_of_generation_ids_match_the_reference() {
+    for (name, file) in MODELS {
+        let tok = load(name);
+        let f64 = golden(&format!("f64/{file}"));
+        assert_eq!(tok.eog_ids(), ids(&f64["eog_ids"]).as_slice(), "{name}");
+    }
+}
+
+#[test]
+fn decoding_gives_the_text_back() {
+    for (name, file) in MODELS {
+        let tok = load(name);
+        for case in golden(file)["tokenize"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let ids = tok.encode(text, false, true);
+            assert_eq!(tok.decode(&ids, true), text, "{name}");
+        }
+    }
+}
