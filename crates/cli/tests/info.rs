@@ -150,7 +150,7 @@ fn missing_file_and_unknown_name() {
 fn help_explains_every_subcommand() {
     let out = surplus(&["--help"]);
     let text = String::from_utf8(out.stdout).unwrap();
-    for sub in ["info", "pull"] {
+    for sub in ["info", "pull", "tokenize", "template"] {
         assert!(text.contains(sub), "{text}");
         let out = surplus(&[sub, "--help"]);
         assert!(out.status.success());

@@ -166,6 +166,18 @@ impl Gguf {
         &shard.bytes()[start..start + t.n_bytes() as usize]
     }
 
+    /// Which file holds a tensor and the byte range of its data in that file.
+    pub fn tensor_location(&self, t: &TensorInfo) -> (usize, std::ops::Range<usize>) {
+        let shard = &self.shards[t.shard()];
+        let start = (shard.header.data_offset + t.offset()) as usize;
+        (t.shard(), start..start + t.n_bytes() as usize)
+    }
+
+    /// The whole (memory-mapped) bytes of file `shard`.
+    pub fn shard_bytes(&self, shard: usize) -> &[u8] {
+        self.shards.get(shard).map_or(&[], |s| s.bytes())
+    }
+
     /// The paths of the files opened, in part order.
     pub fn paths(&self) -> Vec<&Path> {
         self.shards.iter().map(|s| s.path.as_path()).collect()

@@ -28,15 +28,12 @@ fn invalid(msg: impl Into<String>) -> Error {
 /// The `tojson` filter of HF transformers:
 /// `json.dumps(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
 /// Arguments may be positional (in that order) or keywords. No HTML escaping.
-pub(crate) fn tojson_filter(value: &Value, args: Rest<Value>) -> Result<String, Error> {
-    let mut args = args.0;
-    let kwargs = match args.last() {
-        Some(last) if last.is_kwargs() => {
-            let v = args.pop().unwrap_or_default();
-            Some(kwargs_of(&v)?)
-        }
-        _ => None,
-    };
+pub(crate) fn tojson_filter(
+    value: &Value,
+    args: Rest<Value>,
+    kwargs: Kwargs,
+) -> Result<String, Error> {
+    let args = args.0;
     const NAMES: [&str; 4] = ["ensure_ascii", "indent", "separators", "sort_keys"];
     if args.len() > NAMES.len() {
         return Err(Error::new(
@@ -48,19 +45,17 @@ pub(crate) fn tojson_filter(value: &Value, args: Rest<Value>) -> Result<String, 
     for (i, a) in args.into_iter().enumerate() {
         slots[i] = Some(a);
     }
-    if let Some(kw) = &kwargs {
-        for (i, name) in NAMES.iter().enumerate() {
-            if kw.has(name) {
-                if slots[i].is_some() {
-                    return Err(invalid(format!(
-                        "tojson got multiple values for argument '{name}'"
-                    )));
-                }
-                slots[i] = Some(kw.get::<Value>(name)?);
+    for (i, name) in NAMES.iter().enumerate() {
+        if kwargs.has(name) {
+            if slots[i].is_some() {
+                return Err(invalid(format!(
+                    "tojson got multiple values for argument '{name}'"
+                )));
             }
+            slots[i] = Some(kwargs.get::<Value>(name)?);
         }
-        kw.assert_all_used()?;
     }
+    kwargs.assert_all_used()?;
     let [ensure_ascii, indent, separators, sort_keys] = slots;
     let ensure_ascii = ensure_ascii.is_some_and(|v| v.is_true());
     let sort_keys = sort_keys.is_some_and(|v| v.is_true());
@@ -70,9 +65,12 @@ pub(crate) fn tojson_filter(value: &Value, args: Rest<Value>) -> Result<String, 
         Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or("").to_string()),
         Some(v) if v.kind() == ValueKind::Bool => Some(if v.is_true() { " " } else { "" }.into()),
         Some(v) => {
-            let n = v
-                .as_i64()
-                .ok_or_else(|| invalid(format!("tojson: indent must be an int or a string, not {}", v.kind())))?;
+            let n = v.as_i64().ok_or_else(|| {
+                invalid(format!(
+                    "tojson: indent must be an int or a string, not {}",
+                    v.kind()
+                ))
+            })?;
             let n = usize::try_from(n.max(0)).unwrap_or(0);
             if n > MAX_INDENT {
                 return Err(invalid(format!(
@@ -114,11 +112,6 @@ pub(crate) fn tojson_filter(value: &Value, args: Rest<Value>) -> Result<String, 
     let mut out = String::new();
     write_json(&mut out, value, &opts, 0)?;
     Ok(out)
-}
-
-fn kwargs_of(v: &Value) -> Result<Kwargs, Error> {
-    use minijinja::value::ArgType;
-    Kwargs::from_value(Some(v))
 }
 
 /// `json.dumps(value)` with Python's defaults (`ensure_ascii=False` as in HF).
@@ -427,13 +420,20 @@ mod tests {
 
     #[test]
     fn dumps_like_python() {
-        let v = Value::from(Serde(serde_json::json!({"a": 1, "b": [1, 2.0, "é\n\"", null, true]})));
-        assert_eq!(dumps(&v).unwrap(), r#"{"a": 1, "b": [1, 2.0, "é\n\"", null, true]}"#);
+        let v = Value::from(Serde(
+            serde_json::json!({"a": 1, "b": [1, 2.0, "é\n\"", null, true]}),
+        ));
+        assert_eq!(
+            dumps(&v).unwrap(),
+            r#"{"a": 1, "b": [1, 2.0, "é\n\"", null, true]}"#
+        );
     }
 
     #[test]
     fn repr_like_python() {
-        let v = Value::from(Serde(serde_json::json!({"a": ["x'y", "z"], "b": null, "c": false})));
+        let v = Value::from(Serde(
+            serde_json::json!({"a": ["x'y", "z"], "b": null, "c": false}),
+        ));
         assert_eq!(
             py_str(&v).unwrap(),
             r#"{'a': ["x'y", 'z'], 'b': None, 'c': False}"#
