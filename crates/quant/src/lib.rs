@@ -13,10 +13,14 @@ compile_error!(
     "surplus-quant views little-endian GGUF blocks in place: little-endian targets only"
 );
 
+pub mod dot;
 mod error;
 mod fit;
 pub mod formats;
 
+pub use dot::{
+    activation_type, dot_fn, dot_fn_for, dot_isa, dot_scalar, quantize_activations, DotFn, Isa,
+};
 pub use error::{Operation, QuantError};
 pub use formats::float::{bf16_to_f32, f32_to_bf16};
 pub use formats::{

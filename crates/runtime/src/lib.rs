@@ -1,2 +1,10 @@
-//! Tensors over device buffers, the `Backend` trait and its CPU and CUDA implementations.
-//! Empty for now: the CPU engine issue fills it (see docs/ARCHITECTURE.md).
+//! The runtime: weights over memory-mapped bytes, the operations a forward pass needs
+//! ([`ops::Ops`]), and the devices that run them (the CPU now; CUDA next).
+
+pub mod cpu;
+pub mod ops;
+pub mod pool;
+pub mod tensor;
+
+pub use ops::{Act, Attention, Batch, Ops, Plan, Rope, RopeMode};
+pub use tensor::{ByteSource, Bytes, Weight};

@@ -1,0 +1,177 @@
+//! `surplus run`: generate text from a raw prompt (no chat template), streamed or as JSON.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use engine::sampling::SamplingParams;
+use engine::{Engine, EngineOptions, GenerateOptions};
+use serde_json::json;
+
+/// Loading flags shared by the commands that run a model.
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    /// The model: a .gguf path or a known model name (pulled on first use).
+    #[arg(short, long, value_name = "MODEL", default_value = registry::DEFAULT_MODEL)]
+    pub model: String,
+    /// CPU threads (default: all cores).
+    #[arg(short, long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
+    /// Context size in tokens (default: the model's, at most 4096).
+    #[arg(short = 'c', long = "ctx-size", value_name = "N", default_value_t = 0)]
+    pub ctx_size: usize,
+    /// Most prompt tokens evaluated in one pass.
+    #[arg(
+        short = 'b',
+        long = "batch-size",
+        value_name = "N",
+        default_value_t = 256
+    )]
+    pub batch_size: usize,
+}
+
+impl ModelArgs {
+    /// Resolves the model name or path and loads it.
+    pub fn load(&self, max_logit_rows: usize) -> Result<Engine> {
+        let opts = registry::PullOptions {
+            progress: crate::progress_enabled(),
+            force: false,
+        };
+        let path = registry::resolve(&self.model, &opts)?;
+        let eo = EngineOptions {
+            n_ctx: self.ctx_size,
+            n_batch: self.batch_size,
+            n_seq: 1,
+            max_logit_rows,
+            n_threads: self.threads,
+        };
+        Engine::load(&path, &eo).with_context(|| format!("loading {}", path.display()))
+    }
+}
+
+/// Sampling flags.
+#[derive(clap::Args, Clone)]
+pub struct SamplingArgs {
+    /// Temperature; 0 picks the most likely token every time (greedy).
+    #[arg(long = "temp", value_name = "T", default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens (0: off).
+    #[arg(long, value_name = "K", default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the most likely tokens whose probabilities add up to P (1: off).
+    #[arg(long, value_name = "P", default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one (0: off).
+    #[arg(long, value_name = "P", default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalize tokens seen in the last 64 (1: off).
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed (default: random).
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// The sampler's parameters.
+    pub fn params(&self) -> SamplingParams {
+        let mut p = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            ..SamplingParams::default()
+        };
+        if let Some(s) = self.seed {
+            p.seed = s;
+        }
+        p
+    }
+}
+
+/// Arguments of `surplus run`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt, used as it is (no chat template); BOS is added if the model wants it.
+    #[arg(short, long, value_name = "TEXT")]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        value_name = "N",
+        default_value_t = 128
+    )]
+    n_predict: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Do not stop at end-of-generation tokens (they are never picked).
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Record the K most likely tokens and their log-probabilities at every step (--json).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    logprobs: usize,
+    /// Print one JSON object (prompt_tokens, tokens, text, logprobs, timings) instead of
+    /// streaming the text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `surplus run`.
+pub fn run(args: Args) -> Result<()> {
+    let mut engine = args.model.load(1)?;
+    let prompt = engine.tokenizer.encode(&args.prompt, true, true);
+    let opts = GenerateOptions {
+        max_tokens: args.n_predict,
+        sampling: args.sampling.params(),
+        ignore_eos: args.ignore_eos,
+        logprobs: args.logprobs,
+        stop: Vec::new(),
+    };
+    let stdout = std::io::stdout();
+    let json = args.json;
+    if !json {
+        print!("{}", args.prompt);
+        let _ = stdout.lock().flush();
+    }
+    let gen = engine.generate(&prompt, &opts, |_, piece| {
+        if !json {
+            let mut out = stdout.lock();
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        }
+        true
+    })?;
+    let t = &gen.timings;
+    if json {
+        let logprobs: Vec<Vec<(u32, f32)>> = gen.logprobs.clone();
+        let out = json!({
+            "prompt_tokens": prompt,
+            "tokens": gen.tokens,
+            "text": gen.text,
+            "finish_reason": gen.finish_reason,
+            "logprobs": if args.logprobs > 0 { json!(logprobs) } else { json!(null) },
+            "timings": {
+                "prompt_tokens": t.prompt_tokens,
+                "prompt_tokens_per_s": t.prompt_tps(),
+                "generated_tokens": t.generated_tokens,
+                "generation_tokens_per_s": t.generation_tps(),
+                "threads": engine.n_threads(),
+            },
+        });
+        println!("{out}");
+    } else {
+        println!();
+        eprintln!(
+            "\nprompt: {} tokens, {:.1} tokens/s; generation: {} tokens, {:.1} tokens/s ({} threads)",
+            t.prompt_tokens,
+            t.prompt_tps(),
+            t.generated_tokens,
+            t.generation_tps(),
+            engine.n_threads()
+        );
+    }
+    Ok(())
+}

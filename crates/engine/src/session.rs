@@ -1,0 +1,387 @@
+//! One model loaded for inference on the CPU: tokenizer, chat template, KV cache, and the
+//! loop that evaluates prompts and generates tokens with a sampler.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use model::Model;
+use runtime::cpu::{CpuBackend, KvConfig};
+use runtime::Batch;
+use tokenizer::{ChatTemplate, Tokenizer};
+
+use crate::sampling::{argmax_excluding, top_logprobs, Sampler, SamplingParams};
+
+/// Why loading or running failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: gguf::Error,
+    },
+    #[error(transparent)]
+    Model(#[from] model::ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] tokenizer::TokenizerError),
+    #[error(transparent)]
+    Template(#[from] tokenizer::TemplateError),
+    #[error(transparent)]
+    Device(#[from] runtime::cpu::CpuError),
+    #[error("the prompt has {prompt} tokens; with {generate} to generate that exceeds the context of {n_ctx} (raise --ctx-size)")]
+    ContextFull {
+        prompt: usize,
+        generate: usize,
+        n_ctx: usize,
+    },
+    #[error("empty prompt: nothing to evaluate")]
+    EmptyPrompt,
+    #[error("invalid sampling parameters: {0}")]
+    Sampling(String),
+}
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Context positions per sequence (0: the model's training length, capped at 4096).
+    pub n_ctx: usize,
+    /// Most tokens evaluated in one forward pass (longer prompts go in chunks).
+    pub n_batch: usize,
+    /// Sequences held in the KV cache at once.
+    pub n_seq: usize,
+    /// Most tokens of one pass that may ask for logits.
+    pub max_logit_rows: usize,
+    /// CPU threads (0: all cores).
+    pub n_threads: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            n_ctx: 0,
+            n_batch: 256,
+            n_seq: 1,
+            max_logit_rows: 1,
+            n_threads: 0,
+        }
+    }
+}
+
+/// Timings of one generation.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    pub prompt_tokens: usize,
+    pub prompt_time: Duration,
+    pub generated_tokens: usize,
+    pub generation_time: Duration,
+}
+
+impl Timings {
+    /// Prompt tokens per second.
+    pub fn prompt_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prompt_time.as_secs_f64().max(1e-9)
+    }
+
+    /// Generated tokens per second.
+    pub fn generation_tps(&self) -> f64 {
+        self.generated_tokens as f64 / self.generation_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// What to do when generating.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Keep going past end-of-generation tokens (they are masked out of the choice).
+    pub ignore_eos: bool,
+    /// Record the top-K log-probabilities of every step (0: none).
+    pub logprobs: usize,
+    /// Stop when the generated text contains one of these.
+    pub stop: Vec<String>,
+}
+
+/// What a generation produced.
+#[derive(Clone, Debug, Default)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    /// Per step: the top-K (id, log-probability) pairs of the raw logits.
+    pub logprobs: Vec<Vec<(u32, f32)>>,
+    /// Why it stopped: "length", "eos", "stop" or "cancelled".
+    pub finish_reason: &'static str,
+    pub timings: Timings,
+}
+
+/// A model ready to run.
+pub struct Engine {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    backend: CpuBackend,
+    n_ctx: usize,
+    n_batch: usize,
+    batch: Batch,
+    /// Tokens whose keys and values sequence 0 of the cache holds, in order: a new prompt
+    /// that starts with them is evaluated from where they end.
+    cached: Vec<u32>,
+}
+
+impl Engine {
+    /// Opens a GGUF file and prepares everything (buffers, KV cache, threads).
+    pub fn load(path: &Path, opts: &EngineOptions) -> Result<Engine, EngineError> {
+        let file = gguf::Gguf::open(path).map_err(|source| EngineError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let file = Arc::new(file);
+        let tokenizer = Tokenizer::from_metadata(file.metadata())?;
+        let template = ChatTemplate::from_metadata(file.metadata())?;
+        let model = Model::load(file, opts.max_logit_rows.max(1))?;
+        let n_ctx = match opts.n_ctx {
+            0 => model.hp.n_ctx_train.min(4096),
+            n => n,
+        };
+        let n_threads = match opts.n_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let kv = KvConfig {
+            n_layers: model.hp.n_layer,
+            kv_dim: model.hp.kv_dim(),
+            n_ctx,
+            n_seq: opts.n_seq.max(1),
+        };
+        let n_batch = opts.n_batch.clamp(1, n_ctx);
+        let backend = CpuBackend::new(model.plan(), n_batch, kv, n_threads);
+        Ok(Engine {
+            model,
+            tokenizer,
+            template,
+            backend,
+            n_ctx,
+            n_batch,
+            batch: Batch::default(),
+            cached: Vec::new(),
+        })
+    }
+
+    /// Context positions per sequence.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Threads used.
+    pub fn n_threads(&self) -> usize {
+        self.backend.n_threads()
+    }
+
+    /// Evaluates `tokens` of sequence `seq` from position `start`, in chunks of at most
+    /// n_batch. Returns the logits of the last token, or of every token with `all_logits`
+    /// (then at most `max_logit_rows` tokens per chunk are allowed: pass chunks yourself).
+    pub fn eval(
+        &mut self,
+        seq: u32,
+        tokens: &[u32],
+        start: usize,
+        all_logits: bool,
+    ) -> Result<&[f32], EngineError> {
+        self.cached.clear();
+        let rows = self.forward_tokens(seq, tokens, start, all_logits)?;
+        Ok(self.backend.read(self.model.acts.logits, rows))
+    }
+
+    /// [`Engine::eval`] without forgetting the cached prefix; returns the logit rows made.
+    fn forward_tokens(
+        &mut self,
+        seq: u32,
+        tokens: &[u32],
+        start: usize,
+        all_logits: bool,
+    ) -> Result<usize, EngineError> {
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if start + tokens.len() > self.n_ctx {
+            return Err(EngineError::ContextFull {
+                prompt: start + tokens.len(),
+                generate: 0,
+                n_ctx: self.n_ctx,
+            });
+        }
+        let mut pos = start;
+        let mut rows = 0;
+        for chunk in tokens.chunks(self.n_batch) {
+            let last = pos + chunk.len() == start + tokens.len();
+            self.batch.tokens.clear();
+            self.batch.tokens.extend_from_slice(chunk);
+            self.batch.pos.clear();
+            self.batch
+                .pos
+                .extend(pos as u32..(pos + chunk.len()) as u32);
+            self.batch.seq.clear();
+            self.batch.seq.resize(chunk.len(), seq);
+            self.batch.logits.clear();
+            if all_logits {
+                self.batch.logits.extend(0..chunk.len() as u32);
+            } else if last {
+                self.batch.logits.push(chunk.len() as u32 - 1);
+            }
+            rows = self.batch.logits.len();
+            let model = &self.model;
+            self.backend
+                .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
+            pos += chunk.len();
+        }
+        Ok(rows)
+    }
+
+    /// Forgets what the cache holds (the next generation evaluates its whole prompt).
+    pub fn clear_cache(&mut self) {
+        self.cached.clear();
+    }
+
+    /// Evaluates `tokens` (at most n_batch) of sequence `seq` from position `start` in one
+    /// pass and returns the logits of tokens `logits_from..`, one row each.
+    pub fn eval_rows(
+        &mut self,
+        seq: u32,
+        tokens: &[u32],
+        start: usize,
+        logits_from: usize,
+    ) -> Result<&[f32], EngineError> {
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if start + tokens.len() > self.n_ctx || tokens.len() > self.n_batch {
+            return Err(EngineError::ContextFull {
+                prompt: start + tokens.len(),
+                generate: 0,
+                n_ctx: self.n_ctx.min(start + self.n_batch),
+            });
+        }
+        self.cached.clear();
+        self.batch = Batch::one_sequence(tokens, start as u32, seq, false);
+        self.batch.logits = (logits_from.min(tokens.len()) as u32..tokens.len() as u32).collect();
+        let rows = self.batch.logits.len();
+        let model = &self.model;
+        self.backend
+            .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
+        Ok(self.backend.read(self.model.acts.logits, rows))
+    }
+
+    /// Generates up to `opts.max_tokens` tokens after `prompt` (ids, BOS included as the
+    /// caller wants) in sequence 0, calling `on_token(id, text_piece)` for each; returning
+    /// `false` from it stops early ("cancelled").
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(u32, &str) -> bool,
+    ) -> Result<Generation, EngineError> {
+        opts.sampling.validate().map_err(EngineError::Sampling)?;
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if prompt.len() + opts.max_tokens > self.n_ctx {
+            return Err(EngineError::ContextFull {
+                prompt: prompt.len(),
+                generate: opts.max_tokens,
+                n_ctx: self.n_ctx,
+            });
+        }
+        let vocab = self.model.hp.n_vocab;
+        let mut sampler = Sampler::new(opts.sampling.clone(), vocab);
+        for &t in prompt {
+            sampler.accept(t);
+        }
+        let mut out = Generation {
+            finish_reason: "length",
+            ..Generation::default()
+        };
+        out.tokens.reserve(opts.max_tokens);
+        let mut stream = tokenizer::StreamDecoder::new(false);
+        let mut piece = String::with_capacity(64);
+        let mut top = Vec::with_capacity(opts.logprobs);
+        let eog: Vec<u32> = self.tokenizer.eog_ids().to_vec();
+        let mut masked: Vec<f32> = Vec::with_capacity(if opts.ignore_eos { vocab } else { 0 });
+
+        // Reuse the cached prefix (a chat's history); at least the last token is evaluated.
+        let reuse = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
+        self.cached.truncate(reuse);
+        let t0 = Instant::now();
+        if let Err(e) = self.forward_tokens(0, &prompt[reuse..], reuse, false) {
+            self.cached.clear();
+            return Err(e);
+        }
+        self.cached.extend_from_slice(&prompt[reuse..]);
+        out.timings.prompt_tokens = prompt.len();
+        out.timings.prompt_time = t0.elapsed();
+        let t1 = Instant::now();
+        for (step, pos) in (0..opts.max_tokens).zip(prompt.len()..) {
+            let logits = self.backend.read(self.model.acts.logits, 1);
+            let id = if opts.ignore_eos && opts.sampling.temperature <= 0.0 {
+                argmax_excluding(logits, &eog)
+            } else if opts.ignore_eos {
+                masked.clear();
+                masked.extend_from_slice(logits);
+                for &e in &eog {
+                    masked[e as usize] = f32::NEG_INFINITY;
+                }
+                sampler.sample(&masked)
+            } else {
+                sampler.sample(logits)
+            };
+            if opts.logprobs > 0 {
+                top_logprobs(logits, opts.logprobs, &mut top);
+                out.logprobs.push(top.clone());
+            }
+            sampler.accept(id);
+            if !opts.ignore_eos && self.tokenizer.is_eog(id) {
+                out.finish_reason = "eos";
+                break;
+            }
+            out.tokens.push(id);
+            piece.clear();
+            stream.push(&self.tokenizer, id, &mut piece);
+            out.text.push_str(&piece);
+            out.timings.generated_tokens += 1;
+            if !on_token(id, &piece) {
+                out.finish_reason = "cancelled";
+                break;
+            }
+            if let Some(s) = opts
+                .stop
+                .iter()
+                .find(|s| !s.is_empty() && out.text.contains(s.as_str()))
+            {
+                if let Some(at) = out.text.find(s.as_str()) {
+                    out.text.truncate(at);
+                }
+                out.finish_reason = "stop";
+                break;
+            }
+            if step + 1 == opts.max_tokens {
+                break;
+            }
+            self.cached.push(id);
+            if let Err(e) = self.forward_tokens(0, &[id], pos, false) {
+                self.cached.clear();
+                return Err(e);
+            }
+        }
+        piece.clear();
+        stream.finish(&mut piece);
+        out.text.push_str(&piece);
+        out.timings.generation_time = t1.elapsed();
+        Ok(out)
+    }
+}

@@ -1,0 +1,70 @@
+//! Generation details: the KV-cache prefix reuse of a conversation gives what a fresh
+//! evaluation gives; stop strings and limits end generation with the right reason.
+
+use engine::sampling::SamplingParams;
+use engine::{Engine, EngineOptions, GenerateOptions};
+
+fn engine() -> Engine {
+    let opts = EngineOptions {
+        n_ctx: 256,
+        n_threads: 2,
+        ..EngineOptions::default()
+    };
+    Engine::load(&registry::test_model("smollm2-135m"), &opts).unwrap()
+}
+
+fn greedy(n: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens: n,
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+        logprobs: 1,
+        stop: vec![],
+    }
+}
+
+#[test]
+fn reusing_the_cached_prefix_matches_a_fresh_run() {
+    let mut e = engine();
+    let p1 = e.tokenizer.encode("The capital of France is", true, true);
+    let g1 = e.generate(&p1, &greedy(6), |_, _| true).unwrap();
+    let mut p2 = p1.clone();
+    p2.extend(&g1.tokens);
+    p2.extend(
+        e.tokenizer
+            .encode(" Also, the capital of Spain is", false, true),
+    );
+    let reused = e.generate(&p2, &greedy(6), |_, _| true).unwrap();
+    // Only the new part of the prompt was evaluated.
+    assert!(reused.timings.prompt_tokens == p2.len());
+    let mut fresh_engine = engine();
+    let fresh = fresh_engine.generate(&p2, &greedy(6), |_, _| true).unwrap();
+    assert_eq!(reused.tokens, fresh.tokens);
+    for (a, b) in reused.logprobs.iter().zip(&fresh.logprobs) {
+        assert!((a[0].1 - b[0].1).abs() < 0.05, "{a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn stop_strings_and_limits() {
+    let mut e = engine();
+    let p = e.tokenizer.encode("1, 2, 3, 4, 5,", true, true);
+    let mut opts = greedy(20);
+    opts.stop = vec![" 8".into()];
+    let g = e.generate(&p, &opts, |_, _| true).unwrap();
+    assert_eq!(g.finish_reason, "stop");
+    assert_eq!(g.text, " 6, 7,");
+    let g = e.generate(&p, &greedy(3), |_, _| true).unwrap();
+    assert_eq!((g.finish_reason, g.tokens.len()), ("length", 3));
+    let mut n = 0;
+    let g = e
+        .generate(&p, &greedy(10), |_, _| {
+            n += 1;
+            n < 2
+        })
+        .unwrap();
+    assert_eq!((g.finish_reason, g.tokens.len()), ("cancelled", 2));
+    let too_long = greedy(300);
+    assert!(e.generate(&p, &too_long, |_, _| true).is_err());
+    assert!(e.generate(&[], &greedy(1), |_, _| true).is_err());
+}

@@ -1,0 +1,210 @@
+//! The element-wise and per-row kernels of the CPU backend, written as plain loops over
+//! slices (the compiler vectorizes them). They are also the reference for other devices.
+
+use crate::ops::{Rope, RopeMode};
+
+/// RMSNorm of one row: `out = x / sqrt(mean(x²) + eps) × w` (sum in f64, as ggml does).
+pub fn rms_norm(x: &[f32], w: Option<&[f32]>, eps: f32, out: &mut [f32]) {
+    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let scale = (1.0 / (ss / x.len() as f64 + eps as f64).sqrt()) as f32;
+    match w {
+        Some(w) => {
+            for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+                *o = v * scale * g;
+            }
+        }
+        None => {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = v * scale;
+            }
+        }
+    }
+}
+
+/// LayerNorm of one row: `(x - mean) / sqrt(var + eps) × w + b`.
+pub fn layer_norm(x: &[f32], w: Option<&[f32]>, b: Option<&[f32]>, eps: f32, out: &mut [f32]) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let inv = 1.0 / (var + eps as f64).sqrt();
+    for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+        let mut y = ((v as f64 - mean) * inv) as f32;
+        if let Some(w) = w {
+            y *= w[i];
+        }
+        if let Some(b) = b {
+            y += b[i];
+        }
+        *o = y;
+    }
+}
+
+/// Rotates one head in place for position `pos`.
+pub fn rope(head: &mut [f32], pos: u32, rope: &Rope) {
+    let half = rope.n_rot / 2;
+    let p = pos as f32 * rope.freq_scale;
+    for i in 0..half {
+        let (s, c) = (p * rope.inv_freq[i]).sin_cos();
+        let (a, b) = match rope.mode {
+            RopeMode::Normal => (2 * i, 2 * i + 1),
+            RopeMode::Neox => (i, i + half),
+        };
+        let (x0, x1) = (head[a], head[b]);
+        head[a] = x0 * c - x1 * s;
+        head[b] = x0 * s + x1 * c;
+    }
+}
+
+/// Softmax in place (max-subtracted; sum in f64).
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return;
+    }
+    let mut sum = 0.0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `x / (1 + e^-x)`.
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation: `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh())
+}
+
+/// `out = silu(gate) × up`.
+pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = silu(g) * u;
+    }
+}
+
+/// `out = gelu_tanh(gate) × up`.
+pub fn geglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = gelu_tanh(g) * u;
+    }
+}
+
+/// Attention of one query head over `n_pos` cached keys and values.
+/// `keys`/`values` hold rows of `stride` values; this head's part starts at `offset`.
+/// `scores` is scratch of at least `n_pos` values. `first` is the first visible position.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    offset: usize,
+    first: usize,
+    n_pos: usize,
+    scale: f32,
+    softcap: Option<f32>,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = q.len();
+    let scores = &mut scores[..n_pos - first];
+    for (j, s) in scores.iter_mut().enumerate() {
+        let k = &keys[(first + j) * stride + offset..][..d];
+        let mut dot = 0.0f32;
+        for (a, b) in q.iter().zip(k) {
+            dot += a * b;
+        }
+        let mut v = dot * scale;
+        if let Some(cap) = softcap {
+            v = cap * (v / cap).tanh();
+        }
+        *s = v;
+    }
+    softmax(scores);
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        let v = &values[(first + j) * stride + offset..][..d];
+        for (o, &x) in out.iter_mut().zip(v) {
+            *o += p * x;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_matches_definition() {
+        let x = [1.0f32, -2.0, 3.0, 0.5];
+        let w = [1.0f32, 2.0, 0.5, -1.0];
+        let mut out = [0.0; 4];
+        rms_norm(&x, Some(&w), 1e-6, &mut out);
+        let ms = (1.0 + 4.0 + 9.0 + 0.25) / 4.0;
+        let s = 1.0 / (ms + 1e-6f64).sqrt();
+        for i in 0..4 {
+            assert!((out[i] as f64 - x[i] as f64 * s * w[i] as f64).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn rope_rotates_pairs_by_position() {
+        let r = Rope::new(RopeMode::Normal, 4, 10000.0, 1.0);
+        let mut h = [1.0f32, 0.0, 1.0, 0.0];
+        rope(&mut h, 2, &r);
+        // Pair 0 turns by 2 rad, pair 1 by 2 × 10000^(-1/2).
+        assert!((h[0] - 2f32.cos()).abs() < 1e-6 && (h[1] - 2f32.sin()).abs() < 1e-6);
+        let a = 2.0 * 0.01f32;
+        assert!((h[2] - a.cos()).abs() < 1e-6 && (h[3] - a.sin()).abs() < 1e-6);
+        let r = Rope::new(RopeMode::Neox, 4, 10000.0, 1.0);
+        let mut h = [1.0f32, 1.0, 0.0, 0.0];
+        rope(&mut h, 1, &r);
+        assert!((h[0] - 1f32.cos()).abs() < 1e-6 && (h[2] - 1f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let mut x = [1.0f32, 3.0, 2.0, -1e9];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[1] > x[2] && x[2] > x[0] && x[3] == 0.0);
+    }
+
+    #[test]
+    fn gelu_and_silu_values() {
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+        assert!((gelu_tanh(-3.0) - (-0.003_637_4)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn attention_of_one_key_is_its_value() {
+        let q = [1.0f32, 0.0];
+        let keys = [0.5f32, 0.5];
+        let values = [3.0f32, -4.0];
+        let mut scores = [0.0; 1];
+        let mut out = [0.0; 2];
+        attend(
+            &q,
+            &keys,
+            &values,
+            2,
+            0,
+            0,
+            1,
+            1.0,
+            None,
+            &mut scores,
+            &mut out,
+        );
+        assert_eq!(out, [3.0, -4.0]);
+    }
+}

@@ -1,0 +1,518 @@
+//! The CPU backend: activation buffers and KV cache allocated once, and [`CpuOps`], which
+//! runs every operation of a forward pass on all threads of the pool with a barrier after each.
+
+pub mod kernels;
+mod shared;
+
+use std::cell::Cell;
+
+use quant::dot::{activation_type, dot_fn, quantize_activations, DotFn};
+use quant::GgmlType;
+
+use crate::ops::{Act, Attention, Batch, Ops, Plan, Rope};
+use crate::pool::{ThreadPool, Worker};
+use crate::tensor::Weight;
+pub use shared::Shared;
+
+/// From this many tokens on, a matmul dequantizes blocks of weight rows to f32 and runs a
+/// GEMM (prompt processing); below it, each row is dotted with 8-bit activations (decode).
+pub const GEMM_MIN_TOKENS: usize = 8;
+/// Weight rows dequantized at a time for the GEMM path.
+const GEMM_ROWS: usize = 64;
+
+/// Shape of a KV cache.
+#[derive(Clone, Debug)]
+pub struct KvConfig {
+    /// Layers (each with its own keys and values).
+    pub n_layers: usize,
+    /// Values per token per layer for K (and for V): kv heads × head size.
+    pub kv_dim: usize,
+    /// Positions per sequence.
+    pub n_ctx: usize,
+    /// Sequences held at once.
+    pub n_seq: usize,
+}
+
+impl KvConfig {
+    /// Bytes for keys and values (f32).
+    pub fn bytes(&self) -> usize {
+        2 * self.n_layers * self.n_seq * self.n_ctx * self.kv_dim * 4
+    }
+}
+
+/// Errors of the CPU backend.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    #[error("batch of {0} tokens is larger than the {1} planned at load")]
+    BatchTooLarge(usize, usize),
+    #[error("token {index}: position {pos} of sequence {seq} is outside the context ({n_ctx} positions, {n_seq} sequences)")]
+    OutOfContext {
+        index: usize,
+        pos: u32,
+        seq: u32,
+        n_ctx: usize,
+        n_seq: usize,
+    },
+    #[error("{0} logit rows asked for; at most {1}, each naming a token of the batch")]
+    BadLogits(usize, usize),
+    #[error("token id {0} is outside the vocabulary")]
+    BadToken(u32),
+}
+
+/// Memory and threads of the CPU backend.
+pub struct CpuBackend {
+    pool: ThreadPool,
+    widths: Vec<usize>,
+    acts: Vec<Shared<f32>>,
+    max_batch: usize,
+    max_logit_rows: usize,
+    /// Activations quantized for the current matmul (one row per token).
+    qbuf: Shared<u8>,
+    qrow_cap: usize,
+    /// Per-thread scratch: attention scores and dequantized weight rows.
+    scratch: Shared<f32>,
+    scratch_per_thread: usize,
+    kv: KvConfig,
+    k: Shared<f32>,
+    v: Shared<f32>,
+}
+
+impl CpuBackend {
+    /// Allocates everything a model with this `plan` needs for batches of up to `max_batch`
+    /// tokens and the given KV cache, with `n_threads` threads.
+    pub fn new(plan: &Plan, max_batch: usize, kv: KvConfig, n_threads: usize) -> CpuBackend {
+        let max_batch = max_batch.max(1);
+        let max_width = plan.widths.iter().copied().max().unwrap_or(1);
+        // Any activation format takes at most 4 bytes per value (f32), plus block headers.
+        let qrow_cap = max_width * 4 + 64;
+        let scratch_per_thread = kv.n_ctx + 2 * max_width + GEMM_ROWS * max_width + 64;
+        let n_threads = n_threads.max(1);
+        let kv_len = kv.n_layers * kv.n_seq * kv.n_ctx * kv.kv_dim;
+        CpuBackend {
+            pool: ThreadPool::new(n_threads),
+            widths: plan.widths.clone(),
+            acts: plan
+                .widths
+                .iter()
+                .zip(&plan.rows)
+                .map(|(w, r)| Shared::new(w * r.unwrap_or(max_batch)))
+                .collect(),
+            max_logit_rows: plan.min_fixed_rows().unwrap_or(max_batch),
+            max_batch,
+            qbuf: Shared::new(qrow_cap * max_batch),
+            qrow_cap,
+            scratch: Shared::new(scratch_per_thread * n_threads),
+            scratch_per_thread,
+            k: Shared::new(kv_len),
+            v: Shared::new(kv_len),
+            kv,
+        }
+    }
+
+    /// Threads used.
+    pub fn n_threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    /// The KV cache's shape.
+    pub fn kv_config(&self) -> &KvConfig {
+        &self.kv
+    }
+
+    /// Largest batch.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Runs one forward pass: `f` (the model) runs on every thread with a [`CpuOps`].
+    pub fn forward<F>(&mut self, batch: &Batch, vocab: usize, f: F) -> Result<(), CpuError>
+    where
+        F: Fn(&CpuOps) + Sync,
+    {
+        if batch.len() > self.max_batch {
+            return Err(CpuError::BatchTooLarge(batch.len(), self.max_batch));
+        }
+        if batch.logits.len() > self.max_logit_rows
+            || batch.logits.iter().any(|&i| i as usize >= batch.len())
+        {
+            return Err(CpuError::BadLogits(batch.logits.len(), self.max_logit_rows));
+        }
+        for (i, (&pos, &seq)) in batch.pos.iter().zip(&batch.seq).enumerate() {
+            if pos as usize >= self.kv.n_ctx || seq as usize >= self.kv.n_seq {
+                return Err(CpuError::OutOfContext {
+                    index: i,
+                    pos,
+                    seq,
+                    n_ctx: self.kv.n_ctx,
+                    n_seq: self.kv.n_seq,
+                });
+            }
+        }
+        if let Some(&t) = batch.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(CpuError::BadToken(t));
+        }
+        let this = &*self;
+        this.pool.run(|w| {
+            let ops = CpuOps {
+                w,
+                be: this,
+                batch,
+                quantized: Cell::new(None),
+            };
+            f(&ops);
+        });
+        Ok(())
+    }
+
+    /// The first `rows` rows of an activation buffer, after a forward pass.
+    pub fn read(&mut self, act: Act, rows: usize) -> &[f32] {
+        &self.acts[act.id as usize].as_slice()[..rows * act.width]
+    }
+
+    /// Copies the cache of sequence `src` up to `len` positions into sequence `dst`.
+    pub fn kv_copy(&mut self, src: usize, dst: usize, len: usize) {
+        let c = &self.kv;
+        let per_seq = c.n_ctx * c.kv_dim;
+        let n = len.min(c.n_ctx) * c.kv_dim;
+        for layer in 0..c.n_layers {
+            let s = (layer * c.n_seq + src) * per_seq;
+            let d = (layer * c.n_seq + dst) * per_seq;
+            for buf in [&mut self.k, &mut self.v] {
+                buf.as_mut_slice().copy_within(s..s + n, d);
+            }
+        }
+    }
+
+    fn act(&self, a: Act) -> &Shared<f32> {
+        debug_assert_eq!(self.widths[a.id as usize], a.width);
+        &self.acts[a.id as usize]
+    }
+}
+
+/// One thread's view of a forward pass; every method is called by all threads together.
+pub struct CpuOps<'a> {
+    w: &'a Worker<'a>,
+    be: &'a CpuBackend,
+    batch: &'a Batch,
+    /// What `qbuf` holds: (activation buffer, format, rows), to skip quantizing the same
+    /// input again for the next matmul (Q, K and V share theirs).
+    quantized: Cell<Option<(u32, GgmlType, usize)>>,
+}
+
+impl CpuOps<'_> {
+    /// This thread's scratch space. Each operation takes it once.
+    #[allow(clippy::mut_from_ref)]
+    fn scratch(&self) -> &mut [f32] {
+        let n = self.be.scratch_per_thread;
+        // SAFETY: each thread touches only its own slice (indexed by its thread number).
+        unsafe { self.be.scratch.get_mut(self.w.ith() * n, n) }
+    }
+
+    /// Ends an operation that wrote `act`: all threads wait, and a cached quantization of
+    /// that buffer is forgotten.
+    fn done(&self, wrote: Act) {
+        if let Some((id, _, _)) = self.quantized.get() {
+            if id == wrote.id {
+                self.quantized.set(None);
+            }
+        }
+        self.w.barrier();
+    }
+
+    /// Runs `f(row)` for this thread's share of `0..n`.
+    fn rows(&self, n: usize, mut f: impl FnMut(usize)) {
+        for i in self.w.split(n) {
+            f(i);
+        }
+    }
+}
+
+impl Ops for CpuOps<'_> {
+    fn batch(&self) -> &Batch {
+        self.batch
+    }
+
+    fn embed(&self, w: &Weight, out: Act) {
+        let o = self.be.act(out);
+        self.rows(self.batch.len(), |i| {
+            let tok = self.batch.tokens[i] as usize;
+            // SAFETY: row i of `out` is written by this thread only.
+            let dst = unsafe { o.get_mut(i * out.width, out.width) };
+            // The backend checked the token against the vocabulary; a shape mismatch is a
+            // model bug, caught when the model was loaded.
+            let _ = w.row_to_f32(tok, dst);
+        });
+        self.done(out);
+    }
+
+    fn rms_norm(&self, n: usize, x: Act, w: Option<&[f32]>, eps: f32, row_len: usize, out: Act) {
+        let (xs, os) = (self.be.act(x), self.be.act(out));
+        let per_token = x.width / row_len;
+        let tmp = &mut self.scratch()[..row_len];
+        self.rows(n * per_token, |r| {
+            let (t, k) = (r / per_token, r % per_token);
+            // SAFETY: row r is read and written by this thread only; it is copied first, so
+            // `out` may be `x`.
+            unsafe {
+                tmp.copy_from_slice(xs.get(t * x.width + k * row_len, row_len));
+                let dst = os.get_mut(t * out.width + k * row_len, row_len);
+                kernels::rms_norm(tmp, w, eps, dst);
+            }
+        });
+        self.done(out);
+    }
+
+    fn matmul(&self, n: usize, w: &Weight, x: Act, out: Act) {
+        if n >= GEMM_MIN_TOKENS {
+            self.matmul_gemm(n, w, x, out);
+            return;
+        }
+        let aty = activation_type(w.ty);
+        let qrow = aty.bytes_for(w.cols as u64).unwrap_or(0) as usize;
+        let xs = self.be.act(x);
+        if self.quantized.get() != Some((x.id, aty, n)) {
+            self.rows(n, |t| {
+                // SAFETY: token t's activation row and its quantized row belong to this
+                // thread in this phase.
+                unsafe {
+                    let src = xs.get(t * x.width, w.cols);
+                    let dst = self.be.qbuf.get_mut(t * self.be.qrow_cap, qrow);
+                    let _ = quantize_activations(w.ty, src, dst);
+                }
+            });
+            self.w.barrier();
+            self.quantized.set(Some((x.id, aty, n)));
+        }
+        let os = self.be.act(out);
+        let dot: Option<DotFn> = dot_fn(w.ty);
+        // SAFETY: the quantized rows were written before the barrier above; all threads
+        // only read them now.
+        let q = unsafe { self.be.qbuf.get(0, self.be.qrow_cap * n) };
+        let cap = self.be.qrow_cap;
+        match dot {
+            Some(dot) => {
+                self.rows(w.rows, |r| {
+                    let wr = w.row(r);
+                    for t in 0..n {
+                        let v = dot(w.cols, wr, &q[t * cap..t * cap + qrow]);
+                        // SAFETY: element (t, r) is written by the thread that owns row r.
+                        unsafe { os.set(t * out.width + r, v) };
+                    }
+                });
+            }
+            None => {
+                // A weight type without a dot kernel: dequantize each row, dot in f32.
+                let row = &mut self.scratch()[..w.cols];
+                self.rows(w.rows, |r| {
+                    let _ = w.row_to_f32(r, row);
+                    for t in 0..n {
+                        // SAFETY: x is only read in this phase.
+                        let xr = unsafe { xs.get(t * x.width, w.cols) };
+                        let v: f32 = row.iter().zip(xr).map(|(a, b)| a * b).sum();
+                        // SAFETY: element (t, r) is written by the thread that owns row r.
+                        unsafe { os.set(t * out.width + r, v) };
+                    }
+                });
+            }
+        }
+        self.done(out);
+    }
+
+    fn add_bias(&self, n: usize, x: Act, b: &[f32]) {
+        let xs = self.be.act(x);
+        self.rows(n, |t| {
+            // SAFETY: row t is this thread's.
+            let row = unsafe { xs.get_mut(t * x.width, b.len()) };
+            for (v, &bb) in row.iter_mut().zip(b) {
+                *v += bb;
+            }
+        });
+        self.done(x);
+    }
+
+    fn rope(&self, x: Act, n_heads: usize, head_dim: usize, rope: &Rope) {
+        let xs = self.be.act(x);
+        self.rows(self.batch.len() * n_heads, |r| {
+            let (t, h) = (r / n_heads, r % n_heads);
+            // SAFETY: head h of token t is this thread's.
+            let head = unsafe { xs.get_mut(t * x.width + h * head_dim, head_dim) };
+            kernels::rope(head, self.batch.pos[t], rope);
+        });
+        self.done(x);
+    }
+
+    fn attention(&self, layer: usize, q: Act, k: Act, v: Act, spec: &Attention, out: Act) {
+        let be = self.be;
+        let c = &be.kv;
+        let kv_dim = spec.n_kv_heads * spec.head_dim;
+        let (ks, vs, qs, os) = (be.act(k), be.act(v), be.act(q), be.act(out));
+        let seq_base = |seq: u32| ((layer * c.n_seq + seq as usize) * c.n_ctx) * c.kv_dim;
+        // 1. Store this batch's keys and values.
+        self.rows(self.batch.len(), |t| {
+            let at = seq_base(self.batch.seq[t]) + self.batch.pos[t] as usize * c.kv_dim;
+            // SAFETY: each (sequence, position) slot is written by one token of the batch,
+            // handled by one thread; k and v rows are only read.
+            unsafe {
+                be.k.get_mut(at, kv_dim)
+                    .copy_from_slice(ks.get(t * k.width, kv_dim));
+                be.v.get_mut(at, kv_dim)
+                    .copy_from_slice(vs.get(t * v.width, kv_dim));
+            }
+        });
+        self.w.barrier();
+        // 2. Attend, one (token, head) pair at a time.
+        let group = spec.n_heads / spec.n_kv_heads.max(1);
+        let scores = self.scratch();
+        self.rows(self.batch.len() * spec.n_heads, |r| {
+            let (t, h) = (r / spec.n_heads, r % spec.n_heads);
+            let pos = self.batch.pos[t] as usize;
+            let n_pos = pos + 1;
+            let first = match spec.window {
+                Some(win) => (pos + 1).saturating_sub(win as usize),
+                None => 0,
+            };
+            let base = seq_base(self.batch.seq[t]);
+            // SAFETY: the cache is only read in this phase; query head (t, h) is read and
+            // output head (t, h) written by this thread only.
+            unsafe {
+                let keys = be.k.get(base, n_pos * c.kv_dim);
+                let vals = be.v.get(base, n_pos * c.kv_dim);
+                let qh = qs.get(t * q.width + h * spec.head_dim, spec.head_dim);
+                let oh = os.get_mut(t * out.width + h * spec.head_dim, spec.head_dim);
+                kernels::attend(
+                    qh,
+                    keys,
+                    vals,
+                    c.kv_dim,
+                    (h / group) * spec.head_dim,
+                    first,
+                    n_pos,
+                    spec.scale,
+                    spec.softcap,
+                    scores,
+                    oh,
+                );
+            }
+        });
+        self.done(out);
+    }
+
+    fn swiglu(&self, n: usize, gate: Act, up: Act, out: Act) {
+        self.zip2(n, gate, up, out, kernels::swiglu);
+    }
+
+    fn geglu(&self, n: usize, gate: Act, up: Act, out: Act) {
+        self.zip2(n, gate, up, out, kernels::geglu);
+    }
+
+    fn add(&self, n: usize, a: Act, b: Act, out: Act) {
+        self.zip2(n, a, b, out, |x, y, o| {
+            for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                *o = x + y;
+            }
+        });
+    }
+
+    fn scale(&self, n: usize, x: Act, s: f32) {
+        let xs = self.be.act(x);
+        self.rows(n, |t| {
+            // SAFETY: row t is this thread's.
+            for v in unsafe { xs.get_mut(t * x.width, x.width) } {
+                *v *= s;
+            }
+        });
+        self.done(x);
+    }
+
+    fn gather_logit_rows(&self, x: Act, out: Act) {
+        let (xs, os) = (self.be.act(x), self.be.act(out));
+        self.rows(self.batch.logits.len(), |i| {
+            let src = self.batch.logits[i] as usize;
+            // SAFETY: x is only read; row i of out is this thread's.
+            unsafe {
+                os.get_mut(i * out.width, x.width)
+                    .copy_from_slice(xs.get(src * x.width, x.width));
+            }
+        });
+        self.done(out);
+    }
+
+    fn softcap(&self, n: usize, x: Act, cap: f32) {
+        let xs = self.be.act(x);
+        self.rows(n, |t| {
+            // SAFETY: row t is this thread's.
+            for v in unsafe { xs.get_mut(t * x.width, x.width) } {
+                *v = cap * (*v / cap).tanh();
+            }
+        });
+        self.done(x);
+    }
+}
+
+impl CpuOps<'_> {
+    /// Prompt-sized matmul: this thread's rows of `w`, GEMM_ROWS at a time, dequantized to
+    /// f32 and multiplied with all `n` activation rows by an f32 GEMM.
+    fn matmul_gemm(&self, n: usize, w: &Weight, x: Act, out: Act) {
+        let (xs, os) = (self.be.act(x), self.be.act(out));
+        let cols = w.cols;
+        let scratch = self.scratch();
+        let deq = &mut scratch[..GEMM_ROWS * cols];
+        let mine = self.w.split_aligned(w.rows, 16);
+        let mut r0 = mine.start;
+        while r0 < mine.end {
+            let rb = GEMM_ROWS.min(mine.end - r0);
+            for j in 0..rb {
+                let _ = w.row_to_f32(r0 + j, &mut deq[j * cols..(j + 1) * cols]);
+            }
+            // SAFETY: x is only read in this phase; this thread alone writes columns
+            // r0..r0+rb of the n output rows, which is all gemm writes (dst is n × rb with
+            // row stride out.width). The strides describe buffers of at least that size:
+            // x has n rows of x.width >= cols values, deq holds rb rows of cols values.
+            unsafe {
+                let xp = xs.get(0, n * x.width).as_ptr();
+                let op = os.as_mut_ptr().add(r0);
+                gemm::gemm(
+                    n,
+                    rb,
+                    cols,
+                    op,
+                    1,
+                    out.width as isize,
+                    false,
+                    xp,
+                    1,
+                    x.width as isize,
+                    deq.as_ptr(),
+                    cols as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            r0 += rb;
+        }
+        self.done(out);
+    }
+
+    /// `out = f(a, b)` row by row; `out` may be `a` or `b`.
+    fn zip2(&self, n: usize, a: Act, b: Act, out: Act, f: impl Fn(&[f32], &[f32], &mut [f32])) {
+        let (sa, sb, so) = (self.be.act(a), self.be.act(b), self.be.act(out));
+        let w = out.width;
+        let tmp = &mut self.scratch()[..2 * w];
+        self.rows(n, |t| {
+            // SAFETY: row t of each buffer is this thread's; inputs are copied first, so
+            // `out` may alias them.
+            unsafe {
+                let (ta, tb) = tmp.split_at_mut(w);
+                ta.copy_from_slice(sa.get(t * a.width, w));
+                tb.copy_from_slice(sb.get(t * b.width, w));
+                f(ta, tb, so.get_mut(t * out.width, w));
+            }
+        });
+        self.done(out);
+    }
+}

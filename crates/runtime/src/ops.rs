@@ -1,0 +1,188 @@
+//! What a model's forward pass asks of a device: the operations, activation buffers planned
+//! at load, the batch being evaluated. CPU implements it now; CUDA implements the same.
+
+use crate::tensor::Weight;
+
+/// An activation buffer planned at load: `width` f32 values per token, room for the largest
+/// batch. The device owns the memory; model code only holds these handles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Act {
+    pub(crate) id: u32,
+    /// Values per token.
+    pub width: usize,
+}
+
+/// The activation buffers a model needs, declared once at load.
+#[derive(Default, Debug, Clone)]
+pub struct Plan {
+    pub(crate) widths: Vec<usize>,
+    /// Rows of each buffer; `None` means one per token of the largest batch.
+    pub(crate) rows: Vec<Option<usize>>,
+}
+
+impl Plan {
+    /// An empty plan.
+    pub fn new() -> Plan {
+        Plan::default()
+    }
+
+    /// Declares a buffer of `width` values per token.
+    pub fn act(&mut self, width: usize) -> Act {
+        self.widths.push(width);
+        self.rows.push(None);
+        Act {
+            id: (self.widths.len() - 1) as u32,
+            width,
+        }
+    }
+
+    /// Declares a buffer of `width` values per row with room for `rows` rows whatever the
+    /// batch size (the logits, wanted for a few tokens of a batch only).
+    pub fn act_rows(&mut self, width: usize, rows: usize) -> Act {
+        let a = self.act(width);
+        self.rows[a.id as usize] = Some(rows.max(1));
+        a
+    }
+
+    /// Bytes needed for batches of up to `max_batch` tokens.
+    pub fn bytes(&self, max_batch: usize) -> usize {
+        self.widths
+            .iter()
+            .zip(&self.rows)
+            .map(|(w, r)| w * r.unwrap_or(max_batch))
+            .sum::<usize>()
+            * 4
+    }
+
+    /// The fewest rows any fixed-size buffer has (how many logit rows a batch may ask for).
+    pub fn min_fixed_rows(&self) -> Option<usize> {
+        self.rows.iter().flatten().copied().min()
+    }
+}
+
+/// The tokens of one forward pass: each with its position and the sequence it belongs to.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+    /// Position of each token in its sequence.
+    pub pos: Vec<u32>,
+    /// Sequence (KV-cache slot) of each token.
+    pub seq: Vec<u32>,
+    /// Indices (into `tokens`) of the tokens whose logits are wanted, in order.
+    pub logits: Vec<u32>,
+}
+
+impl Batch {
+    /// Tokens of one sequence at consecutive positions from `start`, logits for the last.
+    pub fn one_sequence(tokens: &[u32], start: u32, seq: u32, all_logits: bool) -> Batch {
+        let n = tokens.len() as u32;
+        Batch {
+            tokens: tokens.to_vec(),
+            pos: (start..start + n).collect(),
+            seq: vec![seq; tokens.len()],
+            logits: if all_logits {
+                (0..n).collect()
+            } else {
+                n.checked_sub(1).into_iter().collect()
+            },
+        }
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+/// Which elements RoPE rotates together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeMode {
+    /// Adjacent pairs (2i, 2i+1): llama-family GGUFs.
+    Normal,
+    /// Halves (i, i + n_rot/2): NeoX, Qwen, Gemma.
+    Neox,
+}
+
+/// Rotary position embedding of one attention layer.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    /// Pairing.
+    pub mode: RopeMode,
+    /// Rotated dimensions per head (the rest pass through).
+    pub n_rot: usize,
+    /// theta_i = position × freq_scale × inv_freq[i], inv_freq[i] = base^(-2i/n_rot).
+    pub inv_freq: Vec<f32>,
+    /// Linear position scaling (1 / scaling factor).
+    pub freq_scale: f32,
+}
+
+impl Rope {
+    /// RoPE with frequency base `base`.
+    pub fn new(mode: RopeMode, n_rot: usize, base: f32, freq_scale: f32) -> Rope {
+        let inv_freq = (0..n_rot / 2)
+            .map(|i| (base as f64).powf(-2.0 * i as f64 / n_rot as f64) as f32)
+            .collect();
+        Rope {
+            mode,
+            n_rot,
+            inv_freq,
+            freq_scale,
+        }
+    }
+}
+
+/// How one layer attends.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (query heads share them in groups).
+    pub n_kv_heads: usize,
+    /// Values per head.
+    pub head_dim: usize,
+    /// Multiplier of q·k.
+    pub scale: f32,
+    /// A key is hidden when query position − key position >= window (sliding-window layers).
+    pub window: Option<u32>,
+    /// `cap × tanh(score / cap)` before the softmax (Gemma 2).
+    pub softcap: Option<f32>,
+}
+
+/// The operations of a forward pass. Every buffer holds one row of `act.width` values per
+/// token; `n` says how many rows an operation covers (the batch, or fewer for logits).
+pub trait Ops {
+    /// The batch being evaluated.
+    fn batch(&self) -> &Batch;
+    /// Row `i` of `out` = dequantized row `batch.tokens[i]` of `w` (embedding lookup).
+    fn embed(&self, w: &Weight, out: Act);
+    /// Each row of `row_len` values (a token's vector, or one head of it): RMS-normalized
+    /// and multiplied by `w` (length `row_len`) when given.
+    fn rms_norm(&self, n: usize, x: Act, w: Option<&[f32]>, eps: f32, row_len: usize, out: Act);
+    /// `out = x × wᵀ` for `n` rows (`w` is rows × cols, x rows have `cols` values).
+    fn matmul(&self, n: usize, w: &Weight, x: Act, out: Act);
+    /// Adds `b` to every row.
+    fn add_bias(&self, n: usize, x: Act, b: &[f32]);
+    /// Rotates the first `n_heads` heads of each row by its token's position.
+    fn rope(&self, x: Act, n_heads: usize, head_dim: usize, rope: &Rope);
+    /// Writes the batch's keys and values into layer `layer` of the cache, then attends:
+    /// row i of `out` = attention of query row i over its sequence's keys up to its position.
+    fn attention(&self, layer: usize, q: Act, k: Act, v: Act, spec: &Attention, out: Act);
+    /// `out = silu(gate) × up`.
+    fn swiglu(&self, n: usize, gate: Act, up: Act, out: Act);
+    /// `out = gelu_tanh(gate) × up`.
+    fn geglu(&self, n: usize, gate: Act, up: Act, out: Act);
+    /// `out = a + b`.
+    fn add(&self, n: usize, a: Act, b: Act, out: Act);
+    /// `x *= s`.
+    fn scale(&self, n: usize, x: Act, s: f32);
+    /// Row i of `out` = row `batch.logits[i]` of `x`.
+    fn gather_logit_rows(&self, x: Act, out: Act);
+    /// `x = cap × tanh(x / cap)`.
+    fn softcap(&self, n: usize, x: Act, cap: f32);
+}

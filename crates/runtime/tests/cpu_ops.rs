@@ -1,0 +1,168 @@
+//! CPU backend operations against plain f64 references on random data: both matmul paths
+//! (8-bit activations for decode, dequantize + GEMM for prompts) for several weight types,
+//! and attention over several sequences with grouped heads and a sliding window.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use runtime::cpu::{CpuBackend, KvConfig, GEMM_MIN_TOKENS};
+use runtime::{Attention, Batch, Bytes, Ops, Plan, Weight};
+
+fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn kv(n_layers: usize, kv_dim: usize) -> KvConfig {
+    KvConfig {
+        n_layers,
+        kv_dim,
+        n_ctx: 64,
+        n_seq: 3,
+    }
+}
+
+/// Writes `rows` into an activation buffer through the embedding op: tokens index rows of an
+/// F32 "embedding" holding the values.
+fn load_rows<O: Ops>(o: &O, table: &Weight, out: runtime::Act) {
+    o.embed(table, out);
+}
+
+fn check_matmul(ty: quant::GgmlType, n_tok: usize, tol: f64) {
+    let mut rng = StdRng::seed_from_u64(7 + n_tok as u64 + ty as u64);
+    let (cols, rows) = (256, 96);
+    let wf = random(&mut rng, cols * rows);
+    let bytes = quant::quantize_to_vec(ty, &wf).unwrap();
+    let wq = Weight::new(ty, cols, rows, Bytes::from_vec(bytes)).unwrap();
+    let wdeq = wq.to_f32().unwrap();
+    let xs = random(&mut rng, cols * n_tok);
+    let table = Weight::from_f32(cols, n_tok, &xs).unwrap();
+    let mut plan = Plan::new();
+    let x = plan.act(cols);
+    let y = plan.act(rows);
+    let mut be = CpuBackend::new(&plan, 32, kv(1, 8), 2);
+    let batch = Batch::one_sequence(&(0..n_tok as u32).collect::<Vec<_>>(), 0, 0, true);
+    be.forward(&batch, n_tok, |o| {
+        load_rows(o, &table, x);
+        o.matmul(n_tok, &wq, x, y);
+    })
+    .unwrap();
+    let got = be.read(y, n_tok).to_vec();
+    for t in 0..n_tok {
+        for r in 0..rows {
+            let want: f64 = (0..cols)
+                .map(|c| wdeq[r * cols + c] as f64 * xs[t * cols + c] as f64)
+                .sum();
+            let scale: f64 = (0..cols)
+                .map(|c| (wdeq[r * cols + c] as f64 * xs[t * cols + c] as f64).abs())
+                .sum();
+            let err = (got[t * rows + r] as f64 - want).abs() / scale;
+            assert!(err < tol, "{ty} n={n_tok} t={t} r={r}: rel err {err}");
+        }
+    }
+}
+
+#[test]
+fn matmul_both_paths_match_f64() {
+    use quant::GgmlType::*;
+    for ty in [
+        F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS,
+    ] {
+        // Decode path: activations rounded to 8 bits (relative error about 1/127 worst case).
+        check_matmul(ty, 1, 2e-2);
+        check_matmul(ty, 3, 2e-2);
+        // Prompt path: f32 GEMM over dequantized rows, close to exact.
+        check_matmul(ty, GEMM_MIN_TOKENS, 1e-5);
+        check_matmul(ty, 19, 1e-5);
+    }
+}
+
+#[test]
+fn attention_over_sequences_with_groups_and_window() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let (n_heads, n_kv, hd) = (4, 2, 8);
+    let (qd, kvd) = (n_heads * hd, n_kv * hd);
+    // Two sequences interleaved in one batch, then one more token for sequence 1.
+    let seqs = [0u32, 1, 0, 1, 0, 1, 1];
+    let pos = [0u32, 0, 1, 1, 2, 2, 3];
+    let n = seqs.len();
+    let qv = random(&mut rng, n * qd);
+    let kvv = random(&mut rng, n * kvd);
+    let vv = random(&mut rng, n * kvd);
+    let tq = Weight::from_f32(qd, n, &qv).unwrap();
+    let tk = Weight::from_f32(kvd, n, &kvv).unwrap();
+    let tv = Weight::from_f32(kvd, n, &vv).unwrap();
+    for window in [None, Some(2u32)] {
+        let mut plan = Plan::new();
+        let (q, k, v, o) = (plan.act(qd), plan.act(kvd), plan.act(kvd), plan.act(qd));
+        let mut be = CpuBackend::new(&plan, 16, kv(1, kvd), 2);
+        let spec = Attention {
+            n_heads,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            scale: 0.35,
+            window,
+            softcap: None,
+        };
+        // Tokens index rows of the q/k/v tables, so "token i" loads row i.
+        let batch = Batch {
+            tokens: (0..n as u32).collect(),
+            pos: pos.to_vec(),
+            seq: seqs.to_vec(),
+            logits: vec![],
+        };
+        be.forward(&batch, n, |ops| {
+            ops.embed(&tq, q);
+            ops.embed(&tk, k);
+            ops.embed(&tv, v);
+            ops.attention(0, q, k, v, &spec, o);
+        })
+        .unwrap();
+        let got = be.read(o, n).to_vec();
+        for i in 0..n {
+            for h in 0..n_heads {
+                let g = h / (n_heads / n_kv);
+                // Keys visible to token i: same sequence, position <= its own, in window.
+                let vis: Vec<usize> = (0..n)
+                    .filter(|&j| seqs[j] == seqs[i] && pos[j] <= pos[i])
+                    .filter(|&j| window.is_none_or(|w| pos[i] - pos[j] < w))
+                    .collect();
+                let sc: Vec<f64> = vis
+                    .iter()
+                    .map(|&j| {
+                        (0..hd)
+                            .map(|d| {
+                                qv[i * qd + h * hd + d] as f64 * kvv[j * kvd + g * hd + d] as f64
+                            })
+                            .sum::<f64>()
+                            * 0.35
+                    })
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = sc.iter().map(|s| (s - m).exp()).sum();
+                for d in 0..hd {
+                    let want: f64 = vis
+                        .iter()
+                        .zip(&sc)
+                        .map(|(&j, s)| (s - m).exp() / z * vv[j * kvd + g * hd + d] as f64)
+                        .sum();
+                    let e = (got[i * qd + h * hd + d] as f64 - want).abs();
+                    assert!(e < 1e-5, "window {window:?} token {i} head {h}: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_rejects_bad_batches() {
+    let mut plan = Plan::new();
+    let _x = plan.act(8);
+    let mut be = CpuBackend::new(&plan, 4, kv(1, 8), 1);
+    let too_big = Batch::one_sequence(&[1; 5], 0, 0, false);
+    assert!(be.forward(&too_big, 10, |_| {}).is_err());
+    let past_ctx = Batch::one_sequence(&[1], 64, 0, false);
+    assert!(be.forward(&past_ctx, 10, |_| {}).is_err());
+    let bad_seq = Batch::one_sequence(&[1], 0, 3, false);
+    assert!(be.forward(&bad_seq, 10, |_| {}).is_err());
+    let bad_tok = Batch::one_sequence(&[10], 0, 0, false);
+    assert!(be.forward(&bad_tok, 10, |_| {}).is_err());
+}
