@@ -5,7 +5,8 @@ use serde_json::json;
 
 use crate::run::ModelArgs;
 
-/// Arguments of `surplus perplexity`.
+/// Arguments of `surplus perplexity`. `-c N` sets the chunk size (default 512): each chunk is
+/// evaluated on its own and its second half scored.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -13,9 +14,6 @@ pub struct Args {
     /// The text file to score.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: std::path::PathBuf,
-    /// Tokens per chunk; the second half of each chunk is scored.
-    #[arg(long = "chunk", value_name = "N", default_value_t = 128)]
-    chunk: usize,
     /// Stop after this many chunks (default: all).
     #[arg(long, value_name = "N")]
     chunks: Option<usize>,
@@ -28,32 +26,34 @@ pub struct Args {
 pub fn run(mut args: Args) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    if args.chunk < 4 {
-        anyhow::bail!("--chunk must be at least 4 tokens");
+    // As in llama-perplexity, the context size is the chunk size (default 512).
+    let chunk = match args.model.ctx_size {
+        0 => 512,
+        c => c,
+    };
+    if chunk < 4 {
+        anyhow::bail!("-c must be at least 4 tokens");
     }
-    args.model.batch_size = args.model.batch_size.max(args.chunk);
-    if args.model.ctx_size == 0 {
-        args.model.ctx_size = args.chunk;
-    }
-    let mut engine = args.model.load(args.chunk / 2 + 1)?;
+    args.model.ctx_size = chunk;
+    args.model.batch_size = args.model.batch_size.max(chunk);
+    let mut engine = args.model.load(chunk / 2 + 1)?;
     let json = args.json;
-    let r =
-        engine::perplexity::perplexity(&mut engine, &text, args.chunk, args.chunks, |i, ppl| {
-            if !json {
-                eprint!("[{}]{:.4},", i + 1, ppl);
-            }
-        })?;
+    let r = engine::perplexity::perplexity(&mut engine, &text, chunk, args.chunks, |i, ppl| {
+        if !json {
+            eprint!("[{}]{:.4},", i + 1, ppl);
+        }
+    })?;
     if json {
         println!(
             "{}",
             json!({"ppl": r.ppl, "chunks": r.chunks, "tokens": r.tokens, "scored": r.scored,
-                   "chunk": args.chunk, "running": r.running})
+                   "chunk": chunk, "running": r.running})
         );
     } else {
         eprintln!();
         println!(
             "perplexity: {:.4} over {} chunks of {} tokens ({} tokens, {} scored)",
-            r.ppl, r.chunks, args.chunk, r.tokens, r.scored
+            r.ppl, r.chunks, chunk, r.tokens, r.scored
         );
     }
     Ok(())

@@ -132,10 +132,21 @@ pub struct Engine {
 impl Engine {
     /// Opens a GGUF file and prepares everything (buffers, KV cache, threads).
     pub fn load(path: &Path, opts: &EngineOptions) -> Result<Engine, EngineError> {
+        Engine::load_with_progress(path, opts, |_, _| {})
+    }
+
+    /// [`Engine::load`], reading the weights into memory first and reporting
+    /// `progress(bytes_done, bytes_total)` as it goes.
+    pub fn load_with_progress(
+        path: &Path,
+        opts: &EngineOptions,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<Engine, EngineError> {
         let file = gguf::Gguf::open(path).map_err(|source| EngineError::File {
             path: path.display().to_string(),
             source,
         })?;
+        file.prefault(progress);
         let file = Arc::new(file);
         let tokenizer = Tokenizer::from_metadata(file.metadata())?;
         let template = ChatTemplate::from_metadata(file.metadata())?;

@@ -178,6 +178,28 @@ impl Gguf {
         self.shards.get(shard).map_or(&[], |s| s.bytes())
     }
 
+    /// Reads one byte of every page of the files so the weights are in memory before the
+    /// first token (instead of faulting in during it); `progress(done, total)` is called
+    /// every 16 MiB.
+    pub fn prefault(&self, mut progress: impl FnMut(u64, u64)) {
+        const PAGE: usize = 4096;
+        const REPORT: usize = 16 << 20;
+        let total = self.file_size();
+        let mut done = 0u64;
+        let mut sum = 0u8;
+        for shard in &self.shards {
+            let bytes = shard.bytes();
+            for chunk in bytes.chunks(REPORT) {
+                for p in (0..chunk.len()).step_by(PAGE) {
+                    sum = sum.wrapping_add(chunk[p]);
+                }
+                done += chunk.len() as u64;
+                progress(done, total);
+            }
+        }
+        std::hint::black_box(sum);
+    }
+
     /// The paths of the files opened, in part order.
     pub fn paths(&self) -> Vec<&Path> {
         self.shards.iter().map(|s| s.path.as_path()).collect()

@@ -1,13 +1,14 @@
 //! Per-op dispatch overhead of `runtime::pool::ThreadPool`: ns per empty `run`, per barrier
 //! inside a run, per `std::thread::scope` spawn (the worst case), and the wake-up of parked workers.
 //!
-//! cargo run --release -p surplus-runtime --example pool_overhead -- [--threads 1,2] [--contend K]
-//!     [--spins S] [--yields Y] [--idle I]
+//! cargo run --release -p surplus-runtime --example pool_overhead -- [--threads 1,2] [--runs N]
+//!     [--contend K] [--spins S] [--yields Y] [--idle I] [--idle-yield-us U]
 //!
 //! `--contend K` keeps K extra threads busy meanwhile (a machine with other work on it);
-//! `--spins/--yields/--idle/--idle-yield-us` override the pool's `SpinConfig`. Rayon is not in the dependency
-//! tree, so it is not compared here (docs/DEPENDENCIES.md measured 11-22 µs per op from outside
-//! its pool on this machine).
+//! `--spins/--yields/--idle/--idle-yield-us` override the pool's `SpinConfig`; `--runs` sets the
+//! samples (100 000 runs and barriers). Rayon is not in the dependency tree, so it is not
+//! compared here (docs/DEPENDENCIES.md measured 11-22 µs per op from outside its pool on this
+//! machine).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +70,7 @@ fn pair((median, mean): (f64, f64)) -> String {
 fn main() {
     let mut threads = vec![1, 2];
     let mut contend = 0;
+    let mut runs = 100_000;
     let mut spin = SpinConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -81,6 +83,7 @@ fn main() {
                     .collect()
             }
             "--contend" => contend = val().parse().expect("--contend K"),
+            "--runs" => runs = val().parse().expect("--runs N"),
             "--spins" => spin.barrier_spins = val().parse().expect("--spins S"),
             "--yields" => spin.barrier_yields = val().parse().expect("--yields Y"),
             "--idle" => spin.idle_spins = val().parse().expect("--idle I"),
@@ -113,14 +116,14 @@ fn main() {
     println!("|---|---|---|---|---|");
     for &nth in &threads {
         let pool = ThreadPool::with_spin(nth, spin);
-        let run = time_each(100_000, || {
+        let run = time_each(runs, || {
             pool.run(|w| {
                 black_box(w.ith());
             })
         });
         // Thread 0 times each barrier; one run holds them all.
         let barrier = Mutex::new((0.0, 0.0));
-        let n = 100_000;
+        let n = runs;
         pool.run(|w| {
             let mut samples = Vec::with_capacity(if w.ith() == 0 { n } else { 0 });
             for k in 0..n + n / 10 {
@@ -135,7 +138,7 @@ fn main() {
                 *barrier.lock().unwrap() = (median - clock, mean - clock);
             }
         });
-        let spawn = time_each(2_000, || {
+        let spawn = time_each(runs.div_ceil(50), || {
             thread::scope(|s| {
                 for i in 1..nth {
                     s.spawn(move || black_box(i));

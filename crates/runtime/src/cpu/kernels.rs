@@ -118,11 +118,7 @@ pub fn attend(
     let scores = &mut scores[..n_pos - first];
     for (j, s) in scores.iter_mut().enumerate() {
         let k = &keys[(first + j) * stride + offset..][..d];
-        let mut dot = 0.0f32;
-        for (a, b) in q.iter().zip(k) {
-            dot += a * b;
-        }
-        let mut v = dot * scale;
+        let mut v = dot(q, k) * scale;
         if let Some(cap) = softcap {
             v = cap * (v / cap).tanh();
         }
@@ -132,9 +128,35 @@ pub fn attend(
     out.fill(0.0);
     for (j, &p) in scores.iter().enumerate() {
         let v = &values[(first + j) * stride + offset..][..d];
-        for (o, &x) in out.iter_mut().zip(v) {
-            *o += p * x;
+        axpy(p, v, out);
+    }
+}
+
+/// Lanes of the accumulators below: wide enough for the compiler to use full vectors.
+const LANES: usize = 16;
+
+/// Dot product with independent partial sums, so the loop vectorizes.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [0.0f32; LANES];
+    let (ac, bc) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
         }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in ar.iter().zip(br) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// `out += a × x`.
+pub fn axpy(a: f32, x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o += a * v;
     }
 }
 
@@ -183,6 +205,24 @@ mod tests {
         assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
         assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
         assert!((gelu_tanh(-3.0) - (-0.003_637_4)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn dot_matches_a_plain_sum() {
+        for n in [0, 1, 15, 16, 17, 64, 100, 256] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let scale: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (*x as f64 * *y as f64).abs())
+                .sum();
+            assert!(
+                (dot(&a, &b) as f64 - want).abs() <= 1e-6 * scale.max(1.0),
+                "n={n}"
+            );
+        }
     }
 
     #[test]
