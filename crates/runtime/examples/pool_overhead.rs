@@ -1,18 +1,21 @@
 //! Per-op dispatch overhead of `runtime::pool::ThreadPool`: ns per empty `run`, per barrier
 //! inside a run, per `std::thread::scope` spawn (the worst case), and the wake-up of parked workers.
 //!
+//! Barriers are timed by the round (a run of many back to back); runs and spawns one by one.
+//!
 //! cargo run --release -p surplus-runtime --example pool_overhead -- [--threads 1,2] [--runs N]
 //!     [--contend K] [--spins S] [--yields Y] [--idle I] [--idle-yield-us U]
 //!
 //! `--contend K` keeps K extra threads busy meanwhile (a machine with other work on it);
-//! `--spins/--yields/--idle/--idle-yield-us` override the pool's `SpinConfig`; `--runs` sets the
+//! `--spins/--yields/--idle/--idle-yield-us` override the pool's `SpinConfig` (by default
+//! `SpinConfig::for_threads`, as `ThreadPool::new` picks); `--runs` sets the
 //! samples (100 000 runs and barriers). Rayon is not in the dependency tree, so it is not
 //! compared here (docs/DEPENDENCIES.md measured 11-22 µs per op from outside its pool on this
 //! machine).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -71,7 +74,8 @@ fn main() {
     let mut threads = vec![1, 2];
     let mut contend = 0;
     let mut runs = 100_000;
-    let mut spin = SpinConfig::default();
+    // Overrides of `SpinConfig::for_threads(nth)`, the budgets `ThreadPool::new` picks.
+    let (mut spins, mut yields, mut idle, mut idle_yield) = (None, None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -84,12 +88,13 @@ fn main() {
             }
             "--contend" => contend = val().parse().expect("--contend K"),
             "--runs" => runs = val().parse().expect("--runs N"),
-            "--spins" => spin.barrier_spins = val().parse().expect("--spins S"),
-            "--yields" => spin.barrier_yields = val().parse().expect("--yields Y"),
-            "--idle" => spin.idle_spins = val().parse().expect("--idle I"),
+            "--spins" => spins = Some(val().parse().expect("--spins S")),
+            "--yields" => yields = Some(val().parse().expect("--yields Y")),
+            "--idle" => idle = Some(val().parse().expect("--idle I")),
             "--idle-yield-us" => {
-                spin.idle_yield_for =
-                    Duration::from_micros(val().parse().expect("--idle-yield-us U"))
+                idle_yield = Some(Duration::from_micros(
+                    val().parse().expect("--idle-yield-us U"),
+                ))
             }
             _ => panic!("unknown argument {a} (see the top of examples/pool_overhead.rs)"),
         }
@@ -108,36 +113,45 @@ fn main() {
         .collect();
 
     let cpus = thread::available_parallelism().map_or(0, |n| n.get());
-    println!("{cpus} CPUs, {contend} busy threads beside, {spin:?}");
+    println!("{cpus} CPUs, {contend} busy threads beside");
     println!();
     println!("ns per op, median / mean:");
     println!();
-    println!("| threads | empty run | barrier | scope spawn+join | run after 10 ms sleep |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| threads | spins, yields, idle spins, idle yield | empty run | barrier \
+         | scope spawn+join | run after 10 ms sleep |"
+    );
+    println!("|---|---|---|---|---|---|");
     for &nth in &threads {
+        let mut spin = SpinConfig::for_threads(nth);
+        spin.barrier_spins = spins.unwrap_or(spin.barrier_spins);
+        spin.barrier_yields = yields.unwrap_or(spin.barrier_yields);
+        spin.idle_spins = idle.unwrap_or(spin.idle_spins);
+        spin.idle_yield_for = idle_yield.unwrap_or(spin.idle_yield_for);
         let pool = ThreadPool::with_spin(nth, spin);
         let run = time_each(runs, || {
             pool.run(|w| {
                 black_box(w.ith());
             })
         });
-        // Thread 0 times each barrier; one run holds them all.
-        let barrier = Mutex::new((0.0, 0.0));
-        let n = runs;
-        pool.run(|w| {
-            let mut samples = Vec::with_capacity(if w.ith() == 0 { n } else { 0 });
-            for k in 0..n + n / 10 {
-                let t = Instant::now();
-                w.barrier();
-                if w.ith() == 0 && k >= n / 10 {
-                    samples.push(t.elapsed().as_nanos() as u64);
-                }
-            }
-            if w.ith() == 0 {
-                let ((median, mean), clock) = (stats(samples), clock_ns());
-                *barrier.lock().unwrap() = (median - clock, mean - clock);
-            }
-        });
+        // A barrier is timed by the round: one run passes `batch` barriers back to back, and
+        // the time per barrier of each of 20 such runs is a sample. (Timing single calls on one
+        // thread would only see that thread's wait, often none when it arrives last.)
+        let batch = runs.div_ceil(20);
+        let barrier = stats(
+            (0..21)
+                .map(|_| {
+                    let t = Instant::now();
+                    pool.run(|w| {
+                        for _ in 0..batch {
+                            w.barrier();
+                        }
+                    });
+                    (t.elapsed().as_nanos() / batch as u128) as u64
+                })
+                .skip(1) // warm-up
+                .collect(),
+        );
         let spawn = time_each(runs.div_ceil(50), || {
             thread::scope(|s| {
                 for i in 1..nth {
@@ -158,9 +172,13 @@ fn main() {
                 .collect(),
         );
         println!(
-            "| {nth} | {} | {} | {} | {} |",
+            "| {nth} | {}, {}, {}, {:?} | {} | {} | {} | {} |",
+            spin.barrier_spins,
+            spin.barrier_yields,
+            spin.idle_spins,
+            spin.idle_yield_for,
             pair(run),
-            pair(barrier.into_inner().unwrap()),
+            pair(barrier),
             pair(spawn),
             pair(wake)
         );

@@ -38,7 +38,9 @@ pub const IDLE_SPINS: u32 = 1 << 10;
 /// parked worker costs tens of µs. An idle pool parks and then costs nothing.
 pub const IDLE_YIELD_FOR: Duration = Duration::from_millis(1);
 
-/// Spin budgets of a pool; [`SpinConfig::default`] gives the constants above.
+/// Spin budgets of a pool; [`SpinConfig::default`] gives the constants above, and
+/// [`SpinConfig::for_threads`] (what [`ThreadPool::new`] uses) [`SpinConfig::OVERSUBSCRIBED`]
+/// when the pool has more threads than the CPUs this process may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpinConfig {
     /// Spins at a barrier (and in the caller waiting for the workers) before yielding.
@@ -49,6 +51,29 @@ pub struct SpinConfig {
     pub idle_spins: u32,
     /// How long an idle worker yields after those spins before it parks (both 0: park at once).
     pub idle_yield_for: Duration,
+}
+
+impl SpinConfig {
+    /// Budgets for a pool with more threads than CPUs (as libgomp throttles its spin count): a
+    /// waiter then most likely holds the core of the thread it waits for, so it blocks after
+    /// about 2 µs. Measured with 3 and 4 threads on 2 vCPUs: about 6 µs per barrier and per
+    /// empty run, against 30-60 µs with the default budgets.
+    pub const OVERSUBSCRIBED: SpinConfig = SpinConfig {
+        barrier_spins: 64,
+        barrier_yields: 4,
+        idle_spins: 64,
+        idle_yield_for: IDLE_YIELD_FOR,
+    };
+
+    /// [`SpinConfig::OVERSUBSCRIBED`] if `n_threads` exceeds
+    /// `std::thread::available_parallelism` (CPU affinity and cgroup quota), else the default.
+    /// Other processes' load is not seen here; the yield and block fallbacks cover it.
+    pub fn for_threads(n_threads: usize) -> SpinConfig {
+        match thread::available_parallelism() {
+            Ok(cpus) if n_threads > cpus.get() => SpinConfig::OVERSUBSCRIBED,
+            _ => SpinConfig::default(),
+        }
+    }
 }
 
 impl Default for SpinConfig {
@@ -266,11 +291,15 @@ impl Shared {
 /// OpenMP parallel region: enter it once per forward pass (or layer), split each op by
 /// [`Worker::ith`] and end each op with [`Worker::barrier`].
 ///
-/// Measured on the 2-vCPU CI machine (AMD EPYC, KVM, shared with other jobs), release build,
-/// `cargo run --release -p surplus-runtime --example pool_overhead`: with 2 threads an empty
-/// `run` costs about 0.25-0.4 µs and a barrier about 0.15-0.3 µs, against 11-22 µs for rayon
-/// entered from outside its pool (docs/DEPENDENCIES.md) and about 40 µs for spawning scoped
-/// threads. A run that finds its workers parked (after [`IDLE_SPINS`]) takes about 40-80 µs.
+/// Per-op dispatch overhead, measured on the 2-vCPU CI machine (AMD EPYC under KVM, shared
+/// with other jobs) with `cargo run --release -p surplus-runtime --example pool_overhead`,
+/// median per op: with 2 threads an empty `run` costs about 0.2 µs and a barrier about 0.1 µs
+/// (with 1 thread: 10 ns and nothing), against 11-22 µs for rayon entered from outside its pool
+/// (docs/DEPENDENCIES.md) and 30-40 µs for spawning scoped threads. A run that finds its
+/// workers parked takes about 45-65 µs (futex wake of a halted vCPU). With more threads than
+/// free cores a barrier costs a context switch: about 6 µs with 3 or 4 threads on 2 vCPUs
+/// ([`SpinConfig::OVERSUBSCRIBED`]), and 30-60 µs when another process holds a core, since the
+/// default budgets spin and yield first; pure spinning took 14-20 ms per barrier or run there.
 ///
 /// Runs from several threads are serialized by a mutex (no allocation, no syscall when
 /// uncontended). A nested `run` of the same pool from inside its closure panics (it could only
@@ -288,10 +317,10 @@ impl ThreadPool {
     /// (`n_threads >= 1`; 1 means no worker threads at all). Panics if `n_threads` is 0 or a
     /// thread cannot be spawned.
     pub fn new(n_threads: usize) -> ThreadPool {
-        ThreadPool::with_spin(n_threads, SpinConfig::default())
+        ThreadPool::with_spin(n_threads, SpinConfig::for_threads(n_threads))
     }
 
-    /// [`ThreadPool::new`] with other spin budgets (for measurements and tuning).
+    /// [`ThreadPool::new`] with the given spin budgets (for measurements and tuning).
     pub fn with_spin(n_threads: usize, spin: SpinConfig) -> ThreadPool {
         assert!(
             n_threads >= 1,

@@ -166,3 +166,83 @@ fn forward_rejects_bad_batches() {
     let bad_tok = Batch::one_sequence(&[10], 0, 0, false);
     assert!(be.forward(&bad_tok, 10, |_| {}).is_err());
 }
+
+/// The prompt path (GEMM attention) on one sequence in two chunks, the second attending to
+/// the first's cached keys, with and without a window and softcap.
+#[test]
+fn prompt_chunk_attention_matches_f64() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (n_heads, n_kv, hd) = (6, 2, 16);
+    let (qd, kvd) = (n_heads * hd, n_kv * hd);
+    let n = 20;
+    let qv = random(&mut rng, n * qd);
+    let kvv = random(&mut rng, n * kvd);
+    let vv = random(&mut rng, n * kvd);
+    let tq = Weight::from_f32(qd, n, &qv).unwrap();
+    let tk = Weight::from_f32(kvd, n, &kvv).unwrap();
+    let tv = Weight::from_f32(kvd, n, &vv).unwrap();
+    for (window, softcap) in [(None, None), (Some(5u32), None), (None, Some(0.7f32))] {
+        let mut plan = Plan::new();
+        let (q, k, v, o) = (plan.act(qd), plan.act(kvd), plan.act(kvd), plan.act(qd));
+        let mut be = CpuBackend::new(&plan, 16, kv(1, kvd), 2);
+        let spec = Attention {
+            n_heads,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            scale: 0.4,
+            window,
+            softcap,
+        };
+        let mut got = vec![0.0f32; n * qd];
+        for (start, len) in [(0usize, 12usize), (12, 8)] {
+            let batch = Batch {
+                tokens: (start as u32..(start + len) as u32).collect(),
+                pos: (start as u32..(start + len) as u32).collect(),
+                seq: vec![1; len],
+                logits: vec![],
+            };
+            be.forward(&batch, n, |ops| {
+                ops.embed(&tq, q);
+                ops.embed(&tk, k);
+                ops.embed(&tv, v);
+                ops.attention(0, q, k, v, &spec, o);
+            })
+            .unwrap();
+            got[start * qd..(start + len) * qd].copy_from_slice(be.read(o, len));
+        }
+        for i in 0..n {
+            for h in 0..n_heads {
+                let g = h / (n_heads / n_kv);
+                let vis: Vec<usize> = (0..=i)
+                    .filter(|&j| window.is_none_or(|w| i - j < w as usize))
+                    .collect();
+                let sc: Vec<f64> = vis
+                    .iter()
+                    .map(|&j| {
+                        let s = (0..hd)
+                            .map(|d| {
+                                qv[i * qd + h * hd + d] as f64 * kvv[j * kvd + g * hd + d] as f64
+                            })
+                            .sum::<f64>()
+                            * 0.4;
+                        match softcap {
+                            Some(c) => c as f64 * (s / c as f64).tanh(),
+                            None => s,
+                        }
+                    })
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = sc.iter().map(|s| (s - m).exp()).sum();
+                for d in 0..hd {
+                    let want: f64 = vis
+                        .iter()
+                        .zip(&sc)
+                        .map(|(&j, s)| (s - m).exp() / z * vv[j * kvd + g * hd + d] as f64)
+                        .sum();
+                    let e = (got[i * qd + h * hd + d] as f64 - want).abs();
+                    assert!(e < 1e-5, "{window:?} {softcap:?} token {i} head {h}: {e}");
+                }
+            }
+        }
+    }
+}

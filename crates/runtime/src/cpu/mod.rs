@@ -85,7 +85,9 @@ impl CpuBackend {
         let max_width = plan.widths.iter().copied().max().unwrap_or(1);
         // Any activation format takes at most 4 bytes per value (f32), plus block headers.
         let qrow_cap = max_width * 4 + 64;
-        let scratch_per_thread = kv.n_ctx + 2 * max_width + GEMM_ROWS * max_width + 64;
+        // Attention scores of a whole prompt chunk against the context, or the other users.
+        let scratch_per_thread =
+            (kv.n_ctx * max_batch).max(kv.n_ctx + 2 * max_width + GEMM_ROWS * max_width) + 64;
         let n_threads = n_threads.max(1);
         let kv_len = kv.n_layers * kv.n_seq * kv.n_ctx * kv.kv_dim;
         CpuBackend {
@@ -360,6 +362,11 @@ impl Ops for CpuOps<'_> {
             }
         });
         self.w.barrier();
+        if self.prompt_chunk().is_some() {
+            self.attention_gemm(spec, q, out, layer);
+            self.done(out);
+            return;
+        }
         // 2. Attend, one (token, head) pair at a time.
         let group = spec.n_heads / spec.n_kv_heads.max(1);
         let scores = self.scratch();
@@ -450,6 +457,112 @@ impl Ops for CpuOps<'_> {
 }
 
 impl CpuOps<'_> {
+    /// When the batch is GEMM_MIN_TOKENS or more consecutive positions of one sequence (a
+    /// prompt chunk): that sequence and the first position.
+    fn prompt_chunk(&self) -> Option<(u32, u32)> {
+        let b = self.batch;
+        if b.len() < GEMM_MIN_TOKENS {
+            return None;
+        }
+        let (seq, p0) = (b.seq[0], b.pos[0]);
+        let consecutive = b
+            .seq
+            .iter()
+            .zip(&b.pos)
+            .enumerate()
+            .all(|(i, (&s, &p))| s == seq && p == p0 + i as u32);
+        consecutive.then_some((seq, p0))
+    }
+
+    /// Attention of a prompt chunk, one head at a time per thread: scores = Q·Kᵀ by GEMM over
+    /// every position up to the chunk's end, masked (causal, window), softcapped, softmaxed
+    /// row by row, then out = P·V by GEMM.
+    fn attention_gemm(&self, spec: &Attention, q: Act, out: Act, layer: usize) {
+        let Some((seq, p0)) = self.prompt_chunk() else {
+            return;
+        };
+        let be = self.be;
+        let c = &be.kv;
+        let n = self.batch.len();
+        let len = p0 as usize + n;
+        let hd = spec.head_dim;
+        let group = spec.n_heads / spec.n_kv_heads.max(1);
+        let base = ((layer * c.n_seq + seq as usize) * c.n_ctx) * c.kv_dim;
+        let (qs, os) = (be.act(q), be.act(out));
+        let scores = &mut self.scratch()[..n * len];
+        for h in self.w.split(spec.n_heads) {
+            let off = (h / group) * hd;
+            // SAFETY: the cache and q are only read in this phase; this thread alone writes
+            // head h's columns of `out` (n rows of out.width, columns h*hd..h*hd+hd); the
+            // strides below stay inside the buffers: scores is n × len, the cache holds
+            // len positions of kv_dim values from `base`, q and out hold n rows.
+            unsafe {
+                let keys = be.k.get(base, len * c.kv_dim).as_ptr().add(off);
+                let vals = be.v.get(base, len * c.kv_dim).as_ptr().add(off);
+                let qp = qs.get(0, n * q.width).as_ptr().add(h * hd);
+                gemm::gemm(
+                    n,
+                    len,
+                    hd,
+                    scores.as_mut_ptr(),
+                    1,
+                    len as isize,
+                    false,
+                    qp,
+                    1,
+                    q.width as isize,
+                    keys,
+                    c.kv_dim as isize,
+                    1,
+                    0.0,
+                    spec.scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                for i in 0..n {
+                    let pos = p0 as usize + i;
+                    let first = spec
+                        .window
+                        .map_or(0, |w| (pos + 1).saturating_sub(w as usize));
+                    let row = &mut scores[i * len..(i + 1) * len];
+                    if let Some(cap) = spec.softcap {
+                        for v in &mut row[first..=pos] {
+                            *v = cap * (*v / cap).tanh();
+                        }
+                    }
+                    kernels::softmax(&mut row[first..=pos]);
+                    // Hidden keys (outside the window, or later positions) weigh nothing.
+                    row[..first].fill(0.0);
+                    row[pos + 1..].fill(0.0);
+                }
+                let op = os.as_mut_ptr().add(h * hd);
+                gemm::gemm(
+                    n,
+                    hd,
+                    len,
+                    op,
+                    1,
+                    out.width as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    len as isize,
+                    vals,
+                    1,
+                    c.kv_dim as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+    }
+
     /// Prompt-sized matmul: this thread's rows of `w`, GEMM_ROWS at a time, dequantized to
     /// f32 and multiplied with all `n` activation rows by an f32 GEMM.
     fn matmul_gemm(&self, n: usize, w: &Weight, x: Act, out: Act) {
