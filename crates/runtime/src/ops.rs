@@ -116,7 +116,7 @@ pub struct Rope {
     pub mode: RopeMode,
     /// Rotated dimensions per head (the rest pass through).
     pub n_rot: usize,
-    /// theta_i = position × freq_scale × inv_freq[i], inv_freq[i] = base^(-2i/n_rot).
+    /// `theta_i = position × freq_scale × inv_freq_i`, with `inv_freq_i = base^(-2i/n_rot)`.
     pub inv_freq: Vec<f32>,
     /// Linear position scaling (1 / scaling factor).
     pub freq_scale: f32,

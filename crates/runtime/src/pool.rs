@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 /// run) spends before it falls back to `yield_now`. One iteration is one `pause`: about 25 ns on
 /// the AMD EPYC CI machine (about 40 ns on recent Intel cores), so about 25-40 µs. Long enough
 /// that the imbalance of a µs-sized op never leaves the spin; short enough that a thread whose
-/// partner was descheduled (more threads than free cores) soon stops burning the core.
+/// partner was descheduled (more threads than free cores) soon stops burning the core. When the
+/// partner waits for the waiter's own core, every barrier costs this budget: measured 27 µs per
+/// barrier with 2 threads while another process held one of the 2 vCPUs (an adaptive budget
+/// could cut that; see [`SpinConfig`] to tune).
 pub const BARRIER_SPINS: u32 = 1 << 10;
 
 /// `yield_now` calls after [`BARRIER_SPINS`] before the waiter blocks (Mutex + Condvar, a futex
@@ -55,9 +58,9 @@ pub struct SpinConfig {
 
 impl SpinConfig {
     /// Budgets for a pool with more threads than CPUs (as libgomp throttles its spin count): a
-    /// waiter then most likely holds the core of the thread it waits for, so it blocks after
-    /// about 2 µs. Measured with 3 and 4 threads on 2 vCPUs: about 6 µs per barrier and per
-    /// empty run, against 30-60 µs with the default budgets.
+    /// waiter then most likely holds the core of the thread it waits for, so it blocks after a
+    /// few µs. Measured with 3 and 4 threads on 2 vCPUs: 4-9 µs per barrier and per empty run,
+    /// against 27-57 µs with the default budgets.
     pub const OVERSUBSCRIBED: SpinConfig = SpinConfig {
         barrier_spins: 64,
         barrier_yields: 4,
@@ -297,9 +300,10 @@ impl Shared {
 /// (with 1 thread: 10 ns and nothing), against 11-22 µs for rayon entered from outside its pool
 /// (docs/DEPENDENCIES.md) and 30-40 µs for spawning scoped threads. A run that finds its
 /// workers parked takes about 45-65 µs (futex wake of a halted vCPU). With more threads than
-/// free cores a barrier costs a context switch: about 6 µs with 3 or 4 threads on 2 vCPUs
-/// ([`SpinConfig::OVERSUBSCRIBED`]), and 30-60 µs when another process holds a core, since the
-/// default budgets spin and yield first; pure spinning took 14-20 ms per barrier or run there.
+/// free cores a barrier costs a context switch: 4-9 µs with 3 or 4 threads on 2 vCPUs
+/// ([`SpinConfig::OVERSUBSCRIBED`]); with 2 threads while another process holds one of the two
+/// vCPUs, 27 µs per barrier and 53 µs per run (the default spin budget, see [`BARRIER_SPINS`]).
+/// Pure spinning took 14-20 ms per barrier or run with 3 threads and 2 busy processes beside.
 ///
 /// Runs from several threads are serialized by a mutex (no allocation, no syscall when
 /// uncontended). A nested `run` of the same pool from inside its closure panics (it could only

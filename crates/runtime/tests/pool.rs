@@ -79,6 +79,15 @@ fn pool_is_send_and_sync() {
 }
 
 #[test]
+fn spin_config_throttles_when_oversubscribed() {
+    assert_eq!(SpinConfig::for_threads(1), SpinConfig::default());
+    assert_eq!(
+        SpinConfig::for_threads(usize::MAX),
+        SpinConfig::OVERSUBSCRIBED
+    );
+}
+
+#[test]
 fn every_thread_runs_once_per_run_with_distinct_ith() {
     with_timeout(60, || {
         let caller = thread::current().id();
@@ -205,10 +214,21 @@ fn split_aligned_rejects_zero_align() {
 #[test]
 fn barrier_orders_phases() {
     with_timeout(120, || {
-        for nth in 2..=4 {
-            let pool = ThreadPool::new(nth);
+        let configs = [
+            SpinConfig::default(),
+            SpinConfig::OVERSUBSCRIBED,
+            // Block at every wait: exercises the condvar path of the barrier.
+            SpinConfig {
+                barrier_spins: 0,
+                barrier_yields: 0,
+                idle_spins: 0,
+                idle_yield_for: Duration::ZERO,
+            },
+        ];
+        for (nth, spin) in (2..=4).flat_map(|n| configs.map(|c| (n, c))) {
+            let pool = ThreadPool::with_spin(nth, spin);
             let slots = Slots::new(nth);
-            let rounds = iters(2000, 20) as u64;
+            let rounds = iters(1000, 10) as u64;
             pool.run(|w| {
                 let (i, n) = (w.ith(), w.nth());
                 for r in 0..rounds {
