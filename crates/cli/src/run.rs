@@ -78,7 +78,12 @@ impl ModelArgs {
 #[derive(clap::Args, Clone)]
 pub struct SamplingArgs {
     /// Temperature; 0 picks the most likely token every time (greedy).
-    #[arg(long = "temp", value_name = "T", default_value_t = 0.8)]
+    #[arg(
+        long = "temp",
+        value_name = "T",
+        default_value_t = 0.8,
+        allow_negative_numbers = true
+    )]
     pub temperature: f32,
     /// Keep only the K most likely tokens (0: off).
     #[arg(long, value_name = "K", default_value_t = 40)]
@@ -158,18 +163,23 @@ pub fn run(args: Args) -> Result<()> {
     };
     let stdout = std::io::stdout();
     let json = args.json;
-    if !json {
-        print!("{}", args.prompt);
-        let _ = stdout.lock().flush();
-    }
+    // The prompt is echoed with the first generated piece, so errors come alone.
+    let mut echoed = false;
     let gen = engine.generate(&prompt, &opts, |_, piece| {
         if !json {
             let mut out = stdout.lock();
+            if !echoed {
+                let _ = out.write_all(args.prompt.as_bytes());
+                echoed = true;
+            }
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
         }
         true
     })?;
+    if !json && !echoed {
+        print!("{}", args.prompt);
+    }
     let t = &gen.timings;
     if json {
         let logprobs: Vec<Vec<(u32, f32)>> = gen.logprobs.clone();
