@@ -1,0 +1,123 @@
+//! `surplus run`, `perplexity` and `bench` end to end: the JSON each prints.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn surplus(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_surplus"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+fn golden(file: &str) -> Value {
+    let path = format!(
+        "{}/../../tests/data/golden/{file}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn run_json_greedy_matches_the_oracle_start() {
+    let model = registry::test_model("smollm2-135m");
+    let g = golden("f64/smollm2-135m-instruct-q4_1");
+    let case = &g["greedy"][1];
+    let prompt = golden("smollm2-135m-instruct-q4_1")["greedy"][1]["prompt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let j = surplus(&[
+        "run",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        &prompt,
+        "-n",
+        "6",
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "--logprobs",
+        "3",
+        "-t",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(j["prompt_tokens"], case["prompt_ids"]);
+    let tokens = j["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 6);
+    // The first steps are far from any near-tie in the oracle.
+    assert_eq!(
+        tokens[..3],
+        case["f64_greedy_tokens"].as_array().unwrap()[..3]
+    );
+    let lp = j["logprobs"].as_array().unwrap();
+    assert_eq!(lp.len(), 6);
+    for (step, t) in lp.iter().zip(tokens) {
+        let top = step.as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(&top[0][0], t, "greedy picks the top log-prob");
+        assert!(top[0][1].as_f64().unwrap() <= 0.0);
+    }
+    assert!(j["timings"]["generation_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(!j["text"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn perplexity_json_matches_the_oracle_running_value() {
+    let model = registry::test_model("qwen2.5-coder-0.5b");
+    let text = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/data/golden/GPL-3.txt"
+    );
+    let j = surplus(&[
+        "perplexity",
+        "-m",
+        model.to_str().unwrap(),
+        "-f",
+        text,
+        "-c",
+        "128",
+        "--chunks",
+        "3",
+        "-t",
+        "2",
+        "--json",
+    ]);
+    let want = golden("f64/qwen2.5-coder-0.5b-instruct-q4")["perplexity"]["f64_running"][2]
+        .as_f64()
+        .unwrap();
+    let ppl = j["ppl"].as_f64().unwrap();
+    assert_eq!(j["chunks"], 3);
+    assert!((ppl / want - 1.0).abs() < 0.01, "{ppl} vs {want}");
+}
+
+#[test]
+fn bench_json_reports_both_tests() {
+    let model = registry::test_model("smollm2-135m");
+    let j = surplus(&[
+        "bench",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "-t",
+        "2",
+        "--json",
+    ]);
+    assert!(j["pp"]["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(j["tg"]["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(j["n_prompt"], 16);
+}
