@@ -75,6 +75,41 @@ fn matmul_both_paths_match_f64() {
     }
 }
 
+/// Float64 attention of query head `h` of token `i` over the visible keys `vis` (indices
+/// into the k/v rows), with the group's kv head, a scale and an optional softcap.
+#[allow(clippy::too_many_arguments)]
+fn reference_head(
+    (qv, kvv, vv): (&[f32], &[f32], &[f32]),
+    (qd, kvd, hd): (usize, usize, usize),
+    i: usize,
+    h: usize,
+    g: usize,
+    vis: &[usize],
+    scale: f64,
+    softcap: Option<f32>,
+) -> Vec<f64> {
+    let sc: Vec<f64> = vis
+        .iter()
+        .map(|&j| {
+            let s = (0..hd)
+                .map(|d| qv[i * qd + h * hd + d] as f64 * kvv[j * kvd + g * hd + d] as f64)
+                .sum::<f64>()
+                * scale;
+            softcap.map_or(s, |c| c as f64 * (s / c as f64).tanh())
+        })
+        .collect();
+    let m = sc.iter().cloned().fold(f64::MIN, f64::max);
+    let z: f64 = sc.iter().map(|s| (s - m).exp()).sum();
+    (0..hd)
+        .map(|d| {
+            vis.iter()
+                .zip(&sc)
+                .map(|(&j, s)| (s - m).exp() / z * vv[j * kvd + g * hd + d] as f64)
+                .sum()
+        })
+        .collect()
+}
+
 #[test]
 fn attention_over_sequences_with_groups_and_window() {
     let mut rng = StdRng::seed_from_u64(3);
@@ -125,26 +160,10 @@ fn attention_over_sequences_with_groups_and_window() {
                     .filter(|&j| seqs[j] == seqs[i] && pos[j] <= pos[i])
                     .filter(|&j| window.is_none_or(|w| pos[i] - pos[j] < w))
                     .collect();
-                let sc: Vec<f64> = vis
-                    .iter()
-                    .map(|&j| {
-                        (0..hd)
-                            .map(|d| {
-                                qv[i * qd + h * hd + d] as f64 * kvv[j * kvd + g * hd + d] as f64
-                            })
-                            .sum::<f64>()
-                            * 0.35
-                    })
-                    .collect();
-                let m = sc.iter().cloned().fold(f64::MIN, f64::max);
-                let z: f64 = sc.iter().map(|s| (s - m).exp()).sum();
-                for d in 0..hd {
-                    let want: f64 = vis
-                        .iter()
-                        .zip(&sc)
-                        .map(|(&j, s)| (s - m).exp() / z * vv[j * kvd + g * hd + d] as f64)
-                        .sum();
-                    let e = (got[i * qd + h * hd + d] as f64 - want).abs();
+                let want =
+                    reference_head((&qv, &kvv, &vv), (qd, kvd, hd), i, h, g, &vis, 0.35, None);
+                for (d, w) in want.iter().enumerate() {
+                    let e = (got[i * qd + h * hd + d] as f64 - w).abs();
                     assert!(e < 1e-5, "window {window:?} token {i} head {h}: {e}");
                 }
             }
@@ -216,30 +235,10 @@ fn prompt_chunk_attention_matches_f64() {
                 let vis: Vec<usize> = (0..=i)
                     .filter(|&j| window.is_none_or(|w| i - j < w as usize))
                     .collect();
-                let sc: Vec<f64> = vis
-                    .iter()
-                    .map(|&j| {
-                        let s = (0..hd)
-                            .map(|d| {
-                                qv[i * qd + h * hd + d] as f64 * kvv[j * kvd + g * hd + d] as f64
-                            })
-                            .sum::<f64>()
-                            * 0.4;
-                        match softcap {
-                            Some(c) => c as f64 * (s / c as f64).tanh(),
-                            None => s,
-                        }
-                    })
-                    .collect();
-                let m = sc.iter().cloned().fold(f64::MIN, f64::max);
-                let z: f64 = sc.iter().map(|s| (s - m).exp()).sum();
-                for d in 0..hd {
-                    let want: f64 = vis
-                        .iter()
-                        .zip(&sc)
-                        .map(|(&j, s)| (s - m).exp() / z * vv[j * kvd + g * hd + d] as f64)
-                        .sum();
-                    let e = (got[i * qd + h * hd + d] as f64 - want).abs();
+                let want =
+                    reference_head((&qv, &kvv, &vv), (qd, kvd, hd), i, h, g, &vis, 0.4, softcap);
+                for (d, w) in want.iter().enumerate() {
+                    let e = (got[i * qd + h * hd + d] as f64 - w).abs();
                     assert!(e < 1e-5, "{window:?} {softcap:?} token {i} head {h}: {e}");
                 }
             }
