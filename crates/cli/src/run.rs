@@ -24,7 +24,7 @@ pub struct ModelArgs {
         short = 'b',
         long = "batch-size",
         value_name = "N",
-        default_value_t = 256
+        default_value_t = 512
     )]
     pub batch_size: usize,
 }

@@ -17,6 +17,7 @@ pub mod dot;
 mod error;
 mod fit;
 pub mod formats;
+pub mod gemm;
 
 pub use dot::{
     activation_type, dot_fn, dot_fn_for, dot_isa, dot_scalar, quantize_activations, DotFn, Isa,

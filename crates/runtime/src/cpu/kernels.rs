@@ -55,17 +55,52 @@ pub fn rope(head: &mut [f32], pos: u32, rope: &Rope) {
     }
 }
 
+/// `e^x` to within 2 ulp (relative error < 2.5e-7) for x in [-87, 88]; 0 below (e^-87 ≈
+/// 1.6e-38), e^88 ≈ 1.7e38 above. Branch-free, so loops over slices vectorize: the scalar
+/// `f32::exp` of libm is a call per value.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in a part with few mantissa bits (exact products with n) and the rest.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding 1.5 × 2^23 rounds to an integer, which lands in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let underflow = x < -87.0;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // e^r for |r| <= ln2/2: Taylor series to r^6 (truncation error < 1e-7 relative).
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
+    let e = p * f32::from_bits(((ni + 127) << 23) as u32);
+    if underflow {
+        0.0
+    } else {
+        e
+    }
+}
+
+/// `tanh(x)` through [`exp`]: absolute error below 3e-7.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+}
+
 /// Softmax in place (max-subtracted; sum in f64).
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         return;
     }
-    let mut sum = 0.0f64;
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
+        *v = exp(*v - max);
     }
+    let sum: f64 = x.iter().map(|&v| v as f64).sum();
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
         *v *= inv;
@@ -73,14 +108,17 @@ pub fn softmax(x: &mut [f32]) {
 }
 
 /// `x / (1 + e^-x)`.
+#[inline(always)]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + exp(-x))
 }
 
 /// GELU, tanh approximation: `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
+#[inline(always)]
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh())
+    // 0.5 (1 + tanh(y)) = 1 / (1 + e^-2y): no cancellation for y << 0, no overflow.
+    x / (1.0 + exp(-2.0 * SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)))
 }
 
 /// `out = silu(gate) × up`.
@@ -120,7 +158,7 @@ pub fn attend(
         let k = &keys[(first + j) * stride + offset..][..d];
         let mut v = dot(q, k) * scale;
         if let Some(cap) = softcap {
-            v = cap * (v / cap).tanh();
+            v = cap * tanh(v / cap);
         }
         *s = v;
     }
@@ -198,6 +236,47 @@ mod tests {
         softmax(&mut x);
         assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!(x[1] > x[2] && x[2] > x[0] && x[3] == 0.0);
+    }
+
+    #[test]
+    fn exp_and_tanh_match_f64() {
+        let mut worst_exp = 0.0f64;
+        let mut worst_tanh = 0.0f64;
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            let want = (x as f64).exp();
+            worst_exp = worst_exp.max(((exp(x) as f64 - want) / want).abs());
+            let want = (x as f64).tanh();
+            worst_tanh = worst_tanh.max((tanh(x) as f64 - want).abs());
+            x += 0.001_37;
+        }
+        assert!(worst_exp < 2.5e-7, "exp relative error {worst_exp}");
+        assert!(worst_tanh < 3e-7, "tanh absolute error {worst_tanh}");
+        assert_eq!(exp(-1000.0), 0.0);
+        assert!(exp(1000.0).is_finite());
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn gelu_and_silu_match_f64() {
+        let mut x = -30.0f32;
+        while x <= 30.0 {
+            let xd = x as f64;
+            let g = 0.5
+                * xd
+                * (1.0
+                    + ((2.0 / std::f64::consts::PI).sqrt() * (xd + 0.044715 * xd.powi(3))).tanh());
+            let s = xd / (1.0 + (-xd).exp());
+            assert!(
+                (gelu_tanh(x) as f64 - g).abs() <= 1e-6 * (1.0 + g.abs()),
+                "gelu({x})"
+            );
+            assert!(
+                (silu(x) as f64 - s).abs() <= 1e-6 * (1.0 + s.abs()),
+                "silu({x})"
+            );
+            x += 0.0071;
+        }
     }
 
     #[test]

@@ -7,15 +7,18 @@ mod shared;
 use std::cell::Cell;
 
 use quant::dot::{activation_type, dot_fn, quantize_activations, DotFn};
-use quant::GgmlType;
+use quant::{gemm as int8, GgmlType};
 
 use crate::ops::{Act, Attention, Batch, Ops, Plan, Rope};
 use crate::pool::{ThreadPool, Worker};
 use crate::tensor::Weight;
 pub use shared::Shared;
 
-/// From this many tokens on, a matmul dequantizes blocks of weight rows to f32 and runs a
-/// GEMM (prompt processing); below it, each row is dotted with 8-bit activations (decode).
+/// A prompt chunk (consecutive positions of one sequence) of this many tokens or more is
+/// multiplied by dequantizing blocks of weight rows to f32 and running a GEMM; every other
+/// batch (decode, speculative verification, several sequences at once) dots each weight row
+/// with each token's 8-bit activations, so that a token's result never depends on what else
+/// shares its batch.
 pub const GEMM_MIN_TOKENS: usize = 8;
 /// Weight rows dequantized at a time for the GEMM path.
 const GEMM_ROWS: usize = 64;
@@ -72,6 +75,11 @@ pub struct CpuBackend {
     /// Per-thread scratch: attention scores and dequantized weight rows.
     scratch: Shared<f32>,
     scratch_per_thread: usize,
+    /// Block sums of the activation panels of the int8 GEMM ([`quant::gemm`]).
+    panel_sums: Shared<f32>,
+    /// Per-thread bytes for the int8 GEMM: a weight panel and one row's unpacked levels.
+    panel_scratch: Shared<u8>,
+    panel_scratch_per_thread: usize,
     kv: KvConfig,
     k: Shared<f32>,
     v: Shared<f32>,
@@ -90,6 +98,7 @@ impl CpuBackend {
             (kv.n_ctx * max_batch).max(kv.n_ctx + 2 * max_width + GEMM_ROWS * max_width) + 64;
         let n_threads = n_threads.max(1);
         let kv_len = kv.n_layers * kv.n_seq * kv.n_ctx * kv.kv_dim;
+        let panel_scratch_per_thread = int8::weight_panel_bytes(max_width) + max_width + 64;
         CpuBackend {
             pool: ThreadPool::new(n_threads),
             widths: plan.widths.clone(),
@@ -101,10 +110,16 @@ impl CpuBackend {
                 .collect(),
             max_logit_rows: plan.min_fixed_rows().unwrap_or(max_batch),
             max_batch,
-            qbuf: Shared::new(qrow_cap * max_batch),
+            // Rows quantized for dot products, or panels of four tokens for the int8 GEMM.
+            qbuf: Shared::new((qrow_cap * max_batch).max(
+                max_batch.div_ceil(4) * int8::act_panel_bytes(max_width.next_multiple_of(64)),
+            )),
             qrow_cap,
             scratch: Shared::new(scratch_per_thread * n_threads),
             scratch_per_thread,
+            panel_sums: Shared::new((max_batch.div_ceil(4) * 4) * (max_width / 32 + 1)),
+            panel_scratch: Shared::new(panel_scratch_per_thread * n_threads),
+            panel_scratch_per_thread,
             k: Shared::new(kv_len),
             v: Shared::new(kv_len),
             kv,
@@ -154,11 +169,13 @@ impl CpuBackend {
             return Err(CpuError::BadToken(t));
         }
         let this = &*self;
+        let chunk = prompt_chunk(batch);
         this.pool.run(|w| {
             let ops = CpuOps {
                 w,
                 be: this,
                 batch,
+                chunk,
                 quantized: Cell::new(None),
             };
             f(&ops);
@@ -196,6 +213,8 @@ pub struct CpuOps<'a> {
     w: &'a Worker<'a>,
     be: &'a CpuBackend,
     batch: &'a Batch,
+    /// The sequence and first position when the batch is a prompt chunk ([`prompt_chunk`]).
+    chunk: Option<(u32, u32)>,
     /// What `qbuf` holds: (activation buffer, format, rows), to skip quantizing the same
     /// input again for the next matmul (Q, K and V share theirs).
     quantized: Cell<Option<(u32, GgmlType, usize)>>,
@@ -265,8 +284,13 @@ impl Ops for CpuOps<'_> {
     }
 
     fn matmul(&self, n: usize, w: &Weight, x: Act, out: Act) {
-        if n >= GEMM_MIN_TOKENS {
-            self.matmul_gemm(n, w, x, out);
+        if self.chunk.is_some() && n >= GEMM_MIN_TOKENS {
+            match int8::isa() {
+                Some(isa) if int8::supported(w.ty) && int8::cols_ok(w.ty, w.cols) => {
+                    self.matmul_int8(isa, n, w, x, out)
+                }
+                _ => self.matmul_gemm(n, w, x, out),
+            }
             return;
         }
         let aty = activation_type(w.ty);
@@ -362,7 +386,7 @@ impl Ops for CpuOps<'_> {
             }
         });
         self.w.barrier();
-        if self.prompt_chunk().is_some() {
+        if self.chunk.is_some() {
             self.attention_gemm(spec, q, out, layer);
             self.done(out);
             return;
@@ -457,28 +481,11 @@ impl Ops for CpuOps<'_> {
 }
 
 impl CpuOps<'_> {
-    /// When the batch is GEMM_MIN_TOKENS or more consecutive positions of one sequence (a
-    /// prompt chunk): that sequence and the first position.
-    fn prompt_chunk(&self) -> Option<(u32, u32)> {
-        let b = self.batch;
-        if b.len() < GEMM_MIN_TOKENS {
-            return None;
-        }
-        let (seq, p0) = (b.seq[0], b.pos[0]);
-        let consecutive = b
-            .seq
-            .iter()
-            .zip(&b.pos)
-            .enumerate()
-            .all(|(i, (&s, &p))| s == seq && p == p0 + i as u32);
-        consecutive.then_some((seq, p0))
-    }
-
     /// Attention of a prompt chunk, one head at a time per thread: scores = Q·Kᵀ by GEMM over
     /// every position up to the chunk's end, masked (causal, window), softcapped, softmaxed
     /// row by row, then out = P·V by GEMM.
     fn attention_gemm(&self, spec: &Attention, q: Act, out: Act, layer: usize) {
-        let Some((seq, p0)) = self.prompt_chunk() else {
+        let Some((seq, p0)) = self.chunk else {
             return;
         };
         let be = self.be;
@@ -529,7 +536,7 @@ impl CpuOps<'_> {
                     let row = &mut scores[i * len..(i + 1) * len];
                     if let Some(cap) = spec.softcap {
                         for v in &mut row[first..=pos] {
-                            *v = cap * (*v / cap).tanh();
+                            *v = cap * kernels::tanh(*v / cap);
                         }
                     }
                     kernels::softmax(&mut row[first..=pos]);
@@ -611,6 +618,78 @@ impl CpuOps<'_> {
         self.done(out);
     }
 
+    /// Prompt-sized matmul of a weight type the int8 GEMM handles: the activations are
+    /// packed into panels of four tokens by all threads, then each thread unpacks its rows
+    /// four at a time and multiplies them with every token panel ([`quant::gemm`]).
+    fn matmul_int8(&self, isa: quant::Isa, n: usize, w: &Weight, x: Act, out: Act) {
+        let cols = w.cols;
+        let (chunks, nb) = (cols / int8::CHUNK, cols / 32);
+        let a_bytes = int8::act_panel_bytes(cols);
+        let groups = n.div_ceil(4);
+        let (xs, os) = (self.be.act(x), self.be.act(out));
+        // Panels do not depend on the weight type: Q, K and V share theirs.
+        let key = Some((x.id, GgmlType::I8, n));
+        if self.quantized.get() != key {
+            for g in self.w.split(groups) {
+                let t0 = 4 * g;
+                // SAFETY: x is only read in this phase; panel g and its sums are written
+                // by this thread alone (the buffers were sized for max_batch tokens in
+                // groups of four, with 4 bytes per value).
+                unsafe {
+                    let nt = n.min(t0 + 4) - t0;
+                    let rows: [&[f32]; 4] =
+                        std::array::from_fn(|j| xs.get((t0 + j.min(nt - 1)) * x.width, cols));
+                    let panel = self.be.qbuf.get_mut(g * a_bytes, a_bytes);
+                    let sums = self.be.panel_sums.get_mut(g * 4 * nb, 4 * nb);
+                    int8::pack_acts(&rows[..nt], cols, panel, sums);
+                }
+            }
+            self.w.barrier();
+            self.quantized.set(key);
+        }
+        // SAFETY: the panels were written before the barrier above; all threads only read
+        // them now. This thread's scratch is its own.
+        let (apanels, asums, wscratch) = unsafe {
+            let per = self.be.panel_scratch_per_thread;
+            (
+                self.be.qbuf.get(0, groups * a_bytes),
+                self.be.panel_sums.get(0, groups * 4 * nb),
+                self.be.panel_scratch.get_mut(self.w.ith() * per, per),
+            )
+        };
+        let (wpanel, qrow) = wscratch.split_at_mut(int8::weight_panel_bytes(cols));
+        let qrow = &mut qrow[..cols];
+        let scratch = self.scratch();
+        let (s16, bias) = scratch.split_at_mut(cols / 16);
+        let bias = &mut bias[..4 * nb];
+        let with_bias = int8::has_bias(w.ty);
+        let mine = self.w.split_aligned(w.rows, 4);
+        let mut r0 = mine.start;
+        while r0 < mine.end {
+            let nr = 4.min(mine.end - r0);
+            let rows: [&[u8]; 4] = std::array::from_fn(|j| w.row(r0 + j.min(nr - 1)));
+            // The weight was checked at load; a failure here would be a bug upstream.
+            let packed =
+                int8::pack_weights(Some(isa), w.ty, &rows[..nr], cols, qrow, s16, wpanel, bias);
+            debug_assert!(packed, "int8 GEMM refused a {:?} row of {cols}", w.ty);
+            for g in 0..groups {
+                let mut o = [[0.0f32; 4]; 4];
+                let sums = &asums[g * 4 * nb..(g + 1) * 4 * nb];
+                let b = with_bias.then_some((&bias[..], sums));
+                let a = &apanels[g * a_bytes..];
+                int8::kernel(Some(isa), w.ty, chunks, wpanel, a, b, &mut o);
+                for (r, o) in o.iter().enumerate().take(nr) {
+                    for (t, &v) in o.iter().enumerate().take(n - 4 * g) {
+                        // SAFETY: element (token, row r0 + r) belongs to this thread's rows.
+                        unsafe { os.set((4 * g + t) * out.width + r0 + r, v) };
+                    }
+                }
+            }
+            r0 += nr;
+        }
+        self.done(out);
+    }
+
     /// `out = f(a, b)` row by row; `out` may be `a` or `b`.
     fn zip2(&self, n: usize, a: Act, b: Act, out: Act, f: impl Fn(&[f32], &[f32], &mut [f32])) {
         let (sa, sb, so) = (self.be.act(a), self.be.act(b), self.be.act(out));
@@ -628,4 +707,20 @@ impl CpuOps<'_> {
         });
         self.done(out);
     }
+}
+
+/// When `b` is GEMM_MIN_TOKENS or more consecutive positions of one sequence (a prompt
+/// chunk): that sequence and the first position.
+fn prompt_chunk(b: &Batch) -> Option<(u32, u32)> {
+    if b.len() < GEMM_MIN_TOKENS {
+        return None;
+    }
+    let (seq, p0) = (b.seq[0], b.pos[0]);
+    let consecutive = b
+        .seq
+        .iter()
+        .zip(&b.pos)
+        .enumerate()
+        .all(|(i, (&s, &p))| s == seq && p == p0 + i as u32);
+    consecutive.then_some((seq, p0))
 }
