@@ -4,6 +4,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use engine::sampling::SamplingParams;
+use engine::speculative::{Controller, Drafter, ModelDrafter, NgramDrafter, MAX_DRAFT};
 use engine::{Engine, EngineOptions, GenerateOptions};
 use serde_json::json;
 
@@ -32,11 +33,16 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Resolves the model name or path and loads it.
     pub fn load(&self, max_logit_rows: usize) -> Result<Engine> {
+        self.load_other(&self.model, max_logit_rows)
+    }
+
+    /// Loads `model` (a name or a path) with these flags' threads, context and batch.
+    pub fn load_other(&self, model: &str, max_logit_rows: usize) -> Result<Engine> {
         let opts = registry::PullOptions {
             progress: crate::progress_enabled(),
             force: false,
         };
-        let path = registry::resolve(&self.model, &opts)?;
+        let path = registry::resolve(model, &opts)?;
         let eo = EngineOptions {
             n_ctx: self.ctx_size,
             n_batch: self.batch_size,
@@ -120,6 +126,81 @@ impl SamplingArgs {
     }
 }
 
+/// Which drafter speculative decoding uses.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecMode {
+    /// No speculation: one target pass per token.
+    None,
+    /// Prompt lookup: the last tokens are looked up earlier in the text and what followed
+    /// them is proposed (no extra model; pays off when the output repeats the input).
+    Ngram,
+    /// A small model sharing the target's tokenizer proposes tokens (--draft-model).
+    Draft,
+}
+
+/// Speculative decoding flags.
+#[derive(clap::Args, Clone)]
+pub struct SpecArgs {
+    /// Speculative decoding: a drafter proposes tokens, the model checks them in one pass.
+    /// Greedy output is unchanged and sampled output keeps its distribution. With
+    /// --draft-model the default is `draft`.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub spec: Option<SpecMode>,
+    /// The draft model for --spec draft: a .gguf path or a known model name, with the same
+    /// tokenizer as the model (e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b).
+    #[arg(long, value_name = "MODEL")]
+    pub draft_model: Option<String>,
+    /// Most tokens drafted per step (1 to 6); how many are drafted adapts every step to
+    /// the measured acceptance and costs, down to none when speculation does not pay.
+    #[arg(long, value_name = "K", default_value_t = 6)]
+    pub draft_max: usize,
+}
+
+impl SpecArgs {
+    /// The drafter these flags ask for, if any (the draft model is loaded here).
+    pub fn drafter(
+        &self,
+        model: &ModelArgs,
+        target: &Engine,
+        sampling: &SamplingParams,
+    ) -> Result<Option<Box<dyn Drafter>>> {
+        let mode = self.spec.unwrap_or(if self.draft_model.is_some() {
+            SpecMode::Draft
+        } else {
+            SpecMode::None
+        });
+        if !(1..=MAX_DRAFT).contains(&self.draft_max) {
+            anyhow::bail!(
+                "--draft-max must be between 1 and {MAX_DRAFT}, got {}",
+                self.draft_max
+            );
+        }
+        match mode {
+            SpecMode::None => Ok(None),
+            SpecMode::Ngram => Ok(Some(Box::new(NgramDrafter::default()))),
+            SpecMode::Draft => {
+                let Some(name) = &self.draft_model else {
+                    anyhow::bail!("--spec draft needs --draft-model MODEL (a small model with the same tokenizer)");
+                };
+                let engine = model.load_other(name, 1)?;
+                let d = ModelDrafter::new(engine, target, sampling)
+                    .with_context(|| format!("draft model {name}"))?;
+                Ok(Some(Box::new(d)))
+            }
+        }
+    }
+
+    /// Logit rows the target needs: one per verified token.
+    pub fn logit_rows(&self) -> usize {
+        if self.spec == Some(SpecMode::None) || (self.spec.is_none() && self.draft_model.is_none())
+        {
+            1
+        } else {
+            MAX_DRAFT + 1
+        }
+    }
+}
+
 /// Arguments of `surplus run`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -138,6 +219,8 @@ pub struct Args {
     n_predict: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
     /// Do not stop at end-of-generation tokens (they are never picked).
     #[arg(long)]
     ignore_eos: bool,
@@ -152,7 +235,12 @@ pub struct Args {
 
 /// Runs `surplus run`.
 pub fn run(args: Args) -> Result<()> {
-    let mut engine = args.model.load(1)?;
+    let mut engine = args.model.load(args.spec.logit_rows())?;
+    let sampling = args.sampling.params();
+    sampling
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid sampling parameters: {e}"))?;
+    let mut drafter = args.spec.drafter(&args.model, &engine, &sampling)?;
     let prompt = engine.tokenizer.encode(&args.prompt, true, true);
     let opts = GenerateOptions {
         max_tokens: args.n_predict,
@@ -165,7 +253,7 @@ pub fn run(args: Args) -> Result<()> {
     let json = args.json;
     // The prompt is echoed with the first generated piece, so errors come alone.
     let mut echoed = false;
-    let gen = engine.generate(&prompt, &opts, |_, piece| {
+    let on_token = |_: u32, piece: &str| {
         if !json {
             let mut out = stdout.lock();
             if !echoed {
@@ -176,7 +264,15 @@ pub fn run(args: Args) -> Result<()> {
             let _ = out.flush();
         }
         true
-    })?;
+    };
+    let (gen, spec) = match drafter.as_deref_mut() {
+        Some(d) => {
+            let mut ctl = Controller::new(args.spec.draft_max);
+            let (g, s) = engine.generate_speculative(&prompt, &opts, d, &mut ctl, on_token)?;
+            (g, Some(s))
+        }
+        None => (engine.generate(&prompt, &opts, on_token)?, None),
+    };
     if !json && !echoed {
         print!("{}", args.prompt);
     }
@@ -197,6 +293,10 @@ pub fn run(args: Args) -> Result<()> {
                 "threads": engine.n_threads(),
             },
         });
+        let mut out = out;
+        if let Some(s) = &spec {
+            out["speculative"] = json!(s);
+        }
         println!("{out}");
     } else {
         println!();
@@ -208,6 +308,17 @@ pub fn run(args: Args) -> Result<()> {
             t.generation_tps(),
             engine.n_threads()
         );
+        if let Some(s) = &spec {
+            let rate = if s.drafted == 0 {
+                0.0
+            } else {
+                100.0 * s.accepted as f64 / s.drafted as f64
+            };
+            eprintln!(
+                "speculative ({}): {} drafted, {} accepted ({rate:.0}%), {} target passes",
+                s.drafter, s.drafted, s.accepted, s.steps
+            );
+        }
     }
     Ok(())
 }

@@ -4,5 +4,6 @@
 pub mod perplexity;
 pub mod sampling;
 pub mod session;
+pub mod speculative;
 
 pub use session::{Engine, EngineError, EngineOptions, GenerateOptions, Generation, Timings};

@@ -120,13 +120,14 @@ pub struct Engine {
     pub model: Model,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
-    backend: CpuBackend,
-    n_ctx: usize,
+    pub(crate) backend: CpuBackend,
+    pub(crate) n_ctx: usize,
     n_batch: usize,
+    pub(crate) max_logit_rows: usize,
     batch: Batch,
     /// Tokens whose keys and values sequence 0 of the cache holds, in order: a new prompt
     /// that starts with them is evaluated from where they end.
-    cached: Vec<u32>,
+    pub(crate) cached: Vec<u32>,
 }
 
 impl Engine {
@@ -174,6 +175,7 @@ impl Engine {
             backend,
             n_ctx,
             n_batch,
+            max_logit_rows: opts.max_logit_rows.max(1),
             batch: Batch::default(),
             cached: Vec::new(),
         })

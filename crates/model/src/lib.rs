@@ -188,6 +188,19 @@ impl Model {
         }
     }
 
+    /// Cuts sequence `seq`'s state back to its first `len` positions: speculative decoding
+    /// calls it after rejecting drafts. The families here keep nothing but the KV cache,
+    /// whose entries past `len` are never read before being written again, so there is
+    /// nothing to undo; a family with recurrent state (Gated DeltaNet) restores a snapshot
+    /// here.
+    pub fn rollback<B>(&self, backend: &mut B, seq: u32, len: usize) {
+        match self.family {
+            Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Gemma3 => {
+                let _ = (backend, seq, len);
+            }
+        }
+    }
+
     /// Parameter count (all tensors used).
     pub fn n_params(&self) -> usize {
         let w = |w: &Weight| w.rows * w.cols;

@@ -5,6 +5,7 @@ pub mod kernels;
 mod shared;
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use quant::dot::{activation_type, dot_fn, quantize_activations, DotFn};
 use quant::{gemm as int8, GgmlType};
@@ -64,7 +65,9 @@ pub enum CpuError {
 
 /// Memory and threads of the CPU backend.
 pub struct CpuBackend {
-    pool: ThreadPool,
+    /// Shared with other backends of the process that never run at the same time (a
+    /// speculative draft model and its target), so only one set of workers exists.
+    pool: Arc<ThreadPool>,
     widths: Vec<usize>,
     acts: Vec<Shared<f32>>,
     max_batch: usize,
@@ -100,7 +103,7 @@ impl CpuBackend {
         let kv_len = kv.n_layers * kv.n_seq * kv.n_ctx * kv.kv_dim;
         let panel_scratch_per_thread = int8::weight_panel_bytes(max_width) + max_width + 64;
         CpuBackend {
-            pool: ThreadPool::new(n_threads),
+            pool: Arc::new(ThreadPool::new(n_threads)),
             widths: plan.widths.clone(),
             acts: plan
                 .widths
@@ -124,6 +127,18 @@ impl CpuBackend {
             v: Shared::new(kv_len),
             kv,
         }
+    }
+
+    /// Runs on `other`'s threads from now on (this backend's own workers end): for two
+    /// backends used in turn, such as a draft model and its target, whose two sets of idle
+    /// workers would otherwise compete for the cores. Does nothing (false) when the thread
+    /// counts differ, since per-thread scratch was sized for this backend's count.
+    pub fn share_pool(&mut self, other: &CpuBackend) -> bool {
+        if self.pool.n_threads() != other.pool.n_threads() {
+            return false;
+        }
+        self.pool = Arc::clone(&other.pool);
+        true
     }
 
     /// Threads used.

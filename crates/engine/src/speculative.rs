@@ -1,0 +1,841 @@
+//! Speculative decoding: a drafter proposes the next few tokens, the target model checks them
+//! all in one batched pass and keeps the prefix its own sampling agrees with, exactly.
+//!
+//! - [`Drafter`]: what proposes tokens. [`NgramDrafter`] looks the recent tokens up earlier
+//!   in the text (prompt lookup, no extra model); [`ModelDrafter`] runs a small model that
+//!   shares the target's tokenizer. Drafters see only token ids, so a drafter fed by the
+//!   target's own hidden state (MTP heads) fits the same interface.
+//! - Verification ([`Engine::generate_speculative`]): the last token and k drafts are
+//!   evaluated together; at temperature 0 a draft is kept while it equals the target's
+//!   argmax, otherwise by the rejection rule (keep `x` with probability `min(1, p(x)/q(x))`,
+//!   else draw from `max(0, p − q)` normalized), so the output follows the target's
+//!   distribution exactly. The sequence state past the kept tokens is then rolled back by
+//!   the model ([`model::Model::rollback`]).
+//! - [`Controller`]: picks k every step from the measured acceptance and the measured cost
+//!   of a step and of a draft, and drafts nothing when speculation does not pay.
+//!
+//! Verification batches stay below [`runtime::cpu::GEMM_MIN_TOKENS`] tokens, so every token
+//! is computed exactly as a lone decode step would compute it: greedy output is identical
+//! with and without speculation.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::sampling::{argmax_excluding, top_logprobs, Sampler, SamplingParams};
+use crate::session::{Engine, EngineError, EngineOptions, GenerateOptions, Generation};
+
+/// Most tokens drafted per step: with the last token, a verification batch stays below the
+/// size at which the CPU backend switches to its prompt GEMM (different rounding).
+pub const MAX_DRAFT: usize = runtime::cpu::GEMM_MIN_TOKENS - 2;
+
+/// Why speculative decoding could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("the draft model's vocabulary ({draft} tokens) differs from the target's ({target}); a draft model must share the target's tokenizer")]
+    Vocabulary { draft: usize, target: usize },
+    #[error("the draft model's tokenizer disagrees with the target's on token {id} ({draft:?} vs {target:?}); a draft model must share the target's tokenizer")]
+    Tokenizer {
+        id: u32,
+        draft: String,
+        target: String,
+    },
+}
+
+/// Tokens a drafter proposes, with the distribution each was drawn from.
+#[derive(Clone, Debug, Default)]
+pub struct Draft {
+    /// The proposed tokens, in order.
+    pub tokens: Vec<u32>,
+    /// For each token, the drafter's distribution `q` it was sampled from, as (id,
+    /// probability); empty when the drafter is deterministic (`q` is then a point mass on
+    /// the token). Buffers are reused from step to step.
+    pub dists: Vec<Vec<(u32, f32)>>,
+}
+
+impl Draft {
+    /// Empties the draft, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.tokens.clear();
+        for d in &mut self.dists {
+            d.clear();
+        }
+    }
+
+    /// `q(token)` for draft position `i`: 1 for a deterministic drafter.
+    fn q(&self, i: usize) -> f32 {
+        let t = self.tokens[i];
+        match self.dists.get(i) {
+            Some(d) if !d.is_empty() => d.iter().find(|e| e.0 == t).map_or(0.0, |e| e.1),
+            _ => 1.0,
+        }
+    }
+}
+
+/// Something that proposes the next tokens of a sequence.
+pub trait Drafter {
+    /// Short name for reports (`"ngram"`, `"draft"`).
+    fn name(&self) -> &'static str;
+
+    /// Called once with the prompt before generation (a draft model evaluates it here).
+    fn prepare(&mut self, prompt: &[u32]) -> Result<(), SpecError> {
+        let _ = prompt;
+        Ok(())
+    }
+
+    /// Proposes up to `k` tokens that continue `history` (the prompt and every token kept
+    /// so far) into `draft` (cleared by the caller). Proposing fewer, or none, is fine.
+    /// Returns the seconds spent catching up with tokens the drafter had not seen (after
+    /// steps without drafting), which the [`Controller`] leaves out of the cost per draft.
+    fn propose(&mut self, history: &[u32], k: usize, draft: &mut Draft) -> Result<f64, SpecError>;
+}
+
+/// Prompt lookup: finds the latest earlier occurrence of the last `n` tokens (longest `n`
+/// first, down to `min_n`) and proposes what followed it. Costs microseconds, no model.
+#[derive(Clone, Debug)]
+pub struct NgramDrafter {
+    /// Longest suffix looked up.
+    pub max_n: usize,
+    /// Shortest suffix looked up.
+    pub min_n: usize,
+}
+
+impl Default for NgramDrafter {
+    fn default() -> Self {
+        NgramDrafter { max_n: 4, min_n: 2 }
+    }
+}
+
+impl Drafter for NgramDrafter {
+    fn name(&self) -> &'static str {
+        "ngram"
+    }
+
+    fn propose(&mut self, history: &[u32], k: usize, draft: &mut Draft) -> Result<f64, SpecError> {
+        let len = history.len();
+        for n in (self.min_n.max(1)..=self.max_n.min(len.saturating_sub(1))).rev() {
+            let suffix = &history[len - n..];
+            // Latest start i < len - n with history[i..i + n] == suffix.
+            if let Some(i) = (0..len - n).rev().find(|&i| &history[i..i + n] == suffix) {
+                let next = &history[i + n..];
+                draft.tokens.extend(next.iter().take(k));
+                return Ok(0.0);
+            }
+        }
+        Ok(0.0)
+    }
+}
+
+/// A small model that shares the target's tokenizer, run one token at a time in its own
+/// engine; its KV cache follows the target's history (only the tokens that changed are
+/// evaluated again).
+pub struct ModelDrafter {
+    engine: Engine,
+    sampler: Sampler,
+    greedy: bool,
+    /// Tokens whose keys and values the draft's cache holds, in order.
+    cached: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+impl ModelDrafter {
+    /// Loads the draft model at `path` for a target `target`, sampling with `sampling` (its
+    /// own RNG stream). Checks that the two share a tokenizer.
+    pub fn load(
+        path: &Path,
+        target: &Engine,
+        opts: &EngineOptions,
+        sampling: &SamplingParams,
+    ) -> Result<ModelDrafter, SpecError> {
+        let engine = Engine::load(
+            path,
+            &EngineOptions {
+                n_seq: 1,
+                max_logit_rows: 1,
+                ..opts.clone()
+            },
+        )?;
+        ModelDrafter::new(engine, target, sampling)
+    }
+
+    /// A drafter over an engine already loaded (which then runs on the target's threads).
+    pub fn new(
+        mut engine: Engine,
+        target: &Engine,
+        sampling: &SamplingParams,
+    ) -> Result<ModelDrafter, SpecError> {
+        let (dv, tv) = (engine.model.hp.n_vocab, target.model.hp.n_vocab);
+        if dv != tv {
+            return Err(SpecError::Vocabulary {
+                draft: dv,
+                target: tv,
+            });
+        }
+        // A sample of ids across the vocabulary must spell the same.
+        for id in (0..tv as u32).step_by((tv / 97).max(1)) {
+            let (d, t) = (
+                engine.tokenizer.piece(id, true),
+                target.tokenizer.piece(id, true),
+            );
+            if d != t {
+                return Err(SpecError::Tokenizer {
+                    id,
+                    draft: String::from_utf8_lossy(d).into_owned(),
+                    target: String::from_utf8_lossy(t).into_owned(),
+                });
+            }
+        }
+        engine.backend.share_pool(&target.backend);
+        let mut params = sampling.clone();
+        params.seed = params.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        Ok(ModelDrafter {
+            greedy: sampling.temperature <= 0.0,
+            sampler: Sampler::new(params, dv),
+            cached: Vec::new(),
+            logits: vec![0.0; dv],
+            engine,
+        })
+    }
+}
+
+impl Drafter for ModelDrafter {
+    fn name(&self) -> &'static str {
+        "draft"
+    }
+
+    fn prepare(&mut self, prompt: &[u32]) -> Result<(), SpecError> {
+        self.cached.clear();
+        if prompt.len() > 1 {
+            let n = prompt.len() - 1;
+            self.engine.eval(0, &prompt[..n], 0, false)?;
+            self.cached.extend_from_slice(&prompt[..n]);
+        }
+        Ok(())
+    }
+
+    fn propose(&mut self, history: &[u32], k: usize, draft: &mut Draft) -> Result<f64, SpecError> {
+        if k == 0 || history.is_empty() || history.len() + k > self.engine.n_ctx() {
+            return Ok(0.0);
+        }
+        let reuse = self
+            .cached
+            .iter()
+            .zip(history)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(history.len() - 1);
+        self.cached.truncate(reuse);
+        // Drafting continuously, the new tokens are the last kept ones: one pass, which
+        // counts as drafting. Anything older was missed while drafting was off.
+        let t = Instant::now();
+        let missed = history.len() - reuse > MAX_DRAFT + 2;
+        let logits = self.engine.eval(0, &history[reuse..], reuse, false)?;
+        self.logits.copy_from_slice(logits);
+        self.cached.extend_from_slice(&history[reuse..]);
+        let catch_up = if missed {
+            t.elapsed().as_secs_f64()
+        } else {
+            0.0
+        };
+        let keep_dists = !self.greedy;
+        while draft.dists.len() < k && keep_dists {
+            draft.dists.push(Vec::new());
+        }
+        for j in 0..k {
+            let id = if self.greedy {
+                argmax_excluding(&self.logits, &[])
+            } else {
+                let id = self.sampler.sample(&self.logits);
+                let d = &mut draft.dists[j];
+                d.clear();
+                d.extend_from_slice(self.sampler.last_distribution());
+                id
+            };
+            draft.tokens.push(id);
+            if j + 1 == k {
+                break;
+            }
+            let pos = self.cached.len();
+            let logits = self.engine.eval(0, &[id], pos, false)?;
+            self.logits.copy_from_slice(logits);
+            self.cached.push(id);
+        }
+        Ok(catch_up)
+    }
+}
+
+/// Counts of speculation over one generation.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SpecStats {
+    /// Which drafter.
+    pub drafter: String,
+    /// Tokens drafted.
+    pub drafted: usize,
+    /// Drafted tokens the target kept.
+    pub accepted: usize,
+    /// Verification steps (target forward passes after the prompt).
+    pub steps: usize,
+    /// For each draft position, the fraction of tokens drafted there that were kept.
+    pub acceptance_by_position: Vec<f64>,
+    #[serde(skip)]
+    drafted_at: Vec<usize>,
+    #[serde(skip)]
+    accepted_at: Vec<usize>,
+}
+
+impl SpecStats {
+    fn record(&mut self, drafted: usize, accepted: usize) {
+        self.steps += 1;
+        self.drafted += drafted;
+        self.accepted += accepted;
+        if self.drafted_at.len() < drafted {
+            self.drafted_at.resize(drafted, 0);
+            self.accepted_at.resize(drafted, 0);
+        }
+        for i in 0..drafted {
+            self.drafted_at[i] += 1;
+            if i < accepted {
+                self.accepted_at[i] += 1;
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.acceptance_by_position = self
+            .drafted_at
+            .iter()
+            .zip(&self.accepted_at)
+            .map(|(&d, &a)| if d == 0 { 0.0 } else { a as f64 / d as f64 })
+            .collect();
+    }
+}
+
+/// Chooses the draft length each step: the k that maximizes the expected tokens per second,
+/// `(1 − a^(k+1)) / (1 − a)` tokens for `t_verify(k) + k × t_draft` seconds, with the
+/// per-position acceptance `a` and the costs measured as generation goes (decaying
+/// averages). k = 0 is plain decoding; while it wins, a one-token draft is tried now and
+/// then to keep the estimates fresh.
+#[derive(Clone, Debug)]
+pub struct Controller {
+    max: usize,
+    /// Always draft `max` (for tests and measurements), never adapt.
+    fixed: bool,
+    /// Decayed counts of kept and rejected drafted tokens.
+    kept: f64,
+    rejected: f64,
+    /// Seconds of a verification pass of 1 token, and per extra token.
+    t_one: Option<f64>,
+    t_extra: f64,
+    /// Seconds per drafted token.
+    t_draft: f64,
+    since_probe: usize,
+}
+
+/// Weight of the past in the decaying averages.
+const DECAY: f64 = 0.9;
+/// Steps between probes while speculation is off.
+const PROBE_EVERY: usize = 16;
+
+impl Controller {
+    /// A controller drafting at most `max` tokens (capped at [`MAX_DRAFT`]).
+    pub fn new(max: usize) -> Controller {
+        Controller {
+            max: max.min(MAX_DRAFT),
+            fixed: false,
+            // A mildly optimistic prior: half the drafts kept.
+            kept: 1.0,
+            rejected: 1.0,
+            t_one: None,
+            t_extra: 0.0,
+            t_draft: 0.0,
+            since_probe: 0,
+        }
+    }
+
+    /// A controller that always drafts `k` tokens (capped at [`MAX_DRAFT`]), whatever it
+    /// costs: for tests and for measuring a fixed draft length.
+    pub fn fixed(k: usize) -> Controller {
+        Controller {
+            fixed: true,
+            ..Controller::new(k)
+        }
+    }
+
+    /// The estimated probability that a drafted token is kept.
+    pub fn acceptance(&self) -> f64 {
+        self.kept / (self.kept + self.rejected)
+    }
+
+    /// Draft length for the next step, at most `limit`.
+    pub fn choose(&mut self, limit: usize) -> usize {
+        let max = self.max.min(limit);
+        if self.fixed {
+            return max;
+        }
+        let Some(t1) = self.t_one else {
+            return 0; // Measure a plain step first.
+        };
+        let a = self.acceptance().min(0.999);
+        let mut best = (0usize, 1.0 / t1);
+        for k in 1..=max {
+            let tokens = (1.0 - a.powi(k as i32 + 1)) / (1.0 - a);
+            let cost = t1 + self.t_extra * k as f64 + self.t_draft * k as f64;
+            let rate = tokens / cost;
+            if rate > best.1 {
+                best = (k, rate);
+            }
+        }
+        if best.0 == 0 && max > 0 {
+            self.since_probe += 1;
+            if self.since_probe >= PROBE_EVERY {
+                self.since_probe = 0;
+                return 1;
+            }
+        }
+        best.0
+    }
+
+    /// Records a step: `drafted` tokens proposed, `kept` of them accepted, the verification
+    /// pass (of `drafted + 1` tokens) took `t_verify` seconds and drafting `t_draft`.
+    pub fn update(&mut self, drafted: usize, kept: usize, t_verify: f64, t_draft: f64) {
+        if drafted > 0 {
+            let rejected = usize::from(kept < drafted);
+            self.kept = self.kept * DECAY + kept as f64;
+            self.rejected = self.rejected * DECAY + rejected as f64;
+            let per = t_draft / drafted as f64;
+            self.t_draft = if self.t_draft == 0.0 {
+                per
+            } else {
+                self.t_draft * DECAY + per * (1.0 - DECAY)
+            };
+        }
+        match (self.t_one, drafted) {
+            (None, 0) => self.t_one = Some(t_verify),
+            (Some(t1), 0) => self.t_one = Some(t1 * DECAY + t_verify * (1.0 - DECAY)),
+            (Some(t1), d) => {
+                let extra = ((t_verify - t1) / d as f64).max(0.0);
+                self.t_extra = self.t_extra * DECAY + extra * (1.0 - DECAY);
+            }
+            (None, _) => {}
+        }
+    }
+}
+
+/// Scratch of the verification step, allocated once per generation.
+struct Verify {
+    q: Vec<f32>,
+    resid: Vec<(u32, f32)>,
+}
+
+impl Engine {
+    /// [`Engine::generate`] with speculative decoding: each step, `drafter` proposes as
+    /// many tokens as `ctl` picks (at most the logit rows this engine was loaded with, less
+    /// one), the target verifies them in one pass, and the kept tokens (plus the target's
+    /// own next token) are emitted through `on_token`. Greedy output is identical to
+    /// [`Engine::generate`]'s; sampled output follows the same distribution. Returns the
+    /// generation and the speculation counts.
+    pub fn generate_speculative(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        drafter: &mut dyn Drafter,
+        ctl: &mut Controller,
+        mut on_token: impl FnMut(u32, &str) -> bool,
+    ) -> Result<(Generation, SpecStats), SpecError> {
+        opts.sampling.validate().map_err(EngineError::Sampling)?;
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt.into());
+        }
+        if prompt.len() + opts.max_tokens > self.n_ctx {
+            return Err(EngineError::ContextFull {
+                prompt: prompt.len(),
+                generate: opts.max_tokens,
+                n_ctx: self.n_ctx,
+            }
+            .into());
+        }
+        let vocab = self.model.hp.n_vocab;
+        let greedy = opts.sampling.temperature <= 0.0;
+        let max_draft = MAX_DRAFT.min(self.max_logit_rows.saturating_sub(1));
+        let mut sampler = Sampler::new(opts.sampling.clone(), vocab);
+        for &t in prompt {
+            sampler.accept(t);
+        }
+        let mut stats = SpecStats {
+            drafter: drafter.name().to_string(),
+            ..SpecStats::default()
+        };
+        let mut out = Generation {
+            finish_reason: "length",
+            ..Generation::default()
+        };
+        out.tokens.reserve(opts.max_tokens);
+        let mut history: Vec<u32> = Vec::with_capacity(prompt.len() + opts.max_tokens + 1);
+        history.extend_from_slice(prompt);
+        let mut stream = tokenizer::StreamDecoder::new(false);
+        let mut piece = String::with_capacity(64);
+        let mut top = Vec::with_capacity(opts.logprobs);
+        let eog: Vec<u32> = self.tokenizer.eog_ids().to_vec();
+        let mut masked = vec![0.0; if opts.ignore_eos { vocab } else { 0 }];
+        let mut scratch = Verify {
+            q: if greedy { Vec::new() } else { vec![0.0; vocab] },
+            resid: Vec::with_capacity(if greedy { 0 } else { vocab }),
+        };
+        let mut draft = Draft::default();
+        let mut picked: Vec<(u32, usize)> = Vec::with_capacity(MAX_DRAFT + 1);
+
+        // The prompt, as `generate` evaluates it (the cached prefix reused).
+        let reuse = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
+        let t0 = Instant::now();
+        self.eval(0, &prompt[reuse..], reuse, false)?;
+        self.cached.extend_from_slice(prompt);
+        drafter.prepare(prompt)?;
+        out.timings.prompt_tokens = prompt.len();
+        out.timings.prompt_time = t0.elapsed();
+        let t1 = Instant::now();
+
+        // Logit rows ready: row i follows the history up to the i-th token of the last pass.
+        let mut rows_ready = 1;
+        let mut n_draft = 0usize;
+        // The last pass's (drafted, verify seconds, draft seconds), scored once picked.
+        let mut pending: Option<(usize, f64, f64)> = None;
+        loop {
+            // Pick tokens from the rows: the kept drafts, then the target's own.
+            picked.clear();
+            let logits = self.backend.read(self.model.acts.logits, rows_ready);
+            let mut kept = 0;
+            for (i, row) in logits.chunks_exact(vocab).enumerate() {
+                let drafted = (i < n_draft).then(|| draft.tokens[i]);
+                // As `generate` picks: ignoring EOS, greedy is a plain argmax without them
+                // and sampling sees them masked; otherwise the sampler's chain.
+                let (id, keep) = if opts.ignore_eos && greedy {
+                    let id = argmax_excluding(row, &eog);
+                    (id, drafted == Some(id))
+                } else {
+                    let row: &[f32] = if opts.ignore_eos {
+                        masked.copy_from_slice(row);
+                        for &e in &eog {
+                            masked[e as usize] = f32::NEG_INFINITY;
+                        }
+                        &masked
+                    } else {
+                        row
+                    };
+                    match drafted {
+                        Some(d) if !greedy => {
+                            verify_sampled(&mut sampler, row, &draft, i, d, &mut scratch)
+                        }
+                        _ => {
+                            let id = sampler.sample(row);
+                            (id, drafted == Some(id))
+                        }
+                    }
+                };
+                sampler.accept(id);
+                picked.push((id, i));
+                if keep {
+                    kept += 1;
+                } else {
+                    break;
+                }
+            }
+            if let Some((drafted, tv, td)) = pending.take() {
+                stats.record(drafted, kept);
+                ctl.update(drafted, kept, tv, td);
+            }
+
+            // Emit them in order, as `generate` does.
+            let mut done = false;
+            for &(id, row_i) in &picked {
+                if opts.logprobs > 0 {
+                    let row = &self.backend.read(self.model.acts.logits, rows_ready)
+                        [row_i * vocab..(row_i + 1) * vocab];
+                    top_logprobs(row, opts.logprobs, &mut top);
+                    out.logprobs.push(top.clone());
+                }
+                if !opts.ignore_eos && self.tokenizer.is_eog(id) {
+                    out.finish_reason = "eos";
+                    done = true;
+                    break;
+                }
+                out.tokens.push(id);
+                history.push(id);
+                piece.clear();
+                stream.push(&self.tokenizer, id, &mut piece);
+                out.text.push_str(&piece);
+                out.timings.generated_tokens += 1;
+                if !on_token(id, &piece) {
+                    out.finish_reason = "cancelled";
+                    done = true;
+                    break;
+                }
+                if let Some(s) = opts
+                    .stop
+                    .iter()
+                    .find(|s| !s.is_empty() && out.text.contains(s.as_str()))
+                {
+                    if let Some(at) = out.text.find(s.as_str()) {
+                        out.text.truncate(at);
+                    }
+                    out.finish_reason = "stop";
+                    done = true;
+                    break;
+                }
+                if out.tokens.len() == opts.max_tokens {
+                    done = true;
+                    break;
+                }
+            }
+            // The state is valid for the history but its last token (evaluated next, with
+            // the new drafts); what the rejected drafts left is rolled back.
+            let pos = history.len() - 1;
+            self.model.rollback(&mut self.backend, 0, pos);
+            self.cached.truncate(pos);
+            let have = self.cached.len();
+            self.cached.extend_from_slice(&history[have..pos]);
+            if done {
+                break;
+            }
+
+            // Draft, then verify the last token and the drafts in one pass.
+            let remaining = opts.max_tokens - out.tokens.len();
+            let room = self.n_ctx - history.len();
+            let k = ctl.choose(remaining.saturating_sub(1).min(room).min(max_draft));
+            draft.clear();
+            let td = Instant::now();
+            let mut catch_up = 0.0;
+            if k > 0 {
+                catch_up = drafter.propose(&history, k, &mut draft)?;
+                draft.tokens.truncate(k);
+            }
+            let t_draft = (td.elapsed().as_secs_f64() - catch_up).max(0.0);
+            n_draft = draft.tokens.len();
+            let mut batch = [0u32; MAX_DRAFT + 1];
+            batch[0] = history[pos];
+            batch[1..=n_draft].copy_from_slice(&draft.tokens);
+            let tv = Instant::now();
+            let cached = std::mem::take(&mut self.cached);
+            let result = self
+                .eval_rows(0, &batch[..=n_draft], pos, 0)
+                .map(|r| r.len() / vocab);
+            self.cached = cached;
+            rows_ready = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    self.cached.clear();
+                    return Err(e.into());
+                }
+            };
+            self.cached.push(history[pos]);
+            pending = Some((n_draft, tv.elapsed().as_secs_f64(), t_draft));
+        }
+        piece.clear();
+        stream.finish(&mut piece);
+        out.text.push_str(&piece);
+        out.timings.generation_time = t1.elapsed();
+        stats.finish();
+        Ok((out, stats))
+    }
+}
+
+/// The rejection rule for draft position `i` (token `d`, drawn from the drafter's `q`) with
+/// the target's logits `row`: keep `d` with probability `min(1, p(d)/q(d))`; otherwise draw
+/// from `max(0, p − q)` normalized. Returns the token and whether it is the draft's.
+fn verify_sampled(
+    sampler: &mut Sampler,
+    row: &[f32],
+    draft: &Draft,
+    i: usize,
+    d: u32,
+    s: &mut Verify,
+) -> (u32, bool) {
+    let qd = draft.q(i);
+    let p = sampler.distribution(row);
+    let pd = p.iter().find(|e| e.0 == d).map_or(0.0, |e| e.1);
+    let u = sampler.uniform();
+    if qd > 0.0 && u < pd / qd {
+        return (d, true);
+    }
+    // The residual distribution max(0, p − q).
+    let deterministic = draft.dists.get(i).is_none_or(|q| q.is_empty());
+    if deterministic {
+        s.q[d as usize] = 1.0;
+    } else {
+        for &(id, q) in &draft.dists[i] {
+            s.q[id as usize] = q;
+        }
+    }
+    let p = sampler.last_distribution();
+    s.resid.clear();
+    let mut total = 0.0f64;
+    for &(id, pp) in p {
+        let r = (pp - s.q[id as usize]).max(0.0);
+        if r > 0.0 {
+            s.resid.push((id, r));
+            total += r as f64;
+        }
+    }
+    if deterministic {
+        s.q[d as usize] = 0.0;
+    } else {
+        for &(id, _) in &draft.dists[i] {
+            s.q[id as usize] = 0.0;
+        }
+    }
+    let u = sampler.uniform() as f64 * total;
+    let mut acc = 0.0f64;
+    for &(id, r) in &s.resid {
+        acc += r as f64;
+        if u < acc {
+            return (id, false);
+        }
+    }
+    // Rounding left u at the very end (or p ⊆ q exactly): the last candidate.
+    (s.resid.last().map_or(d, |e| e.0), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn softmax(l: &[f32]) -> Vec<f64> {
+        let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f64> = l.iter().map(|&v| ((v - m) as f64).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.iter().map(|v| v / s).collect()
+    }
+
+    fn plain(seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed,
+            ..SamplingParams::default()
+        }
+    }
+
+    /// Pearson's chi-square of `counts` against probabilities `p`.
+    fn chi2(counts: &[usize], p: &[f64]) -> f64 {
+        let n: usize = counts.iter().sum();
+        counts
+            .iter()
+            .zip(p)
+            .map(|(&c, &p)| {
+                let e = n as f64 * p;
+                (c as f64 - e).powi(2) / e
+            })
+            .sum()
+    }
+
+    /// With drafts drawn from q, the rejection rule's output follows p (the target's
+    /// distribution), whatever q is; the acceptance rate is Σ min(p, q).
+    #[test]
+    fn the_rejection_rule_samples_the_target_distribution() {
+        let target = [2.0f32, 1.0, 0.5, 0.0, -1.0, 1.5];
+        let p = softmax(&target);
+        let n = 40_000;
+        // Chi-square, 5 degrees of freedom: P(> 20.5) = 0.001.
+        const LIMIT: f64 = 20.5;
+        for draft_logits in [
+            [0.0f32, 2.0, 0.0, 1.0, 0.0, -1.0],
+            [2.0, 1.0, 0.5, 0.0, -1.0, 1.5],
+        ] {
+            let q = softmax(&draft_logits);
+            let mut sampler = Sampler::new(plain(1), 6);
+            let mut drafter = Sampler::new(plain(2), 6);
+            let mut draft = Draft::default();
+            let mut s = Verify {
+                q: vec![0.0; 6],
+                resid: Vec::new(),
+            };
+            let mut counts = [0usize; 6];
+            let mut kept = 0;
+            for _ in 0..n {
+                draft.clear();
+                let d = drafter.sample(&draft_logits);
+                draft.tokens.push(d);
+                if draft.dists.is_empty() {
+                    draft.dists.push(Vec::new());
+                }
+                draft.dists[0].extend_from_slice(drafter.last_distribution());
+                let (id, keep) = verify_sampled(&mut sampler, &target, &draft, 0, d, &mut s);
+                counts[id as usize] += 1;
+                kept += usize::from(keep);
+            }
+            let c = chi2(&counts, &p);
+            assert!(c < LIMIT, "chi-square {c} for q = {q:?}: {counts:?}");
+            let want: f64 = p.iter().zip(&q).map(|(a, b)| a.min(*b)).sum();
+            let got = kept as f64 / n as f64;
+            assert!((got - want).abs() < 0.01, "acceptance {got} vs {want}");
+        }
+        // A deterministic drafter (the n-gram one) always proposing token 1.
+        let mut sampler = Sampler::new(plain(3), 6);
+        let mut draft = Draft::default();
+        let mut s = Verify {
+            q: vec![0.0; 6],
+            resid: Vec::new(),
+        };
+        let mut counts = [0usize; 6];
+        for _ in 0..n {
+            draft.clear();
+            draft.tokens.push(1);
+            let (id, keep) = verify_sampled(&mut sampler, &target, &draft, 0, 1, &mut s);
+            assert_eq!(keep, id == 1);
+            counts[id as usize] += 1;
+        }
+        let c = chi2(&counts, &p);
+        assert!(
+            c < LIMIT,
+            "chi-square {c} for a point-mass draft: {counts:?}"
+        );
+    }
+
+    #[test]
+    fn ngram_proposes_what_followed_the_latest_match() {
+        let mut d = NgramDrafter::default();
+        let mut draft = Draft::default();
+        let h = [1, 2, 3, 4, 9, 1, 2, 3, 5, 6, 1, 2, 3];
+        d.propose(&h, 3, &mut draft).unwrap();
+        assert_eq!(draft.tokens, [5, 6, 1]);
+        draft.clear();
+        d.propose(&[1, 2, 3, 4], 3, &mut draft).unwrap();
+        assert!(draft.tokens.is_empty());
+    }
+
+    #[test]
+    fn the_controller_turns_speculation_off_when_it_does_not_pay() {
+        // Verifying costs as much per token as a plain step, and drafts are rejected.
+        let mut c = Controller::new(6);
+        assert_eq!(c.choose(6), 0);
+        c.update(0, 0, 0.010, 0.0);
+        let mut drafted = 0;
+        for _ in 0..64 {
+            let k = c.choose(6);
+            drafted += k;
+            c.update(k, 0, 0.010 * (1 + k) as f64, 0.001 * k as f64);
+        }
+        assert!(
+            drafted < 16,
+            "drafted {drafted} tokens that were all rejected"
+        );
+        // Cheap verification and every draft kept: it drafts the most it may.
+        let mut c = Controller::new(6);
+        c.update(0, 0, 0.010, 0.0);
+        let mut last = 0;
+        for _ in 0..32 {
+            last = c.choose(6);
+            c.update(last, last, 0.010 + 0.001 * last as f64, 0.0);
+        }
+        assert_eq!(last, 6);
+        assert_eq!(Controller::fixed(3).choose(6), 3);
+    }
+}
