@@ -324,18 +324,23 @@ pub struct Controller {
     /// Decayed counts of kept and rejected drafted tokens.
     kept: f64,
     rejected: f64,
-    /// Seconds of a verification pass of 1 token, and per extra token.
+    /// Seconds of a verification pass of 1 token, and per extra token (None: not measured
+    /// yet; assumed half a plain step, so exploration starts with short drafts).
     t_one: Option<f64>,
-    t_extra: f64,
+    t_extra: Option<f64>,
     /// Seconds per drafted token.
     t_draft: f64,
     since_probe: usize,
+    /// Steps between probes while speculation is off: doubles after each probe that does
+    /// not turn it back on (a draft model's probe first catches up with the skipped text).
+    probe_every: usize,
 }
 
 /// Weight of the past in the decaying averages.
 const DECAY: f64 = 0.9;
-/// Steps between probes while speculation is off.
+/// Steps between probes while speculation is off, at first and at most.
 const PROBE_EVERY: usize = 16;
+const PROBE_EVERY_MAX: usize = 512;
 
 impl Controller {
     /// A controller drafting at most `max` tokens (capped at [`MAX_DRAFT`]).
@@ -347,9 +352,10 @@ impl Controller {
             kept: 1.0,
             rejected: 1.0,
             t_one: None,
-            t_extra: 0.0,
+            t_extra: None,
             t_draft: 0.0,
             since_probe: 0,
+            probe_every: PROBE_EVERY,
         }
     }
 
@@ -377,19 +383,24 @@ impl Controller {
             return 0; // Measure a plain step first.
         };
         let a = self.acceptance().min(0.999);
+        let extra = self.t_extra.unwrap_or(0.5 * t1);
         let mut best = (0usize, 1.0 / t1);
         for k in 1..=max {
             let tokens = (1.0 - a.powi(k as i32 + 1)) / (1.0 - a);
-            let cost = t1 + self.t_extra * k as f64 + self.t_draft * k as f64;
+            let cost = t1 + (extra + self.t_draft) * k as f64;
             let rate = tokens / cost;
             if rate > best.1 {
                 best = (k, rate);
             }
         }
-        if best.0 == 0 && max > 0 {
+        if best.0 > 0 {
+            self.probe_every = PROBE_EVERY;
+            self.since_probe = 0;
+        } else if max > 0 {
             self.since_probe += 1;
-            if self.since_probe >= PROBE_EVERY {
+            if self.since_probe >= self.probe_every {
                 self.since_probe = 0;
+                self.probe_every = (2 * self.probe_every).min(PROBE_EVERY_MAX);
                 return 1;
             }
         }
@@ -415,7 +426,10 @@ impl Controller {
             (Some(t1), 0) => self.t_one = Some(t1 * DECAY + t_verify * (1.0 - DECAY)),
             (Some(t1), d) => {
                 let extra = ((t_verify - t1) / d as f64).max(0.0);
-                self.t_extra = self.t_extra * DECAY + extra * (1.0 - DECAY);
+                self.t_extra = Some(match self.t_extra {
+                    None => extra,
+                    Some(e) => e * DECAY + extra * (1.0 - DECAY),
+                });
             }
             (None, _) => {}
         }
