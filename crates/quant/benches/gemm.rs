@@ -65,6 +65,7 @@ fn bench(c: &mut Criterion) {
                 gemm::kernel(
                     Some(isa),
                     ty,
+                    4,
                     cols / CHUNK,
                     black_box(&wp),
                     black_box(&ap),
@@ -125,6 +126,7 @@ fn bench(c: &mut Criterion) {
                         gemm::kernel(
                             Some(isa),
                             ty,
+                            4,
                             cols / CHUNK,
                             &wp,
                             &ap[gi * a_bytes..],

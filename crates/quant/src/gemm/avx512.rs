@@ -12,7 +12,7 @@ use super::{A_CHUNK, CHUNK, W_CHUNK};
 /// The CPU must have AVX-512 F, BW, VL and VNNI; `w` must hold `chunks * W_CHUNK` bytes
 /// and `a` `chunks * A_CHUNK` bytes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) unsafe fn kernel<const SHIFT: u32>(
+pub(super) unsafe fn kernel<const SHIFT: u32, const NT: usize>(
     chunks: usize,
     w: &[u8],
     a: &[u8],
@@ -32,7 +32,7 @@ pub(super) unsafe fn kernel<const SHIFT: u32>(
             let ws: [__m512; 4] =
                 std::array::from_fn(|r| _mm512_loadu_ps(wc.add(256 + 64 * r).cast()));
             #[allow(clippy::needless_range_loop)]
-            for t in 0..4 {
+            for t in 0..NT {
                 let aq = _mm512_loadu_si512(ac.add(64 * t).cast());
                 let asc = _mm512_loadu_ps(ac.add(256 + 64 * t).cast());
                 // Each lane starts at -2^SHIFT × (sum of its activation levels).
@@ -65,7 +65,7 @@ pub(super) unsafe fn kernel<const SHIFT: u32>(
                 let bv: [__m512; 4] =
                     std::array::from_fn(|r| _mm512_maskz_loadu_ps(m, b.as_ptr().add(r * nb + b0)));
                 #[allow(clippy::needless_range_loop)]
-                for t in 0..4 {
+                for t in 0..NT {
                     let sv = _mm512_maskz_loadu_ps(m, s.as_ptr().add(t * nb + b0));
                     for r in 0..4 {
                         acc[r][t] = _mm512_fmadd_ps(bv[r], sv, acc[r][t]);
@@ -75,7 +75,7 @@ pub(super) unsafe fn kernel<const SHIFT: u32>(
         }
     }
     for (o, acc) in out.iter_mut().zip(&acc) {
-        for (o, &acc) in o.iter_mut().zip(acc) {
+        for (o, &acc) in o.iter_mut().zip(acc).take(NT) {
             *o = _mm512_reduce_add_ps(acc);
         }
     }
@@ -203,18 +203,10 @@ pub(super) unsafe fn interleave(q: &[u8], s16: &[f32], r: usize, panel: &mut [u8
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn pack_acts(rows: &[&[f32]], cols: usize, panel: &mut [u8], sums: &mut [f32]) {
     let nb = cols / 32;
-    let chunks = cols / CHUNK;
     let pp = panel.as_mut_ptr();
     for t in 0..4 {
         let Some(row) = rows.get(t) else {
-            for c in 0..chunks {
-                let chunk = &mut panel[c * A_CHUNK..(c + 1) * A_CHUNK];
-                for part in 0..3 {
-                    chunk[part * 256 + t * 64..part * 256 + t * 64 + 64].fill(0);
-                }
-            }
-            sums[t * nb..(t + 1) * nb].fill(0.0);
-            continue;
+            break;
         };
         let row = &row[..cols];
         let lim = _mm512_set1_epi32(127);

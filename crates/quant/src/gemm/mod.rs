@@ -323,8 +323,8 @@ fn interleave(isa: Option<Isa>, q: &[u8], s16: &[f32], r: usize, panel: &mut [u8
     }
 }
 
-/// Packs up to four activation rows (each at least `cols` values; missing ones are zeros)
-/// into `panel` ([`act_panel_bytes`]), quantized to 8 bits per block of 32 (scale
+/// Packs up to four activation rows (each at least `cols` values; the slots of missing
+/// ones are left as they are, [`kernel`] reads only `rows.len()` tokens) into `panel` ([`act_panel_bytes`]), quantized to 8 bits per block of 32 (scale
 /// `max |x| / 127`, round half to even), with the sums of levels per lane. Writes each block's `d × Σ q` to `sums`
 /// (4 × `cols / 32`, row-major), for [`add_bias`].
 pub fn pack_acts(rows: &[&[f32]], cols: usize, panel: &mut [u8], sums: &mut [f32]) {
@@ -343,8 +343,8 @@ pub fn pack_acts(rows: &[&[f32]], cols: usize, panel: &mut [u8], sums: &mut [f32
 /// The reference of [`pack_acts`].
 pub fn pack_acts_scalar(rows: &[&[f32]], cols: usize, panel: &mut [u8], sums: &mut [f32]) {
     let nb = cols / 32;
-    for t in 0..4 {
-        let row = rows.get(t).map(|r| &r[..cols]);
+    for (t, row) in rows.iter().enumerate() {
+        let row = Some(&row[..cols]);
         for b in 0..nb {
             let x = row.map(|r| &r[32 * b..32 * b + 32]);
             let amax = x.map_or(0.0, |x| x.iter().fold(0.0f32, |m, v| m.max(v.abs())));
@@ -371,14 +371,19 @@ pub fn pack_acts_scalar(rows: &[&[f32]], cols: usize, panel: &mut [u8], sums: &m
     }
 }
 
-/// The 4 × 4 products `out[r][t]` of a panel of weights of `ty` and an activation panel,
-/// `chunks` chunks each, with `isa` (None: the scalar reference). `bias`, for types with
-/// minimums ([`has_bias`]): the weight panel's biases and the activation panel's block
-/// sums, `4 × nb` each (`nb` = 2 × chunks), as [`pack_weights`] and [`pack_acts`] wrote
-/// them.
+/// The products `out[r][t]` of a panel of weights of `ty` and the first `nt` (1..=4)
+/// tokens of an activation panel, `chunks` chunks each, with `isa` (None: the scalar
+/// reference); `out[r][nt..]` is left as it is. `bias`, for types with minimums
+/// ([`has_bias`]): the weight panel's biases and the activation panel's block sums,
+/// `4 × nb` each (`nb` = 2 × chunks), as [`pack_weights`] and [`pack_acts`] wrote them.
+///
+/// A token's results do not depend on `nt` or on the panel's other tokens: bit for bit
+/// the same whatever else is multiplied with it.
+#[allow(clippy::too_many_arguments)]
 pub fn kernel(
     isa: Option<Isa>,
     ty: GgmlType,
+    nt: usize,
     chunks: usize,
     w: &[u8],
     a: &[u8],
@@ -386,6 +391,10 @@ pub fn kernel(
     out: &mut [[f32; 4]; 4],
 ) {
     assert!(w.len() >= chunks * W_CHUNK && a.len() >= chunks * A_CHUNK);
+    assert!(
+        (1..=4).contains(&nt),
+        "a panel holds 1 to 4 tokens, not {nt}"
+    );
     let nb = 2 * chunks;
     if let Some((b, s)) = bias {
         assert!(b.len() >= 4 * nb && s.len() >= 4 * nb);
@@ -395,28 +404,42 @@ pub fn kernel(
         // SAFETY: the CPU has AVX-512 F/BW/VL and VNNI (`self::isa()`); the panel lengths
         // were asserted above.
         unsafe {
+            macro_rules! by_tokens {
+                ($shift:literal) => {
+                    match nt {
+                        1 => avx512::kernel::<$shift, 1>(chunks, w, a, bias, out),
+                        2 => avx512::kernel::<$shift, 2>(chunks, w, a, bias, out),
+                        3 => avx512::kernel::<$shift, 3>(chunks, w, a, bias, out),
+                        _ => avx512::kernel::<$shift, 4>(chunks, w, a, bias, out),
+                    }
+                };
+            }
             match offset_shift(ty) {
-                0 => avx512::kernel::<0>(chunks, w, a, bias, out),
-                3 => avx512::kernel::<3>(chunks, w, a, bias, out),
-                4 => avx512::kernel::<4>(chunks, w, a, bias, out),
-                5 => avx512::kernel::<5>(chunks, w, a, bias, out),
-                _ => avx512::kernel::<7>(chunks, w, a, bias, out),
+                0 => by_tokens!(0),
+                3 => by_tokens!(3),
+                4 => by_tokens!(4),
+                5 => by_tokens!(5),
+                _ => by_tokens!(7),
             }
         }
         return;
     }
     let _ = isa;
-    kernel_scalar(offset(ty), chunks, w, a, out);
+    let mut full = [[0.0f32; 4]; 4];
+    kernel_scalar(offset(ty), nt, chunks, w, a, &mut full);
     if let Some((b, s)) = bias {
-        for (r, o) in out.iter_mut().enumerate() {
-            add_bias(&b[r * nb..(r + 1) * nb], &s[..4 * nb], o);
+        for (r, o) in full.iter_mut().enumerate() {
+            add_bias(nt, &b[r * nb..(r + 1) * nb], &s[..4 * nb], o);
         }
+    }
+    for (o, f) in out.iter_mut().zip(&full) {
+        o[..nt].copy_from_slice(&f[..nt]);
     }
 }
 
 /// The reference of [`kernel`]: per lane, the exact integer sum, scaled and accumulated in
 /// f32 in chunk order; then the 16 lanes summed.
-fn kernel_scalar(off: i32, chunks: usize, w: &[u8], a: &[u8], out: &mut [[f32; 4]; 4]) {
+fn kernel_scalar(off: i32, nt: usize, chunks: usize, w: &[u8], a: &[u8], out: &mut [[f32; 4]; 4]) {
     let f = |b: &[u8], o: usize| f32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     let i = |b: &[u8], o: usize| i32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     let mut acc = [[[0.0f32; 16]; 4]; 4];
@@ -424,7 +447,7 @@ fn kernel_scalar(off: i32, chunks: usize, w: &[u8], a: &[u8], out: &mut [[f32; 4
         let wc = &w[c * W_CHUNK..(c + 1) * W_CHUNK];
         let ac = &a[c * A_CHUNK..(c + 1) * A_CHUNK];
         for (r, acc) in acc.iter_mut().enumerate() {
-            for (t, acc) in acc.iter_mut().enumerate() {
+            for (t, acc) in acc.iter_mut().enumerate().take(nt) {
                 for (l, acc) in acc.iter_mut().enumerate() {
                     let mut s = -off * i(ac, 512 + t * 64 + 4 * l);
                     for k in 0..4 {
@@ -446,9 +469,9 @@ fn kernel_scalar(off: i32, chunks: usize, w: &[u8], a: &[u8], out: &mut [[f32; 4
 
 /// `out[t] += Σ_b bias[b] × sums[t][b]` for the tokens of a panel: the minimums' share
 /// of one row (`bias` has `nb` values; `sums` is the panel's `4 × nb`).
-fn add_bias(bias: &[f32], sums: &[f32], out: &mut [f32; 4]) {
+fn add_bias(nt: usize, bias: &[f32], sums: &[f32], out: &mut [f32; 4]) {
     let nb = bias.len();
-    for (t, o) in out.iter_mut().enumerate() {
+    for (t, o) in out.iter_mut().enumerate().take(nt) {
         let s = &sums[t * nb..(t + 1) * nb];
         // Eight partial sums, so the loop vectorizes.
         let mut acc = [0.0f32; 8];

@@ -299,6 +299,8 @@ impl Ops for CpuOps<'_> {
     }
 
     fn matmul(&self, n: usize, w: &Weight, x: Act, out: Act) {
+        // Decode steps dot each row with each token: repacking every weight row for the
+        // int8 GEMM costs more than it saves below a prompt's worth of tokens.
         if self.chunk.is_some() && n >= GEMM_MIN_TOKENS {
             match int8::isa() {
                 Some(isa) if int8::supported(w.ty) && int8::cols_ok(w.ty, w.cols) => {
@@ -692,7 +694,8 @@ impl CpuOps<'_> {
                 let sums = &asums[g * 4 * nb..(g + 1) * 4 * nb];
                 let b = with_bias.then_some((&bias[..], sums));
                 let a = &apanels[g * a_bytes..];
-                int8::kernel(Some(isa), w.ty, chunks, wpanel, a, b, &mut o);
+                let nt = 4.min(n - 4 * g);
+                int8::kernel(Some(isa), w.ty, nt, chunks, wpanel, a, b, &mut o);
                 for (r, o) in o.iter().enumerate().take(nr) {
                     for (t, &v) in o.iter().enumerate().take(n - 4 * g) {
                         // SAFETY: element (token, row r0 + r) belongs to this thread's rows.
