@@ -457,3 +457,35 @@ fn isa_cap_is_honoured() {
         );
     }
 }
+
+/// The multi-row kernels give each activation row exactly the bits its single dot gives.
+#[test]
+fn multi_row_dots_equal_single_dots_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(77);
+    let mut covered = 0;
+    for &w in WEIGHTS {
+        let Some(multi) = quant::dot::dot_multi_fn(w) else {
+            continue;
+        };
+        covered += 1;
+        let single = dot_fn(w).unwrap();
+        for n in lengths(w) {
+            let cases: Vec<Case> = (0..4).map(|i| case(w, n, &mut rng, i % 2 == 1)).collect();
+            for k in 1..=4 {
+                let acts: Vec<&[u8]> = cases[..k].iter().map(|c| c.a.as_slice()).collect();
+                let mut out = vec![0f32; k];
+                multi(n, &cases[0].w, &acts, &mut out);
+                for (t, c) in cases[..k].iter().enumerate() {
+                    let want = single(n, &cases[0].w, &c.a);
+                    assert_eq!(out[t].to_bits(), want.to_bits(), "{w} n={n} k={k} row {t}");
+                }
+            }
+        }
+    }
+    if Isa::selected() >= Isa::Avx512 {
+        assert_eq!(
+            covered, 4,
+            "Q4_0, Q4_1, Q5_0 and Q5_1 have multi-row kernels"
+        );
+    }
+}

@@ -23,7 +23,7 @@ use gguf::GgmlType;
 use super::avx2;
 use super::avx2::iq4_xs_scale;
 use super::x86::{f16, f32_at, ld128, ld256, ld512, sub, u16_at};
-use super::{row_blocks, DotFn};
+use super::{row_blocks, DotFn, DotMultiFn};
 use crate::formats::iq4_nl::IQ4_LEVELS;
 
 /// The AVX-512 kernel for weights of type `w`.
@@ -53,6 +53,56 @@ pub(super) unsafe fn kernel(w: GgmlType) -> Option<DotFn> {
         _ => return None,
     })
 }
+
+/// The AVX-512 kernel dotting one weight row of type `w` with up to four activation rows
+/// at once (the weights unpacked once), for the types that have one.
+///
+/// # Safety
+///
+/// As for [`kernel`].
+pub(super) unsafe fn multi_kernel(w: GgmlType) -> Option<DotMultiFn> {
+    use GgmlType as T;
+    Some(match w {
+        T::Q4_0 => q4_0_multi,
+        T::Q4_1 => q4_1_multi,
+        T::Q5_0 => q5_0_multi,
+        T::Q5_1 => q5_1_multi,
+        _ => return None,
+    })
+}
+
+/// Defines the safe `DotMultiFn` `$name` over the const-generic `$imp`.
+macro_rules! multi_fn {
+    ($name:ident, $imp:ident, $block:expr, $wb:expr, $ab:expr) => {
+        fn $name(n: usize, w: &[u8], a: &[&[u8]], out: &mut [f32]) {
+            assert!(
+                !a.is_empty() && a.len() <= 4 && a.len() == out.len(),
+                "1 to 4 activation rows and as many outputs"
+            );
+            for a in a {
+                row_blocks(n, w, a, $block, $wb, $ab);
+            }
+            let (w, _) = w.as_chunks::<$wb>();
+            let r: [&[[u8; $ab]]; 4] =
+                std::array::from_fn(|t| a[t.min(a.len() - 1)].as_chunks::<$ab>().0);
+            // SAFETY: as in `blocks_fn`: handed out only after the AVX-512 tier's features
+            // were detected; `$imp` reads through the slices.
+            unsafe {
+                match a.len() {
+                    1 => out.copy_from_slice(&$imp::<1>(w, [r[0]])),
+                    2 => out.copy_from_slice(&$imp::<2>(w, [r[0], r[1]])),
+                    3 => out.copy_from_slice(&$imp::<3>(w, [r[0], r[1], r[2]])),
+                    _ => out.copy_from_slice(&$imp::<4>(w, r)),
+                }
+            }
+        }
+    };
+}
+
+multi_fn!(q4_0_multi, q4_0_kn, 32, 18, 34);
+multi_fn!(q4_1_multi, q4_1_kn, 32, 20, 36);
+multi_fn!(q5_0_multi, q5_0_kn, 32, 22, 34);
+multi_fn!(q5_1_multi, q5_1_kn, 32, 24, 36);
 
 /// Defines the safe `DotFn` `$name`: checks the row, then calls the target-feature
 /// function `$imp` on the blocks.
@@ -213,62 +263,74 @@ fn act_quad<const AB: usize, const QOFF: usize>(
 /// adds the last one to three).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn quad_q8_0<const WB: usize>(
+fn quad_q8_0<const WB: usize, const N: usize>(
     w: &[[u8; WB]],
-    a: &[[u8; 34]],
+    a: [&[[u8; 34]]; N],
     offset: i8,
     unpack: impl Fn(__m512i, __m512i) -> (__m512i, __m512i),
-) -> (f32, usize) {
+) -> ([f32; N], usize) {
     let wd_idx = index(&const { fields(WB, 0, 0) });
     let ad_idx = index(&const { fields(34, 0, 0) });
     let off = _mm512_set1_epi8(offset);
     let (w4, _) = w.as_chunks::<4>();
-    let (a4, _) = a.as_chunks::<4>();
-    let mut acc = _mm512_setzero_ps();
-    for (x, y) in w4.iter().zip(a4) {
+    let a4: [&[[[u8; 34]; 4]]; N] = std::array::from_fn(|t| a[t].as_chunks::<4>().0);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for (i, x) in w4.iter().enumerate() {
+        // The weights are unpacked once for all N activation rows; each row's arithmetic
+        // is the same as when it is alone (N = 1), so its sum is the same bits.
         let (ga, gb) = group(x);
         let (lo, hi) = unpack(ga, gb);
-        let (ylo, yhi, dy) = act_quad::<34, 2>(y, ad_idx);
-        let zero = _mm512_setzero_si512();
-        let p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, ylo), hi, yhi);
-        let c = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, off, ylo), off, yhi);
         let dw = f16_words(_mm512_permutex2var_epi16(ga, wd_idx, gb));
-        let d = spread4(_mm_mul_ps(dw, dy));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(p, c)), d, acc);
+        for t in 0..N {
+            let (ylo, yhi, dy) = act_quad::<34, 2>(&a4[t][i], ad_idx);
+            let zero = _mm512_setzero_si512();
+            let p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, ylo), hi, yhi);
+            let c = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, off, ylo), off, yhi);
+            let d = spread4(_mm_mul_ps(dw, dy));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(p, c)), d, acc[t]);
+        }
     }
-    (_mm512_reduce_add_ps(acc), 4 * w4.len())
+    (
+        std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t])),
+        4 * w4.len(),
+    )
 }
 
 /// As `quad_q8_0` for weights with a minimum (f16 `d` at 0, `m` at 2) and Q8_1
 /// activations: `sum_blocks d_w d_a sum(q y) + m_w d_a sum(y)`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn quad_q8_1<const WB: usize>(
+fn quad_q8_1<const WB: usize, const N: usize>(
     w: &[[u8; WB]],
-    a: &[[u8; 36]],
+    a: [&[[u8; 36]]; N],
     unpack: impl Fn(__m512i, __m512i) -> (__m512i, __m512i),
-) -> (f32, usize) {
+) -> ([f32; N], usize) {
     let wd_idx = index(&const { fields(WB, 0, 2) });
     let ad_idx = index(&const { fields(36, 0, 0) });
     let ones = _mm512_set1_epi8(1);
     let (w4, _) = w.as_chunks::<4>();
-    let (a4, _) = a.as_chunks::<4>();
-    let mut acc = _mm512_setzero_ps();
-    for (x, y) in w4.iter().zip(a4) {
+    let a4: [&[[[u8; 36]; 4]]; N] = std::array::from_fn(|t| a[t].as_chunks::<4>().0);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for (i, x) in w4.iter().enumerate() {
         let (ga, gb) = group(x);
         let (lo, hi) = unpack(ga, gb);
-        let (ylo, yhi, dy) = act_quad::<36, 4>(y, ad_idx);
-        let zero = _mm512_setzero_si512();
-        let p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, ylo), hi, yhi);
-        let s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, ones, ylo), ones, yhi);
         // Words 0..4: d of each block, 4..8: m.
         let f = _mm512_castsi512_si128(_mm512_permutex2var_epi16(ga, wd_idx, gb));
         let dw = _mm_cvtph_ps(f);
         let dm = _mm_cvtph_ps(_mm_unpackhi_epi64(f, f));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), spread4(_mm_mul_ps(dw, dy)), acc);
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), spread4(_mm_mul_ps(dm, dy)), acc);
+        for t in 0..N {
+            let (ylo, yhi, dy) = act_quad::<36, 4>(&a4[t][i], ad_idx);
+            let zero = _mm512_setzero_si512();
+            let p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, ylo), hi, yhi);
+            let s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, ones, ylo), ones, yhi);
+            let acc_t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), spread4(_mm_mul_ps(dw, dy)), acc[t]);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), spread4(_mm_mul_ps(dm, dy)), acc_t);
+        }
     }
-    (_mm512_reduce_add_ps(acc), 4 * w4.len())
+    (
+        std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t])),
+        4 * w4.len(),
+    )
 }
 
 /// Splits gathered nibble bytes `q` (block k's 16 bytes in lane k) into ([low nibbles],
@@ -285,11 +347,16 @@ fn split(q: __m512i) -> (__m512i, __m512i) {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q4_0_k(w: &[[u8; 18]], a: &[[u8; 34]]) -> f32 {
+    q4_0_kn::<1>(w, [a])[0]
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4_0_kn<const N: usize>(w: &[[u8; 18]], a: [&[[u8; 34]]; N]) -> [f32; N] {
     let qi = index(&const { lanes16(18, 2) });
     let (sum, done) = quad_q8_0(w, a, 8, |ga, gb| {
         split(_mm512_permutex2var_epi16(ga, qi, gb))
     });
-    sum + avx2::q4_0_k(&w[done..], &a[done..])
+    std::array::from_fn(|t| sum[t] + avx2::q4_0_k(&w[done..], &a[t][done..]))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -318,6 +385,11 @@ fn fifth_bits(ga: __m512i, gb: __m512i, idx: __m512i) -> (__mmask64, __mmask64) 
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q5_0_k(w: &[[u8; 22]], a: &[[u8; 34]]) -> f32 {
+    q5_0_kn::<1>(w, [a])[0]
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q5_0_kn<const N: usize>(w: &[[u8; 22]], a: [&[[u8; 34]]; N]) -> [f32; N] {
     let qi = index(&const { lanes16(22, 6) });
     let hi_idx = index(&const { fields(22, 2, 4) });
     let b4 = _mm512_set1_epi8(0x10);
@@ -330,18 +402,28 @@ fn q5_0_k(w: &[[u8; 22]], a: &[[u8; 34]]) -> f32 {
             _mm512_mask_add_epi8(hi, khi, hi, b4),
         )
     });
-    sum + avx2::q5_0_k(&w[done..], &a[done..])
+    std::array::from_fn(|t| sum[t] + avx2::q5_0_k(&w[done..], &a[t][done..]))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q4_1_k(w: &[[u8; 20]], a: &[[u8; 36]]) -> f32 {
+    q4_1_kn::<1>(w, [a])[0]
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4_1_kn<const N: usize>(w: &[[u8; 20]], a: [&[[u8; 36]]; N]) -> [f32; N] {
     let qi = index(&const { lanes16(20, 4) });
     let (sum, done) = quad_q8_1(w, a, |ga, gb| split(_mm512_permutex2var_epi16(ga, qi, gb)));
-    sum + avx2::q4_1_k(&w[done..], &a[done..])
+    std::array::from_fn(|t| sum[t] + avx2::q4_1_k(&w[done..], &a[t][done..]))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q5_1_k(w: &[[u8; 24]], a: &[[u8; 36]]) -> f32 {
+    q5_1_kn::<1>(w, [a])[0]
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q5_1_kn<const N: usize>(w: &[[u8; 24]], a: [&[[u8; 36]]; N]) -> [f32; N] {
     let qi = index(&const { lanes16(24, 8) });
     let hi_idx = index(&const { fields(24, 4, 6) });
     let b4 = _mm512_set1_epi8(0x10);
@@ -353,7 +435,7 @@ fn q5_1_k(w: &[[u8; 24]], a: &[[u8; 36]]) -> f32 {
             _mm512_mask_add_epi8(hi, khi, hi, b4),
         )
     });
-    sum + avx2::q5_1_k(&w[done..], &a[done..])
+    std::array::from_fn(|t| sum[t] + avx2::q5_1_k(&w[done..], &a[t][done..]))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]

@@ -22,6 +22,12 @@ mod x86;
 /// [`activation_type`] of it; `n` is a multiple of the block size. Panics otherwise.
 pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
 
+/// `dot(weight row, activation row t)` for 1 to 4 activation rows `a[t]` at once, into
+/// `out[t]`: the weight row is unpacked once. Each result is the same bits as the
+/// [`DotFn`] of the type gives for that row alone, so a token's result never depends on
+/// how many share its batch. Panics on a length mismatch, as [`DotFn`].
+pub type DotMultiFn = fn(n: usize, w: &[u8], a: &[&[u8]], out: &mut [f32]);
+
 /// Name of the environment variable that caps the instruction set [`dot_fn`] and
 /// [`quantize_activations`] use: `scalar`, `avx2` or `avx512` (read once per process;
 /// other values are ignored).
@@ -188,6 +194,18 @@ pub fn quantize_activations_for(
 /// [`Isa::selected`]; `None` for a type that cannot be a weight ([`is_weight_type`]).
 pub fn dot_fn(w: GgmlType) -> Option<DotFn> {
     best(w).map(|(f, _)| f)
+}
+
+/// The kernel dotting a weight row of type `w` with up to four activation rows at once, on
+/// the tier [`dot_fn`] picked, for the types that have one there (Q4_0, Q4_1, Q5_0, Q5_1
+/// with AVX-512); `None` otherwise (call the [`DotFn`] per row: same results).
+pub fn dot_multi_fn(w: GgmlType) -> Option<DotMultiFn> {
+    #[cfg(target_arch = "x86_64")]
+    if best(w).is_some_and(|(_, isa)| isa == Isa::Avx512) {
+        // SAFETY: `best` picked the AVX-512 tier, so this CPU has its features.
+        return unsafe { avx512::multi_kernel(w) };
+    }
+    None
 }
 
 /// The plain scalar reference for weights of type `w` (what the SIMD kernels are tested

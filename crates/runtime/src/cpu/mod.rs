@@ -7,7 +7,7 @@ mod shared;
 use std::cell::Cell;
 use std::sync::Arc;
 
-use quant::dot::{activation_type, dot_fn, quantize_activations, DotFn};
+use quant::dot::{activation_type, dot_fn, dot_multi_fn, quantize_activations, DotFn};
 use quant::{gemm as int8, GgmlType};
 
 use crate::ops::{Act, Attention, Batch, Ops, Plan, Rope};
@@ -332,8 +332,28 @@ impl Ops for CpuOps<'_> {
         // only read them now.
         let q = unsafe { self.be.qbuf.get(0, self.be.qrow_cap * n) };
         let cap = self.be.qrow_cap;
-        match dot {
-            Some(dot) => {
+        match (dot, dot_multi_fn(w.ty).filter(|_| n > 1)) {
+            (Some(_), Some(multi)) => {
+                // Several tokens: each weight row unpacked once per four tokens, with the
+                // same per-token results as the single dot.
+                self.rows(w.rows, |r| {
+                    let wr = w.row(r);
+                    for t0 in (0..n).step_by(4) {
+                        let k = 4.min(n - t0);
+                        let acts: [&[u8]; 4] = std::array::from_fn(|j| {
+                            let t = t0 + j.min(k - 1);
+                            &q[t * cap..t * cap + qrow]
+                        });
+                        let mut v = [0.0f32; 4];
+                        multi(w.cols, wr, &acts[..k], &mut v[..k]);
+                        for (j, &v) in v[..k].iter().enumerate() {
+                            // SAFETY: element (t, r) is written by the thread that owns row r.
+                            unsafe { os.set((t0 + j) * out.width + r, v) };
+                        }
+                    }
+                });
+            }
+            (Some(dot), None) => {
                 self.rows(w.rows, |r| {
                     let wr = w.row(r);
                     for t in 0..n {
@@ -343,7 +363,7 @@ impl Ops for CpuOps<'_> {
                     }
                 });
             }
-            None => {
+            (None, _) => {
                 // A weight type without a dot kernel: dequantize each row, dot in f32.
                 let row = &mut self.scratch()[..w.cols];
                 self.rows(w.rows, |r| {
