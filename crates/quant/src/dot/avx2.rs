@@ -342,6 +342,14 @@ pub(super) fn halves(sc16: __m256i) -> [__m256i; 2] {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn k_head(h: &[u8; 20], y: &[u8; 292], acc_m: &mut __m256) -> (__m256i, f32) {
+    let r = k_scales(h);
+    k_head_with(h, r, y, acc_m)
+}
+
+/// The weight-only part of [`k_head`]: [scale 0..8, minimum 0..8] as bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn k_scales(h: &[u8; 20]) -> __m128i {
     let s = ld128(sub::<4, 16, 20>(h));
     // Scales 0..4 and minimums 0..4 are the low 6 bits of bytes 0..4 and 4..8; scales
     // 4..8 are the low nibbles of bytes 8..12 with bits 6, 7 of bytes 0..4 on top,
@@ -364,11 +372,21 @@ pub(super) fn k_head(h: &[u8; 20], y: &[u8; 292], acc_m: &mut __m256) -> (__m256
             _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15),
         ),
     );
-    // [scale 0..8, minimum 0..8] as bytes.
-    let r = _mm_or_si128(
+    _mm_or_si128(
         low,
         _mm_and_si128(_mm_srli_epi16::<2>(b), _mm_set1_epi8(0x30)),
-    );
+    )
+}
+
+/// The activation part of [`k_head`], given the block's [`k_scales`] `r`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn k_head_with(
+    h: &[u8; 20],
+    r: __m128i,
+    y: &[u8; 292],
+    acc_m: &mut __m256,
+) -> (__m256i, f32) {
     // [d d_y, dmin d_y].
     let dd = _mm_mul_ps(
         _mm_cvtph_ps(_mm_cvtsi32_si128(u32_at::<0, 20>(h) as i32)),

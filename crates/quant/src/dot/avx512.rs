@@ -67,6 +67,7 @@ pub(super) unsafe fn multi_kernel(w: GgmlType) -> Option<DotMultiFn> {
         T::Q4_1 => q4_1_multi,
         T::Q5_0 => q5_0_multi,
         T::Q5_1 => q5_1_multi,
+        T::Q4_K => q4_k_multi,
         _ => return None,
     })
 }
@@ -103,6 +104,7 @@ multi_fn!(q4_0_multi, q4_0_kn, 32, 18, 34);
 multi_fn!(q4_1_multi, q4_1_kn, 32, 20, 36);
 multi_fn!(q5_0_multi, q5_0_kn, 32, 22, 34);
 multi_fn!(q5_1_multi, q5_1_kn, 32, 24, 36);
+multi_fn!(q4_k_multi, q4_k_kn, 256, 144, 292);
 
 /// Defines the safe `DotFn` `$name`: checks the row, then calls the target-feature
 /// function `$imp` on the blocks.
@@ -535,11 +537,18 @@ fn iq4_xs_k(w: &[[u8; 136]], a: &[[u8; 292]]) -> f32 {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q4_k_k(w: &[[u8; 144]], a: &[[u8; 292]]) -> f32 {
+    q4_k_kn::<1>(w, [a])[0]
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4_k_kn<const N: usize>(w: &[[u8; 144]], a: [&[[u8; 292]]; N]) -> [f32; N] {
     // Elements 64c..64c+64 from the 32 bytes of chunk c in both halves: the low nibbles
     // masked in place (sub-block 2c), the high nibbles masked in place too, so 16 times
     // their value (sub-block 2c + 1). `dpbusd` sums four products per i32 lane with no
     // overflow; the even sub-blocks' scales are multiplied by 16 to match, and the sum
-    // is divided by 16 (exactly) at the end.
+    // is divided by 16 (exactly) at the end. The weights' part (levels, integer scales)
+    // is done once for the N activation rows, each of which sees the same arithmetic as
+    // alone.
     let mask = _mm512_inserti64x4::<1>(
         _mm512_castsi256_si512(_mm256_set1_epi8(0x0F)),
         _mm256_set1_epi8(0xF0u8 as i8),
@@ -553,29 +562,34 @@ fn q4_k_k(w: &[[u8; 144]], a: &[[u8; 292]]) -> f32 {
         )
     });
     let times16 = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0);
-    let mut acc = _mm512_setzero_ps();
-    let mut acc_m = _mm256_setzero_ps();
-    for (x, y) in w.iter().zip(a) {
-        let (scales, d) = avx2::k_head(sub::<0, 20, 144>(x), y, &mut acc_m);
-        let sc32 = _mm256_cvtepu16_epi32(_mm256_castsi256_si128(scales));
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut acc_m = [_mm256_setzero_ps(); N];
+    for (i, x) in w.iter().enumerate() {
+        let h = sub::<0, 20, 144>(x);
+        let r = avx2::k_scales(h);
+        let sc32 = _mm256_cvtepu16_epi32(_mm_cvtepu8_epi16(r));
         let sc32 = _mm512_castsi256_si512(_mm256_sllv_epi32(sc32, times16));
         let qs = sub::<16, 128, 144>(x).as_chunks::<32>().0;
-        let ys = q8k_levels64(y);
-        let mut sumi = [_mm512_setzero_si512(); 2];
-        for c in 0..4 {
-            let q = _mm512_and_si512(twice(&qs[c]), mask);
-            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, ld512(&ys[c]));
-            let s = _mm512_permutexvar_epi32(pick[c], sc32);
-            sumi[c & 1] = _mm512_add_epi32(sumi[c & 1], _mm512_mullo_epi32(p, s));
+        let q: [__m512i; 4] = std::array::from_fn(|c| _mm512_and_si512(twice(&qs[c]), mask));
+        let s: [__m512i; 4] = std::array::from_fn(|c| _mm512_permutexvar_epi32(pick[c], sc32));
+        for t in 0..N {
+            let y = &a[t][i];
+            let (_, d) = avx2::k_head_with(h, r, y, &mut acc_m[t]);
+            let ys = q8k_levels64(y);
+            let mut sumi = [_mm512_setzero_si512(); 2];
+            for c in 0..4 {
+                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[c], ld512(&ys[c]));
+                sumi[c & 1] = _mm512_add_epi32(sumi[c & 1], _mm512_mullo_epi32(p, s[c]));
+            }
+            let sumi = _mm512_add_epi32(sumi[0], sumi[1]);
+            acc[t] = _mm512_fmadd_ps(
+                _mm512_set1_ps(d * (1.0 / 16.0)),
+                _mm512_cvtepi32_ps(sumi),
+                acc[t],
+            );
         }
-        let sumi = _mm512_add_epi32(sumi[0], sumi[1]);
-        acc = _mm512_fmadd_ps(
-            _mm512_set1_ps(d * (1.0 / 16.0)),
-            _mm512_cvtepi32_ps(sumi),
-            acc,
-        );
     }
-    _mm512_reduce_add_ps(acc) - avx2::hsum(acc_m)
+    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]) - avx2::hsum(acc_m[t]))
 }
 // ---------------------------------------------------------------------------------------
 // Float weights, f32 activations.
