@@ -483,7 +483,7 @@ fn multi_row_dots_equal_single_dots_bit_for_bit() {
         }
     }
     if Isa::selected() >= Isa::Avx512 {
-        let what = "Q4_0, Q4_1, Q5_0, Q5_1 and Q4_K have multi-row kernels";
-        assert_eq!(covered, 5, "{what}");
+        let what = "Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K have multi-row kernels";
+        assert_eq!(covered, 6, "{what}");
     }
 }

@@ -534,25 +534,32 @@ pub(super) fn q6_k_with(
     a: &[[u8; 292]],
     macc: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) -> f32 {
+    q6_k_with_n::<1>(w, [a], macc)[0]
+}
+
+/// [`q6_k_with`] for N activation rows: each block's levels and scales are unpacked once;
+/// each row sees the same arithmetic as alone.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q6_k_with_n<const N: usize>(
+    w: &[[u8; 210]],
+    a: [&[[u8; 292]]; N],
+    macc: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+) -> [f32; N] {
     let m4 = _mm256_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    for (x, y) in w.iter().zip(a) {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, x) in w.iter().enumerate() {
         let sc16 = _mm256_cvtepi8_epi16(ld128(sub::<192, 16, 210>(x)));
-        // sum_j sc_j sum((q - 32) y) = sum_j sc_j sum(q y) - 32 sum_j sc_j bsum_j.
-        let bsums = ld256(sub::<260, 32, 292>(y));
-        let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc16));
         let scales = halves(sc16);
         let ql = sub::<0, 128, 210>(x).as_chunks::<32>().0;
         let qh = sub::<128, 64, 210>(x).as_chunks::<32>().0;
-        let ys = q8k_levels(y);
-        let mut sumi = [_mm256_setzero_si256(); 2];
-        for h in 0..2 {
+        // Element 128h + 32r + l: low 4 bits from l0 (r = 0, 2) or l1 (r = 1, 3), low or
+        // high nibble; high 2 bits from bits 2r of hb.
+        let q: [[__m256i; 4]; 2] = std::array::from_fn(|h| {
             let l0 = ld256(&ql[2 * h]);
             let l1 = ld256(&ql[2 * h + 1]);
             let hb = ld256(&qh[h]);
-            // Element 128h + 32r + l: low 4 bits from l0 (r = 0, 2) or l1 (r = 1, 3),
-            // low or high nibble; high 2 bits from bits 2r of hb.
-            let q = [
+            [
                 _mm256_or_si256(
                     _mm256_and_si256(l0, m4),
                     _mm256_slli_epi16::<4>(_mm256_and_si256(hb, _mm256_set1_epi8(0x03))),
@@ -569,18 +576,30 @@ pub(super) fn q6_k_with(
                     _mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4),
                     _mm256_srli_epi16::<2>(_mm256_and_si256(hb, _mm256_set1_epi8(0xC0u8 as i8))),
                 ),
-            ];
-            for (r, q) in q.into_iter().enumerate() {
-                let p = _mm256_maddubs_epi16(q, ld256(&ys[4 * h + r]));
-                let s = _mm256_shuffle_epi8(scales[h], pick16_pair(2 * r));
-                sumi[r & 1] = macc(sumi[r & 1], p, s);
+            ]
+        });
+        let s: [[__m256i; 4]; 2] = std::array::from_fn(|h| {
+            std::array::from_fn(|r| _mm256_shuffle_epi8(scales[h], pick16_pair(2 * r)))
+        });
+        for t in 0..N {
+            let y = &a[t][i];
+            // sum_j sc_j sum((q - 32) y) = sum_j sc_j sum(q y) - 32 sum_j sc_j bsum_j.
+            let bsums = ld256(sub::<260, 32, 292>(y));
+            let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc16));
+            let ys = q8k_levels(y);
+            let mut sumi = [_mm256_setzero_si256(); 2];
+            for h in 0..2 {
+                for r in 0..4 {
+                    let p = _mm256_maddubs_epi16(q[h][r], ld256(&ys[4 * h + r]));
+                    sumi[r & 1] = macc(sumi[r & 1], p, s[h][r]);
+                }
             }
+            let d = f16(u16_at::<208, 210>(x)) * f32_at::<0, 292>(y);
+            let sumi = _mm256_sub_epi32(_mm256_add_epi32(sumi[0], sumi[1]), offset);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
         }
-        let d = f16(u16_at::<208, 210>(x)) * f32_at::<0, 292>(y);
-        let sumi = _mm256_sub_epi32(_mm256_add_epi32(sumi[0], sumi[1]), offset);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    hsum(acc)
+    std::array::from_fn(|t| hsum(acc[t]))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

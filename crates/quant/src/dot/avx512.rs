@@ -68,6 +68,7 @@ pub(super) unsafe fn multi_kernel(w: GgmlType) -> Option<DotMultiFn> {
         T::Q5_0 => q5_0_multi,
         T::Q5_1 => q5_1_multi,
         T::Q4_K => q4_k_multi,
+        T::Q6_K => q6_k_multi,
         _ => return None,
     })
 }
@@ -105,6 +106,7 @@ multi_fn!(q4_1_multi, q4_1_kn, 32, 20, 36);
 multi_fn!(q5_0_multi, q5_0_kn, 32, 22, 34);
 multi_fn!(q5_1_multi, q5_1_kn, 32, 24, 36);
 multi_fn!(q4_k_multi, q4_k_kn, 256, 144, 292);
+multi_fn!(q6_k_multi, q6_k_kn, 256, 210, 292);
 
 /// Defines the safe `DotFn` `$name`: checks the row, then calls the target-feature
 /// function `$imp` on the blocks.
@@ -486,6 +488,11 @@ vnni256!(q2_k_k, q2_k_with, 84);
 vnni256!(q3_k_k, q3_k_with, 110);
 vnni256!(q5_k_k, q5_k_with, 176);
 vnni256!(q6_k_k, q6_k_with, 210);
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q6_k_kn<const N: usize>(w: &[[u8; 210]], a: [&[[u8; 292]]; N]) -> [f32; N] {
+    avx2::q6_k_with_n(w, a, |acc, p, s| _mm256_dpwssd_epi32(acc, p, s))
+}
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn iq4_xs_k(w: &[[u8; 136]], a: &[[u8; 292]]) -> f32 {
