@@ -7,6 +7,7 @@ mod info;
 mod perplexity;
 mod pull;
 mod run;
+mod serve;
 mod template;
 mod tokenize;
 
@@ -31,6 +32,8 @@ enum Command {
     Run(run::Args),
     /// Chat interactively through the model's chat template.
     Chat(chat::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API, with continuous batching.
+    Serve(serve::Args),
     /// Score a text file: perplexity over chunks, as llama-perplexity measures it.
     Perplexity(perplexity::Args),
     /// Measure prompt processing and generation speed, like llama-bench.
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Info(args) => info::run(args),

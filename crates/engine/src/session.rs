@@ -122,9 +122,10 @@ pub struct Engine {
     pub template: ChatTemplate,
     pub(crate) backend: CpuBackend,
     pub(crate) n_ctx: usize,
-    n_batch: usize,
+    pub(crate) n_batch: usize,
+    pub(crate) n_seq: usize,
     pub(crate) max_logit_rows: usize,
-    batch: Batch,
+    pub(crate) batch: Batch,
     /// Tokens whose keys and values sequence 0 of the cache holds, in order: a new prompt
     /// that starts with them is evaluated from where they end.
     pub(crate) cached: Vec<u32>,
@@ -175,6 +176,7 @@ impl Engine {
             backend,
             n_ctx,
             n_batch,
+            n_seq: opts.n_seq.max(1),
             max_logit_rows: opts.max_logit_rows.max(1),
             batch: Batch::default(),
             cached: Vec::new(),

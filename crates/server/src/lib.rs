@@ -1,2 +1,224 @@
-//! The OpenAI-compatible HTTP API (chat, completions, SSE streaming) over the engine.
-//! Empty for now: the server issue fills it.
+//! OpenAI-compatible HTTP server over the engine: chat and text completions (JSON and SSE),
+//! models, health and Prometheus metrics, with a continuous-batching scheduler thread.
+
+pub mod api;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod scheduler;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use engine::Engine;
+use tokenizer::Tokenizer;
+
+use crate::http::AppState;
+use crate::metrics::Metrics;
+use crate::scheduler::SchedulerConfig;
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on.
+    pub host: String,
+    /// Port (0: any free one).
+    pub port: u16,
+    /// Name reported by `/v1/models`.
+    pub model_id: String,
+    /// Requests that may wait for a free slot; more are answered 429.
+    pub queue: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Prompt chunk length (chunks at fixed offsets, so results do not depend on load).
+    pub prefill_chunk: usize,
+    /// Shut down gracefully on SIGTERM and Ctrl-C (SIGINT).
+    pub handle_signals: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            model_id: "model".into(),
+            queue: 64,
+            max_body: 1 << 20,
+            prefill_chunk: 128,
+            handle_signals: false,
+        }
+    }
+}
+
+/// A running server: the HTTP side on a tokio runtime thread, the engine on its own thread.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    http: Option<JoinHandle<()>>,
+    scheduler: Option<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Server {
+    /// Binds the listener and starts serving `engine`. `tokenizer` is a second tokenizer of
+    /// the same model (see [`Engine::tokenizer_from_file`]) for the request handlers.
+    pub fn start(engine: Engine, tokenizer: Tokenizer, cfg: Config) -> std::io::Result<Server> {
+        let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let slots = engine.n_seq().min(engine.max_logit_rows()).max(1);
+        let metrics = Arc::new(Metrics::new(slots));
+        let tokenizer = Arc::new(tokenizer);
+        let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue);
+        let state = Arc::new(AppState {
+            queue: tx,
+            metrics: metrics.clone(),
+            tokenizer: tokenizer.clone(),
+            template: engine.template.clone(),
+            model_id: cfg.model_id.clone(),
+            n_ctx: engine.n_ctx(),
+            n_vocab: engine.n_vocab(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        });
+        metrics.alive.store(true, Ordering::SeqCst);
+        let m = metrics.clone();
+        let sched_cfg = SchedulerConfig {
+            prefill_chunk: cfg.prefill_chunk,
+        };
+        let scheduler = std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || {
+                // Marks the scheduler dead however it ends (a panic included).
+                struct Alive(Arc<Metrics>);
+                impl Drop for Alive {
+                    fn drop(&mut self) {
+                        self.0.alive.store(false, Ordering::SeqCst);
+                    }
+                }
+                let _alive = Alive(m.clone());
+                scheduler::run(engine, tokenizer, rx, m, sched_cfg);
+            })?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = http::router(state, cfg.max_body);
+        let signals = cfg.handle_signals;
+        let http = std::thread::Builder::new()
+            .name("http".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("error: listening: {e}");
+                            return;
+                        }
+                    };
+                    let r = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            tokio::select! {
+                                _ = stop_rx => {}
+                                _ = signal(signals) => {
+                                    eprintln!("shutting down: finishing the open requests");
+                                }
+                            }
+                        })
+                        .await;
+                    if let Err(e) = r {
+                        eprintln!("error: serving: {e}");
+                    }
+                });
+                // Drop the runtime here: open streams end, the queue's sender is dropped
+                // and the scheduler finishes.
+            })?;
+        Ok(Server {
+            addr,
+            shutdown: Some(stop_tx),
+            http: Some(http),
+            scheduler: Some(scheduler),
+            metrics,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stops accepting connections, lets the open requests finish, then stops the
+    /// scheduler.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    /// Blocks until the server ends (after [`Server::shutdown`] from elsewhere, or a
+    /// failure).
+    pub fn wait(mut self) {
+        if let Some(h) = self.http.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.scheduler.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// A handle that asks the server to shut down gracefully.
+    pub fn shutdown_handle(&mut self) -> Option<tokio::sync::oneshot::Sender<()>> {
+        self.shutdown.take()
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.http.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.scheduler.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C when `enabled`; never otherwise.
+async fn signal(enabled: bool) {
+    if !enabled {
+        return std::future::pending().await;
+    }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,126 @@
+//! `surplus serve`: the OpenAI-compatible HTTP server (chat and text completions, models,
+//! health, metrics) with continuous batching over `--parallel` sequences; SIGTERM or
+//! Ctrl-C shuts it down gracefully.
+
+use anyhow::{Context, Result};
+use engine::{Engine, EngineOptions};
+
+/// Arguments of `surplus serve`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model: a .gguf path or a known model name (pulled on first use).
+    #[arg(short, long, value_name = "MODEL", default_value = registry::DEFAULT_MODEL)]
+    model: String,
+    /// Address to listen on.
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port).
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
+    port: u16,
+    /// Sequences generated at once (continuous batching; each has its own KV cache).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    parallel: usize,
+    /// Context size of each sequence in tokens (default: the model's, at most 4096).
+    #[arg(short = 'c', long = "ctx-size", value_name = "N", default_value_t = 0)]
+    ctx_size: usize,
+    /// CPU threads (default: all cores).
+    #[arg(short, long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+    /// Requests that may wait for a free sequence; more are answered 429 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    queue: usize,
+    /// Prompt tokens evaluated in one pass (prompts go in chunks of this many, interleaved
+    /// with the decode steps of running streams).
+    #[arg(
+        short = 'b',
+        long = "batch-size",
+        value_name = "N",
+        default_value_t = 128
+    )]
+    batch_size: usize,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    max_body: usize,
+}
+
+/// Runs `surplus serve` until SIGTERM or Ctrl-C (the open requests finish first).
+pub fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(
+        (1..=256).contains(&args.parallel),
+        "--parallel must be in 1..=256"
+    );
+    anyhow::ensure!(args.queue >= 1, "--queue must be at least 1");
+    let opts = registry::PullOptions {
+        progress: crate::progress_enabled(),
+        force: false,
+    };
+    let path = registry::resolve(&args.model, &opts)?;
+    let eo = EngineOptions {
+        n_ctx: args.ctx_size,
+        n_batch: args.batch_size.max(args.parallel),
+        n_seq: args.parallel,
+        max_logit_rows: args.parallel,
+        n_threads: args.threads,
+    };
+    let bar = crate::progress_enabled().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "loading {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_message(
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        b
+    });
+    let engine = Engine::load_with_progress(&path, &eo, |done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    })
+    .with_context(|| format!("loading {}", path.display()));
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let engine = engine?;
+    let tokenizer = Engine::tokenizer_from_file(&path)?;
+    let n_ctx = engine.n_ctx();
+    let threads = engine.n_threads();
+    let model_id = if path.exists() && !args.model.ends_with(".gguf") {
+        args.model.clone()
+    } else {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| args.model.clone())
+    };
+    let cfg = server::Config {
+        host: args.host.clone(),
+        port: args.port,
+        model_id,
+        queue: args.queue,
+        max_body: args.max_body,
+        prefill_chunk: args.batch_size,
+        handle_signals: true,
+    };
+    let srv = server::Server::start(engine, tokenizer, cfg)
+        .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
+    let addr = srv.addr();
+    let host = if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    eprintln!(
+        "{}: {} sequences of {n_ctx} tokens, {threads} threads",
+        args.model, args.parallel
+    );
+    eprintln!("listening on http://{host}:{}", addr.port());
+    srv.wait();
+    Ok(())
+}

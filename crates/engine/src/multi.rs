@@ -1,0 +1,261 @@
+//! Multi-sequence stepping for continuous batching: one forward pass decodes a token for each
+//! of several sequences, and prompts are prefilled one fixed-offset chunk at a time.
+
+use runtime::Batch;
+
+use crate::session::{Engine, EngineError};
+
+/// One sequence's next token in a decode step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeItem {
+    /// KV-cache slot of the sequence (below [`Engine::n_seq`]).
+    pub seq: u32,
+    /// The token to evaluate.
+    pub token: u32,
+    /// Its position in the sequence.
+    pub pos: u32,
+}
+
+impl Engine {
+    /// A second tokenizer for the model file at `path` (the tokenizer is not `Clone`; a
+    /// server tokenizes requests on other threads than the one that owns the engine).
+    pub fn tokenizer_from_file(
+        path: &std::path::Path,
+    ) -> Result<tokenizer::Tokenizer, EngineError> {
+        let file = gguf::Gguf::open(path).map_err(|source| EngineError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(tokenizer::Tokenizer::from_metadata(file.metadata())?)
+    }
+
+    /// Sequences the KV cache holds at once.
+    pub fn n_seq(&self) -> usize {
+        self.n_seq
+    }
+
+    /// Most tokens one forward pass evaluates.
+    pub fn n_batch(&self) -> usize {
+        self.n_batch
+    }
+
+    /// Most tokens of one pass that may produce logits (the widest decode step).
+    pub fn max_logit_rows(&self) -> usize {
+        self.max_logit_rows
+    }
+
+    /// Vocabulary size (the width of a logit row).
+    pub fn n_vocab(&self) -> usize {
+        self.model.hp.n_vocab
+    }
+
+    /// Evaluates one token for each item in ONE forward pass (at most `max_logit_rows` items,
+    /// distinct sequences) and returns their logit rows, `n_vocab` values each, in order.
+    ///
+    /// A token's logits do not depend on the other items: a multi-sequence batch always goes
+    /// through the per-token (8-bit activation) matmul path.
+    pub fn decode_step(&mut self, items: &[DecodeItem]) -> Result<&[f32], EngineError> {
+        if items.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let limit = self.max_logit_rows.min(self.n_batch);
+        if items.len() > limit {
+            return Err(EngineError::ContextFull {
+                prompt: items.len(),
+                generate: 0,
+                n_ctx: limit,
+            });
+        }
+        for it in items {
+            if it.seq as usize >= self.n_seq || it.pos as usize >= self.n_ctx {
+                return Err(EngineError::ContextFull {
+                    prompt: it.pos as usize + 1,
+                    generate: 0,
+                    n_ctx: self.n_ctx,
+                });
+            }
+        }
+        // Sequence 0 may be overwritten: forget the prefix `generate` would reuse.
+        self.cached.clear();
+        let b = &mut self.batch;
+        b.tokens.clear();
+        b.pos.clear();
+        b.seq.clear();
+        b.logits.clear();
+        for (i, it) in items.iter().enumerate() {
+            b.tokens.push(it.token);
+            b.pos.push(it.pos);
+            b.seq.push(it.seq);
+            b.logits.push(i as u32);
+        }
+        let model = &self.model;
+        self.backend
+            .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
+        Ok(self.backend.read(self.model.acts.logits, items.len()))
+    }
+
+    /// Evaluates one prompt chunk (at most `n_batch` tokens) of sequence `seq` from position
+    /// `start` in one pass; with `logits`, returns the logit row of its last token.
+    ///
+    /// For results that do not depend on load, callers cut prompts at fixed offsets from
+    /// position 0 (see [`prefill_chunks`]).
+    pub fn prefill_chunk(
+        &mut self,
+        seq: u32,
+        tokens: &[u32],
+        start: usize,
+        logits: bool,
+    ) -> Result<Option<&[f32]>, EngineError> {
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if seq as usize >= self.n_seq
+            || start + tokens.len() > self.n_ctx
+            || tokens.len() > self.n_batch
+        {
+            return Err(EngineError::ContextFull {
+                prompt: start + tokens.len(),
+                generate: 0,
+                n_ctx: self.n_ctx,
+            });
+        }
+        self.cached.clear();
+        fill_one_sequence(&mut self.batch, tokens, start as u32, seq, logits);
+        let model = &self.model;
+        self.backend
+            .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
+        Ok(logits.then(|| self.backend.read(self.model.acts.logits, 1)))
+    }
+}
+
+/// The chunk of a prompt of `len` tokens that starts at `done`, for chunks of `chunk` tokens
+/// cut at fixed offsets from position 0: `done..end`.
+pub fn prefill_chunks(done: usize, len: usize, chunk: usize) -> std::ops::Range<usize> {
+    let chunk = chunk.max(1);
+    let end = ((done / chunk) + 1) * chunk;
+    done..end.min(len)
+}
+
+fn fill_one_sequence(b: &mut Batch, tokens: &[u32], start: u32, seq: u32, logits: bool) {
+    b.tokens.clear();
+    b.tokens.extend_from_slice(tokens);
+    b.pos.clear();
+    b.pos.extend(start..start + tokens.len() as u32);
+    b.seq.clear();
+    b.seq.resize(tokens.len(), seq);
+    b.logits.clear();
+    if logits {
+        b.logits.push(tokens.len() as u32 - 1);
+    }
+}
+
+/// Finds stop strings in streamed text and says how much of it is safe to emit: text that
+/// could still become the start of a stop string is held back.
+#[derive(Clone, Debug, Default)]
+pub struct StopScanner {
+    stops: Vec<String>,
+    /// All text generated so far.
+    text: String,
+    /// Bytes of `text` already handed out.
+    emitted: usize,
+}
+
+impl StopScanner {
+    /// A scanner for these stop strings (empty ones are ignored).
+    pub fn new(stops: Vec<String>) -> StopScanner {
+        StopScanner {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            text: String::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Adds a piece of text. Returns `(safe, stopped)`: the text that may be emitted now,
+    /// and whether a stop string was found (the text is then cut before it).
+    pub fn push(&mut self, piece: &str) -> (&str, bool) {
+        let from = self.text.len();
+        self.text.push_str(piece);
+        // Only look where a match could end in the new text.
+        let longest = self.stops.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut scan = from.saturating_sub(longest);
+        while !self.text.is_char_boundary(scan) {
+            scan -= 1;
+        }
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|s| self.text[scan..].find(s.as_str()).map(|i| scan + i))
+            .min();
+        if let Some(at) = hit {
+            let at = at.max(self.emitted);
+            self.text.truncate(at);
+            let start = self.emitted;
+            self.emitted = at;
+            return (&self.text[start..at], true);
+        }
+        // Hold back the longest suffix that is a prefix of some stop string.
+        let mut keep = self.text.len();
+        for s in &self.stops {
+            for (i, _) in s.char_indices().skip(1) {
+                if self.text.ends_with(&s[..i]) {
+                    keep = keep.min(self.text.len() - i);
+                }
+            }
+        }
+        let keep = keep.max(self.emitted);
+        let start = self.emitted;
+        self.emitted = keep;
+        (&self.text[start..keep], false)
+    }
+
+    /// Releases what was held back (at the end of generation).
+    pub fn finish(&mut self) -> &str {
+        let start = self.emitted;
+        self.emitted = self.text.len();
+        &self.text[start..]
+    }
+
+    /// All text so far (cut before a stop string once one was found).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// Engines move to the scheduler's thread.
+#[allow(dead_code)]
+fn assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Engine>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_cut_at_fixed_offsets() {
+        assert_eq!(prefill_chunks(0, 300, 128), 0..128);
+        assert_eq!(prefill_chunks(128, 300, 128), 128..256);
+        assert_eq!(prefill_chunks(256, 300, 128), 256..300);
+        assert_eq!(prefill_chunks(0, 5, 128), 0..5);
+    }
+
+    #[test]
+    fn stop_strings_are_held_back_and_cut() {
+        let mut s = StopScanner::new(vec!["END".into()]);
+        assert_eq!(s.push("hello E"), ("hello ", false));
+        assert_eq!(s.push("N"), ("", false));
+        assert_eq!(s.push("D and more"), ("", true));
+        assert_eq!(s.text(), "hello ");
+        let mut s = StopScanner::new(vec!["END".into()]);
+        assert_eq!(s.push("hello E"), ("hello ", false));
+        assert_eq!(s.push("x"), ("Ex", false));
+        assert_eq!(s.finish(), "");
+        let mut s = StopScanner::new(vec!["\n\n".into(), "é!".into()]);
+        assert_eq!(s.push("aé"), ("a", false));
+        assert_eq!(s.push("b\n"), ("éb", false));
+        assert_eq!(s.finish(), "\n");
+        let mut s = StopScanner::new(vec![]);
+        assert_eq!(s.push("abc"), ("abc", false));
+    }
+}

@@ -1,0 +1,478 @@
+//! Request bodies of `/v1/chat/completions` and `/v1/completions`: parsed from JSON with a
+//! check of every field, unsupported ones ignored as OpenAI clients expect or refused.
+
+use engine::sampling::SamplingParams;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokenizer::Message;
+
+use crate::error::ApiError;
+
+/// Most stop strings per request.
+const MAX_STOP: usize = 16;
+/// Longest stop string, in bytes (the scheduler scans for them after every token).
+const MAX_STOP_BYTES: usize = 256;
+/// Most top log-probabilities per token.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// Fields shared by both endpoints.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Common {
+    pub model: Option<Value>,
+    pub max_tokens: Option<i64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub stop: Option<Value>,
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub n: Option<i64>,
+    pub user: Option<Value>,
+    pub logit_bias: Option<Map<String, Value>>,
+    // Extensions (llama.cpp names).
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
+    pub repeat_penalty: Option<f64>,
+    pub ignore_eos: Option<bool>,
+}
+
+/// `stream_options`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct StreamOptions {
+    pub include_usage: Option<bool>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Deserialize)]
+pub struct ChatRequest {
+    pub messages: Value,
+    pub max_completion_tokens: Option<i64>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
+    #[serde(flatten)]
+    pub common: Common,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: Value,
+    pub logprobs: Option<i64>,
+    pub echo: Option<bool>,
+    pub best_of: Option<i64>,
+    pub suffix: Option<Value>,
+    #[serde(flatten)]
+    pub common: Common,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// What a request asks for, checked (the prompt still to be tokenized).
+pub struct Params {
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub logprobs: Option<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub ignore_eos: bool,
+}
+
+/// A completion prompt: text or token ids.
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// Parses a JSON body into `T`, with OpenAI-style errors.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::invalid(format!("invalid request: {e}")))
+}
+
+/// Refuses fields we do not know, ignoring those OpenAI's clients commonly send.
+fn check_extra(extra: &Map<String, Value>) -> Result<(), ApiError> {
+    for (k, v) in extra {
+        let ok = match k.as_str() {
+            "store" | "metadata" | "service_tier" | "parallel_tool_calls" => true,
+            "tools" | "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
+            "tool_choice" | "function_call" => v.is_null() || v == "none",
+            "response_format" => v.is_null() || v.get("type").is_some_and(|t| t == "text"),
+            "modalities" => {
+                v.is_null() || v.as_array().is_some_and(|a| a.iter().all(|m| m == "text"))
+            }
+            _ => {
+                return Err(ApiError::param(
+                    k,
+                    format!("unrecognized request argument supplied: {k}"),
+                ))
+            }
+        };
+        if !ok {
+            return Err(
+                ApiError::param(k, format!("`{k}` is not supported by this server"))
+                    .code("unsupported_parameter"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_common(c: &Common, max_tokens: Option<i64>) -> Result<Params, ApiError> {
+    if let Some(m) = &c.model {
+        if !m.is_string() {
+            return Err(ApiError::param("model", "model must be a string"));
+        }
+    }
+    if let Some(n) = c.n {
+        if n != 1 {
+            return Err(ApiError::param(
+                "n",
+                format!("n must be 1 (one choice per request is supported), got {n}"),
+            ));
+        }
+    }
+    if let Some(b) = &c.logit_bias {
+        if !b.is_empty() {
+            return Err(ApiError::param("logit_bias", "logit_bias is not supported")
+                .code("unsupported_parameter"));
+        }
+    }
+    let max_tokens = match max_tokens {
+        None => None,
+        Some(n) if n < 1 => {
+            return Err(ApiError::param(
+                "max_tokens",
+                format!("max_tokens must be at least 1, got {n}"),
+            ))
+        }
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    let mut s = SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        repeat_penalty: 1.0,
+        ..SamplingParams::default()
+    };
+    if let Some(t) = c.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::param(
+                "temperature",
+                format!("temperature must be in [0, 2], got {t}"),
+            ));
+        }
+        s.temperature = t as f32;
+    }
+    if let Some(p) = c.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(ApiError::param(
+                "top_p",
+                format!("top_p must be in (0, 1], got {p}"),
+            ));
+        }
+        s.top_p = p as f32;
+    }
+    for (name, v, dst) in [
+        (
+            "presence_penalty",
+            c.presence_penalty,
+            &mut s.presence_penalty,
+        ),
+        (
+            "frequency_penalty",
+            c.frequency_penalty,
+            &mut s.frequency_penalty,
+        ),
+    ] {
+        if let Some(v) = v {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(ApiError::param(
+                    name,
+                    format!("{name} must be in [-2, 2], got {v}"),
+                ));
+            }
+            *dst = v as f32;
+        }
+    }
+    if let Some(k) = c.top_k {
+        if !(0..=1_000_000).contains(&k) {
+            return Err(ApiError::param(
+                "top_k",
+                format!("top_k must be in [0, 1000000], got {k}"),
+            ));
+        }
+        s.top_k = k as usize;
+    }
+    if let Some(m) = c.min_p {
+        s.min_p = m as f32;
+    }
+    if let Some(r) = c.repeat_penalty {
+        if !(r > 0.0 && r <= 10.0) {
+            return Err(ApiError::param(
+                "repeat_penalty",
+                format!("repeat_penalty must be in (0, 10], got {r}"),
+            ));
+        }
+        s.repeat_penalty = r as f32;
+    }
+    if let Some(seed) = c.seed {
+        s.seed = seed as u64;
+    }
+    s.validate().map_err(ApiError::invalid)?;
+    let stop = match &c.stop {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(x)) => vec![x.clone()],
+        Some(Value::Array(a)) => {
+            if a.len() > MAX_STOP {
+                return Err(ApiError::param(
+                    "stop",
+                    format!(
+                        "at most {MAX_STOP} stop strings are allowed, got {}",
+                        a.len()
+                    ),
+                ));
+            }
+            a.iter()
+                .map(|v| {
+                    v.as_str().map(str::to_owned).ok_or_else(|| {
+                        ApiError::param("stop", "stop must be a string or an array of strings")
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Some(_) => {
+            return Err(ApiError::param(
+                "stop",
+                "stop must be a string or an array of strings",
+            ))
+        }
+    };
+    if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::param(
+            "stop",
+            format!(
+                "stop strings must be at most {MAX_STOP_BYTES} bytes, got one of {}",
+                long.len()
+            ),
+        ));
+    }
+    let stream = c.stream.unwrap_or(false);
+    Ok(Params {
+        max_tokens,
+        sampling: s,
+        stop,
+        logprobs: None,
+        stream,
+        include_usage: stream
+            && c.stream_options
+                .as_ref()
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+        ignore_eos: c.ignore_eos.unwrap_or(false),
+    })
+}
+
+impl ChatRequest {
+    /// Checks the fields; returns the messages and the parameters.
+    pub fn check(&self) -> Result<(Vec<Message>, Params), ApiError> {
+        check_extra(&self.extra)?;
+        let max = self.max_completion_tokens.or(self.common.max_tokens);
+        let mut p = check_common(&self.common, max)?;
+        if self.logprobs == Some(true) {
+            let k = self.top_logprobs.unwrap_or(0);
+            if !(0..=MAX_TOP_LOGPROBS as i64).contains(&k) {
+                return Err(ApiError::param(
+                    "top_logprobs",
+                    format!("top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {k}"),
+                ));
+            }
+            p.logprobs = Some(k as usize);
+        } else if self.top_logprobs.is_some_and(|k| k > 0) {
+            return Err(ApiError::param(
+                "top_logprobs",
+                "top_logprobs requires logprobs to be true",
+            ));
+        }
+        Ok((messages(&self.messages)?, p))
+    }
+}
+
+/// Reads `messages`: role and text content (a string or text parts).
+fn messages(v: &Value) -> Result<Vec<Message>, ApiError> {
+    let arr = v
+        .as_array()
+        .ok_or_else(|| ApiError::param("messages", "messages must be an array"))?;
+    if arr.is_empty() {
+        return Err(ApiError::param("messages", "messages must not be empty"));
+    }
+    let mut out = Vec::with_capacity(arr.len());
+    for (i, m) in arr.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let obj = m
+            .as_object()
+            .ok_or_else(|| ApiError::param(&param, format!("{param} must be an object")))?;
+        let role = obj
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::param(&param, format!("{param}.role must be a string")))?;
+        let role = match role {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            "tool" => "tool",
+            other => {
+                return Err(ApiError::param(
+                    &param,
+                    format!("{param} has unknown role `{other}` (expected system, developer, user, assistant or tool)"),
+                ))
+            }
+        };
+        for k in obj.keys() {
+            match k.as_str() {
+                "role" | "content" | "name" | "tool_call_id" | "refusal" => {}
+                "tool_calls" | "function_call" | "audio" => {
+                    if !obj[k].is_null() {
+                        return Err(ApiError::param(
+                            &param,
+                            format!("{param}.{k} is not supported by this server"),
+                        )
+                        .code("unsupported_parameter"));
+                    }
+                }
+                other => {
+                    return Err(ApiError::param(
+                        &param,
+                        format!("{param} has an unrecognized field `{other}`"),
+                    ))
+                }
+            }
+        }
+        let content = match obj.get("content") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => {
+                let mut s = String::new();
+                for part in parts {
+                    let text = match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                        (Some("text"), Some(Value::String(t))) => t,
+                        (Some(t), _) if t != "text" => {
+                            return Err(ApiError::param(
+                                &param,
+                                format!("{param}: content parts of type `{t}` are not supported (text only)"),
+                            )
+                            .code("unsupported_parameter"))
+                        }
+                        _ => {
+                            return Err(ApiError::param(
+                                &param,
+                                format!("{param}: a content part must be {{\"type\": \"text\", \"text\": string}}"),
+                            ))
+                        }
+                    };
+                    s.push_str(text);
+                }
+                s
+            }
+            Some(_) => {
+                return Err(ApiError::param(
+                    &param,
+                    format!("{param}.content must be a string or an array of text parts"),
+                ))
+            }
+        };
+        out.push(Message::new(role, content));
+    }
+    Ok(out)
+}
+
+impl CompletionRequest {
+    /// Checks the fields; returns the prompt and the parameters.
+    pub fn check(&self, n_vocab: usize) -> Result<(Prompt, Params), ApiError> {
+        check_extra(&self.extra)?;
+        if self.echo == Some(true) {
+            return Err(
+                ApiError::param("echo", "echo is not supported").code("unsupported_parameter")
+            );
+        }
+        if self.best_of.is_some_and(|b| b != 1) {
+            return Err(
+                ApiError::param("best_of", "best_of must be 1").code("unsupported_parameter")
+            );
+        }
+        if self.suffix.as_ref().is_some_and(|s| !s.is_null()) {
+            return Err(
+                ApiError::param("suffix", "suffix is not supported").code("unsupported_parameter")
+            );
+        }
+        let mut p = check_common(&self.common, self.common.max_tokens)?;
+        if p.max_tokens.is_none() {
+            p.max_tokens = Some(16); // OpenAI's default for completions
+        }
+        if let Some(k) = self.logprobs {
+            if !(0..=MAX_TOP_LOGPROBS as i64).contains(&k) {
+                return Err(ApiError::param(
+                    "logprobs",
+                    format!("logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {k}"),
+                ));
+            }
+            p.logprobs = Some(k as usize);
+        }
+        Ok((prompt(&self.prompt, n_vocab)?, p))
+    }
+}
+
+/// Reads `prompt`: a string, token ids, or a one-element array of either.
+fn prompt(v: &Value, n_vocab: usize) -> Result<Prompt, ApiError> {
+    let bad = || {
+        ApiError::param(
+            "prompt",
+            "prompt must be a string, an array of token ids, or a one-element array of either",
+        )
+    };
+    match v {
+        Value::String(s) => Ok(Prompt::Text(s.clone())),
+        Value::Array(a) if a.is_empty() => {
+            Err(ApiError::param("prompt", "prompt must not be empty"))
+        }
+        Value::Array(a) if a.len() == 1 && (a[0].is_string() || a[0].is_array()) => {
+            prompt(&a[0], n_vocab)
+        }
+        Value::Array(a) if a.iter().all(Value::is_number) => {
+            let ids = a
+                .iter()
+                .map(|x| {
+                    x.as_u64()
+                        .filter(|&id| (id as usize) < n_vocab)
+                        .map(|id| id as u32)
+                        .ok_or_else(|| {
+                            ApiError::param(
+                                "prompt",
+                                format!("token ids must be integers in [0, {n_vocab}), got {x}"),
+                            )
+                        })
+                })
+                .collect::<Result<Vec<u32>, _>>()?;
+            Ok(Prompt::Tokens(ids))
+        }
+        Value::Array(a) if a.len() > 1 && a.iter().all(|x| x.is_string() || x.is_array()) => {
+            Err(ApiError::param(
+                "prompt",
+                "only one prompt per request is supported (batch prompts are not)",
+            )
+            .code("unsupported_parameter"))
+        }
+        _ => Err(bad()),
+    }
+}

@@ -1,0 +1,186 @@
+//! Counters and gauges shared by the HTTP handlers and the scheduler, rendered in the
+//! Prometheus text format at `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Upper bounds (seconds) of the time-to-first-token histogram buckets.
+const TTFT_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Everything `/metrics` reports.
+pub struct Metrics {
+    /// Requests answered, by (route, status).
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    /// Microseconds spent in decode steps.
+    pub decode_seconds: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub queue_depth: AtomicUsize,
+    pub active: AtomicUsize,
+    pub slots: usize,
+    /// Whether the scheduler thread is running.
+    pub alive: AtomicBool,
+    /// Generation tokens/s of the last window (f64 bits) and when it was measured.
+    rate: AtomicU64,
+    rate_at: Mutex<Option<Instant>>,
+    ttft_buckets: [AtomicU64; TTFT_BUCKETS.len()],
+    ttft_count: AtomicU64,
+    /// Sum of the times to first token, in microseconds.
+    ttft_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    /// Zeroed metrics for a scheduler with `slots` sequences.
+    pub fn new(slots: usize) -> Metrics {
+        Metrics {
+            requests: Mutex::new(BTreeMap::new()),
+            prompt_tokens: AtomicU64::new(0),
+            generated_tokens: AtomicU64::new(0),
+            decode_seconds: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            queue_depth: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            slots,
+            alive: AtomicBool::new(false),
+            rate: AtomicU64::new(0),
+            rate_at: Mutex::new(None),
+            ttft_buckets: Default::default(),
+            ttft_count: AtomicU64::new(0),
+            ttft_sum_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a response.
+    pub fn request(&self, route: &'static str, status: u16) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((route, status)).or_insert(0) += 1;
+        }
+    }
+
+    /// Records one time to first token.
+    pub fn observe_ttft(&self, secs: f64) {
+        for (b, &le) in self.ttft_buckets.iter().zip(&TTFT_BUCKETS) {
+            if secs <= le {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.ttft_count.fetch_add(1, Ordering::Relaxed);
+        self.ttft_sum_us
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Publishes the generation rate of the last window.
+    pub fn set_rate(&self, tps: f64) {
+        self.rate.store(tps.to_bits(), Ordering::Relaxed);
+        if let Ok(mut at) = self.rate_at.lock() {
+            *at = Some(Instant::now());
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(2048);
+        let _ = writeln!(
+            o,
+            "# HELP surplus_requests_total HTTP requests answered, by route and status."
+        );
+        let _ = writeln!(o, "# TYPE surplus_requests_total counter");
+        if let Ok(m) = self.requests.lock() {
+            for ((route, status), n) in m.iter() {
+                let _ = writeln!(
+                    o,
+                    "surplus_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let gauge = |o: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        counter(
+            &mut o,
+            "surplus_prompt_tokens_total",
+            "Prompt tokens evaluated.",
+            self.prompt_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut o,
+            "surplus_generation_tokens_total",
+            "Tokens generated.",
+            self.generated_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut o,
+            "surplus_requests_cancelled_total",
+            "Generations cancelled because the client went away.",
+            self.cancelled.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP surplus_decode_seconds_total Time spent in batched decode steps.\n# TYPE surplus_decode_seconds_total counter\nsurplus_decode_seconds_total {}",
+            self.decode_seconds.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        gauge(
+            &mut o,
+            "surplus_queue_depth",
+            "Requests waiting for a free sequence slot.",
+            self.queue_depth.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut o,
+            "surplus_active_sequences",
+            "Sequences being generated.",
+            self.active.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut o,
+            "surplus_sequence_slots",
+            "Sequences that can run at once (--parallel).",
+            self.slots as f64,
+        );
+        let fresh = self
+            .rate_at
+            .lock()
+            .ok()
+            .and_then(|a| *a)
+            .is_some_and(|a| a.elapsed().as_secs_f64() < 3.0);
+        let rate = if fresh {
+            f64::from_bits(self.rate.load(Ordering::Relaxed))
+        } else {
+            0.0
+        };
+        gauge(
+            &mut o,
+            "surplus_generation_tokens_per_second",
+            "Aggregate generation rate over the last second (0 when idle).",
+            rate,
+        );
+        let _ = writeln!(o, "# HELP surplus_time_to_first_token_seconds From request received to first token sampled.");
+        let _ = writeln!(o, "# TYPE surplus_time_to_first_token_seconds histogram");
+        for (b, le) in self.ttft_buckets.iter().zip(TTFT_BUCKETS) {
+            let _ = writeln!(
+                o,
+                "surplus_time_to_first_token_seconds_bucket{{le=\"{le}\"}} {}",
+                b.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.ttft_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            o,
+            "surplus_time_to_first_token_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            o,
+            "surplus_time_to_first_token_seconds_sum {}",
+            self.ttft_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(o, "surplus_time_to_first_token_seconds_count {count}");
+        o
+    }
+}

@@ -1,0 +1,155 @@
+//! Test helpers: start the real server on a loopback port over the small test model, and a
+//! blocking HTTP client (ureq) with JSON and SSE helpers.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::time::Duration;
+
+use engine::{Engine, EngineOptions};
+use serde_json::Value;
+use server::{Config, Server};
+
+pub const MODEL: &str = "smollm2-135m";
+
+/// Starts a server with `parallel` sequences of `n_ctx` tokens and a queue of `queue`.
+pub fn start(parallel: usize, queue: usize, n_ctx: usize) -> Server {
+    let path = registry::test_model(MODEL);
+    let opts = EngineOptions {
+        n_ctx,
+        n_batch: 64.max(parallel),
+        n_seq: parallel,
+        max_logit_rows: parallel,
+        n_threads: 2,
+    };
+    let engine = Engine::load(&path, &opts).expect("loading the model");
+    let tok = Engine::tokenizer_from_file(&path).expect("loading the tokenizer");
+    Server::start(
+        engine,
+        tok,
+        Config {
+            host: "127.0.0.1".into(),
+            port: 0,
+            model_id: MODEL.into(),
+            queue,
+            max_body: 64 * 1024,
+            prefill_chunk: 64,
+            handle_signals: false,
+        },
+    )
+    .expect("starting the server")
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(300))
+        .build()
+}
+
+/// A response: status, Retry-After, body.
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+fn reply(r: Result<ureq::Response, ureq::Error>) -> Reply {
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = resp.status();
+    let retry_after = resp.header("retry-after").map(str::to_owned);
+    let content_type = resp.header("content-type").map(str::to_owned);
+    let mut body = String::new();
+    resp.into_reader()
+        .read_to_string(&mut body)
+        .expect("reading the body");
+    Reply {
+        status,
+        retry_after,
+        content_type,
+        body,
+    }
+}
+
+pub fn post(base: &str, path: &str, body: &str) -> Reply {
+    reply(
+        agent()
+            .post(&format!("{base}{path}"))
+            .set("Content-Type", "application/json")
+            .send_string(body),
+    )
+}
+
+pub fn post_json(base: &str, path: &str, body: &Value) -> Reply {
+    post(base, path, &body.to_string())
+}
+
+pub fn get(base: &str, path: &str) -> Reply {
+    reply(agent().get(&format!("{base}{path}")).call())
+}
+
+pub fn method(base: &str, m: &str, path: &str) -> Reply {
+    reply(agent().request(m, &format!("{base}{path}")).call())
+}
+
+/// An open SSE stream.
+pub struct Sse {
+    lines: BufReader<Box<dyn Read + Send + Sync + 'static>>,
+    pub status: u16,
+}
+
+impl Sse {
+    /// The next `data:` payload, or None at the end of the stream.
+    pub fn next_data(&mut self) -> Option<String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.lines.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if let Some(d) = line.strip_prefix("data: ") {
+                return Some(d.trim_end_matches(['\r', '\n']).to_owned());
+            }
+        }
+    }
+
+    /// Every remaining payload.
+    pub fn all(mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(d) = self.next_data() {
+            out.push(d);
+        }
+        out
+    }
+}
+
+pub fn stream(base: &str, path: &str, body: &Value) -> Sse {
+    let r = agent()
+        .post(&format!("{base}{path}"))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+        .expect("stream request");
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/event-stream"),
+        "SSE content type"
+    );
+    Sse {
+        status: r.status(),
+        lines: BufReader::new(r.into_reader()),
+    }
+}
+
+pub fn base(s: &Server) -> String {
+    format!("http://{}", s.addr())
+}
