@@ -340,7 +340,9 @@ pub struct Controller {
 const DECAY: f64 = 0.9;
 /// Steps between probes while speculation is off, at first and at most.
 const PROBE_EVERY: usize = 16;
-const PROBE_EVERY_MAX: usize = 512;
+const PROBE_EVERY_MAX: usize = 4096;
+/// Largest share of the generation time that probes' catch-up may take.
+const PROBE_BUDGET: f64 = 0.02;
 
 impl Controller {
     /// A controller drafting at most `max` tokens (capped at [`MAX_DRAFT`]).
@@ -354,7 +356,8 @@ impl Controller {
             t_one: None,
             t_extra: None,
             t_draft: 0.0,
-            since_probe: 0,
+            // The first step after a plain one is a probe: the drafter is in sync then.
+            since_probe: PROBE_EVERY,
             probe_every: PROBE_EVERY,
         }
     }
@@ -410,6 +413,24 @@ impl Controller {
     /// Records a step: `drafted` tokens proposed, `kept` of them accepted, the verification
     /// pass (of `drafted + 1` tokens) took `t_verify` seconds and drafting `t_draft`.
     pub fn update(&mut self, drafted: usize, kept: usize, t_verify: f64, t_draft: f64) {
+        self.update_with_catch_up(drafted, kept, t_verify, t_draft, 0.0);
+    }
+
+    /// [`Controller::update`] for a step whose drafter first spent `catch_up` seconds on
+    /// tokens it had missed while drafting was off: the next probe is put off until that
+    /// cost is at most [`PROBE_BUDGET`] of the plain steps in between.
+    pub fn update_with_catch_up(
+        &mut self,
+        drafted: usize,
+        kept: usize,
+        t_verify: f64,
+        t_draft: f64,
+        catch_up: f64,
+    ) {
+        if let (Some(t1), true) = (self.t_one, catch_up > 0.0) {
+            let steps = (catch_up / (PROBE_BUDGET * t1)).ceil() as usize;
+            self.probe_every = self.probe_every.max(steps).min(PROBE_EVERY_MAX);
+        }
         if drafted > 0 {
             let rejected = usize::from(kept < drafted);
             self.kept = self.kept * DECAY + kept as f64;
@@ -518,8 +539,9 @@ impl Engine {
         // Logit rows ready: row i follows the history up to the i-th token of the last pass.
         let mut rows_ready = 1;
         let mut n_draft = 0usize;
-        // The last pass's (drafted, verify seconds, draft seconds), scored once picked.
-        let mut pending: Option<(usize, f64, f64)> = None;
+        // The last pass's (drafted, verify seconds, draft seconds, catch-up seconds),
+        // scored once its tokens are picked.
+        let mut pending: Option<(usize, f64, f64, f64)> = None;
         loop {
             // Pick tokens from the rows: the kept drafts, then the target's own.
             picked.clear();
@@ -560,9 +582,9 @@ impl Engine {
                     break;
                 }
             }
-            if let Some((drafted, tv, td)) = pending.take() {
+            if let Some((drafted, tv, td, cu)) = pending.take() {
                 stats.record(drafted, kept);
-                ctl.update(drafted, kept, tv, td);
+                ctl.update_with_catch_up(drafted, kept, tv, td, cu);
             }
 
             // Emit them in order, as `generate` does.
@@ -648,7 +670,7 @@ impl Engine {
                 }
             };
             self.cached.push(history[pos]);
-            pending = Some((n_draft, tv.elapsed().as_secs_f64(), t_draft));
+            pending = Some((n_draft, tv.elapsed().as_secs_f64(), t_draft, catch_up));
         }
         piece.clear();
         stream.finish(&mut piece);
