@@ -117,3 +117,111 @@ fn a_draft_model_with_another_tokenizer_is_refused() {
     assert!(matches!(err, SpecError::Vocabulary { .. }), "{err}");
     assert!(err.to_string().contains("tokenizer"), "{err}");
 }
+
+/// Pearson's chi-square test of homogeneity of two samples over the categories seen at
+/// least 10 times in all (the rest lumped together): (statistic, degrees of freedom).
+fn chi2_homogeneity(a: &[Vec<u32>], b: &[Vec<u32>]) -> (f64, usize) {
+    use std::collections::BTreeMap;
+    let mut counts: BTreeMap<&[u32], (f64, f64)> = BTreeMap::new();
+    for x in a {
+        counts.entry(x).or_default().0 += 1.0;
+    }
+    for x in b {
+        counts.entry(x).or_default().1 += 1.0;
+    }
+    let mut cells: Vec<(f64, f64)> = Vec::new();
+    let mut rest = (0.0, 0.0);
+    for &(ca, cb) in counts.values() {
+        if ca + cb >= 10.0 {
+            cells.push((ca, cb));
+        } else {
+            rest.0 += ca;
+            rest.1 += cb;
+        }
+    }
+    if rest.0 + rest.1 > 0.0 {
+        cells.push(rest);
+    }
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let n = na + nb;
+    let stat = cells
+        .iter()
+        .map(|&(ca, cb)| {
+            let t = ca + cb;
+            let (ea, eb) = (t * na / n, t * nb / n);
+            (ca - ea).powi(2) / ea + (cb - eb).powi(2) / eb
+        })
+        .sum();
+    (stat, cells.len().saturating_sub(1))
+}
+
+/// Sampled generation with a draft model follows the same distribution as without: the
+/// first three tokens of 300 seeds each way, chi-square test of homogeneity at p = 0.001.
+/// (The exact rule itself is tested against known distributions in the crate's unit tests.)
+#[test]
+fn sampling_with_speculation_follows_the_target_distribution() {
+    let mut target = load("smollm2-135m", MAX_DRAFT + 1);
+    let ids = target.tokenizer.encode("Once upon a time", true, true);
+    let params = |seed| SamplingParams {
+        temperature: 1.0,
+        top_k: 6,
+        top_p: 1.0,
+        min_p: 0.0,
+        seed,
+        ..SamplingParams::default()
+    };
+    let opts = |seed| GenerateOptions {
+        max_tokens: 3,
+        sampling: params(seed),
+        ignore_eos: true,
+        logprobs: 0,
+        stop: vec![],
+    };
+    let n = 300;
+    let mut plain = Vec::with_capacity(n);
+    for seed in 0..n as u64 {
+        target.clear_cache();
+        plain.push(
+            target
+                .generate(&ids, &opts(seed), |_, _| true)
+                .unwrap()
+                .tokens,
+        );
+    }
+    let mut spec = Vec::with_capacity(n);
+    let mut drafted = 0;
+    // One draft model throughout (its sampler's stream simply goes on from run to run),
+    // sampling from a flatter distribution than the target's: only the rejection rule makes
+    // the output follow the target's.
+    let flat = SamplingParams {
+        temperature: 2.0,
+        ..params(7)
+    };
+    let mut drafter = ModelDrafter::new(load("smollm2-135m", 1), &target, &flat).unwrap();
+    for seed in 0..n as u64 {
+        target.clear_cache();
+        let mut ctl = Controller::fixed(2);
+        let (g, stats) = target
+            .generate_speculative(
+                &ids,
+                &opts(seed + 1_000_000),
+                &mut drafter,
+                &mut ctl,
+                |_, _| true,
+            )
+            .unwrap();
+        drafted += stats.drafted;
+        spec.push(g.tokens);
+    }
+    assert!(drafted > 0);
+    let (stat, df) = chi2_homogeneity(&plain, &spec);
+    // Upper 0.001 quantiles of chi-square for df = 1..=30 (Wilson-Hilferty beyond).
+    let z = 3.090_2;
+    let k = df as f64;
+    let limit = k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3);
+    assert!(df >= 3, "too few categories ({df}) for a meaningful test");
+    assert!(
+        stat < limit,
+        "chi-square {stat:.1} with {df} degrees of freedom (limit {limit:.1})"
+    );
+}
