@@ -41,6 +41,25 @@ pub struct Args {
     /// Largest request body accepted, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     max_body: usize,
+    /// Speculative decoding: `ngram` drafts tokens by looking the recent text up earlier in
+    /// the prompt and output (no extra model); greedy output is unchanged.
+    #[arg(long, value_name = "KIND", value_enum, default_value_t = Spec::None)]
+    spec: Spec,
+    /// Most tokens drafted per sequence and step with --spec (1..=6; the length adapts to
+    /// what pays off).
+    #[arg(long, value_name = "K", default_value_t = 4)]
+    draft_max: usize,
+}
+
+/// Speculative decoding kinds of `--spec`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Spec {
+    /// Plain decoding.
+    None,
+    /// Prompt lookup.
+    Ngram,
+    /// A draft model (not supported by the server yet).
+    Draft,
 }
 
 /// Runs `surplus serve` until SIGTERM or Ctrl-C (the open requests finish first).
@@ -50,6 +69,25 @@ pub fn run(args: Args) -> Result<()> {
         "--parallel must be in 1..=256"
     );
     anyhow::ensure!(args.queue >= 1, "--queue must be at least 1");
+    anyhow::ensure!(
+        (1..=engine::speculative::MAX_DRAFT).contains(&args.draft_max),
+        "--draft-max must be in 1..={}",
+        engine::speculative::MAX_DRAFT
+    );
+    let spec = match args.spec {
+        Spec::None => server::Speculation::Off,
+        Spec::Ngram => server::Speculation::Ngram {
+            draft_max: args.draft_max,
+        },
+        Spec::Draft => anyhow::bail!(
+            "--spec draft is not supported by the server yet; use `surplus run --draft-model`"
+        ),
+    };
+    // A decode step holds every sequence's last token and, speculating, its drafts.
+    let rows_per_seq = match spec {
+        server::Speculation::Off => 1,
+        server::Speculation::Ngram { draft_max } => draft_max + 1,
+    };
     let opts = registry::PullOptions {
         progress: crate::progress_enabled(),
         force: false,
@@ -57,9 +95,9 @@ pub fn run(args: Args) -> Result<()> {
     let path = registry::resolve(&args.model, &opts)?;
     let eo = EngineOptions {
         n_ctx: args.ctx_size,
-        n_batch: args.batch_size.max(args.parallel),
+        n_batch: args.batch_size.max(args.parallel * rows_per_seq),
         n_seq: args.parallel,
-        max_logit_rows: args.parallel,
+        max_logit_rows: args.parallel * rows_per_seq,
         n_threads: args.threads,
     };
     let bar = crate::progress_enabled().then(|| {
@@ -107,6 +145,7 @@ pub fn run(args: Args) -> Result<()> {
         max_body: args.max_body,
         prefill_chunk: args.batch_size,
         handle_signals: true,
+        spec,
     };
     let srv = server::Server::start(engine, tokenizer, cfg)
         .with_context(|| format!("listening on {}:{}", args.host, args.port))?;

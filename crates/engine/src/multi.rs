@@ -49,11 +49,18 @@ impl Engine {
         self.model.hp.n_vocab
     }
 
-    /// Evaluates one token for each item in ONE forward pass (at most `max_logit_rows` items,
-    /// distinct sequences) and returns their logit rows, `n_vocab` values each, in order.
+    /// Evaluates one token for each item in ONE forward pass (at most `max_logit_rows` items)
+    /// and returns their logit rows, `n_vocab` values each, in order.
     ///
-    /// A token's logits do not depend on the other items: a multi-sequence batch always goes
-    /// through the per-token (8-bit activation) matmul path.
+    /// Items of the same sequence at consecutive positions (its last token and drafted ones,
+    /// for speculative decoding) are fine: every token sees the keys and values of its
+    /// sequence up to its own position, those of the same step included.
+    ///
+    /// A token's logits do not depend on the other items: the batch goes through the
+    /// per-token (8-bit activation) matmul path, unless it is a single sequence of
+    /// [`runtime::cpu::GEMM_MIN_TOKENS`] or more consecutive tokens (a prompt chunk, computed
+    /// with different rounding): callers keep one sequence's items in a step below that
+    /// (at most [`crate::speculative::MAX_DRAFT`] drafts and the last token).
     pub fn decode_step(&mut self, items: &[DecodeItem]) -> Result<&[f32], EngineError> {
         if items.is_empty() {
             return Err(EngineError::EmptyPrompt);

@@ -457,10 +457,20 @@ impl Controller {
     }
 }
 
-/// Scratch of the verification step, allocated once per generation.
-struct Verify {
+/// Scratch of the verification step ([`verify_sampled`]), allocated once per generation.
+pub struct Verify {
     q: Vec<f32>,
     resid: Vec<(u32, f32)>,
+}
+
+impl Verify {
+    /// Scratch for a vocabulary of `vocab` tokens.
+    pub fn new(vocab: usize) -> Verify {
+        Verify {
+            q: vec![0.0; vocab],
+            resid: Vec::with_capacity(vocab),
+        }
+    }
 }
 
 impl Engine {
@@ -684,7 +694,10 @@ impl Engine {
 /// The rejection rule for draft position `i` (token `d`, drawn from the drafter's `q`) with
 /// the target's logits `row`: keep `d` with probability `min(1, p(d)/q(d))`; otherwise draw
 /// from `max(0, p − q)` normalized. Returns the token and whether it is the draft's.
-fn verify_sampled(
+///
+/// `sampler` must have accepted every token before draft position `i` (as [`Sampler::accept`]
+/// would for plain sampling); the caller accepts the returned token.
+pub fn verify_sampled(
     sampler: &mut Sampler,
     row: &[f32],
     draft: &Draft,

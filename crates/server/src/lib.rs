@@ -18,6 +18,7 @@ use tokenizer::Tokenizer;
 use crate::http::AppState;
 use crate::metrics::Metrics;
 use crate::scheduler::SchedulerConfig;
+pub use crate::scheduler::Speculation;
 
 /// How to serve.
 #[derive(Clone, Debug)]
@@ -36,6 +37,9 @@ pub struct Config {
     pub prefill_chunk: usize,
     /// Shut down gracefully on SIGTERM and Ctrl-C (SIGINT).
     pub handle_signals: bool,
+    /// Speculative decoding of every sequence. The engine should be loaded with
+    /// `max_logit_rows` of at least `n_seq × (draft_max + 1)`, or drafts are cut to fit.
+    pub spec: Speculation,
 }
 
 impl Default for Config {
@@ -48,6 +52,7 @@ impl Default for Config {
             max_body: 1 << 20,
             prefill_chunk: 128,
             handle_signals: false,
+            spec: Speculation::Off,
         }
     }
 }
@@ -88,6 +93,7 @@ impl Server {
         let m = metrics.clone();
         let sched_cfg = SchedulerConfig {
             prefill_chunk: cfg.prefill_chunk,
+            spec: cfg.spec,
         };
         let scheduler = std::thread::Builder::new()
             .name("scheduler".into())

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use engine::speculative::MAX_DRAFT;
+
 /// Upper bounds (seconds) of the time-to-first-token histogram buckets.
 const TTFT_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
@@ -31,6 +33,12 @@ pub struct Metrics {
     ttft_count: AtomicU64,
     /// Sum of the times to first token, in microseconds.
     ttft_sum_us: AtomicU64,
+    /// Speculative decoding: tokens drafted and drafted tokens kept, in all and by draft
+    /// position (0: the first token after the last one kept).
+    pub spec_drafted: AtomicU64,
+    pub spec_accepted: AtomicU64,
+    spec_drafted_at: [AtomicU64; MAX_DRAFT],
+    spec_accepted_at: [AtomicU64; MAX_DRAFT],
 }
 
 impl Metrics {
@@ -51,6 +59,10 @@ impl Metrics {
             ttft_buckets: Default::default(),
             ttft_count: AtomicU64::new(0),
             ttft_sum_us: AtomicU64::new(0),
+            spec_drafted: AtomicU64::new(0),
+            spec_accepted: AtomicU64::new(0),
+            spec_drafted_at: Default::default(),
+            spec_accepted_at: Default::default(),
         }
     }
 
@@ -71,6 +83,21 @@ impl Metrics {
         self.ttft_count.fetch_add(1, Ordering::Relaxed);
         self.ttft_sum_us
             .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Records one sequence's verification: `drafted` tokens proposed, the first `accepted`
+    /// of them kept.
+    pub fn observe_spec(&self, drafted: usize, accepted: usize) {
+        self.spec_drafted
+            .fetch_add(drafted as u64, Ordering::Relaxed);
+        self.spec_accepted
+            .fetch_add(accepted.min(drafted) as u64, Ordering::Relaxed);
+        for i in 0..drafted.min(MAX_DRAFT) {
+            self.spec_drafted_at[i].fetch_add(1, Ordering::Relaxed);
+            if i < accepted {
+                self.spec_accepted_at[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Publishes the generation rate of the last window.
@@ -181,6 +208,39 @@ impl Metrics {
             self.ttft_sum_us.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(o, "surplus_time_to_first_token_seconds_count {count}");
+        counter(
+            &mut o,
+            "surplus_spec_drafted_total",
+            "Tokens drafted by speculative decoding.",
+            self.spec_drafted.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut o,
+            "surplus_spec_accepted_total",
+            "Drafted tokens the model kept.",
+            self.spec_accepted.load(Ordering::Relaxed),
+        );
+        for (name, help, by) in [
+            (
+                "surplus_spec_drafted_by_position_total",
+                "Tokens drafted, by position in the draft (0: first).",
+                &self.spec_drafted_at,
+            ),
+            (
+                "surplus_spec_accepted_by_position_total",
+                "Drafted tokens kept, by position in the draft (0: first).",
+                &self.spec_accepted_at,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (i, v) in by.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "{name}{{position=\"{i}\"}} {}",
+                    v.load(Ordering::Relaxed)
+                );
+            }
+        }
         o
     }
 }

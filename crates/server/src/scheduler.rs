@@ -1,6 +1,11 @@
 //! The continuous-batching scheduler: one OS thread owns the engine, admits queued requests
 //! into free KV-cache slots, decodes every running sequence in one forward pass per step and
 //! interleaves fixed-offset prompt chunks; it never blocks on I/O.
+//!
+//! With speculative decoding on, each sequence's decode step also carries the tokens its
+//! drafter proposes (at consecutive positions after its last token); the rows are verified
+//! as [`Engine::generate_speculative`] does, and the kept drafts plus the model's own next
+//! token go out through the same per-token path as plain decoding.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -9,6 +14,7 @@ use std::time::Instant;
 
 use engine::multi::{prefill_chunks, DecodeItem, StopScanner};
 use engine::sampling::{argmax_excluding, logprob_of, top_logprobs, Sampler, SamplingParams};
+use engine::speculative::{verify_sampled, Controller, Draft, Drafter, NgramDrafter, Verify};
 use engine::Engine;
 use tokenizer::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
@@ -70,12 +76,48 @@ struct Slot {
     next: Option<(u32, u32)>,
     generated: usize,
     first_token: bool,
+    /// Speculative decoding state, when on.
+    spec: Option<SlotSpec>,
+}
+
+/// One sequence's speculative decoding state.
+struct SlotSpec {
+    drafter: NgramDrafter,
+    ctl: Controller,
+    /// The prompt and every token emitted so far.
+    history: Vec<u32>,
+    /// The tokens drafted for the current step.
+    draft: Draft,
+    /// Seconds spent drafting for the current step.
+    t_draft: f64,
+}
+
+/// Speculative decoding in the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Speculation {
+    /// Plain decoding.
+    #[default]
+    Off,
+    /// Prompt lookup ([`NgramDrafter`]), at most `draft_max` tokens per sequence and step
+    /// (capped at [`engine::speculative::MAX_DRAFT`]), the length adapted per sequence.
+    Ngram { draft_max: usize },
 }
 
 /// Scheduler settings.
 pub struct SchedulerConfig {
     /// Prompt chunk length (chunks start at multiples of it from position 0).
     pub prefill_chunk: usize,
+    /// Speculative decoding.
+    pub spec: Speculation,
+}
+
+/// Where one sequence's rows are in a decode step.
+struct Owner {
+    slot: usize,
+    /// Its first row (the last token's).
+    row: usize,
+    /// Drafted tokens after it.
+    drafted: usize,
 }
 
 /// Runs the scheduler until the request channel is closed and every job is finished.
@@ -92,12 +134,16 @@ pub fn run(
     let chunk = cfg.prefill_chunk.clamp(1, engine.n_batch());
     let eog: Vec<u32> = tok.eog_ids().to_vec();
     let mut slots: Vec<Option<Slot>> = (0..n_slots).map(|_| None).collect();
-    let mut items: Vec<DecodeItem> = Vec::with_capacity(n_slots);
-    let mut owners: Vec<usize> = Vec::with_capacity(n_slots);
+    // The most items a decode step may have.
+    let step_limit = engine.max_logit_rows().min(engine.n_batch()).max(1);
+    let mut items: Vec<DecodeItem> = Vec::with_capacity(step_limit);
+    let mut owners: Vec<Owner> = Vec::with_capacity(n_slots);
     let mut scratch = Scratch {
         piece: String::with_capacity(64),
         masked: Vec::new(),
         top: Vec::new(),
+        verify: None,
+        picked: Vec::new(),
     };
     let mut order = 0u64;
     let mut closed = false;
@@ -153,6 +199,14 @@ pub fn run(
                 sampler.accept(t);
             }
             order += 1;
+            let history = match cfg.spec {
+                Speculation::Off => Vec::new(),
+                Speculation::Ngram { .. } => {
+                    let mut h = Vec::with_capacity(job.prompt.len() + job.max_tokens + 1);
+                    h.extend_from_slice(&job.prompt);
+                    h
+                }
+            };
             slots[free] = Some(Slot {
                 stop: StopScanner::new(job.stop.clone()),
                 job,
@@ -163,6 +217,16 @@ pub fn run(
                 next: None,
                 generated: 0,
                 first_token: true,
+                spec: match cfg.spec {
+                    Speculation::Off => None,
+                    Speculation::Ngram { draft_max } => Some(SlotSpec {
+                        drafter: NgramDrafter::default(),
+                        ctl: Controller::new(draft_max),
+                        history,
+                        draft: Draft::default(),
+                        t_draft: 0.0,
+                    }),
+                },
             });
         }
         let active = slots.iter().filter(|s| s.is_some()).count();
@@ -174,37 +238,96 @@ pub fn run(
             continue;
         }
 
-        // One decode step for every sequence past its prompt, in one forward pass.
+        // One decode step for every sequence past its prompt, in one forward pass: its last
+        // token, then the tokens its drafter proposes (if any fit in the step).
         items.clear();
         owners.clear();
-        for (i, s) in slots.iter().enumerate() {
-            if let Some((token, pos)) = s.as_ref().and_then(|x| x.next) {
-                items.push(DecodeItem {
-                    seq: i as u32,
-                    token,
-                    pos,
-                });
-                owners.push(i);
-            }
+        let decoding = slots
+            .iter()
+            .filter(|s| s.as_ref().is_some_and(|x| x.next.is_some()))
+            .count();
+        let mut spare = step_limit.saturating_sub(decoding);
+        for (i, s) in slots.iter_mut().enumerate() {
+            let Some(x) = s.as_mut() else {
+                continue;
+            };
+            let Some((token, pos)) = x.next else {
+                continue;
+            };
+            let row = items.len();
+            items.push(DecodeItem {
+                seq: i as u32,
+                token,
+                pos,
+            });
+            let drafted = match x.spec.as_mut() {
+                Some(sp) => {
+                    // Never past max_tokens (the model's own token follows the drafts) nor
+                    // past the context.
+                    let remaining = x.job.max_tokens.saturating_sub(x.generated + 1);
+                    let room = n_ctx.saturating_sub(pos as usize + 1);
+                    let k = sp.ctl.choose(remaining.min(room).min(spare));
+                    sp.draft.clear();
+                    let t = Instant::now();
+                    if k > 0 && sp.drafter.propose(&sp.history, k, &mut sp.draft).is_err() {
+                        sp.draft.clear();
+                    }
+                    sp.draft.tokens.truncate(k);
+                    sp.t_draft = t.elapsed().as_secs_f64();
+                    for (j, &d) in sp.draft.tokens.iter().enumerate() {
+                        items.push(DecodeItem {
+                            seq: i as u32,
+                            token: d,
+                            pos: pos + 1 + j as u32,
+                        });
+                    }
+                    spare -= sp.draft.tokens.len();
+                    sp.draft.tokens.len()
+                }
+                None => 0,
+            };
+            owners.push(Owner {
+                slot: i,
+                row,
+                drafted,
+            });
         }
         if !items.is_empty() {
             let t0 = Instant::now();
+            let before = metrics.generated_tokens.load(Ordering::Relaxed);
             match engine.decode_step(&items) {
                 Ok(logits) => {
-                    for (row, &i) in owners.iter().enumerate() {
-                        let l = &logits[row * vocab..(row + 1) * vocab];
-                        let pos = items[row].pos as usize + 1;
-                        if let Some(slot) = slots[i].as_mut() {
-                            if !next_token(slot, l, pos, n_ctx, &tok, &eog, &mut scratch, &metrics)
-                            {
-                                slots[i] = None;
-                            }
+                    let t_verify = t0.elapsed().as_secs_f64();
+                    for o in &owners {
+                        let Some(slot) = slots[o.slot].as_mut() else {
+                            continue;
+                        };
+                        let rows = &logits[o.row * vocab..(o.row + 1 + o.drafted) * vocab];
+                        let pos = items[o.row].pos as usize + 1;
+                        let alive = if slot.spec.is_some() {
+                            verify_and_emit(
+                                slot,
+                                rows,
+                                o.drafted,
+                                pos,
+                                t_verify,
+                                n_ctx,
+                                &tok,
+                                &eog,
+                                &mut scratch,
+                                &metrics,
+                            )
+                        } else {
+                            next_token(slot, rows, pos, n_ctx, &tok, &eog, &mut scratch, &metrics)
+                        };
+                        if !alive {
+                            slots[o.slot] = None;
                         }
                     }
                 }
                 Err(e) => {
-                    for &i in &owners {
-                        if let Some(slot) = slots[i].take() {
+                    for o in &owners {
+                        if let Some(slot) = slots[o.slot].take() {
                             let _ = slot.job.events.send(Event::Error(e.to_string()));
                         }
                     }
@@ -213,7 +336,8 @@ pub fn run(
             metrics
                 .decode_seconds
                 .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-            rate.add(items.len(), &metrics);
+            let after = metrics.generated_tokens.load(Ordering::Relaxed);
+            rate.add(after.saturating_sub(before) as usize, &metrics);
         }
 
         // Then at most one prompt chunk, of the earliest admitted job still in its prompt.
@@ -258,6 +382,120 @@ struct Scratch {
     piece: String,
     masked: Vec<f32>,
     top: Vec<(u32, f32)>,
+    /// Verification scratch (allocated when a sampled sequence first drafts).
+    verify: Option<Verify>,
+    /// The tokens picked in a step, with the row each came from.
+    picked: Vec<(u32, usize)>,
+}
+
+/// Picks a token from `logits` as plain decoding does: ignoring EOS, greedy is an argmax
+/// without them and sampling sees them masked; otherwise the sampler's chain. With
+/// `drafted` (draft position `i` of `draft`, proposed for this row), sampling keeps or
+/// replaces it by the rejection rule and greedy keeps it when it is the pick. Returns the
+/// token and whether it is the draft's; the sampler has accepted the token.
+fn pick(
+    slot: &mut Slot,
+    logits: &[f32],
+    drafted: Option<(&Draft, usize)>,
+    eog: &[u32],
+    s: &mut Scratch,
+) -> (u32, bool) {
+    let job = &slot.job;
+    let greedy = job.sampling.temperature <= 0.0;
+    let d = drafted.map(|(draft, i)| draft.tokens[i]);
+    let (id, keep) = if job.ignore_eos && greedy {
+        let id = argmax_excluding(logits, eog);
+        (id, d == Some(id))
+    } else {
+        let row: &[f32] = if job.ignore_eos {
+            s.masked.clear();
+            s.masked.extend_from_slice(logits);
+            for &e in eog {
+                if let Some(v) = s.masked.get_mut(e as usize) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+            &s.masked
+        } else {
+            logits
+        };
+        match drafted {
+            Some((draft, i)) if !greedy => {
+                let v = s.verify.get_or_insert_with(|| Verify::new(logits.len()));
+                verify_sampled(&mut slot.sampler, row, draft, i, draft.tokens[i], v)
+            }
+            _ => {
+                let id = slot.sampler.sample(row);
+                (id, d == Some(id))
+            }
+        }
+    };
+    slot.sampler.accept(id);
+    (id, keep)
+}
+
+/// Verifies a speculative sequence's step: `rows` holds the logit rows of its last token
+/// (whose successor goes to position `pos`) and of the `drafted` tokens after it. Keeps
+/// drafts while the model agrees, then emits the kept ones and the model's own next token
+/// through [`emit`] until the job finishes. Returns false when the job is over.
+///
+/// The KV cache past the kept tokens holds the rejected drafts: those positions are simply
+/// overwritten by later steps (attention never looks past a token's own position). The
+/// model families served keep no other per-sequence state, so nothing is rolled back
+/// (`model::Model::rollback` is a no-op for them and not reachable from here).
+#[allow(clippy::too_many_arguments)]
+fn verify_and_emit(
+    slot: &mut Slot,
+    rows: &[f32],
+    drafted: usize,
+    pos: usize,
+    t_verify: f64,
+    n_ctx: usize,
+    tok: &Tokenizer,
+    eog: &[u32],
+    s: &mut Scratch,
+    metrics: &Metrics,
+) -> bool {
+    let vocab = rows.len() / (drafted + 1);
+    let Some(mut sp) = slot.spec.take() else {
+        return next_token(slot, &rows[..vocab], pos, n_ctx, tok, eog, s, metrics);
+    };
+    let mut picked = std::mem::take(&mut s.picked);
+    picked.clear();
+    let mut kept = 0;
+    for (i, row) in rows.chunks_exact(vocab).enumerate() {
+        let d = (i < drafted).then_some((&sp.draft, i));
+        let (id, keep) = pick(slot, row, d, eog, s);
+        picked.push((id, i));
+        if !keep {
+            break;
+        }
+        kept += 1;
+    }
+    if drafted > 0 {
+        metrics.observe_spec(drafted, kept);
+    }
+    sp.ctl.update(drafted, kept, t_verify, sp.t_draft);
+    let mut alive = true;
+    for &(id, i) in &picked {
+        alive = emit(
+            slot,
+            &rows[i * vocab..(i + 1) * vocab],
+            id,
+            pos + i,
+            n_ctx,
+            tok,
+            s,
+            metrics,
+        );
+        if !alive {
+            break;
+        }
+        sp.history.push(id);
+    }
+    s.picked = picked;
+    slot.spec = Some(sp);
+    alive
 }
 
 /// Samples the next token of `slot` from its logit row (the token goes to position `pos`
@@ -273,26 +511,35 @@ fn next_token(
     s: &mut Scratch,
     metrics: &Metrics,
 ) -> bool {
+    let (id, _) = pick(slot, logits, None, eog, s);
+    let alive = emit(slot, logits, id, pos, n_ctx, tok, s, metrics);
+    if alive {
+        if let Some(sp) = slot.spec.as_mut() {
+            sp.history.push(id);
+        }
+    }
+    alive
+}
+
+/// Sends token `id`, picked from the logit row `logits` (it goes to position `pos` next):
+/// EOS, stop strings and max_tokens end the job. Returns false when the job is over (the
+/// slot is then free).
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    slot: &mut Slot,
+    logits: &[f32],
+    id: u32,
+    pos: usize,
+    n_ctx: usize,
+    tok: &Tokenizer,
+    s: &mut Scratch,
+    metrics: &Metrics,
+) -> bool {
     let job = &slot.job;
     if slot.first_token {
         slot.first_token = false;
         metrics.observe_ttft(job.received.elapsed().as_secs_f64());
     }
-    let id = if job.ignore_eos && job.sampling.temperature <= 0.0 {
-        argmax_excluding(logits, eog)
-    } else if job.ignore_eos {
-        s.masked.clear();
-        s.masked.extend_from_slice(logits);
-        for &e in eog {
-            if let Some(v) = s.masked.get_mut(e as usize) {
-                *v = f32::NEG_INFINITY;
-            }
-        }
-        slot.sampler.sample(&s.masked)
-    } else {
-        slot.sampler.sample(logits)
-    };
-    slot.sampler.accept(id);
     if !job.ignore_eos && tok.is_eog(id) {
         return finish(slot, "stop", false);
     }

@@ -8,18 +8,27 @@ use std::time::Duration;
 
 use engine::{Engine, EngineOptions};
 use serde_json::Value;
-use server::{Config, Server};
+use server::{Config, Server, Speculation};
 
 pub const MODEL: &str = "smollm2-135m";
 
 /// Starts a server with `parallel` sequences of `n_ctx` tokens and a queue of `queue`.
 pub fn start(parallel: usize, queue: usize, n_ctx: usize) -> Server {
+    start_spec(parallel, queue, n_ctx, Speculation::Off)
+}
+
+/// [`start`] with speculative decoding `spec` (the engine sized for its drafts).
+pub fn start_spec(parallel: usize, queue: usize, n_ctx: usize, spec: Speculation) -> Server {
     let path = registry::test_model(MODEL);
+    let rows = match spec {
+        Speculation::Off => parallel,
+        Speculation::Ngram { draft_max } => parallel * (draft_max + 1),
+    };
     let opts = EngineOptions {
         n_ctx,
-        n_batch: 64.max(parallel),
+        n_batch: 64.max(rows),
         n_seq: parallel,
-        max_logit_rows: parallel,
+        max_logit_rows: rows,
         n_threads: 2,
     };
     let engine = Engine::load(&path, &opts).expect("loading the model");
@@ -35,6 +44,7 @@ pub fn start(parallel: usize, queue: usize, n_ctx: usize) -> Server {
             max_body: 64 * 1024,
             prefill_chunk: 64,
             handle_signals: false,
+            spec,
         },
     )
     .expect("starting the server")
