@@ -121,3 +121,50 @@ fn bench_json_reports_both_tests() {
     assert!(j["tg"]["tokens_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(j["n_prompt"], 16);
 }
+
+#[test]
+fn run_with_speculation_reports_it_and_keeps_greedy_output() {
+    let model = registry::test_model("smollm2-135m");
+    let m = model.to_str().unwrap();
+    let base = [
+        "run",
+        "-m",
+        m,
+        "-p",
+        "1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2, 3,",
+        "-n",
+        "16",
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "-t",
+        "2",
+        "--json",
+    ];
+    let plain = surplus(&base);
+    assert!(plain.get("speculative").is_none());
+    let mut with = base.to_vec();
+    with.extend(["--spec", "ngram", "--draft-max", "4"]);
+    let spec = surplus(&with);
+    assert_eq!(spec["tokens"], plain["tokens"]);
+    let s = &spec["speculative"];
+    assert_eq!(s["drafter"], "ngram");
+    assert!(s["drafted"].as_u64().unwrap() >= s["accepted"].as_u64().unwrap());
+    assert!(s["acceptance_by_position"].is_array());
+    // A draft model is needed for --spec draft, and must share the tokenizer.
+    for (extra, needle) in [
+        (&["--spec", "draft"][..], "--draft-model"),
+        (&["--draft-model", "gemma3-270m"][..], "tokenizer"),
+        (&["--spec", "ngram", "--draft-max", "9"][..], "--draft-max"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_surplus"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+    }
+}
