@@ -3,6 +3,8 @@
 //! Ctrl-C shuts it down gracefully.
 
 use anyhow::{Context, Result};
+use engine::sampling::SamplingParams;
+use engine::speculative::ModelDrafter;
 use engine::{Engine, EngineOptions};
 
 /// Arguments of `surplus serve`.
@@ -42,9 +44,15 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     max_body: usize,
     /// Speculative decoding: `ngram` drafts tokens by looking the recent text up earlier in
-    /// the prompt and output (no extra model); greedy output is unchanged.
-    #[arg(long, value_name = "KIND", value_enum, default_value_t = Spec::None)]
-    spec: Spec,
+    /// the prompt and output (no extra model); `draft` runs a small model with the same
+    /// tokenizer (--draft-model). Greedy output is unchanged and sampled output keeps its
+    /// distribution. With --draft-model the default is `draft`, otherwise `none`.
+    #[arg(long, value_name = "KIND", value_enum)]
+    spec: Option<Spec>,
+    /// The draft model for --spec draft: a .gguf path or a known model name, with the same
+    /// tokenizer as --model (it drafts for every sequence, on the same threads).
+    #[arg(long, value_name = "MODEL")]
+    draft_model: Option<String>,
     /// Most tokens drafted per sequence and step with --spec (1..=6; the length adapts to
     /// what pays off).
     #[arg(long, value_name = "K", default_value_t = 4)]
@@ -58,7 +66,7 @@ enum Spec {
     None,
     /// Prompt lookup.
     Ngram,
-    /// A draft model (not supported by the server yet).
+    /// A draft model (--draft-model).
     Draft,
 }
 
@@ -74,20 +82,28 @@ pub fn run(args: Args) -> Result<()> {
         "--draft-max must be in 1..={}",
         engine::speculative::MAX_DRAFT
     );
-    let spec = match args.spec {
+    let kind = args.spec.unwrap_or(if args.draft_model.is_some() {
+        Spec::Draft
+    } else {
+        Spec::None
+    });
+    let spec = match kind {
         Spec::None => server::Speculation::Off,
         Spec::Ngram => server::Speculation::Ngram {
             draft_max: args.draft_max,
         },
-        Spec::Draft => anyhow::bail!(
-            "--spec draft is not supported by the server yet; use `surplus run --draft-model`"
-        ),
+        Spec::Draft => {
+            anyhow::ensure!(
+                args.draft_model.is_some(),
+                "--spec draft needs --draft-model MODEL (a small model with the same tokenizer)"
+            );
+            server::Speculation::Draft {
+                draft_max: args.draft_max,
+            }
+        }
     };
     // A decode step holds every sequence's last token and, speculating, its drafts.
-    let rows_per_seq = match spec {
-        server::Speculation::Off => 1,
-        server::Speculation::Ngram { draft_max } => draft_max + 1,
-    };
+    let rows_per_seq = spec.draft_max() + 1;
     let opts = registry::PullOptions {
         progress: crate::progress_enabled(),
         force: false,
@@ -127,6 +143,29 @@ pub fn run(args: Args) -> Result<()> {
         b.finish_and_clear();
     }
     let engine = engine?;
+    // The draft model: a sequence per slot, the target's context and threads.
+    let drafter = match (&args.draft_model, spec) {
+        (Some(name), server::Speculation::Draft { .. }) => {
+            let dpath = registry::resolve(name, &opts)?;
+            let deo = EngineOptions {
+                n_ctx: engine.n_ctx(),
+                n_batch: args.batch_size,
+                n_seq: args.parallel,
+                max_logit_rows: 1,
+                n_threads: engine.n_threads(),
+            };
+            let d = ModelDrafter::load_for(
+                &dpath,
+                &engine,
+                &deo,
+                &SamplingParams::greedy(),
+                args.parallel,
+            )
+            .with_context(|| format!("draft model {name}"))?;
+            Some(d)
+        }
+        _ => None,
+    };
     let tokenizer = Engine::tokenizer_from_file(&path)?;
     let n_ctx = engine.n_ctx();
     let threads = engine.n_threads();
@@ -147,7 +186,7 @@ pub fn run(args: Args) -> Result<()> {
         handle_signals: true,
         spec,
     };
-    let srv = server::Server::start(engine, tokenizer, cfg)
+    let srv = server::Server::start_with_drafter(engine, drafter, tokenizer, cfg)
         .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
     let addr = srv.addr();
     let host = if addr.is_ipv6() {
@@ -159,6 +198,9 @@ pub fn run(args: Args) -> Result<()> {
         "{}: {} sequences of {n_ctx} tokens, {threads} threads",
         args.model, args.parallel
     );
+    if let (Some(name), server::Speculation::Draft { .. }) = (&args.draft_model, spec) {
+        eprintln!("speculative decoding with draft model {name}");
+    }
     eprintln!("listening on http://{host}:{}", addr.port());
     srv.wait();
     Ok(())

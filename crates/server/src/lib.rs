@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use engine::speculative::ModelDrafter;
 use engine::Engine;
 use tokenizer::Tokenizer;
 
@@ -39,6 +40,7 @@ pub struct Config {
     pub handle_signals: bool,
     /// Speculative decoding of every sequence. The engine should be loaded with
     /// `max_logit_rows` of at least `n_seq × (draft_max + 1)`, or drafts are cut to fit.
+    /// [`Speculation::Draft`] needs the draft model: see [`Server::start_with_drafter`].
     pub spec: Speculation,
 }
 
@@ -70,6 +72,25 @@ impl Server {
     /// Binds the listener and starts serving `engine`. `tokenizer` is a second tokenizer of
     /// the same model (see [`Engine::tokenizer_from_file`]) for the request handlers.
     pub fn start(engine: Engine, tokenizer: Tokenizer, cfg: Config) -> std::io::Result<Server> {
+        Server::start_with_drafter(engine, None, tokenizer, cfg)
+    }
+
+    /// [`Server::start`] with the draft model of [`Speculation::Draft`]: `drafter` (made
+    /// for `engine`, see [`ModelDrafter::load_for`]) should have a sequence per slot
+    /// (`engine`'s `n_seq`); it runs on the scheduler thread, on the engine's threads.
+    /// Fails (invalid input) when `cfg.spec` is [`Speculation::Draft`] without a drafter.
+    pub fn start_with_drafter(
+        engine: Engine,
+        drafter: Option<ModelDrafter>,
+        tokenizer: Tokenizer,
+        cfg: Config,
+    ) -> std::io::Result<Server> {
+        if matches!(cfg.spec, Speculation::Draft { .. }) && drafter.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "speculative decoding with a draft model needs the draft model",
+            ));
+        }
         let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -94,6 +115,7 @@ impl Server {
         let sched_cfg = SchedulerConfig {
             prefill_chunk: cfg.prefill_chunk,
             spec: cfg.spec,
+            draft: drafter,
         };
         let scheduler = std::thread::Builder::new()
             .name("scheduler".into())

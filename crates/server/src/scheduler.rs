@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use engine::multi::{prefill_chunks, DecodeItem, StopScanner};
 use engine::sampling::{argmax_excluding, logprob_of, top_logprobs, Sampler, SamplingParams};
-use engine::speculative::{verify_sampled, Controller, Draft, Drafter, NgramDrafter, Verify};
+use engine::speculative::{
+    verify_sampled, Controller, Draft, Drafter, ModelDrafter, NgramDrafter, Verify,
+};
 use engine::Engine;
 use tokenizer::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
@@ -82,7 +84,9 @@ struct Slot {
 
 /// One sequence's speculative decoding state.
 struct SlotSpec {
-    drafter: NgramDrafter,
+    /// The n-gram drafter; None: the scheduler's draft model drafts for this slot (its
+    /// sequence number is the slot's).
+    ngram: Option<NgramDrafter>,
     ctl: Controller,
     /// The prompt and every token emitted so far.
     history: Vec<u32>,
@@ -90,6 +94,8 @@ struct SlotSpec {
     draft: Draft,
     /// Seconds spent drafting for the current step.
     t_draft: f64,
+    /// Of which seconds spent catching up with tokens missed while not drafting.
+    catch_up: f64,
 }
 
 /// Speculative decoding in the server.
@@ -101,6 +107,20 @@ pub enum Speculation {
     /// Prompt lookup ([`NgramDrafter`]), at most `draft_max` tokens per sequence and step
     /// (capped at [`engine::speculative::MAX_DRAFT`]), the length adapted per sequence.
     Ngram { draft_max: usize },
+    /// A draft model ([`ModelDrafter`], given to [`crate::Server::start_with_drafter`] and
+    /// loaded with a sequence per slot), at most `draft_max` tokens per sequence and step
+    /// (capped at [`engine::speculative::MAX_DRAFT`]), the length adapted per sequence.
+    Draft { draft_max: usize },
+}
+
+impl Speculation {
+    /// The most tokens drafted per sequence and step (0: off).
+    pub fn draft_max(&self) -> usize {
+        match *self {
+            Speculation::Off => 0,
+            Speculation::Ngram { draft_max } | Speculation::Draft { draft_max } => draft_max,
+        }
+    }
 }
 
 /// Scheduler settings.
@@ -109,6 +129,9 @@ pub struct SchedulerConfig {
     pub prefill_chunk: usize,
     /// Speculative decoding.
     pub spec: Speculation,
+    /// The draft model of [`Speculation::Draft`] (sharing the engine's threads), with a
+    /// sequence per slot; slots past its sequences do not speculate.
+    pub draft: Option<ModelDrafter>,
 }
 
 /// Where one sequence's rows are in a decode step.
@@ -128,6 +151,10 @@ pub fn run(
     metrics: Arc<Metrics>,
     cfg: SchedulerConfig,
 ) {
+    let mut draft = match cfg.spec {
+        Speculation::Draft { .. } => cfg.draft,
+        _ => None,
+    };
     let n_slots = engine.n_seq().min(engine.max_logit_rows()).max(1);
     let vocab = engine.n_vocab();
     let n_ctx = engine.n_ctx();
@@ -199,14 +226,36 @@ pub fn run(
                 sampler.accept(t);
             }
             order += 1;
-            let history = match cfg.spec {
-                Speculation::Off => Vec::new(),
-                Speculation::Ngram { .. } => {
-                    let mut h = Vec::with_capacity(job.prompt.len() + job.max_tokens + 1);
-                    h.extend_from_slice(&job.prompt);
-                    h
+            // A draft model evaluates the prompt for its sequence now (a new request starts
+            // from an empty draft cache); if it cannot, the request decodes plainly.
+            // Some(drafter): speculate, with that n-gram drafter or (None) the draft model.
+            let ngram = match cfg.spec {
+                Speculation::Off => None,
+                Speculation::Ngram { .. } => Some(Some(NgramDrafter::default())),
+                Speculation::Draft { .. } => {
+                    draft.as_mut().filter(|d| free < d.n_seq()).and_then(|d| {
+                        match d.start_seq(free, &job.prompt, &job.sampling) {
+                            Ok(()) => Some(None),
+                            Err(_) => {
+                                d.reset_seq(free);
+                                None
+                            }
+                        }
+                    })
                 }
             };
+            let spec = ngram.map(|ngram| {
+                let mut history = Vec::with_capacity(job.prompt.len() + job.max_tokens + 1);
+                history.extend_from_slice(&job.prompt);
+                SlotSpec {
+                    ngram,
+                    ctl: Controller::new(cfg.spec.draft_max()),
+                    history,
+                    draft: Draft::default(),
+                    t_draft: 0.0,
+                    catch_up: 0.0,
+                }
+            });
             slots[free] = Some(Slot {
                 stop: StopScanner::new(job.stop.clone()),
                 job,
@@ -217,16 +266,7 @@ pub fn run(
                 next: None,
                 generated: 0,
                 first_token: true,
-                spec: match cfg.spec {
-                    Speculation::Off => None,
-                    Speculation::Ngram { draft_max } => Some(SlotSpec {
-                        drafter: NgramDrafter::default(),
-                        ctl: Controller::new(draft_max),
-                        history,
-                        draft: Draft::default(),
-                        t_draft: 0.0,
-                    }),
-                },
+                spec,
             });
         }
         let active = slots.iter().filter(|s| s.is_some()).count();
@@ -269,11 +309,20 @@ pub fn run(
                     let k = sp.ctl.choose(remaining.min(room).min(spare));
                     sp.draft.clear();
                     let t = Instant::now();
-                    if k > 0 && sp.drafter.propose(&sp.history, k, &mut sp.draft).is_err() {
-                        sp.draft.clear();
+                    sp.catch_up = 0.0;
+                    if k > 0 {
+                        let r = match (sp.ngram.as_mut(), draft.as_mut()) {
+                            (Some(ng), _) => ng.propose(&sp.history, k, &mut sp.draft),
+                            (None, Some(d)) => d.propose_seq(i, &sp.history, k, &mut sp.draft),
+                            (None, None) => Ok(0.0),
+                        };
+                        match r {
+                            Ok(c) => sp.catch_up = c,
+                            Err(_) => sp.draft.clear(),
+                        }
                     }
                     sp.draft.tokens.truncate(k);
-                    sp.t_draft = t.elapsed().as_secs_f64();
+                    sp.t_draft = (t.elapsed().as_secs_f64() - sp.catch_up).max(0.0);
                     for (j, &d) in sp.draft.tokens.iter().enumerate() {
                         items.push(DecodeItem {
                             seq: i as u32,
@@ -475,7 +524,8 @@ fn verify_and_emit(
     if drafted > 0 {
         metrics.observe_spec(drafted, kept);
     }
-    sp.ctl.update(drafted, kept, t_verify, sp.t_draft);
+    sp.ctl
+        .update_with_catch_up(drafted, kept, t_verify, sp.t_draft, sp.catch_up);
     let mut alive = true;
     for &(id, i) in &picked {
         alive = emit(

@@ -1,6 +1,6 @@
-//! Speculative decoding in the server (`Speculation::Ngram`): greedy output is exactly that
-//! of plain decoding (text and log-probabilities), alone and among other requests, and the
-//! drafts are counted in /metrics.
+//! Speculative decoding in the server (`Speculation::Ngram` and `Speculation::Draft`):
+//! greedy output is exactly that of plain decoding (text and log-probabilities), alone and
+//! among other requests, and the drafts are counted in /metrics.
 
 mod common;
 
@@ -137,4 +137,73 @@ fn ngram_speculation_with_sampling_and_stops() {
     assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
     assert!(!v["choices"][0]["text"].as_str().unwrap().contains("2,"));
     spec.shutdown();
+}
+
+/// A draft model (the same model, so its greedy drafts are the target's picks) drafting for
+/// several slots: greedy output is plain decoding's, alone and with 2 other requests, and
+/// sampled requests draft with their own samplers.
+#[test]
+fn draft_model_speculation_keeps_greedy_output() {
+    let others = ["Once upon a time", "a b c d a b c d a b"];
+    let run = |url: &str| {
+        let alone = completion(url, PROMPT, 16);
+        let handles: Vec<_> = others
+            .iter()
+            .map(|p| {
+                let url = url.to_owned();
+                let p = p.to_string();
+                std::thread::spawn(move || completion(&url, &p, 12))
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let busy = completion(url, PROMPT, 16);
+        let outs: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        (alone, busy, outs)
+    };
+    let plain = start(3, 8, 128);
+    let (p_alone, p_busy, p_others) = run(&base(&plain));
+    plain.shutdown();
+
+    let spec = start_spec(3, 8, 128, Speculation::Draft { draft_max: 4 });
+    let url = base(&spec);
+    let (s_alone, s_busy, s_others) = run(&url);
+    let m = get(&url, "/metrics").body;
+    // Sampling with a draft model: max_tokens holds and every token has its logprob.
+    let r = post_json(
+        &url,
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "max_tokens": 12, "temperature": 0.8, "seed": 3, "ignore_eos": true, "logprobs": 1}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let m2 = get(&url, "/metrics").body;
+    spec.shutdown();
+
+    assert_eq!(fingerprint(&p_alone), fingerprint(&p_busy));
+    assert_eq!(fingerprint(&p_alone), fingerprint(&s_alone));
+    assert_eq!(fingerprint(&p_alone), fingerprint(&s_busy));
+    for (p, s) in p_others.iter().zip(&s_others) {
+        assert_eq!(fingerprint(p), fingerprint(s));
+    }
+    assert_eq!(s_alone["usage"]["completion_tokens"], 16);
+    let drafted = metric(&m, "surplus_spec_drafted_total");
+    let accepted = metric(&m, "surplus_spec_accepted_total");
+    assert!(drafted > 0, "nothing drafted:\n{m}");
+    assert!(accepted > 0 && accepted <= drafted, "{m}");
+    assert_eq!(
+        metric(&m, "surplus_generation_tokens_total"),
+        2 * 16 + 2 * 12
+    );
+
+    assert_eq!(v["usage"]["completion_tokens"], 12);
+    assert_eq!(
+        v["choices"][0]["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        12
+    );
+    assert!(
+        metric(&m2, "surplus_spec_accepted_total") <= metric(&m2, "surplus_spec_drafted_total")
+    );
 }

@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::time::Duration;
 
+use engine::speculative::ModelDrafter;
 use engine::{Engine, EngineOptions};
 use serde_json::Value;
 use server::{Config, Server, Speculation};
@@ -20,10 +21,7 @@ pub fn start(parallel: usize, queue: usize, n_ctx: usize) -> Server {
 /// [`start`] with speculative decoding `spec` (the engine sized for its drafts).
 pub fn start_spec(parallel: usize, queue: usize, n_ctx: usize, spec: Speculation) -> Server {
     let path = registry::test_model(MODEL);
-    let rows = match spec {
-        Speculation::Off => parallel,
-        Speculation::Ngram { draft_max } => parallel * (draft_max + 1),
-    };
+    let rows = parallel * (spec.draft_max() + 1);
     let opts = EngineOptions {
         n_ctx,
         n_batch: 64.max(rows),
@@ -33,8 +31,20 @@ pub fn start_spec(parallel: usize, queue: usize, n_ctx: usize, spec: Speculation
     };
     let engine = Engine::load(&path, &opts).expect("loading the model");
     let tok = Engine::tokenizer_from_file(&path).expect("loading the tokenizer");
-    Server::start(
+    // A draft model: the same model (the only test model with its tokenizer).
+    let drafter = matches!(spec, Speculation::Draft { .. }).then(|| {
+        ModelDrafter::load_for(
+            &path,
+            &engine,
+            &opts,
+            &engine::sampling::SamplingParams::greedy(),
+            parallel,
+        )
+        .expect("loading the draft model")
+    });
+    Server::start_with_drafter(
         engine,
+        drafter,
         tok,
         Config {
             host: "127.0.0.1".into(),
