@@ -154,6 +154,10 @@ pub struct SpecArgs {
     /// the measured acceptance and costs, down to none when speculation does not pay.
     #[arg(long, value_name = "K", default_value_t = 6)]
     pub draft_max: usize,
+    /// Always draft --draft-max tokens, even when it does not pay (to measure a drafter's
+    /// acceptance at a fixed draft length).
+    #[arg(long)]
+    pub draft_fixed: bool,
 }
 
 impl SpecArgs {
@@ -267,7 +271,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     let (gen, spec) = match drafter.as_deref_mut() {
         Some(d) => {
-            let mut ctl = Controller::new(args.spec.draft_max);
+            let mut ctl = if args.spec.draft_fixed {
+                Controller::fixed(args.spec.draft_max)
+            } else {
+                Controller::new(args.spec.draft_max)
+            };
             let (g, s) = engine.generate_speculative(&prompt, &opts, d, &mut ctl, on_token)?;
             (g, Some(s))
         }
