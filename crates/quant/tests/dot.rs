@@ -487,3 +487,43 @@ fn multi_row_dots_equal_single_dots_bit_for_bit() {
         assert_eq!(covered, 6, "{what}");
     }
 }
+
+/// Kernels over prepared activation rows give each row exactly the bits of the single dot.
+#[test]
+fn prepared_rows_give_the_single_dots_bits() {
+    let mut rng = StdRng::seed_from_u64(78);
+    let mut covered = 0;
+    for &w in WEIGHTS {
+        let Some(p) = quant::dot::prepared_fn(w) else {
+            continue;
+        };
+        covered += 1;
+        let single = dot_fn(w).unwrap();
+        for n in lengths(w).into_iter().chain([96, 160, 576]) {
+            let cases: Vec<Case> = (0..4).map(|i| case(w, n, &mut rng, i % 2 == 0)).collect();
+            let prepared: Vec<Vec<u8>> = cases
+                .iter()
+                .map(|c| {
+                    let mut out = vec![0u8; (p.len)(n)];
+                    (p.prepare)(n, &c.a, &mut out);
+                    out
+                })
+                .collect();
+            for k in 1..=4 {
+                let rows: Vec<&[u8]> = prepared[..k].iter().map(|v| v.as_slice()).collect();
+                let mut out = vec![0f32; k];
+                (p.multi)(n, &cases[0].w, &rows, &mut out);
+                for (t, c) in cases[..k].iter().enumerate() {
+                    let want = single(n, &cases[0].w, &c.a);
+                    assert_eq!(out[t].to_bits(), want.to_bits(), "{w} n={n} k={k} row {t}");
+                }
+            }
+        }
+    }
+    if Isa::selected() >= Isa::Avx512 {
+        assert_eq!(
+            covered, 4,
+            "Q4_0, Q4_1, Q5_0 and Q5_1 have prepared kernels"
+        );
+    }
+}

@@ -73,6 +73,82 @@ pub(super) unsafe fn multi_kernel(w: GgmlType) -> Option<DotMultiFn> {
     })
 }
 
+/// The prepared-activation kernels of weight type `w` (Q4_0, Q5_0 with Q8_0 activations;
+/// Q4_1, Q5_1 with Q8_1): (bytes of a prepared row of n elements, preparation, kernel).
+///
+/// # Safety
+///
+/// As for [`kernel`].
+pub(super) unsafe fn prepared_kernel(w: GgmlType) -> Option<super::Prepared> {
+    use GgmlType as T;
+    let (len, prepare, multi): (fn(usize) -> usize, super::PrepareFn, DotMultiFn) = match w {
+        T::Q4_0 => (|n| prepared_len(n / 32, 34), prepare_q8_0, q4_0_prep),
+        T::Q5_0 => (|n| prepared_len(n / 32, 34), prepare_q8_0, q5_0_prep),
+        T::Q4_1 => (|n| prepared_len(n / 32, 36), prepare_q8_1, q4_1_prep),
+        T::Q5_1 => (|n| prepared_len(n / 32, 36), prepare_q8_1, q5_1_prep),
+        _ => return None,
+    };
+    Some(super::Prepared {
+        len,
+        prepare,
+        multi,
+    })
+}
+
+fn prepare_q8_0(n: usize, a: &[u8], out: &mut [u8]) {
+    assert!(
+        n.is_multiple_of(32) && a.len() == n / 32 * 34 && out.len() >= prepared_len(n / 32, 34)
+    );
+    // SAFETY: handed out only after the AVX-512 tier's features were detected; `prepare`
+    // reads and writes through the slices.
+    unsafe { prepare::<34, 2>(a.as_chunks::<34>().0, out) }
+}
+
+fn prepare_q8_1(n: usize, a: &[u8], out: &mut [u8]) {
+    assert!(
+        n.is_multiple_of(32) && a.len() == n / 32 * 36 && out.len() >= prepared_len(n / 32, 36)
+    );
+    // SAFETY: as for `prepare_q8_0`.
+    unsafe { prepare::<36, 4>(a.as_chunks::<36>().0, out) }
+}
+
+/// Defines the safe `DotMultiFn` `$name` over prepared activation rows and the
+/// const-generic `$imp`.
+macro_rules! prep_fn {
+    ($name:ident, $imp:ident, $wb:expr, $ab:expr) => {
+        fn $name(n: usize, w: &[u8], p: &[&[u8]], out: &mut [f32]) {
+            assert!(
+                !p.is_empty() && p.len() <= 4 && p.len() == out.len(),
+                "1 to 4 activation rows and as many outputs"
+            );
+            assert!(
+                n.is_multiple_of(32) && w.len() == n / 32 * $wb,
+                "weight row of {n}"
+            );
+            for p in p {
+                assert!(p.len() >= prepared_len(n / 32, $ab), "prepared row of {n}");
+            }
+            let (w, _) = w.as_chunks::<$wb>();
+            let r: [&[u8]; 4] = std::array::from_fn(|t| p[t.min(p.len() - 1)]);
+            // SAFETY: as in `blocks_fn`: handed out only after the AVX-512 tier's features
+            // were detected; `$imp` reads through the slices.
+            unsafe {
+                match p.len() {
+                    1 => out.copy_from_slice(&$imp::<1>(w, [r[0]])),
+                    2 => out.copy_from_slice(&$imp::<2>(w, [r[0], r[1]])),
+                    3 => out.copy_from_slice(&$imp::<3>(w, [r[0], r[1], r[2]])),
+                    _ => out.copy_from_slice(&$imp::<4>(w, r)),
+                }
+            }
+        }
+    };
+}
+
+prep_fn!(q4_0_prep, q4_0_kp, 18, 34);
+prep_fn!(q5_0_prep, q5_0_kp, 22, 34);
+prep_fn!(q4_1_prep, q4_1_kp, 20, 36);
+prep_fn!(q5_1_prep, q5_1_kp, 24, 36);
+
 /// Defines the safe `DotMultiFn` `$name` over the const-generic `$imp`.
 macro_rules! multi_fn {
     ($name:ident, $imp:ident, $block:expr, $wb:expr, $ab:expr) => {
@@ -277,7 +353,7 @@ fn quad_q8_0<const WB: usize, const N: usize>(
     let ad_idx = index(&const { fields(34, 0, 0) });
     let off = _mm512_set1_epi8(offset);
     let (w4, _) = w.as_chunks::<4>();
-    let a4: [&[[[u8; 34]; 4]]; N] = std::array::from_fn(|t| a[t].as_chunks::<4>().0);
+    let a4: [&[[[u8; 34]; 4]]; N] = std::array::from_fn(|t| &a[t].as_chunks::<4>().0[..w4.len()]);
     let mut acc = [_mm512_setzero_ps(); N];
     for (i, x) in w4.iter().enumerate() {
         // The weights are unpacked once for all N activation rows; each row's arithmetic
@@ -313,7 +389,7 @@ fn quad_q8_1<const WB: usize, const N: usize>(
     let ad_idx = index(&const { fields(36, 0, 0) });
     let ones = _mm512_set1_epi8(1);
     let (w4, _) = w.as_chunks::<4>();
-    let a4: [&[[[u8; 36]; 4]]; N] = std::array::from_fn(|t| a[t].as_chunks::<4>().0);
+    let a4: [&[[[u8; 36]; 4]]; N] = std::array::from_fn(|t| &a[t].as_chunks::<4>().0[..w4.len()]);
     let mut acc = [_mm512_setzero_ps(); N];
     for (i, x) in w4.iter().enumerate() {
         let (ga, gb) = group(x);
@@ -335,6 +411,128 @@ fn quad_q8_1<const WB: usize, const N: usize>(
         std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t])),
         4 * w4.len(),
     )
+}
+
+/// Bytes of one group of four prepared activation blocks: low levels (64), high levels
+/// (64), the four scales as f32 (16), padding (16), the lane sums of levels (64 i32 bytes).
+pub(super) const PREP_GROUP: usize = 224;
+
+/// Bytes of a prepared activation row of `nb` blocks of `ab` bytes: whole groups prepared,
+/// the last `nb % 4` blocks as they were.
+pub(super) const fn prepared_len(nb: usize, ab: usize) -> usize {
+    (nb / 4) * PREP_GROUP + (nb % 4) * ab
+}
+
+/// Prepares an activation row of Q8_0 (`AB` 34, `QOFF` 2) or Q8_1 (36, 4) blocks for the
+/// `*_kp` kernels: each group of four blocks as `act_quad` arranges it, with its lane sums,
+/// so that the per-row work of a matmul does not redo it for every weight row. The values
+/// are the same, so the kernels' results are the same bits.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn prepare<const AB: usize, const QOFF: usize>(a: &[[u8; AB]], out: &mut [u8]) {
+    let ad_idx = index(&const { fields(AB, 0, 0) });
+    let ones = _mm512_set1_epi8(1);
+    let (a4, tail) = a.as_chunks::<4>();
+    for (i, y) in a4.iter().enumerate() {
+        let (low, high, d) = act_quad::<AB, QOFF>(y, ad_idx);
+        let zero = _mm512_setzero_si512();
+        let s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, ones, low), ones, high);
+        let o = &mut out[i * PREP_GROUP..(i + 1) * PREP_GROUP];
+        // SAFETY: `o` is PREP_GROUP = 224 writable bytes; the stores at 0, 64, 128 and 160
+        // (64, 64, 16 and 64 bytes) lie within it; no alignment is required.
+        unsafe {
+            _mm512_storeu_si512(o.as_mut_ptr().cast(), low);
+            _mm512_storeu_si512(o.as_mut_ptr().add(64).cast(), high);
+            _mm_storeu_ps(o.as_mut_ptr().add(128).cast(), d);
+            _mm512_storeu_si512(o.as_mut_ptr().add(160).cast(), s);
+        }
+    }
+    let done = a4.len() * PREP_GROUP;
+    out[done..done + tail.len() * AB].copy_from_slice(tail.as_flattened());
+}
+
+/// A prepared group's (low, high, scales, lane sums).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn prepared_group(p: &[u8], i: usize) -> (__m512i, __m512i, __m128, __m512i) {
+    let g: &[u8; PREP_GROUP] = p[i * PREP_GROUP..(i + 1) * PREP_GROUP].try_into().unwrap();
+    (
+        ld512(sub::<0, 64, PREP_GROUP>(g)),
+        ld512(sub::<64, 64, PREP_GROUP>(g)),
+        _mm_castsi128_ps(ld128(sub::<128, 16, PREP_GROUP>(g))),
+        ld512(sub::<160, 64, PREP_GROUP>(g)),
+    )
+}
+
+/// `quad_q8_0` on prepared activation rows, for a weight offset of `2^SHIFT`: the offset's
+/// share `offset × sum(y)` comes from the prepared lane sums (the same integers
+/// `dpbusd(offset, y)` gives).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn quad_q8_0_prep<const WB: usize, const N: usize, const SHIFT: u32>(
+    w: &[[u8; WB]],
+    p: [&[u8]; N],
+    unpack: impl Fn(__m512i, __m512i) -> (__m512i, __m512i),
+) -> ([f32; N], usize) {
+    let wd_idx = index(&const { fields(WB, 0, 0) });
+    let (w4, _) = w.as_chunks::<4>();
+    let mut acc = [_mm512_setzero_ps(); N];
+    for (i, x) in w4.iter().enumerate() {
+        let (ga, gb) = group(x);
+        let (lo, hi) = unpack(ga, gb);
+        let dw = f16_words(_mm512_permutex2var_epi16(ga, wd_idx, gb));
+        for t in 0..N {
+            let (ylo, yhi, dy, sy) = prepared_group(p[t], i);
+            let zero = _mm512_setzero_si512();
+            let pr = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, ylo), hi, yhi);
+            // offset × sum(y), the offset being 2^SHIFT.
+            let c = _mm512_slli_epi32::<SHIFT>(sy);
+            let d = spread4(_mm_mul_ps(dw, dy));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(pr, c)), d, acc[t]);
+        }
+    }
+    (
+        std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t])),
+        4 * w4.len(),
+    )
+}
+
+/// `quad_q8_1` on prepared activation rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn quad_q8_1_prep<const WB: usize, const N: usize>(
+    w: &[[u8; WB]],
+    p: [&[u8]; N],
+    unpack: impl Fn(__m512i, __m512i) -> (__m512i, __m512i),
+) -> ([f32; N], usize) {
+    let wd_idx = index(&const { fields(WB, 0, 2) });
+    let (w4, _) = w.as_chunks::<4>();
+    let mut acc = [_mm512_setzero_ps(); N];
+    for (i, x) in w4.iter().enumerate() {
+        let (ga, gb) = group(x);
+        let (lo, hi) = unpack(ga, gb);
+        let f = _mm512_castsi512_si128(_mm512_permutex2var_epi16(ga, wd_idx, gb));
+        let dw = _mm_cvtph_ps(f);
+        let dm = _mm_cvtph_ps(_mm_unpackhi_epi64(f, f));
+        for t in 0..N {
+            let (ylo, yhi, dy, s) = prepared_group(p[t], i);
+            let zero = _mm512_setzero_si512();
+            let pr = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, ylo), hi, yhi);
+            let acc_t =
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(pr), spread4(_mm_mul_ps(dw, dy)), acc[t]);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), spread4(_mm_mul_ps(dm, dy)), acc_t);
+        }
+    }
+    (
+        std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t])),
+        4 * w4.len(),
+    )
+}
+
+/// The raw tail blocks of a prepared row of `nb` blocks.
+#[inline]
+fn prepared_tail<const AB: usize>(p: &[u8], nb: usize) -> &[[u8; AB]] {
+    let start = (nb / 4) * PREP_GROUP;
+    p[start..start + (nb % 4) * AB].as_chunks::<AB>().0
 }
 
 /// Splits gathered nibble bytes `q` (block k's 16 bytes in lane k) into ([low nibbles],
@@ -440,6 +638,57 @@ fn q5_1_kn<const N: usize>(w: &[[u8; 24]], a: [&[[u8; 36]]; N]) -> [f32; N] {
         )
     });
     std::array::from_fn(|t| sum[t] + avx2::q5_1_k(&w[done..], &a[t][done..]))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4_0_kp<const N: usize>(w: &[[u8; 18]], p: [&[u8]; N]) -> [f32; N] {
+    let qi = index(&const { lanes16(18, 2) });
+    let (sum, done) =
+        quad_q8_0_prep::<18, N, 3>(w, p, |ga, gb| split(_mm512_permutex2var_epi16(ga, qi, gb)));
+    let nb = w.len();
+    std::array::from_fn(|t| sum[t] + avx2::q4_0_k(&w[done..], prepared_tail::<34>(p[t], nb)))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q5_0_kp<const N: usize>(w: &[[u8; 22]], p: [&[u8]; N]) -> [f32; N] {
+    let qi = index(&const { lanes16(22, 6) });
+    let hi_idx = index(&const { fields(22, 2, 4) });
+    let b4 = _mm512_set1_epi8(0x10);
+    let (sum, done) = quad_q8_0_prep::<22, N, 4>(w, p, |ga, gb| {
+        let (lo, hi) = split(_mm512_permutex2var_epi16(ga, qi, gb));
+        let (klo, khi) = fifth_bits(ga, gb, hi_idx);
+        (
+            _mm512_mask_add_epi8(lo, klo, lo, b4),
+            _mm512_mask_add_epi8(hi, khi, hi, b4),
+        )
+    });
+    let nb = w.len();
+    std::array::from_fn(|t| sum[t] + avx2::q5_0_k(&w[done..], prepared_tail::<34>(p[t], nb)))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4_1_kp<const N: usize>(w: &[[u8; 20]], p: [&[u8]; N]) -> [f32; N] {
+    let qi = index(&const { lanes16(20, 4) });
+    let (sum, done) = quad_q8_1_prep(w, p, |ga, gb| split(_mm512_permutex2var_epi16(ga, qi, gb)));
+    let nb = w.len();
+    std::array::from_fn(|t| sum[t] + avx2::q4_1_k(&w[done..], prepared_tail::<36>(p[t], nb)))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q5_1_kp<const N: usize>(w: &[[u8; 24]], p: [&[u8]; N]) -> [f32; N] {
+    let qi = index(&const { lanes16(24, 8) });
+    let hi_idx = index(&const { fields(24, 4, 6) });
+    let b4 = _mm512_set1_epi8(0x10);
+    let (sum, done) = quad_q8_1_prep(w, p, |ga, gb| {
+        let (lo, hi) = split(_mm512_permutex2var_epi16(ga, qi, gb));
+        let (klo, khi) = fifth_bits(ga, gb, hi_idx);
+        (
+            _mm512_mask_add_epi8(lo, klo, lo, b4),
+            _mm512_mask_add_epi8(hi, khi, hi, b4),
+        )
+    });
+    let nb = w.len();
+    std::array::from_fn(|t| sum[t] + avx2::q5_1_k(&w[done..], prepared_tail::<36>(p[t], nb)))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]

@@ -28,6 +28,23 @@ pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
 /// how many share its batch. Panics on a length mismatch, as [`DotFn`].
 pub type DotMultiFn = fn(n: usize, w: &[u8], a: &[&[u8]], out: &mut [f32]);
 
+/// Rearranges one quantized activation row of `n` elements (in [`activation_type`] of the
+/// weights) into the layout of a [`Prepared`] kernel.
+pub type PrepareFn = fn(n: usize, a: &[u8], out: &mut [u8]);
+
+/// Kernels that read activation rows prepared once per matmul ([`PrepareFn`]) instead of
+/// rearranging them for every weight row: `multi` is a [`DotMultiFn`] over prepared rows,
+/// each result the same bits as the plain [`DotFn`] on the raw row.
+#[derive(Clone, Copy, Debug)]
+pub struct Prepared {
+    /// Bytes of a prepared row of `n` elements.
+    pub len: fn(n: usize) -> usize,
+    /// Prepares one row.
+    pub prepare: PrepareFn,
+    /// Dots a weight row with 1 to 4 prepared rows.
+    pub multi: DotMultiFn,
+}
+
 /// Name of the environment variable that caps the instruction set [`dot_fn`] and
 /// [`quantize_activations`] use: `scalar`, `avx2` or `avx512` (read once per process;
 /// other values are ignored).
@@ -204,6 +221,17 @@ pub fn dot_multi_fn(w: GgmlType) -> Option<DotMultiFn> {
     if best(w).is_some_and(|(_, isa)| isa == Isa::Avx512) {
         // SAFETY: `best` picked the AVX-512 tier, so this CPU has its features.
         return unsafe { avx512::multi_kernel(w) };
+    }
+    None
+}
+
+/// The prepared-activation kernels for weights of type `w` on the tier [`dot_fn`] picked:
+/// Q4_0, Q5_0, Q4_1, Q5_1 with AVX-512; `None` otherwise.
+pub fn prepared_fn(w: GgmlType) -> Option<Prepared> {
+    #[cfg(target_arch = "x86_64")]
+    if best(w).is_some_and(|(_, isa)| isa == Isa::Avx512) {
+        // SAFETY: `best` picked the AVX-512 tier, so this CPU has its features.
+        return unsafe { avx512::prepared_kernel(w) };
     }
     None
 }

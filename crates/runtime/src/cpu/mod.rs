@@ -7,7 +7,7 @@ mod shared;
 use std::cell::Cell;
 use std::sync::Arc;
 
-use quant::dot::{activation_type, dot_fn, dot_multi_fn, quantize_activations, DotFn};
+use quant::dot::{activation_type, dot_fn, dot_multi_fn, prepared_fn, quantize_activations, DotFn};
 use quant::{gemm as int8, GgmlType};
 
 use crate::ops::{Act, Attention, Batch, Ops, Plan, Rope};
@@ -75,6 +75,9 @@ pub struct CpuBackend {
     /// Activations quantized for the current matmul (one row per token).
     qbuf: Shared<u8>,
     qrow_cap: usize,
+    /// The quantized rows rearranged for the prepared dot kernels (one row per token).
+    pbuf: Shared<u8>,
+    prow_cap: usize,
     /// Per-thread scratch: attention scores and dequantized weight rows.
     scratch: Shared<f32>,
     scratch_per_thread: usize,
@@ -118,6 +121,8 @@ impl CpuBackend {
                 max_batch.div_ceil(4) * int8::act_panel_bytes(max_width.next_multiple_of(64)),
             )),
             qrow_cap,
+            pbuf: Shared::new((2 * max_width + 256) * max_batch),
+            prow_cap: 2 * max_width + 256,
             scratch: Shared::new(scratch_per_thread * n_threads),
             scratch_per_thread,
             panel_sums: Shared::new((max_batch.div_ceil(4) * 4) * (max_width / 32 + 1)),
@@ -192,6 +197,7 @@ impl CpuBackend {
                 batch,
                 chunk,
                 quantized: Cell::new(None),
+                prepared: Cell::new(None),
             };
             f(&ops);
         });
@@ -233,6 +239,8 @@ pub struct CpuOps<'a> {
     /// What `qbuf` holds: (activation buffer, format, rows), to skip quantizing the same
     /// input again for the next matmul (Q, K and V share theirs).
     quantized: Cell<Option<(u32, GgmlType, usize)>>,
+    /// What `pbuf` holds, as `quantized`.
+    prepared: Cell<Option<(u32, GgmlType, usize)>>,
 }
 
 impl CpuOps<'_> {
@@ -247,9 +255,11 @@ impl CpuOps<'_> {
     /// Ends an operation that wrote `act`: all threads wait, and a cached quantization of
     /// that buffer is forgotten.
     fn done(&self, wrote: Act) {
-        if let Some((id, _, _)) = self.quantized.get() {
-            if id == wrote.id {
-                self.quantized.set(None);
+        for cache in [&self.quantized, &self.prepared] {
+            if let Some((id, _, _)) = cache.get() {
+                if id == wrote.id {
+                    cache.set(None);
+                }
             }
         }
         self.w.barrier();
@@ -313,18 +323,29 @@ impl Ops for CpuOps<'_> {
         let aty = activation_type(w.ty);
         let qrow = aty.bytes_for(w.cols as u64).unwrap_or(0) as usize;
         let xs = self.be.act(x);
+        // Rows for the prepared kernels are made by the thread that quantizes them, in the
+        // same phase (no extra barrier).
+        // Only for several tokens: alone, a token is as fast with the plain kernel.
+        let prep = prepared_fn(w.ty).filter(|p| n > 1 && (p.len)(w.cols) <= self.be.prow_cap);
         if self.quantized.get() != Some((x.id, aty, n)) {
             self.rows(n, |t| {
-                // SAFETY: token t's activation row and its quantized row belong to this
-                // thread in this phase.
+                // SAFETY: token t's activation row, its quantized row and its prepared row
+                // belong to this thread in this phase.
                 unsafe {
                     let src = xs.get(t * x.width, w.cols);
                     let dst = self.be.qbuf.get_mut(t * self.be.qrow_cap, qrow);
                     let _ = quantize_activations(w.ty, src, dst);
+                    if let Some(p) = prep {
+                        let pdst = self.be.pbuf.get_mut(t * self.be.prow_cap, (p.len)(w.cols));
+                        (p.prepare)(w.cols, dst, pdst);
+                    }
                 }
             });
             self.w.barrier();
             self.quantized.set(Some((x.id, aty, n)));
+            if prep.is_some() {
+                self.prepared.set(Some((x.id, aty, n)));
+            }
         }
         let os = self.be.act(out);
         let dot: Option<DotFn> = dot_fn(w.ty);
@@ -332,6 +353,47 @@ impl Ops for CpuOps<'_> {
         // only read them now.
         let q = unsafe { self.be.qbuf.get(0, self.be.qrow_cap * n) };
         let cap = self.be.qrow_cap;
+        if let (Some(_), Some(prep)) = (dot, prep) {
+            // Each token's row rearranged once for the kernels (the same values, so the same
+            // bits as the plain dot), then every weight row dotted with up to four at once.
+            let plen = (prep.len)(w.cols);
+            let pcap = self.be.prow_cap;
+            if self.prepared.get() != Some((x.id, aty, n)) {
+                self.rows(n, |t| {
+                    // SAFETY: token t's quantized row is only read; its prepared row belongs
+                    // to this thread in this phase.
+                    unsafe {
+                        let dst = self.be.pbuf.get_mut(t * pcap, plen);
+                        (prep.prepare)(w.cols, &q[t * cap..t * cap + qrow], dst);
+                    }
+                });
+                self.w.barrier();
+                self.prepared.set(Some((x.id, aty, n)));
+            }
+            {
+                // SAFETY: the prepared rows were written before a barrier; all threads only
+                // read them now.
+                let pr = unsafe { self.be.pbuf.get(0, pcap * n) };
+                self.rows(w.rows, |r| {
+                    let wr = w.row(r);
+                    for t0 in (0..n).step_by(4) {
+                        let k = 4.min(n - t0);
+                        let rows: [&[u8]; 4] = std::array::from_fn(|j| {
+                            let t = t0 + j.min(k - 1);
+                            &pr[t * pcap..t * pcap + plen]
+                        });
+                        let mut v = [0.0f32; 4];
+                        (prep.multi)(w.cols, wr, &rows[..k], &mut v[..k]);
+                        for (j, &v) in v[..k].iter().enumerate() {
+                            // SAFETY: element (t, r) is written by the thread that owns row r.
+                            unsafe { os.set((t0 + j) * out.width + r, v) };
+                        }
+                    }
+                });
+                self.done(out);
+                return;
+            }
+        }
         match (dot, dot_multi_fn(w.ty).filter(|_| n > 1)) {
             (Some(_), Some(multi)) => {
                 // Several tokens: each weight row unpacked once per four tokens, with the
