@@ -483,8 +483,7 @@ fn multi_row_dots_equal_single_dots_bit_for_bit() {
         }
     }
     if Isa::selected() >= Isa::Avx512 {
-        let what = "Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K have multi-row kernels";
-        assert_eq!(covered, 6, "{what}");
+        assert_eq!(covered, 2, "Q4_K and Q6_K have multi-row kernels");
     }
 }
 

@@ -63,10 +63,6 @@ pub(super) unsafe fn kernel(w: GgmlType) -> Option<DotFn> {
 pub(super) unsafe fn multi_kernel(w: GgmlType) -> Option<DotMultiFn> {
     use GgmlType as T;
     Some(match w {
-        T::Q4_0 => q4_0_multi,
-        T::Q4_1 => q4_1_multi,
-        T::Q5_0 => q5_0_multi,
-        T::Q5_1 => q5_1_multi,
         T::Q4_K => q4_k_multi,
         T::Q6_K => q6_k_multi,
         _ => return None,
@@ -177,10 +173,6 @@ macro_rules! multi_fn {
     };
 }
 
-multi_fn!(q4_0_multi, q4_0_kn, 32, 18, 34);
-multi_fn!(q4_1_multi, q4_1_kn, 32, 20, 36);
-multi_fn!(q5_0_multi, q5_0_kn, 32, 22, 34);
-multi_fn!(q5_1_multi, q5_1_kn, 32, 24, 36);
 multi_fn!(q4_k_multi, q4_k_kn, 256, 144, 292);
 multi_fn!(q6_k_multi, q6_k_kn, 256, 210, 292);
 
@@ -336,38 +328,50 @@ fn act_quad<const AB: usize, const QOFF: usize>(
 // ---------------------------------------------------------------------------------------
 // Blocks of 32.
 
-/// `sum_blocks d_w d_a sum((q - offset) y)` over the whole groups of four 32-element
-/// weight blocks, whose f16 scale is at offset 0 and whose levels `unpack` makes into
-/// unsigned bytes ([low 16 of each block], [high 16 of each]) from the group's two
-/// vectors; Q8_0 activations. Returns the sum and the number of blocks done (the caller
-/// adds the last one to three).
+/// A token's group of four activation blocks as the quad kernels use it: low levels of each
+/// block, high levels, the four scales, and the lane sums of the levels.
+type Quad = (__m512i, __m512i, __m128, __m512i);
+
+/// The [`Quad`] of four raw Q8_0 (`AB` 34, `QOFF` 2) or Q8_1 (36, 4) activation blocks.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn quad_q8_0<const WB: usize, const N: usize>(
+fn raw_quad<const AB: usize, const QOFF: usize>(y: &[[u8; AB]; 4], scales: __m512i) -> Quad {
+    let (low, high, d) = act_quad::<AB, QOFF>(y, scales);
+    let ones = _mm512_set1_epi8(1);
+    let zero = _mm512_setzero_si512();
+    let s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, ones, low), ones, high);
+    (low, high, d, s)
+}
+
+/// `sum_blocks d_w d_a sum((q - 2^SHIFT) y)` over the whole groups of four 32-element
+/// weight blocks, whose f16 scale is at offset 0 and whose levels `unpack` makes into
+/// unsigned bytes ([low 16 of each block], [high 16 of each]) from the group's two
+/// vectors, for N Q8_0 activation rows; `act(t, i)` gives row t's group i (raw or
+/// prepared: the same values). The weights are unpacked once for all rows; each row's
+/// arithmetic is the same as when it is alone (N = 1), so its sum is the same bits.
+/// Returns the sums and the number of blocks done (the caller adds the last one to three).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn quad_q8_0<const WB: usize, const N: usize, const SHIFT: u32>(
     w: &[[u8; WB]],
-    a: [&[[u8; 34]]; N],
-    offset: i8,
+    act: impl Fn(usize, usize) -> Quad,
     unpack: impl Fn(__m512i, __m512i) -> (__m512i, __m512i),
 ) -> ([f32; N], usize) {
     let wd_idx = index(&const { fields(WB, 0, 0) });
-    let ad_idx = index(&const { fields(34, 0, 0) });
-    let off = _mm512_set1_epi8(offset);
     let (w4, _) = w.as_chunks::<4>();
-    let a4: [&[[[u8; 34]; 4]]; N] = std::array::from_fn(|t| &a[t].as_chunks::<4>().0[..w4.len()]);
     let mut acc = [_mm512_setzero_ps(); N];
     for (i, x) in w4.iter().enumerate() {
-        // The weights are unpacked once for all N activation rows; each row's arithmetic
-        // is the same as when it is alone (N = 1), so its sum is the same bits.
         let (ga, gb) = group(x);
         let (lo, hi) = unpack(ga, gb);
         let dw = f16_words(_mm512_permutex2var_epi16(ga, wd_idx, gb));
-        for t in 0..N {
-            let (ylo, yhi, dy) = act_quad::<34, 2>(&a4[t][i], ad_idx);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let (ylo, yhi, dy, sy) = act(t, i);
             let zero = _mm512_setzero_si512();
             let p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, ylo), hi, yhi);
-            let c = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, off, ylo), off, yhi);
+            // The offset's share, 2^SHIFT × sum(y).
+            let c = _mm512_slli_epi32::<SHIFT>(sy);
             let d = spread4(_mm_mul_ps(dw, dy));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(p, c)), d, acc[t]);
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(p, c)), d, *acc);
         }
     }
     (
@@ -382,14 +386,11 @@ fn quad_q8_0<const WB: usize, const N: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn quad_q8_1<const WB: usize, const N: usize>(
     w: &[[u8; WB]],
-    a: [&[[u8; 36]]; N],
+    act: impl Fn(usize, usize) -> Quad,
     unpack: impl Fn(__m512i, __m512i) -> (__m512i, __m512i),
 ) -> ([f32; N], usize) {
     let wd_idx = index(&const { fields(WB, 0, 2) });
-    let ad_idx = index(&const { fields(36, 0, 0) });
-    let ones = _mm512_set1_epi8(1);
     let (w4, _) = w.as_chunks::<4>();
-    let a4: [&[[[u8; 36]; 4]]; N] = std::array::from_fn(|t| &a[t].as_chunks::<4>().0[..w4.len()]);
     let mut acc = [_mm512_setzero_ps(); N];
     for (i, x) in w4.iter().enumerate() {
         let (ga, gb) = group(x);
@@ -398,13 +399,12 @@ fn quad_q8_1<const WB: usize, const N: usize>(
         let f = _mm512_castsi512_si128(_mm512_permutex2var_epi16(ga, wd_idx, gb));
         let dw = _mm_cvtph_ps(f);
         let dm = _mm_cvtph_ps(_mm_unpackhi_epi64(f, f));
-        for t in 0..N {
-            let (ylo, yhi, dy) = act_quad::<36, 4>(&a4[t][i], ad_idx);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let (ylo, yhi, dy, s) = act(t, i);
             let zero = _mm512_setzero_si512();
             let p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, ylo), hi, yhi);
-            let s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, ones, ylo), ones, yhi);
-            let acc_t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), spread4(_mm_mul_ps(dw, dy)), acc[t]);
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), spread4(_mm_mul_ps(dm, dy)), acc_t);
+            let acc_p = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), spread4(_mm_mul_ps(dw, dy)), *acc);
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), spread4(_mm_mul_ps(dm, dy)), acc_p);
         }
     }
     (
@@ -430,12 +430,9 @@ pub(super) const fn prepared_len(nb: usize, ab: usize) -> usize {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn prepare<const AB: usize, const QOFF: usize>(a: &[[u8; AB]], out: &mut [u8]) {
     let ad_idx = index(&const { fields(AB, 0, 0) });
-    let ones = _mm512_set1_epi8(1);
     let (a4, tail) = a.as_chunks::<4>();
     for (i, y) in a4.iter().enumerate() {
-        let (low, high, d) = act_quad::<AB, QOFF>(y, ad_idx);
-        let zero = _mm512_setzero_si512();
-        let s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, ones, low), ones, high);
+        let (low, high, d, s) = raw_quad::<AB, QOFF>(y, ad_idx);
         let o = &mut out[i * PREP_GROUP..(i + 1) * PREP_GROUP];
         // SAFETY: `o` is PREP_GROUP = 224 writable bytes; the stores at 0, 64, 128 and 160
         // (64, 64, 16 and 64 bytes) lie within it; no alignment is required.
@@ -453,78 +450,13 @@ fn prepare<const AB: usize, const QOFF: usize>(a: &[[u8; AB]], out: &mut [u8]) {
 /// A prepared group's (low, high, scales, lane sums).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn prepared_group(p: &[u8], i: usize) -> (__m512i, __m512i, __m128, __m512i) {
+fn prepared_group(p: &[u8], i: usize) -> Quad {
     let g: &[u8; PREP_GROUP] = p[i * PREP_GROUP..(i + 1) * PREP_GROUP].try_into().unwrap();
     (
         ld512(sub::<0, 64, PREP_GROUP>(g)),
         ld512(sub::<64, 64, PREP_GROUP>(g)),
         _mm_castsi128_ps(ld128(sub::<128, 16, PREP_GROUP>(g))),
         ld512(sub::<160, 64, PREP_GROUP>(g)),
-    )
-}
-
-/// `quad_q8_0` on prepared activation rows, for a weight offset of `2^SHIFT`: the offset's
-/// share `offset × sum(y)` comes from the prepared lane sums (the same integers
-/// `dpbusd(offset, y)` gives).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn quad_q8_0_prep<const WB: usize, const N: usize, const SHIFT: u32>(
-    w: &[[u8; WB]],
-    p: [&[u8]; N],
-    unpack: impl Fn(__m512i, __m512i) -> (__m512i, __m512i),
-) -> ([f32; N], usize) {
-    let wd_idx = index(&const { fields(WB, 0, 0) });
-    let (w4, _) = w.as_chunks::<4>();
-    let mut acc = [_mm512_setzero_ps(); N];
-    for (i, x) in w4.iter().enumerate() {
-        let (ga, gb) = group(x);
-        let (lo, hi) = unpack(ga, gb);
-        let dw = f16_words(_mm512_permutex2var_epi16(ga, wd_idx, gb));
-        for t in 0..N {
-            let (ylo, yhi, dy, sy) = prepared_group(p[t], i);
-            let zero = _mm512_setzero_si512();
-            let pr = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, ylo), hi, yhi);
-            // offset × sum(y), the offset being 2^SHIFT.
-            let c = _mm512_slli_epi32::<SHIFT>(sy);
-            let d = spread4(_mm_mul_ps(dw, dy));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(pr, c)), d, acc[t]);
-        }
-    }
-    (
-        std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t])),
-        4 * w4.len(),
-    )
-}
-
-/// `quad_q8_1` on prepared activation rows.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn quad_q8_1_prep<const WB: usize, const N: usize>(
-    w: &[[u8; WB]],
-    p: [&[u8]; N],
-    unpack: impl Fn(__m512i, __m512i) -> (__m512i, __m512i),
-) -> ([f32; N], usize) {
-    let wd_idx = index(&const { fields(WB, 0, 2) });
-    let (w4, _) = w.as_chunks::<4>();
-    let mut acc = [_mm512_setzero_ps(); N];
-    for (i, x) in w4.iter().enumerate() {
-        let (ga, gb) = group(x);
-        let (lo, hi) = unpack(ga, gb);
-        let f = _mm512_castsi512_si128(_mm512_permutex2var_epi16(ga, wd_idx, gb));
-        let dw = _mm_cvtph_ps(f);
-        let dm = _mm_cvtph_ps(_mm_unpackhi_epi64(f, f));
-        for t in 0..N {
-            let (ylo, yhi, dy, s) = prepared_group(p[t], i);
-            let zero = _mm512_setzero_si512();
-            let pr = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, ylo), hi, yhi);
-            let acc_t =
-                _mm512_fmadd_ps(_mm512_cvtepi32_ps(pr), spread4(_mm_mul_ps(dw, dy)), acc[t]);
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), spread4(_mm_mul_ps(dm, dy)), acc_t);
-        }
-    }
-    (
-        std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t])),
-        4 * w4.len(),
     )
 }
 
@@ -548,17 +480,29 @@ fn split(q: __m512i) -> (__m512i, __m512i) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_0_k(w: &[[u8; 18]], a: &[[u8; 34]]) -> f32 {
-    q4_0_kn::<1>(w, [a])[0]
+fn q4_0_with<const N: usize>(
+    w: &[[u8; 18]],
+    act: impl Fn(usize, usize) -> Quad,
+) -> ([f32; N], usize) {
+    let qi = index(&const { lanes16(18, 2) });
+    quad_q8_0::<18, N, 3>(w, act, |ga, gb| {
+        split(_mm512_permutex2var_epi16(ga, qi, gb))
+    })
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_0_kn<const N: usize>(w: &[[u8; 18]], a: [&[[u8; 34]]; N]) -> [f32; N] {
-    let qi = index(&const { lanes16(18, 2) });
-    let (sum, done) = quad_q8_0(w, a, 8, |ga, gb| {
-        split(_mm512_permutex2var_epi16(ga, qi, gb))
-    });
-    std::array::from_fn(|t| sum[t] + avx2::q4_0_k(&w[done..], &a[t][done..]))
+fn q4_0_k(w: &[[u8; 18]], a: &[[u8; 34]]) -> f32 {
+    let ad_idx = index(&const { fields(34, 0, 0) });
+    let a4 = &a.as_chunks::<4>().0[..w.len() / 4];
+    let (sum, done) = q4_0_with::<1>(w, |_, i| raw_quad::<34, 2>(&a4[i], ad_idx));
+    sum[0] + avx2::q4_0_k(&w[done..], &a[done..])
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4_0_kp<const N: usize>(w: &[[u8; 18]], p: [&[u8]; N]) -> [f32; N] {
+    let (sum, done) = q4_0_with::<N>(w, |t, i| prepared_group(p[t], i));
+    let nb = w.len();
+    std::array::from_fn(|t| sum[t] + avx2::q4_0_k(&w[done..], prepared_tail::<34>(p[t], nb)))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -586,107 +530,94 @@ fn fifth_bits(ga: __m512i, gb: __m512i, idx: __m512i) -> (__mmask64, __mmask64) 
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q5_0_k(w: &[[u8; 22]], a: &[[u8; 34]]) -> f32 {
-    q5_0_kn::<1>(w, [a])[0]
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q5_0_kn<const N: usize>(w: &[[u8; 22]], a: [&[[u8; 34]]; N]) -> [f32; N] {
+fn q5_0_with<const N: usize>(
+    w: &[[u8; 22]],
+    act: impl Fn(usize, usize) -> Quad,
+) -> ([f32; N], usize) {
     let qi = index(&const { lanes16(22, 6) });
     let hi_idx = index(&const { fields(22, 2, 4) });
     let b4 = _mm512_set1_epi8(0x10);
     // Unsigned levels q in 0..32; the -16 comes off as 16 * sum(y).
-    let (sum, done) = quad_q8_0(w, a, 16, |ga, gb| {
+    quad_q8_0::<22, N, 4>(w, act, |ga, gb| {
         let (lo, hi) = split(_mm512_permutex2var_epi16(ga, qi, gb));
         let (klo, khi) = fifth_bits(ga, gb, hi_idx);
         (
             _mm512_mask_add_epi8(lo, klo, lo, b4),
             _mm512_mask_add_epi8(hi, khi, hi, b4),
         )
-    });
-    std::array::from_fn(|t| sum[t] + avx2::q5_0_k(&w[done..], &a[t][done..]))
+    })
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_1_k(w: &[[u8; 20]], a: &[[u8; 36]]) -> f32 {
-    q4_1_kn::<1>(w, [a])[0]
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_1_kn<const N: usize>(w: &[[u8; 20]], a: [&[[u8; 36]]; N]) -> [f32; N] {
-    let qi = index(&const { lanes16(20, 4) });
-    let (sum, done) = quad_q8_1(w, a, |ga, gb| split(_mm512_permutex2var_epi16(ga, qi, gb)));
-    std::array::from_fn(|t| sum[t] + avx2::q4_1_k(&w[done..], &a[t][done..]))
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q5_1_k(w: &[[u8; 24]], a: &[[u8; 36]]) -> f32 {
-    q5_1_kn::<1>(w, [a])[0]
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q5_1_kn<const N: usize>(w: &[[u8; 24]], a: [&[[u8; 36]]; N]) -> [f32; N] {
-    let qi = index(&const { lanes16(24, 8) });
-    let hi_idx = index(&const { fields(24, 4, 6) });
-    let b4 = _mm512_set1_epi8(0x10);
-    let (sum, done) = quad_q8_1(w, a, |ga, gb| {
-        let (lo, hi) = split(_mm512_permutex2var_epi16(ga, qi, gb));
-        let (klo, khi) = fifth_bits(ga, gb, hi_idx);
-        (
-            _mm512_mask_add_epi8(lo, klo, lo, b4),
-            _mm512_mask_add_epi8(hi, khi, hi, b4),
-        )
-    });
-    std::array::from_fn(|t| sum[t] + avx2::q5_1_k(&w[done..], &a[t][done..]))
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_0_kp<const N: usize>(w: &[[u8; 18]], p: [&[u8]; N]) -> [f32; N] {
-    let qi = index(&const { lanes16(18, 2) });
-    let (sum, done) =
-        quad_q8_0_prep::<18, N, 3>(w, p, |ga, gb| split(_mm512_permutex2var_epi16(ga, qi, gb)));
-    let nb = w.len();
-    std::array::from_fn(|t| sum[t] + avx2::q4_0_k(&w[done..], prepared_tail::<34>(p[t], nb)))
+fn q5_0_k(w: &[[u8; 22]], a: &[[u8; 34]]) -> f32 {
+    let ad_idx = index(&const { fields(34, 0, 0) });
+    let a4 = &a.as_chunks::<4>().0[..w.len() / 4];
+    let (sum, done) = q5_0_with::<1>(w, |_, i| raw_quad::<34, 2>(&a4[i], ad_idx));
+    sum[0] + avx2::q5_0_k(&w[done..], &a[done..])
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q5_0_kp<const N: usize>(w: &[[u8; 22]], p: [&[u8]; N]) -> [f32; N] {
-    let qi = index(&const { lanes16(22, 6) });
-    let hi_idx = index(&const { fields(22, 2, 4) });
-    let b4 = _mm512_set1_epi8(0x10);
-    let (sum, done) = quad_q8_0_prep::<22, N, 4>(w, p, |ga, gb| {
-        let (lo, hi) = split(_mm512_permutex2var_epi16(ga, qi, gb));
-        let (klo, khi) = fifth_bits(ga, gb, hi_idx);
-        (
-            _mm512_mask_add_epi8(lo, klo, lo, b4),
-            _mm512_mask_add_epi8(hi, khi, hi, b4),
-        )
-    });
+    let (sum, done) = q5_0_with::<N>(w, |t, i| prepared_group(p[t], i));
     let nb = w.len();
     std::array::from_fn(|t| sum[t] + avx2::q5_0_k(&w[done..], prepared_tail::<34>(p[t], nb)))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_1_kp<const N: usize>(w: &[[u8; 20]], p: [&[u8]; N]) -> [f32; N] {
+fn q4_1_with<const N: usize>(
+    w: &[[u8; 20]],
+    act: impl Fn(usize, usize) -> Quad,
+) -> ([f32; N], usize) {
     let qi = index(&const { lanes16(20, 4) });
-    let (sum, done) = quad_q8_1_prep(w, p, |ga, gb| split(_mm512_permutex2var_epi16(ga, qi, gb)));
+    quad_q8_1::<20, N>(w, act, |ga, gb| {
+        split(_mm512_permutex2var_epi16(ga, qi, gb))
+    })
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4_1_k(w: &[[u8; 20]], a: &[[u8; 36]]) -> f32 {
+    let ad_idx = index(&const { fields(36, 0, 0) });
+    let a4 = &a.as_chunks::<4>().0[..w.len() / 4];
+    let (sum, done) = q4_1_with::<1>(w, |_, i| raw_quad::<36, 4>(&a4[i], ad_idx));
+    sum[0] + avx2::q4_1_k(&w[done..], &a[done..])
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4_1_kp<const N: usize>(w: &[[u8; 20]], p: [&[u8]; N]) -> [f32; N] {
+    let (sum, done) = q4_1_with::<N>(w, |t, i| prepared_group(p[t], i));
     let nb = w.len();
     std::array::from_fn(|t| sum[t] + avx2::q4_1_k(&w[done..], prepared_tail::<36>(p[t], nb)))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q5_1_kp<const N: usize>(w: &[[u8; 24]], p: [&[u8]; N]) -> [f32; N] {
+fn q5_1_with<const N: usize>(
+    w: &[[u8; 24]],
+    act: impl Fn(usize, usize) -> Quad,
+) -> ([f32; N], usize) {
     let qi = index(&const { lanes16(24, 8) });
     let hi_idx = index(&const { fields(24, 4, 6) });
     let b4 = _mm512_set1_epi8(0x10);
-    let (sum, done) = quad_q8_1_prep(w, p, |ga, gb| {
+    quad_q8_1::<24, N>(w, act, |ga, gb| {
         let (lo, hi) = split(_mm512_permutex2var_epi16(ga, qi, gb));
         let (klo, khi) = fifth_bits(ga, gb, hi_idx);
         (
             _mm512_mask_add_epi8(lo, klo, lo, b4),
             _mm512_mask_add_epi8(hi, khi, hi, b4),
         )
-    });
+    })
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q5_1_k(w: &[[u8; 24]], a: &[[u8; 36]]) -> f32 {
+    let ad_idx = index(&const { fields(36, 0, 0) });
+    let a4 = &a.as_chunks::<4>().0[..w.len() / 4];
+    let (sum, done) = q5_1_with::<1>(w, |_, i| raw_quad::<36, 4>(&a4[i], ad_idx));
+    sum[0] + avx2::q5_1_k(&w[done..], &a[done..])
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q5_1_kp<const N: usize>(w: &[[u8; 24]], p: [&[u8]; N]) -> [f32; N] {
+    let (sum, done) = q5_1_with::<N>(w, |t, i| prepared_group(p[t], i));
     let nb = w.len();
     std::array::from_fn(|t| sum[t] + avx2::q5_1_k(&w[done..], prepared_tail::<36>(p[t], nb)))
 }

@@ -214,8 +214,9 @@ pub fn dot_fn(w: GgmlType) -> Option<DotFn> {
 }
 
 /// The kernel dotting a weight row of type `w` with up to four activation rows at once, on
-/// the tier [`dot_fn`] picked, for the types that have one there (Q4_0, Q4_1, Q5_0, Q5_1,
-/// Q4_K, Q6_K with AVX-512); `None` otherwise (call the [`DotFn`] per row: same results).
+/// the tier [`dot_fn`] picked, for the types that have one there (Q4_K, Q6_K with AVX-512;
+/// Q4_0, Q4_1, Q5_0, Q5_1 have [`prepared_fn`] instead); `None` otherwise (call the
+/// [`DotFn`] per row: same results).
 pub fn dot_multi_fn(w: GgmlType) -> Option<DotMultiFn> {
     #[cfg(target_arch = "x86_64")]
     if best(w).is_some_and(|(_, isa)| isa == Isa::Avx512) {
