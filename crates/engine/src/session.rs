@@ -317,8 +317,7 @@ impl Engine {
             ..Generation::default()
         };
         out.tokens.reserve(opts.max_tokens);
-        let mut stream = tokenizer::StreamDecoder::new(false);
-        let mut piece = String::with_capacity(64);
+        let mut emit = Emitter::new();
         let mut top = Vec::with_capacity(opts.logprobs);
         let eog: Vec<u32> = self.tokenizer.eog_ids().to_vec();
         let mut masked: Vec<f32> = Vec::with_capacity(if opts.ignore_eos { vocab } else { 0 });
@@ -341,7 +340,7 @@ impl Engine {
         out.timings.prompt_tokens = prompt.len();
         out.timings.prompt_time = t0.elapsed();
         let t1 = Instant::now();
-        for (step, pos) in (0..opts.max_tokens).zip(prompt.len()..) {
+        for pos in prompt.len()..prompt.len() + opts.max_tokens {
             let logits = self.backend.read(self.model.acts.logits, 1);
             let id = if opts.ignore_eos && opts.sampling.temperature <= 0.0 {
                 argmax_excluding(logits, &eog)
@@ -360,31 +359,7 @@ impl Engine {
                 out.logprobs.push(top.clone());
             }
             sampler.accept(id);
-            if !opts.ignore_eos && self.tokenizer.is_eog(id) {
-                out.finish_reason = "eos";
-                break;
-            }
-            out.tokens.push(id);
-            piece.clear();
-            stream.push(&self.tokenizer, id, &mut piece);
-            out.text.push_str(&piece);
-            out.timings.generated_tokens += 1;
-            if !on_token(id, &piece) {
-                out.finish_reason = "cancelled";
-                break;
-            }
-            if let Some(s) = opts
-                .stop
-                .iter()
-                .find(|s| !s.is_empty() && out.text.contains(s.as_str()))
-            {
-                if let Some(at) = out.text.find(s.as_str()) {
-                    out.text.truncate(at);
-                }
-                out.finish_reason = "stop";
-                break;
-            }
-            if step + 1 == opts.max_tokens {
+            if emit.push(&self.tokenizer, opts, &mut out, id, &mut on_token) {
                 break;
             }
             self.cached.push(id);
@@ -393,10 +368,79 @@ impl Engine {
                 return Err(e);
             }
         }
-        piece.clear();
-        stream.finish(&mut piece);
-        out.text.push_str(&piece);
+        emit.finish(&mut out);
         out.timings.generation_time = t1.elapsed();
         Ok(out)
+    }
+}
+
+/// Adds generated tokens to a [`Generation`] as `generate` does: end of generation, text
+/// streamed through `on_token`, stop strings, the token limit. Shared by plain and
+/// speculative generation.
+pub(crate) struct Emitter {
+    stream: tokenizer::StreamDecoder,
+    piece: String,
+}
+
+impl Emitter {
+    pub(crate) fn new() -> Emitter {
+        Emitter {
+            stream: tokenizer::StreamDecoder::new(false),
+            piece: String::with_capacity(64),
+        }
+    }
+
+    /// Adds token `id` (an end-of-generation token ends it unless `opts.ignore_eos`, and is
+    /// not added). Returns true when generation is over: EOS, `on_token` returned false
+    /// (cancelled), a stop string appeared (the text is cut before it), or `max_tokens`.
+    pub(crate) fn push(
+        &mut self,
+        tok: &Tokenizer,
+        opts: &GenerateOptions,
+        out: &mut Generation,
+        id: u32,
+        on_token: &mut impl FnMut(u32, &str) -> bool,
+    ) -> bool {
+        if !opts.ignore_eos && tok.is_eog(id) {
+            out.finish_reason = "eos";
+            return true;
+        }
+        out.tokens.push(id);
+        self.piece.clear();
+        self.stream.push(tok, id, &mut self.piece);
+        out.text.push_str(&self.piece);
+        out.timings.generated_tokens += 1;
+        if !on_token(id, &self.piece) {
+            out.finish_reason = "cancelled";
+            return true;
+        }
+        // A stop string not seen before ends in the new piece: search only the tail.
+        let longest = opts.stop.iter().map(String::len).max().unwrap_or(0);
+        let mut from = out
+            .text
+            .len()
+            .saturating_sub(self.piece.len() + longest.saturating_sub(1));
+        while !out.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let hit = opts
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| out.text[from..].find(s.as_str()))
+            .min();
+        if let Some(at) = hit {
+            out.text.truncate(from + at);
+            out.finish_reason = "stop";
+            return true;
+        }
+        out.tokens.len() == opts.max_tokens
+    }
+
+    /// Flushes what the stream decoder still holds (bytes of an unfinished character).
+    pub(crate) fn finish(&mut self, out: &mut Generation) {
+        self.piece.clear();
+        self.stream.finish(&mut self.piece);
+        out.text.push_str(&self.piece);
     }
 }

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::sampling::{argmax_excluding, top_logprobs, Sampler, SamplingParams};
-use crate::session::{Engine, EngineError, EngineOptions, GenerateOptions, Generation};
+use crate::session::{Emitter, Engine, EngineError, EngineOptions, GenerateOptions, Generation};
 
 /// Most tokens drafted per step: with the last token, a verification batch stays below the
 /// size at which the CPU backend switches to its prompt GEMM (different rounding).
@@ -610,8 +610,7 @@ impl Engine {
         out.tokens.reserve(opts.max_tokens);
         let mut history: Vec<u32> = Vec::with_capacity(prompt.len() + opts.max_tokens + 1);
         history.extend_from_slice(prompt);
-        let mut stream = tokenizer::StreamDecoder::new(false);
-        let mut piece = String::with_capacity(64);
+        let mut emit = Emitter::new();
         let mut top = Vec::with_capacity(opts.logprobs);
         let eog: Vec<u32> = self.tokenizer.eog_ids().to_vec();
         let mut masked = vec![0.0; if opts.ignore_eos { vocab } else { 0 }];
@@ -698,36 +697,12 @@ impl Engine {
                     top_logprobs(row, opts.logprobs, &mut top);
                     out.logprobs.push(top.clone());
                 }
-                if !opts.ignore_eos && self.tokenizer.is_eog(id) {
-                    out.finish_reason = "eos";
-                    done = true;
-                    break;
+                let before = out.tokens.len();
+                done = emit.push(&self.tokenizer, opts, &mut out, id, &mut on_token);
+                if out.tokens.len() > before {
+                    history.push(id);
                 }
-                out.tokens.push(id);
-                history.push(id);
-                piece.clear();
-                stream.push(&self.tokenizer, id, &mut piece);
-                out.text.push_str(&piece);
-                out.timings.generated_tokens += 1;
-                if !on_token(id, &piece) {
-                    out.finish_reason = "cancelled";
-                    done = true;
-                    break;
-                }
-                if let Some(s) = opts
-                    .stop
-                    .iter()
-                    .find(|s| !s.is_empty() && out.text.contains(s.as_str()))
-                {
-                    if let Some(at) = out.text.find(s.as_str()) {
-                        out.text.truncate(at);
-                    }
-                    out.finish_reason = "stop";
-                    done = true;
-                    break;
-                }
-                if out.tokens.len() == opts.max_tokens {
-                    done = true;
+                if done {
                     break;
                 }
             }
@@ -774,9 +749,7 @@ impl Engine {
             self.cached.push(history[pos]);
             pending = Some((n_draft, tv.elapsed().as_secs_f64(), t_draft, catch_up));
         }
-        piece.clear();
-        stream.finish(&mut piece);
-        out.text.push_str(&piece);
+        emit.finish(&mut out);
         out.timings.generation_time = t1.elapsed();
         stats.finish();
         Ok((out, stats))
