@@ -50,34 +50,39 @@ impl ModelArgs {
             max_logit_rows,
             n_threads: self.threads,
         };
-        let bar = crate::progress_enabled().then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "loading {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            b.set_message(
-                path.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            );
-            b
-        });
-        let engine = Engine::load_with_progress(&path, &eo, |done, total| {
-            if let Some(b) = &bar {
-                b.set_length(total);
-                b.set_position(done);
-            }
-        })
-        .with_context(|| format!("loading {}", path.display()));
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        engine
+        load_engine(&path, &eo)
     }
+}
+
+/// Loads the GGUF file at `path` with a progress bar on a terminal.
+pub fn load_engine(path: &std::path::Path, eo: &EngineOptions) -> Result<Engine> {
+    let bar = crate::progress_enabled().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "loading {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_message(
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        b
+    });
+    let engine = Engine::load_with_progress(path, eo, |done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    })
+    .with_context(|| format!("loading {}", path.display()));
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    engine
 }
 
 /// Sampling flags.

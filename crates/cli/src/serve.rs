@@ -116,33 +116,7 @@ pub fn run(args: Args) -> Result<()> {
         max_logit_rows: args.parallel * rows_per_seq,
         n_threads: args.threads,
     };
-    let bar = crate::progress_enabled().then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "loading {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_message(
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
-        b
-    });
-    let engine = Engine::load_with_progress(&path, &eo, |done, total| {
-        if let Some(b) = &bar {
-            b.set_length(total);
-            b.set_position(done);
-        }
-    })
-    .with_context(|| format!("loading {}", path.display()));
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let engine = engine?;
+    let engine = crate::run::load_engine(&path, &eo)?;
     // The draft model: a sequence per slot, the target's context and threads.
     let drafter = match (&args.draft_model, spec) {
         (Some(name), server::Speculation::Draft { .. }) => {
