@@ -62,6 +62,17 @@ fn alone_and_busy(url: &str) -> (Value, Value, Vec<Value>) {
     (alone, busy, outs)
 }
 
+/// The plain server's answers (alone, amid others, the others) equal the speculating one's,
+/// text and log-probs, and the plain answer alone equals the plain answer amid others.
+fn assert_same_outputs(plain: (&Value, &Value, &[Value]), spec: (&Value, &Value, &[Value])) {
+    assert_eq!(fingerprint(plain.0), fingerprint(plain.1));
+    assert_eq!(fingerprint(plain.0), fingerprint(spec.0));
+    assert_eq!(fingerprint(plain.0), fingerprint(spec.1));
+    for (p, s) in plain.2.iter().zip(spec.2) {
+        assert_eq!(fingerprint(p), fingerprint(s));
+    }
+}
+
 #[test]
 fn ngram_speculation_keeps_greedy_output_and_counts_drafts() {
     let plain = start(4, 16, 256);
@@ -74,12 +85,10 @@ fn ngram_speculation_keeps_greedy_output_and_counts_drafts() {
     let m = get(&url, "/metrics").body;
     spec.shutdown();
 
-    assert_eq!(fingerprint(&p_alone), fingerprint(&p_busy));
-    assert_eq!(fingerprint(&p_alone), fingerprint(&s_alone));
-    assert_eq!(fingerprint(&p_alone), fingerprint(&s_busy));
-    for (p, s) in p_others.iter().zip(&s_others) {
-        assert_eq!(fingerprint(p), fingerprint(s));
-    }
+    assert_same_outputs(
+        (&p_alone, &p_busy, &p_others),
+        (&s_alone, &s_busy, &s_others),
+    );
     assert_eq!(s_alone["usage"]["completion_tokens"], 24);
 
     let drafted = metric(&m, "surplus_spec_drafted_total");
@@ -179,12 +188,10 @@ fn draft_model_speculation_keeps_greedy_output() {
     let m2 = get(&url, "/metrics").body;
     spec.shutdown();
 
-    assert_eq!(fingerprint(&p_alone), fingerprint(&p_busy));
-    assert_eq!(fingerprint(&p_alone), fingerprint(&s_alone));
-    assert_eq!(fingerprint(&p_alone), fingerprint(&s_busy));
-    for (p, s) in p_others.iter().zip(&s_others) {
-        assert_eq!(fingerprint(p), fingerprint(s));
-    }
+    assert_same_outputs(
+        (&p_alone, &p_busy, &p_others),
+        (&s_alone, &s_busy, &s_others),
+    );
     assert_eq!(s_alone["usage"]["completion_tokens"], 16);
     let drafted = metric(&m, "surplus_spec_drafted_total");
     let accepted = metric(&m, "surplus_spec_accepted_total");
