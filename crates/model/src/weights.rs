@@ -24,6 +24,7 @@ impl ByteSource for Shard {
 pub struct Loader {
     gguf: Arc<Gguf>,
     shards: Vec<Arc<dyn ByteSource>>,
+    repack: bool,
 }
 
 impl Loader {
@@ -37,7 +38,16 @@ impl Loader {
                 }) as Arc<dyn ByteSource>
             })
             .collect();
-        Loader { gguf, shards }
+        // Matrices the CPU's int8 kernels take are repacked sixteen rows at a time: one
+        // kernel then serves one token or many, with the same bits. `SURPLUS_NO_REPACK=1`
+        // keeps the file's layout (to compare).
+        let repack = Weight::repack_pays()
+            && std::env::var_os("SURPLUS_NO_REPACK").is_none_or(|v| v.is_empty() || v == "0");
+        Loader {
+            gguf,
+            shards,
+            repack,
+        }
     }
 
     /// The file's metadata.
@@ -68,10 +78,16 @@ impl Loader {
         let (shard, range) = self.gguf.tensor_location(t);
         let bytes = Bytes::new(self.shards[shard].clone(), range)
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        Weight::new(t.ggml_type(), cols, rows, bytes).ok_or_else(|| ModelError::BadShape {
-            tensor: name.to_string(),
-            found: dims.to_vec(),
-            expected: vec![cols as u64, rows as u64],
+        let w =
+            Weight::new(t.ggml_type(), cols, rows, bytes).ok_or_else(|| ModelError::BadShape {
+                tensor: name.to_string(),
+                found: dims.to_vec(),
+                expected: vec![cols as u64, rows as u64],
+            })?;
+        Ok(if self.repack && rows > 1 {
+            w.repacked().unwrap_or(w)
+        } else {
+            w
         })
     }
 

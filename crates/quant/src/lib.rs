@@ -18,6 +18,7 @@ mod error;
 mod fit;
 pub mod formats;
 pub mod gemm;
+pub mod rows16;
 
 pub use dot::{
     activation_type, dot_fn, dot_fn_for, dot_isa, dot_scalar, quantize_activations, DotFn, Isa,

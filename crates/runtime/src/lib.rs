@@ -7,4 +7,4 @@ pub mod pool;
 pub mod tensor;
 
 pub use ops::{Act, Attention, Batch, Ops, Plan, Rope, RopeMode};
-pub use tensor::{ByteSource, Bytes, Weight};
+pub use tensor::{ByteSource, Bytes, Layout, Weight};

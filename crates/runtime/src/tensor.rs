@@ -56,8 +56,18 @@ impl Bytes {
     }
 }
 
-/// A weight matrix (or vector) in its stored format: `rows` rows of `cols` elements, each
-/// row `ty.bytes_for(cols)` bytes, rows contiguous.
+/// How a [`Weight`]'s bytes are arranged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// As in the GGUF file: rows contiguous, `ty.bytes_for(cols)` bytes each.
+    Rows,
+    /// Repacked sixteen rows at a time for the int8 kernels of [`quant::rows16`].
+    Rows16,
+}
+
+/// A weight matrix (or vector): `rows` rows of `cols` elements of `ty`, in the file's
+/// layout (each row `ty.bytes_for(cols)` bytes, rows contiguous) or repacked
+/// ([`Layout::Rows16`]).
 #[derive(Clone)]
 pub struct Weight {
     /// Element format.
@@ -68,6 +78,7 @@ pub struct Weight {
     pub rows: usize,
     row_bytes: usize,
     data: Bytes,
+    layout: Layout,
 }
 
 impl Weight {
@@ -80,7 +91,32 @@ impl Weight {
             rows,
             row_bytes,
             data,
+            layout: Layout::Rows,
         })
+    }
+
+    /// This weight repacked for [`quant::rows16`] (owned memory), or `None` when that
+    /// module does not take its type or shape.
+    pub fn repacked(&self) -> Option<Weight> {
+        if self.layout != Layout::Rows || !quant::rows16::cols_ok(self.ty, self.cols) {
+            return None;
+        }
+        let mut dst = vec![0u8; quant::rows16::packed_bytes(self.ty, self.rows, self.cols)];
+        quant::rows16::pack(self.ty, self.rows, self.cols, self.bytes(), &mut dst).then(|| Weight {
+            data: Bytes::from_vec(dst),
+            layout: Layout::Rows16,
+            ..self.clone()
+        })
+    }
+
+    /// Whether [`Weight::repacked`] pays on this CPU (its int8 kernels have a SIMD version).
+    pub fn repack_pays() -> bool {
+        quant::rows16::isa().is_some()
+    }
+
+    /// How the bytes are arranged.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// An F32 weight from values (tests, synthetic models).
@@ -99,18 +135,41 @@ impl Weight {
         self.data.as_slice()
     }
 
-    /// The bytes of row `r`.
+    /// The bytes of row `r` in the file's layout. Panics for a repacked weight (its rows
+    /// are interleaved): callers check [`Weight::layout`] first.
     pub fn row(&self, r: usize) -> &[u8] {
+        assert_eq!(self.layout, Layout::Rows, "row bytes of a repacked weight");
         &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
-    /// Row `r` dequantized into `out` (`cols` values).
+    /// Row `r` dequantized into `out` (`cols` values), whatever the layout.
     pub fn row_to_f32(&self, r: usize, out: &mut [f32]) -> Result<(), quant::QuantError> {
-        quant::dequantize(self.ty, self.row(r), out)
+        match self.layout {
+            Layout::Rows => quant::dequantize(self.ty, self.row(r), out),
+            Layout::Rows16 => {
+                let ok = r < self.rows
+                    && quant::rows16::dequantize_row(self.ty, self.cols, self.bytes(), r, out);
+                ok.then_some(()).ok_or(quant::QuantError::DstLength {
+                    ty: self.ty,
+                    expected: self.cols,
+                    actual: out.len(),
+                    unit: "elements",
+                })
+            }
+        }
     }
 
     /// The whole weight as f32 values (for small tensors: norms, biases).
     pub fn to_f32(&self) -> Result<Vec<f32>, quant::QuantError> {
-        quant::dequantize_to_vec(self.ty, self.bytes())
+        match self.layout {
+            Layout::Rows => quant::dequantize_to_vec(self.ty, self.bytes()),
+            Layout::Rows16 => {
+                let mut v = vec![0.0; self.rows * self.cols];
+                for (r, row) in v.chunks_exact_mut(self.cols).enumerate() {
+                    self.row_to_f32(r, row)?;
+                }
+                Ok(v)
+            }
+        }
     }
 }

@@ -8,15 +8,17 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use quant::dot::{activation_type, dot_fn, dot_multi_fn, prepared_fn, quantize_activations, DotFn};
-use quant::{gemm as int8, GgmlType};
+use quant::{gemm as int8, rows16, GgmlType};
 
 use crate::ops::{Act, Attention, Batch, Ops, Plan, Rope};
 use crate::pool::{ThreadPool, Worker};
-use crate::tensor::Weight;
+use crate::tensor::{Layout, Weight};
 pub use shared::Shared;
 
-/// A prompt chunk (consecutive positions of one sequence) of this many tokens or more is
-/// multiplied by dequantizing blocks of weight rows to f32 and running a GEMM; every other
+/// Weights repacked at load ([`Layout::Rows16`]) take one kernel for any batch. For the
+/// others, a prompt chunk (consecutive positions of one sequence) of this many tokens or more
+/// is multiplied by the int8 GEMM or by dequantizing blocks of weight rows to f32 and running
+/// a GEMM; every other
 /// batch (decode, speculative verification, several sequences at once) dots each weight row
 /// with each token's 8-bit activations, so that a token's result never depends on what else
 /// shares its batch.
@@ -309,6 +311,10 @@ impl Ops for CpuOps<'_> {
     }
 
     fn matmul(&self, n: usize, w: &Weight, x: Act, out: Act) {
+        if w.layout() == Layout::Rows16 {
+            self.matmul_rows16(n, w, x, out);
+            return;
+        }
         // Decode steps dot each row with each token: repacking every weight row for the
         // int8 GEMM costs more than it saves below a prompt's worth of tokens.
         if self.chunk.is_some() && n >= GEMM_MIN_TOKENS {
@@ -713,6 +719,61 @@ impl CpuOps<'_> {
                 );
             }
             r0 += rb;
+        }
+        self.done(out);
+    }
+
+    /// Matmul of a weight repacked sixteen rows at a time ([`rows16`]), for any number of
+    /// tokens: each token's activations are quantized once (by all threads), then each
+    /// thread takes its groups of 16 rows through the kernel with up to eight tokens at a
+    /// time. The kernel's result for a token does not depend on the others, so neither does
+    /// the output.
+    fn matmul_rows16(&self, n: usize, w: &Weight, x: Act, out: Act) {
+        let cols = w.cols;
+        let ab = rows16::act_bytes(cols);
+        let cap = self.be.qrow_cap;
+        let (xs, os) = (self.be.act(x), self.be.act(out));
+        // The quantized activations do not depend on the weight type: Q, K and V share them.
+        let key = Some((x.id, GgmlType::I32, n));
+        if self.quantized.get() != key {
+            self.rows(n, |t| {
+                // SAFETY: token t's activation row is only read; its quantized row belongs to
+                // this thread in this phase (qbuf holds max_batch rows of qrow_cap >= ab).
+                unsafe {
+                    rows16::quantize_act(
+                        xs.get(t * x.width, cols),
+                        self.be.qbuf.get_mut(t * cap, ab),
+                    )
+                };
+            });
+            self.w.barrier();
+            self.quantized.set(key);
+        }
+        // SAFETY: the quantized rows were written before a barrier; all threads only read
+        // them now.
+        let q = unsafe { self.be.qbuf.get(0, cap * n) };
+        let isa = rows16::isa();
+        let gb = rows16::group_bytes(w.ty, cols);
+        let bytes = w.bytes();
+        for g in self.w.split(w.rows.div_ceil(rows16::ROWS)) {
+            let group = &bytes[g * gb..(g + 1) * gb];
+            let r0 = g * rows16::ROWS;
+            let nr = rows16::ROWS.min(w.rows - r0);
+            for t0 in (0..n).step_by(rows16::MAX_TOKENS) {
+                let k = rows16::MAX_TOKENS.min(n - t0);
+                let acts: [&[u8]; rows16::MAX_TOKENS] = std::array::from_fn(|j| {
+                    let t = t0 + j.min(k - 1);
+                    &q[t * cap..t * cap + ab]
+                });
+                let mut o = [[0.0f32; rows16::ROWS]; rows16::MAX_TOKENS];
+                rows16::kernel(isa, w.ty, cols, group, &acts[..k], &mut o[..k]);
+                for (j, o) in o[..k].iter().enumerate() {
+                    for (r, &v) in o[..nr].iter().enumerate() {
+                        // SAFETY: element (t0 + j, r0 + r) belongs to this thread's groups.
+                        unsafe { os.set((t0 + j) * out.width + r0 + r, v) };
+                    }
+                }
+            }
         }
         self.done(out);
     }
