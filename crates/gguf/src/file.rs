@@ -178,6 +178,28 @@ impl Gguf {
         self.shards.get(shard).map_or(&[], |s| s.bytes())
     }
 
+    /// Tells the kernel that bytes `range` of file `shard` will not be read again (a tensor
+    /// that was copied elsewhere, e.g. repacked), so their pages leave the process's
+    /// memory; a later read would fetch them from the file again. Ranges outside the file
+    /// are ignored.
+    pub fn release(&self, shard: usize, range: std::ops::Range<usize>) {
+        let Some(map) = self.shards.get(shard).and_then(|s| s.map.as_ref()) else {
+            return;
+        };
+        // Whole pages only: neighbours sharing a page stay.
+        const PAGE: usize = 4096;
+        let start = range.start.div_ceil(PAGE) * PAGE;
+        let end = (range.end.min(map.len()) / PAGE) * PAGE;
+        if start < end {
+            // SAFETY: the map is a private, read-only mapping of a file that is not written:
+            // dropping its pages only means re-reading the same bytes from the file if they
+            // are touched again, so no reference into the map sees different contents.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+
     /// Reads one byte of every page of the files so the weights are in memory before the
     /// first token (instead of faulting in during it); `progress(done, total)` is called
     /// every 16 MiB.

@@ -76,7 +76,7 @@ impl Loader {
             });
         }
         let (shard, range) = self.gguf.tensor_location(t);
-        let bytes = Bytes::new(self.shards[shard].clone(), range)
+        let bytes = Bytes::new(self.shards[shard].clone(), range.clone())
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         let w =
             Weight::new(t.ggml_type(), cols, rows, bytes).ok_or_else(|| ModelError::BadShape {
@@ -84,10 +84,13 @@ impl Loader {
                 found: dims.to_vec(),
                 expected: vec![cols as u64, rows as u64],
             })?;
-        Ok(if self.repack && rows > 1 {
-            w.repacked().unwrap_or(w)
-        } else {
-            w
+        Ok(match self.repack.then(|| w.repacked()).flatten() {
+            Some(packed) => {
+                // The file's copy is not read again.
+                self.gguf.release(shard, range);
+                packed
+            }
+            None => w,
         })
     }
 

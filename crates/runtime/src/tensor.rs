@@ -98,11 +98,36 @@ impl Weight {
     /// This weight repacked for [`quant::rows16`] (owned memory), or `None` when that
     /// module does not take its type or shape.
     pub fn repacked(&self) -> Option<Weight> {
-        if self.layout != Layout::Rows || !quant::rows16::cols_ok(self.ty, self.cols) {
+        use quant::rows16;
+        if self.layout != Layout::Rows || !rows16::cols_ok(self.ty, self.cols) {
             return None;
         }
-        let mut dst = vec![0u8; quant::rows16::packed_bytes(self.ty, self.rows, self.cols)];
-        quant::rows16::pack(self.ty, self.rows, self.cols, self.bytes(), &mut dst).then(|| Weight {
+        let (ty, cols, rb) = (self.ty, self.cols, self.row_bytes);
+        let gb = rows16::group_bytes(ty, cols);
+        let mut dst = vec![0u8; rows16::packed_bytes(ty, self.rows, cols)];
+        let src = self.bytes();
+        // Groups of 16 rows are independent: split them over the CPU's threads.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = self.rows.div_ceil(rows16::ROWS).div_ceil(threads).max(1);
+        let ok = std::thread::scope(|s| {
+            let jobs: Vec<_> = dst
+                .chunks_mut(per * gb)
+                .enumerate()
+                .map(|(k, part)| {
+                    s.spawn(move || {
+                        part.chunks_exact_mut(gb).enumerate().all(|(g, group)| {
+                            let r0 = (k * per + g) * rows16::ROWS;
+                            let n = rows16::ROWS.min(self.rows - r0);
+                            let rows: [&[u8]; rows16::ROWS] =
+                                std::array::from_fn(|j| &src[(r0 + j.min(n - 1)) * rb..][..rb]);
+                            rows16::pack_group(ty, cols, &rows[..n], group)
+                        })
+                    })
+                })
+                .collect();
+            jobs.into_iter().all(|j| j.join().unwrap_or(false))
+        });
+        ok.then(|| Weight {
             data: Bytes::from_vec(dst),
             layout: Layout::Rows16,
             ..self.clone()

@@ -292,56 +292,7 @@ fn encode(ty: GgmlType, pieces: &[Piece; 8], out: &mut [u8]) {
     }
 }
 
-/// Writes row `lane`'s piece of block `b` into a group.
-fn put(ty: GgmlType, group: &mut [u8], lane: usize, b: usize, p: &Piece) {
-    let (at, h) = block_at(ty, b);
-    let (mo, ko, lo) = layout(ty);
-    let half = |o: &mut [u8], at: usize, v: u16| o[at..at + 2].copy_from_slice(&v.to_le_bytes());
-    match ty {
-        GgmlType::Q4_K => {
-            half(group, h + 2 * lane, p.d);
-            half(group, h + 32 + 2 * lane, p.m);
-            group[at + lane] = p.sc[0];
-            group[at + 16 + lane] = p.sc[1];
-        }
-        GgmlType::Q6_K => {
-            half(group, h + 2 * lane, p.d);
-            group[at + lane] = p.sc[0];
-            group[at + 16 + lane] = p.sc[1];
-        }
-        _ => {
-            half(group, at + 2 * lane, p.d);
-            if has_min(ty) {
-                half(group, at + mo + 2 * lane, p.m);
-            }
-        }
-    }
-    let o = &mut group[at..at + block_group_bytes(ty)];
-    if ty == GgmlType::Q8_0 {
-        for (k, &v) in p.q.iter().enumerate() {
-            o[lo + (k / 4) * 64 + 4 * lane + k % 4] = v;
-        }
-        return;
-    }
-    for j in 0..4 {
-        for i in 0..4 {
-            let (a, c) = (p.q[8 * j + i], p.q[8 * j + 4 + i]);
-            o[lo + j * 64 + 4 * lane + i] = (a & 0x0F) | (c & 0x0F) << 4;
-            let byte = 4 * lane + i;
-            if has_fifth(ty) {
-                o[ko + 16 * j + byte / 8] |= (a >> 4 & 1) << (byte % 8);
-                o[ko + 16 * j + 8 + byte / 8] |= (c >> 4 & 1) << (byte % 8);
-            }
-            if ty == GgmlType::Q6_K {
-                for (e, v) in [(2 * j, a), (2 * j + 1, c)] {
-                    o[lo + 256 + (e / 4) * 64 + byte] |= (v >> 4 & 3) << (2 * (e % 4));
-                }
-            }
-        }
-    }
-}
-
-/// Row `lane`'s piece of block `b` of a group (the inverse of [`put`]).
+/// Row `lane`'s piece of block `b` of a group (the inverse of [`put_block`]).
 fn get(ty: GgmlType, group: &[u8], lane: usize, b: usize) -> Piece {
     let (at, h) = block_at(ty, b);
     let (mo, ko, lo) = layout(ty);
@@ -392,6 +343,99 @@ fn get(ty: GgmlType, group: &[u8], lane: usize, b: usize) -> Piece {
     p
 }
 
+/// Writes block `b` of a group from the 16 rows' pieces (rows past `p.len()` stay zero),
+/// in one pass over the block group's bytes.
+fn put_block(ty: GgmlType, group: &mut [u8], b: usize, p: &[Piece]) {
+    let (at, h) = block_at(ty, b);
+    let (mo, ko, lo) = layout(ty);
+    let put_halfs = |o: &mut [u8], f: &dyn Fn(&Piece) -> u16| {
+        for (lane, p) in p.iter().enumerate() {
+            o[2 * lane..2 * lane + 2].copy_from_slice(&f(p).to_le_bytes());
+        }
+    };
+    if is_k(ty) {
+        if b.is_multiple_of(8) {
+            put_halfs(&mut group[h..h + 32], &|p| p.d);
+            if ty == GgmlType::Q4_K {
+                put_halfs(&mut group[h + 32..h + 64], &|p| p.m);
+            }
+        }
+        for (lane, p) in p.iter().enumerate() {
+            group[at + lane] = p.sc[0];
+            group[at + 16 + lane] = p.sc[1];
+        }
+    } else {
+        put_halfs(&mut group[at..at + 32], &|p| p.d);
+        if has_min(ty) {
+            put_halfs(&mut group[at + mo..at + mo + 32], &|p| p.m);
+        }
+    }
+    let o = &mut group[at..at + block_group_bytes(ty)];
+    if ty == GgmlType::Q8_0 {
+        for j in 0..8 {
+            for (lane, p) in p.iter().enumerate() {
+                let d = lo + 64 * j + 4 * lane;
+                o[d..d + 4].copy_from_slice(&p.q[4 * j..4 * j + 4]);
+            }
+        }
+        return;
+    }
+    for j in 0..4 {
+        for (lane, p) in p.iter().enumerate() {
+            let mut lo_bits = 0u8;
+            let mut hi_bits = 0u8;
+            for i in 0..4 {
+                let (a, c) = (p.q[8 * j + i], p.q[8 * j + 4 + i]);
+                o[lo + j * 64 + 4 * lane + i] = (a & 0x0F) | (c & 0x0F) << 4;
+                lo_bits |= (a >> 4 & 1) << i;
+                hi_bits |= (c >> 4 & 1) << i;
+                if ty == GgmlType::Q6_K {
+                    for (e, v) in [(2 * j, a), (2 * j + 1, c)] {
+                        o[lo + 256 + (e / 4) * 64 + 4 * lane + i] |= (v >> 4 & 3) << (2 * (e % 4));
+                    }
+                }
+            }
+            if has_fifth(ty) {
+                // Bits 4·lane .. 4·lane + 4 of the two masks.
+                let (byte, sh) = (lane / 2, 4 * (lane % 2));
+                o[ko + 16 * j + byte] |= lo_bits << sh;
+                o[ko + 16 * j + 8 + byte] |= hi_bits << sh;
+            }
+        }
+    }
+}
+
+/// Repacks one group: `rows` (1 to 16 rows of `cols` values of `ty` in GGUF layout) into
+/// `group` ([`group_bytes`] long, zeroed). False when a size disagrees.
+pub fn pack_group(ty: GgmlType, cols: usize, rows: &[&[u8]], group: &mut [u8]) -> bool {
+    let Some(row_bytes) = ty.bytes_for(cols as u64).map(|b| b as usize) else {
+        return false;
+    };
+    if !cols_ok(ty, cols)
+        || rows.is_empty()
+        || rows.len() > ROWS
+        || rows.iter().any(|r| r.len() != row_bytes)
+        || group.len() != group_bytes(ty, cols)
+    {
+        return false;
+    }
+    let (bb, per) = (ty.type_size() as usize, span(ty) / 32);
+    let mut pieces = [[Piece::default(); 8]; ROWS];
+    let mut block = [Piece::default(); ROWS];
+    for i in 0..cols / span(ty) {
+        for (r, row) in rows.iter().enumerate() {
+            decode(ty, &row[i * bb..(i + 1) * bb], &mut pieces[r]);
+        }
+        for j in 0..per {
+            for (p, row) in block.iter_mut().zip(&pieces[..rows.len()]) {
+                *p = row[j];
+            }
+            put_block(ty, group, i * per + j, &block[..rows.len()]);
+        }
+    }
+    true
+}
+
 /// Repacks `src`, `rows` rows of `cols` values of `ty` in GGUF layout, into `dst`
 /// ([`packed_bytes`] long). False (nothing meaningful written) when the type or the row
 /// length is not supported ([`cols_ok`]) or a size disagrees.
@@ -405,23 +449,15 @@ pub fn pack(ty: GgmlType, rows: usize, cols: usize, src: &[u8], dst: &mut [u8]) 
     {
         return false;
     }
-    let (gb, bb, per) = (
-        group_bytes(ty, cols),
-        ty.type_size() as usize,
-        span(ty) / 32,
-    );
     dst.fill(0);
-    let mut pieces = [Piece::default(); 8];
-    for r in 0..rows {
-        let group = &mut dst[(r / ROWS) * gb..(r / ROWS + 1) * gb];
-        for (i, blk) in src[r * row_bytes..(r + 1) * row_bytes]
-            .chunks_exact(bb)
-            .enumerate()
-        {
-            decode(ty, blk, &mut pieces);
-            for (j, p) in pieces[..per].iter().enumerate() {
-                put(ty, group, r % ROWS, i * per + j, p);
-            }
+    let gb = group_bytes(ty, cols);
+    for (g, group) in dst.chunks_exact_mut(gb).enumerate() {
+        let r0 = g * ROWS;
+        let n = ROWS.min(rows - r0);
+        let rs: [&[u8]; ROWS] =
+            std::array::from_fn(|j| &src[(r0 + j.min(n - 1)) * row_bytes..][..row_bytes]);
+        if !pack_group(ty, cols, &rs[..n], group) {
+            return false;
         }
     }
     true
