@@ -1,6 +1,6 @@
 //! Time of one multi-sequence decode step (`Engine::decode_step`) by batch size: what the
 //! server's continuous batching can gain at most. `cargo run --release -p surplus-engine
-//! --example decode_batch -- MODEL.gguf [threads]`
+//! --example decode_batch -- MODEL.gguf [threads] [sizes, e.g. 1,4,16]`
 
 use std::time::Instant;
 
@@ -14,6 +14,13 @@ fn main() {
         std::process::exit(2);
     };
     let threads = args.next().and_then(|t| t.parse().ok()).unwrap_or(2);
+    let sizes: Vec<usize> = args
+        .next()
+        .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 4, 8, 16])
+        .into_iter()
+        .filter(|&n| (1..=16).contains(&n))
+        .collect();
     let opts = EngineOptions {
         n_ctx: 256,
         n_batch: 64,
@@ -29,7 +36,7 @@ fn main() {
         }
     };
     let (warmup, steps) = (8, 64);
-    for n in [1usize, 2, 4, 8, 16] {
+    for n in sizes {
         let mut t = Instant::now();
         for s in 0..warmup + steps {
             if s == warmup {

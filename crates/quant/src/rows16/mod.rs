@@ -530,14 +530,24 @@ pub fn quantize_act(x: &[f32], out: &mut [u8]) {
     let (ds, rest) = rest.split_at_mut(4 * nb);
     let (sums, rest) = rest.split_at_mut(4 * nb);
     let (dsums, sums16) = rest.split_at_mut(4 * nb);
+    // Round to nearest, ties to even, without a libm call: adding 1.5 × 2^23 leaves no
+    // fraction bits for values below 2^22 in magnitude (ours are at most 127).
+    const MAGIC: f32 = 12_582_912.0;
     for b in 0..nb {
-        let xb = &x[32 * b..32 * b + 32];
-        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let xb: &[f32; 32] = x[32 * b..32 * b + 32].try_into().unwrap();
+        // Lane-wise maxima (exact in any order), then across lanes.
+        let mut lanes = [0.0f32; 8];
+        for c in xb.chunks_exact(8) {
+            for (m, v) in lanes.iter_mut().zip(c) {
+                *m = m.max(v.abs());
+            }
+        }
+        let amax = lanes.iter().fold(0.0f32, |m, &v| m.max(v));
         let d = amax / 127.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         let mut q = [0i32; 32];
         for (q, &v) in q.iter_mut().zip(xb) {
-            *q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i32;
+            *q = (((v * id).clamp(-127.0, 127.0) + MAGIC) - MAGIC) as i32;
         }
         for (o, &q) in levels[32 * b..32 * b + 32].iter_mut().zip(&q) {
             *o = q as i8 as u8;

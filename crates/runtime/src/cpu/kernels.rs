@@ -92,6 +92,7 @@ pub fn tanh(x: f32) -> f32 {
 }
 
 /// Softmax in place (max-subtracted; sum in f64).
+#[inline]
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
@@ -152,6 +153,60 @@ pub fn attend(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    let args = (
+        q, keys, values, stride, offset, first, n_pos, scale, softcap,
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, all `attend_avx2` enables.
+        unsafe { attend_avx2(args, scores, out) };
+        return;
+    }
+    let (q, keys, values, stride, offset, first, n_pos, scale, softcap) = args;
+    attend_body(
+        q, keys, values, stride, offset, first, n_pos, scale, softcap, scores, out,
+    );
+}
+
+/// The arguments of [`attend`] before its two outputs.
+type AttendArgs<'a> = (
+    &'a [f32],
+    &'a [f32],
+    &'a [f32],
+    usize,
+    usize,
+    usize,
+    usize,
+    f32,
+    Option<f32>,
+);
+
+/// [`attend`] compiled for AVX2 (wider vectors; no FMA, so the same bits as the baseline).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_avx2(args: AttendArgs, scores: &mut [f32], out: &mut [f32]) {
+    let (q, keys, values, stride, offset, first, n_pos, scale, softcap) = args;
+    attend_body(
+        q, keys, values, stride, offset, first, n_pos, scale, softcap, scores, out,
+    );
+}
+
+/// The body of [`attend`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_body(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    offset: usize,
+    first: usize,
+    n_pos: usize,
+    scale: f32,
+    softcap: Option<f32>,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let d = q.len();
     let scores = &mut scores[..n_pos - first];
     for (j, s) in scores.iter_mut().enumerate() {
@@ -174,6 +229,7 @@ pub fn attend(
 const LANES: usize = 16;
 
 /// Dot product with independent partial sums, so the loop vectorizes.
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let mut acc = [0.0f32; LANES];
@@ -192,6 +248,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `out += a × x`.
+#[inline(always)]
 pub fn axpy(a: f32, x: &[f32], out: &mut [f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o += a * v;
