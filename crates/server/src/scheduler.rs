@@ -389,22 +389,34 @@ pub fn run(
             rate.add(after.saturating_sub(before) as usize, &metrics);
         }
 
-        // Then at most one prompt chunk, of the earliest admitted job still in its prompt.
-        let pick = slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|x| (i, x)))
-            .filter(|(_, x)| x.next.is_none())
-            .min_by_key(|(_, x)| x.order)
-            .map(|(i, _)| i);
-        if let Some(i) = pick {
+        // Then prompt chunks, earliest admitted job first, up to one chunk's worth of
+        // tokens per step (at least one chunk): many short prompts that arrive together
+        // all start decoding at the next step, while a long prompt still takes one chunk
+        // per step so running streams are not stalled. Each chunk is its own pass, cut at
+        // fixed offsets, so a prompt's result does not depend on the others.
+        let mut budget = chunk;
+        while budget > 0 {
+            let pick = slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().map(|x| (i, x)))
+                .filter(|(_, x)| x.next.is_none())
+                .min_by_key(|(_, x)| x.order)
+                .map(|(i, _)| i);
+            let Some(i) = pick else {
+                break;
+            };
             let Some(slot) = slots[i].as_mut() else {
-                continue;
+                break;
             };
             let len = slot.job.prompt.len();
             let r = prefill_chunks(slot.prefilled, len, chunk);
             let last = r.end == len;
             let n = r.len();
+            if n == 0 || (n > budget && budget < chunk) {
+                break;
+            }
+            budget = budget.saturating_sub(n);
             match engine.prefill_chunk(i as u32, &slot.job.prompt[r.clone()], r.start, last) {
                 Ok(out) => {
                     metrics.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);

@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 
 use gguf::GgmlType;
 
-use super::{act_bytes, block_at, field, layout, MAX_TOKENS, ROWS};
+use super::{act_bytes, block_at, layout, MAX_TOKENS, ROWS};
 
 /// Safe entry: checks the CPU (the caller checked the sizes).
 pub(super) fn kernel(
@@ -88,8 +88,22 @@ fn top2(plane: __m512i, e: usize) -> __m512i {
     _mm512_and_si512(v, m)
 }
 
+/// A token's activation fields as pointers (see [`super::act_bytes`]).
+#[derive(Clone, Copy)]
+struct Tok {
+    levels: *const u8,
+    d: *const f32,
+    sum: *const i32,
+    dsum: *const f32,
+    sum16: *const i32,
+}
+
+/// # Safety
+///
+/// The CPU must have the enabled features; `group` must be one group of `cols` columns of
+/// `KIND`'s layout and every `acts[t]` at least `act_bytes(cols)` bytes (`super::check`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-fn run<const T: usize, const KIND: u8>(
+unsafe fn run<const T: usize, const KIND: u8>(
     cols: usize,
     group: &[u8],
     acts: &[&[u8]],
@@ -108,32 +122,38 @@ fn run<const T: usize, const KIND: u8>(
     };
     let (mo, ko, lo) = layout(ty);
     let nb = cols / 32;
-    let acts: [&[u8]; T] = std::array::from_fn(|t| &acts[t][..act_bytes(cols)]);
-    let i32_at = |a: &[u8], f: usize, b: usize| i32::from_le_bytes(field(a, cols, f, b));
-    let f32_at = |a: &[u8], f: usize, b: usize| f32::from_le_bytes(field(a, cols, f, b));
+    debug_assert!(group.len() == super::group_bytes(ty, cols));
+    let toks: [Tok; T] = std::array::from_fn(|t| {
+        let a = &acts[t][..act_bytes(cols)];
+        let p = a.as_ptr();
+        // SAFETY: the fields lie within the act_bytes(cols) bytes of `a`: levels (cols
+        // bytes), then four arrays of nb 4-byte values.
+        unsafe {
+            Tok {
+                levels: p,
+                d: p.add(cols).cast(),
+                sum: p.add(cols + 4 * nb).cast(),
+                dsum: p.add(cols + 8 * nb).cast(),
+                sum16: p.add(cols + 12 * nb).cast(),
+            }
+        }
+    });
+    let g = group.as_ptr();
+    // SAFETY (every read below): offsets come from `block_at` and `layout` for a block
+    // b < nb of a group of `cols` columns, which `group` is; activation reads are field b
+    // (or levels 32b..32b + 32) of a token's act_bytes(cols) bytes. Loads are unaligned.
+    let ld = |o: usize| unsafe { _mm512_loadu_si512(g.add(o).cast()) };
+    let halfs = |o: usize| _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(g.add(o).cast()) });
+    let bytes16 = |o: usize| unsafe { _mm_loadu_si128(g.add(o).cast()) };
+    let mask = |o: usize| unsafe { g.add(o).cast::<u64>().read_unaligned() };
     let m4 = _mm512_set1_epi8(0x0F);
     let b4 = _mm512_set1_epi8(0x10);
+    let zero_i = _mm512_setzero_si512();
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let (at, h) = block_at(ty, b);
-        let ld = |o: usize| -> __m512i {
-            let p: &[u8; 64] = group[o..o + 64].try_into().unwrap();
-            // SAFETY: 64 readable bytes; no alignment required.
-            unsafe { _mm512_loadu_si512(p.as_ptr().cast()) }
-        };
-        let halfs = |o: usize| -> __m512 {
-            let p: &[u8; 32] = group[o..o + 32].try_into().unwrap();
-            // SAFETY: 32 readable bytes; no alignment required.
-            _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p.as_ptr().cast()) })
-        };
-        let bytes16 = |o: usize| -> __m128i {
-            let p: &[u8; 16] = group[o..o + 16].try_into().unwrap();
-            // SAFETY: 16 readable bytes; no alignment required.
-            unsafe { _mm_loadu_si128(p.as_ptr().cast()) }
-        };
         // Per-row scales of this block: (d_w, the minimum term's factor, Q6_K's two
         // integer half scales).
-        let zero_i = _mm512_setzero_si512();
         let (dw, dm, sc_lo, sc_hi) = match KIND {
             Q4_K => {
                 let sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16(at)));
@@ -175,9 +195,8 @@ fn run<const T: usize, const KIND: u8>(
                     _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
                 );
                 if fifth {
-                    let k = |o: usize| u64::from_le_bytes(group[o..o + 8].try_into().unwrap());
-                    l = _mm512_mask_add_epi8(l, k(at + ko + 16 * j), l, b4);
-                    hi = _mm512_mask_add_epi8(hi, k(at + ko + 16 * j + 8), hi, b4);
+                    l = _mm512_mask_add_epi8(l, mask(at + ko + 16 * j), l, b4);
+                    hi = _mm512_mask_add_epi8(hi, mask(at + ko + 16 * j + 8), hi, b4);
                 }
                 if KIND == Q6_K {
                     let plane = ld(at + lo + 256 + 64 * (j / 2));
@@ -192,19 +211,27 @@ fn run<const T: usize, const KIND: u8>(
         // accumulators stay in registers.
         macro_rules! token {
             ($t:literal) => {{
-                let a = acts[$t];
-                let y: &[u8; 32] = a[32 * b..32 * b + 32].try_into().unwrap();
-                let w = |i: usize| {
-                    _mm512_set1_epi32(i32::from_le_bytes(y[4 * i..4 * i + 4].try_into().unwrap()))
+                let tk = toks[$t];
+                // SAFETY: see above.
+                let y = unsafe { tk.levels.add(32 * b).cast::<i32>() };
+                // SAFETY: word i < 8 of the token's block b.
+                let w = move |i: usize| _mm512_set1_epi32(unsafe { y.add(i).read_unaligned() });
+                // SAFETY: see above.
+                let (sum, sum16, da, ds) = unsafe {
+                    (
+                        tk.sum.add(b).read_unaligned(),
+                        tk.sum16.add(b).read_unaligned(),
+                        tk.d.add(b).read_unaligned(),
+                        tk.dsum.add(b).read_unaligned(),
+                    )
                 };
                 let (start_lo, start_hi) = if KIND == Q6_K {
-                    let (s, s16) = (i32_at(a, 1, b), i32_at(a, 3, b));
                     (
-                        _mm512_set1_epi32(-(s16 << shift)),
-                        _mm512_set1_epi32(-((s - s16) << shift)),
+                        _mm512_set1_epi32(-(sum16 << shift)),
+                        _mm512_set1_epi32(-((sum - sum16) << shift)),
                     )
                 } else if shift >= 0 {
-                    (_mm512_set1_epi32(-(i32_at(a, 1, b) << shift)), zero_i)
+                    (_mm512_set1_epi32(-(sum << shift)), zero_i)
                 } else {
                     (zero_i, zero_i)
                 };
@@ -222,12 +249,11 @@ fn run<const T: usize, const KIND: u8>(
                     _mm512_add_epi32(s0, s1)
                 };
                 let f = _mm512_cvtepi32_ps(isum);
-                let da = f32_at(a, 0, b);
                 acc[$t] = _mm512_fmadd_ps(f, _mm512_mul_ps(dw, _mm512_set1_ps(da)), acc[$t]);
                 if min {
-                    acc[$t] = _mm512_fmadd_ps(dm, _mm512_set1_ps(f32_at(a, 2, b)), acc[$t]);
+                    acc[$t] = _mm512_fmadd_ps(dm, _mm512_set1_ps(ds), acc[$t]);
                 } else if KIND == Q4_K {
-                    acc[$t] = _mm512_fnmadd_ps(dm, _mm512_set1_ps(f32_at(a, 2, b)), acc[$t]);
+                    acc[$t] = _mm512_fnmadd_ps(dm, _mm512_set1_ps(ds), acc[$t]);
                 }
             }};
         }
