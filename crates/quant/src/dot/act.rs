@@ -136,7 +136,7 @@ mod x86 {
         let amax = absmax(&v);
         let d = to_f16(amax / 127.0);
         let df = f16(d);
-        let id = _mm256_set1_ps(if df == 0.0 { 0.0 } else { 1.0 / df });
+        let id = _mm256_set1_ps(if amax == 0.0 { 0.0 } else { 127.0 / amax });
         let q = v.map(|v| levels(v, id));
         let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
         let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));

@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 use gguf::GgmlType;
 use half::f16;
 
-use super::{inverse, round_i32, signed_absmax, Block};
+use super::{round_i32, signed_absmax, Block};
 
 /// Elements per Q8_0 block.
 pub const QK8_0: usize = 32;
@@ -43,11 +43,13 @@ impl BlockQ8_0 {
     }
 }
 
-/// Symmetric 8-bit quantization with an f16 scale `amax / 127` (shared with Q8_1); levels
-/// are rounded against the stored (f16) scale.
+/// Symmetric 8-bit quantization with an f16 scale `amax / 127` (shared with Q8_1); the
+/// levels are `x × (127 / amax)` rounded, in f32, as ggml's x86 quantizer computes them (not
+/// against the stored f16 scale), so that activations quantize to ggml's levels exactly
+/// (ties aside: ggml's SIMD rounds them to even).
 pub(crate) fn quantize_symmetric8(x: &[f32; 32]) -> (f16, [i8; 32]) {
     let (_, amax) = signed_absmax(x);
     let d = f16::from_f32(amax / 127.0);
-    let id = inverse(d.to_f32());
+    let id = if amax == 0.0 { 0.0 } else { 127.0 / amax };
     (d, x.map(|v| round_i32(v * id).clamp(-127, 127) as i8))
 }
