@@ -152,23 +152,29 @@ impl Hybrid {
 
 /// Which trunk layers are recurrent: `attention.recurrent_layers` when present (one bool per
 /// block, MTP blocks included), else every layer but each `full_attention_interval`-th.
-fn recurrent_layers(ld: &Loader, arch: &str, n_trunk: usize) -> Result<Vec<bool>, ModelError> {
+fn recurrent_layers(
+    ld: &Loader,
+    arch: &str,
+    n_trunk: usize,
+) -> Result<impl Fn(usize) -> bool, ModelError> {
     let m = ld.metadata();
     let key = format!("{arch}.attention.recurrent_layers");
-    if let Some(arr) = m.get_array(&key) {
-        let Array::Bool(v) = arr else {
-            return Err(ModelError::BadMetadata(key, "not an array of bools".into()));
-        };
-        if v.len() < n_trunk {
+    let listed = match m.get_array(&key) {
+        Some(Array::Bool(v)) if v.len() >= n_trunk => Some(v.clone()),
+        Some(Array::Bool(v)) => {
             return Err(ModelError::BadMetadata(
                 key,
                 format!("{} entries for {n_trunk} layers", v.len()),
-            ));
+            ))
         }
-        return Ok(v[..n_trunk].to_vec());
-    }
+        Some(_) => return Err(ModelError::BadMetadata(key, "not an array of bools".into())),
+        None => None,
+    };
     let interval = Keys::new(m, arch).usize_or("full_attention_interval", DEFAULT_INTERVAL)?;
-    Ok((0..n_trunk).map(|i| (i + 1) % interval != 0).collect())
+    Ok(move |il: usize| match &listed {
+        Some(v) => v[il],
+        None => !(il + 1).is_multiple_of(interval),
+    })
 }
 
 /// RoPE on the first `n_rot` dims in NeoX pairing, with the multi-section layout of
@@ -317,9 +323,10 @@ pub(crate) fn load(ld: &Loader, plan: &mut Plan) -> Result<Parts, ModelError> {
         softcap: None,
     };
     let (mut n_kv, mut n_rs) = (0, 0);
-    let mut blocks = Vec::with_capacity(hp.n_layer);
-    for (il, &rec) in recurrent.iter().enumerate() {
-        blocks.push(if rec {
+    // Grown as tensors are found: a bogus block count fails at its first missing tensor.
+    let mut blocks = Vec::new();
+    for il in 0..hp.n_layer {
+        blocks.push(if recurrent(il) {
             n_rs += 1;
             Block::DeltaNet {
                 layer: load_delta_net(ld, &hp, il, &net)?,
@@ -334,7 +341,7 @@ pub(crate) fn load(ld: &Loader, plan: &mut Plan) -> Result<Parts, ModelError> {
         });
     }
     let (tok_embd, output_norm, output) = crate::blocks::load_ends(ld, &hp)?;
-    let mut mtp = Vec::with_capacity(n_mtp);
+    let mut mtp = Vec::new();
     for il in hp.n_layer..hp.n_layer + n_mtp {
         let p = format!("blk.{il}");
         let t = |s: &str| format!("{p}.nextn.{s}");
