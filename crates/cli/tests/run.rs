@@ -29,8 +29,10 @@ fn golden(file: &str) -> Value {
 fn run_json_greedy_matches_the_oracle_start() {
     let model = registry::test_model("smollm2-135m");
     let g = golden("f64/smollm2-135m-instruct-q4_1");
-    let case = &g["greedy"][1];
-    let prompt = golden("smollm2-135m-instruct-q4_1")["greedy"][1]["prompt"]
+    // "1, 2, 3, 4, 5,": the oracle's top two are more than 3 nats apart at every step
+    // compared (prompt 1's first step is a near-tie, 0.07 nats, which rounding can flip).
+    let case = &g["greedy"][4];
+    let prompt = golden("smollm2-135m-instruct-q4_1")["greedy"][4]["prompt"]
         .as_str()
         .unwrap()
         .to_string();
@@ -54,7 +56,6 @@ fn run_json_greedy_matches_the_oracle_start() {
     assert_eq!(j["prompt_tokens"], case["prompt_ids"]);
     let tokens = j["tokens"].as_array().unwrap();
     assert_eq!(tokens.len(), 6);
-    // The first steps are far from any near-tie in the oracle.
     assert_eq!(
         tokens[..3],
         case["f64_greedy_tokens"].as_array().unwrap()[..3]

@@ -101,6 +101,17 @@ impl Engine {
         Ok(self.backend.read(self.model.acts.logits, items.len()))
     }
 
+    /// Brings sequence `seq` back to its state after its first `len` positions, after a
+    /// verification step ([`Engine::decode_step`] with drafts) whose later tokens were
+    /// rejected: `len` may be any position from the step's first token to its end. The next
+    /// step of that sequence then starts at position `len`. A no-op for models whose only
+    /// per-sequence state is the KV cache.
+    pub fn rollback(&mut self, seq: u32, len: usize) -> Result<(), EngineError> {
+        self.model
+            .rollback(&mut self.backend, seq, len)
+            .map_err(EngineError::Device)
+    }
+
     /// Evaluates one prompt chunk (at most `n_batch` tokens) of sequence `seq` from position
     /// `start` in one pass; with `logits`, returns the logit row of its last token.
     ///

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use model::Model;
-use runtime::cpu::{CpuBackend, KvConfig};
+use runtime::cpu::{CpuBackend, KvConfig, RecurrentConfig};
 use runtime::Batch;
 use tokenizer::{ChatTemplate, Tokenizer};
 
@@ -162,13 +162,16 @@ impl Engine {
             n => n,
         };
         let kv = KvConfig {
-            n_layers: model.hp.n_layer,
+            n_layers: model.kv_layers(),
             kv_dim: model.hp.kv_dim(),
             n_ctx,
             n_seq: opts.n_seq.max(1),
         };
         let n_batch = opts.n_batch.clamp(1, n_ctx);
-        let backend = CpuBackend::new(model.plan(), n_batch, kv, n_threads);
+        let mut backend = CpuBackend::new(model.plan(), n_batch, kv, n_threads);
+        if let Some((n_layers, net)) = model.recurrent() {
+            backend = backend.with_recurrent(RecurrentConfig { n_layers, net });
+        }
         Ok(Engine {
             model,
             tokenizer,
@@ -253,6 +256,25 @@ impl Engine {
         Ok(rows)
     }
 
+    /// How many leading tokens of `prompt` sequence 0 already holds and a generation may
+    /// start after (a chat's history); at least the last token is evaluated. A model with
+    /// recurrent state can only continue from the whole cached prefix: anything shorter
+    /// starts over.
+    pub(crate) fn reusable_prefix(&self, prompt: &[u32]) -> usize {
+        let common = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len().saturating_sub(1));
+        if self.model.recurrent().is_some() && common < self.cached.len() {
+            0
+        } else {
+            common
+        }
+    }
+
     /// Forgets what the cache holds (the next generation evaluates its whole prompt).
     pub fn clear_cache(&mut self) {
         self.cached.clear();
@@ -322,14 +344,7 @@ impl Engine {
         let eog: Vec<u32> = self.tokenizer.eog_ids().to_vec();
         let mut masked: Vec<f32> = Vec::with_capacity(if opts.ignore_eos { vocab } else { 0 });
 
-        // Reuse the cached prefix (a chat's history); at least the last token is evaluated.
-        let reuse = self
-            .cached
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len() - 1);
+        let reuse = self.reusable_prefix(prompt);
         self.cached.truncate(reuse);
         let t0 = Instant::now();
         if let Err(e) = self.forward_tokens(0, &prompt[reuse..], reuse, false) {

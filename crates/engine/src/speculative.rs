@@ -622,13 +622,7 @@ impl Engine {
         let mut picked: Vec<(u32, usize)> = Vec::with_capacity(MAX_DRAFT + 1);
 
         // The prompt, as `generate` evaluates it (the cached prefix reused).
-        let reuse = self
-            .cached
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len() - 1);
+        let reuse = self.reusable_prefix(prompt);
         let t0 = Instant::now();
         self.eval(0, &prompt[reuse..], reuse, false)?;
         self.cached.extend_from_slice(prompt);
@@ -709,7 +703,9 @@ impl Engine {
             // The state is valid for the history but its last token (evaluated next, with
             // the new drafts); what the rejected drafts left is rolled back.
             let pos = history.len() - 1;
-            self.model.rollback(&mut self.backend, 0, pos);
+            self.model
+                .rollback(&mut self.backend, 0, pos)
+                .map_err(EngineError::Device)?;
             self.cached.truncate(pos);
             let have = self.cached.len();
             self.cached.extend_from_slice(&history[have..pos]);

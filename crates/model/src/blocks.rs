@@ -74,6 +74,7 @@ pub fn load_uniform(ld: &Loader, arch: &str, mode: RopeMode) -> Result<Parts, Mo
         layers,
         embd_scale: None,
         final_softcap: None,
+        hybrid: None,
     })
 }
 

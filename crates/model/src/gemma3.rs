@@ -63,6 +63,7 @@ pub(crate) fn load(ld: &Loader) -> Result<Parts, ModelError> {
         layers,
         embd_scale,
         final_softcap,
+        hybrid: None,
     })
 }
 

@@ -7,11 +7,12 @@ mod hparams;
 pub mod llama;
 pub mod qwen2;
 pub mod qwen3;
+pub mod qwen35;
 mod weights;
 
 use std::sync::Arc;
 
-use runtime::{Act, Attention, Ops, Plan, Rope, Weight};
+use runtime::{Act, Attention, DeltaNet, Ops, Plan, Rollback, Rope, Weight};
 
 pub use hparams::Hparams;
 pub use weights::Loader;
@@ -19,10 +20,7 @@ pub use weights::Loader;
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error(
-        "unsupported architecture {0:?}: surplus runs llama, qwen2, qwen3 and gemma3 \
-         (qwen35 and others come later)"
-    )]
+    #[error("unsupported architecture {0:?}: surplus runs llama, qwen2, qwen3, gemma3 and qwen35")]
     UnsupportedArchitecture(String),
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -47,6 +45,8 @@ pub enum Family {
     Qwen2,
     Qwen3,
     Gemma3,
+    /// Qwen3.5/3.6 dense: Gated DeltaNet and gated attention ([`qwen35`]).
+    Qwen35,
 }
 
 /// The weights of one transformer block. Optional parts are present only in the families
@@ -108,7 +108,11 @@ pub struct Model {
     pub output_norm: Vec<f32>,
     /// The LM head (the embedding matrix itself when tied).
     pub output: Weight,
+    /// The transformer blocks (empty for the hybrid family, whose blocks are in `hybrid`).
     pub layers: Vec<Layer>,
+    /// The blocks, multi-token-prediction heads and extra buffers of the hybrid family
+    /// (`qwen35`).
+    pub hybrid: Option<Box<qwen35::Hybrid>>,
     /// Multiplier of the embeddings (Gemma: √n_embd).
     pub embd_scale: Option<f32>,
     /// `cap × tanh(logit / cap)` on the final logits.
@@ -135,16 +139,25 @@ impl Model {
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
             "gemma3" => Family::Gemma3,
+            "qwen35" => Family::Qwen35,
+            "qwen35moe" => {
+                return Err(ModelError::Unsupported(
+                    "architecture \"qwen35moe\" (Qwen3.5/3.6 mixture of experts) is not yet \
+                     supported; the dense \"qwen35\" is"
+                        .into(),
+                ))
+            }
             _ => return Err(ModelError::UnsupportedArchitecture(arch)),
         };
+        let mut plan = Plan::new();
         let parts = match family {
             Family::Llama => llama::load(&loader)?,
             Family::Qwen2 => qwen2::load(&loader)?,
             Family::Qwen3 => qwen3::load(&loader)?,
             Family::Gemma3 => gemma3::load(&loader)?,
+            Family::Qwen35 => qwen35::load(&loader, &mut plan)?,
         };
         let hp = parts.hp;
-        let mut plan = Plan::new();
         let q_dim = hp.n_head * hp.head_dim;
         let acts = Acts {
             x: plan.act(hp.n_embd),
@@ -166,6 +179,7 @@ impl Model {
             output_norm: parts.output_norm,
             output: parts.output,
             layers: parts.layers,
+            hybrid: parts.hybrid,
             embd_scale: parts.embd_scale,
             final_softcap: parts.final_softcap,
             acts,
@@ -185,19 +199,46 @@ impl Model {
         match self.family {
             Family::Llama | Family::Qwen2 | Family::Qwen3 => llama::forward(self, o),
             Family::Gemma3 => gemma3::forward(self, o),
+            Family::Qwen35 => qwen35::forward(self, o),
         }
     }
 
+    /// Layers the KV cache needs: every block, or for the hybrid family its attention
+    /// layers and multi-token-prediction blocks.
+    pub fn kv_layers(&self) -> usize {
+        self.hybrid.as_ref().map_or(self.hp.n_layer, |h| h.n_kv)
+    }
+
+    /// The recurrent layers whose state the device must keep per sequence: how many, and
+    /// their shape (`None` when the model has none).
+    pub fn recurrent(&self) -> Option<(usize, DeltaNet)> {
+        self.hybrid
+            .as_ref()
+            .filter(|h| h.n_recurrent > 0)
+            .map(|h| (h.n_recurrent, h.net.clone()))
+    }
+
+    /// The buffer holding the final normed hidden state of every token of the last batch
+    /// (one row per token, `n_embd` wide), for the families that produce it (`qwen35`: the
+    /// input of its multi-token-prediction head).
+    pub fn hidden(&self) -> Option<Act> {
+        self.hybrid.as_ref().map(|h| h.acts.h)
+    }
+
     /// Cuts sequence `seq`'s state back to its first `len` positions: speculative decoding
-    /// calls it after rejecting drafts. The families here keep nothing but the KV cache,
-    /// whose entries past `len` are never read before being written again, so there is
-    /// nothing to undo; a family with recurrent state (Gated DeltaNet) restores a snapshot
-    /// here.
-    pub fn rollback<B>(&self, backend: &mut B, seq: u32, len: usize) {
+    /// calls it after rejecting drafts. KV-cache entries past `len` are never read before
+    /// being written again, so the attention-only families have nothing to undo; the hybrid
+    /// family's recurrent state is restored by the device ([`Rollback`]), to any position of
+    /// the sequence's latest batch (a verification batch).
+    pub fn rollback<B: Rollback>(
+        &self,
+        backend: &mut B,
+        seq: u32,
+        len: usize,
+    ) -> Result<(), B::Error> {
         match self.family {
-            Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Gemma3 => {
-                let _ = (backend, seq, len);
-            }
+            Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Gemma3 => Ok(()),
+            Family::Qwen35 => backend.rollback(seq, len),
         }
     }
 
@@ -210,6 +251,9 @@ impl Model {
         }
         for l in &self.layers {
             n += w(&l.wq) + w(&l.wk) + w(&l.wv) + w(&l.wo) + w(&l.gate) + w(&l.up) + w(&l.down);
+        }
+        if let Some(h) = &self.hybrid {
+            n += h.n_params();
         }
         n
     }
@@ -224,4 +268,5 @@ pub(crate) struct Parts {
     pub layers: Vec<Layer>,
     pub embd_scale: Option<f32>,
     pub final_softcap: Option<f32>,
+    pub hybrid: Option<Box<qwen35::Hybrid>>,
 }

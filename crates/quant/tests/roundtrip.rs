@@ -76,8 +76,10 @@ fn elem_bound(ty: GgmlType, x: &[f32], v: f32) -> Option<f32> {
         // (below 2^-14).
         F16 => (v.abs() * 2.0f32.powi(-11)).max(2.0f32.powi(-25)),
         BF16 => v.abs() * 2.0f32.powi(-8),
-        // Half a step of d = amax/127.
-        Q8_0 | Q8_1 => amax / 127.0 / 2.0 * f16_slack,
+        // Half a step of d = amax/127; Q8_0 levels are rounded against the f32 scale (as
+        // ggml), then stored with the f16 one, up to 127 half-ulps (2^-11 relative) away.
+        Q8_0 => amax / 127.0 / 2.0 * (1.0 + 127.0 * 2.0f32.powi(-10)),
+        Q8_1 => amax / 127.0 / 2.0 * f16_slack,
         Q8_K => amax / 127.0 / 2.0 * (1.0 + 1e-5),
         // d = amax/8 (/16): half a step, except the opposite of the extreme, which can
         // only reach level +7 (+15) and so is off by up to a whole step.

@@ -6,5 +6,5 @@ pub mod ops;
 pub mod pool;
 pub mod tensor;
 
-pub use ops::{Act, Attention, Batch, Ops, Plan, Rope, RopeMode};
+pub use ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rollback, Rope, RopeMode};
 pub use tensor::{ByteSource, Bytes, Layout, Weight};

@@ -154,6 +154,55 @@ pub struct Attention {
     pub softcap: Option<f32>,
 }
 
+/// Shape of a Gated DeltaNet mixer (the linear-attention layers of Qwen3.5): a causal
+/// depthwise convolution over `[q; k; v]`, then the gated delta rule per value head.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeltaNet {
+    /// Query and key heads.
+    pub n_k_heads: usize,
+    /// Value heads; value head j reads key (and query) head `j mod n_k_heads`.
+    pub n_v_heads: usize,
+    /// Values per query and key head.
+    pub head_k: usize,
+    /// Values per value head.
+    pub head_v: usize,
+    /// Taps of the convolution (it keeps the last `conv_kernel - 1` inputs as state).
+    pub conv_kernel: usize,
+    /// Epsilon of the L2 norms of queries and keys: `x / sqrt(Σx² + eps)`.
+    pub eps: f32,
+}
+
+impl DeltaNet {
+    /// Channels of the convolution: q, k, then v.
+    pub fn conv_channels(&self) -> usize {
+        2 * self.n_k_heads * self.head_k + self.n_v_heads * self.head_v
+    }
+
+    /// Values of the delta-rule output (and of its gate z): all value heads.
+    pub fn value_dim(&self) -> usize {
+        self.n_v_heads * self.head_v
+    }
+
+    /// Floats of one sequence's convolution state.
+    pub fn conv_state_len(&self) -> usize {
+        (self.conv_kernel.max(1) - 1) * self.conv_channels()
+    }
+
+    /// Floats of one sequence's delta-rule state: a `head_v × head_k` matrix per value head.
+    pub fn state_len(&self) -> usize {
+        self.n_v_heads * self.head_v * self.head_k
+    }
+}
+
+/// Per-sequence state a device keeps between passes beyond the KV cache (the recurrent state
+/// of Gated DeltaNet layers), which speculative decoding must roll back.
+pub trait Rollback {
+    /// Why a rollback could not be done.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Brings sequence `seq` back to its state after its first `len` positions.
+    fn rollback(&mut self, seq: u32, len: usize) -> Result<(), Self::Error>;
+}
+
 /// The operations of a forward pass. Every buffer holds one row of `act.width` values per
 /// token; `n` says how many rows an operation covers (the batch, or fewer for logits).
 pub trait Ops {
@@ -185,4 +234,27 @@ pub trait Ops {
     fn gather_logit_rows(&self, x: Act, out: Act);
     /// `x = cap × tanh(x / cap)`.
     fn softcap(&self, n: usize, x: Act, cap: f32);
+    /// Each group of `2 × half` values of a row of `x`: the first `half` go to `a`, the next
+    /// `half` to `b` (a query projection whose heads are followed by their output gate).
+    fn unzip(&self, n: usize, x: Act, half: usize, a: Act, b: Act);
+    /// `out = x × sigmoid(gate)`.
+    fn sigmoid_mul(&self, n: usize, x: Act, gate: Act, out: Act);
+    /// Each piece of `w.len()` values of a row (one head): `out = rms_norm(x) × w × silu(z)`.
+    fn gated_rms_norm(&self, n: usize, x: Act, z: Act, w: &[f32], eps: f32, out: Act);
+    /// The gates of the delta rule, in place, one value per value head:
+    /// `beta = sigmoid(beta)` and `alpha = softplus(alpha + dt_bias) × a` (the log-decay g).
+    fn delta_gates(&self, n: usize, alpha: Act, beta: Act, dt_bias: &[f32], a: &[f32]);
+    /// Causal depthwise convolution, then SiLU, for recurrent layer `layer`: channel c of each
+    /// token's output is `silu(Σ_j w[c·K + j] · x_{t−K+1+j}[c])` (K = `net.conv_kernel`,
+    /// oldest tap first), where inputs before the batch come from the token's sequence's
+    /// convolution state (zeros when the sequence starts at position 0). Afterwards that
+    /// state holds the sequence's last K − 1 inputs.
+    fn conv_silu(&self, layer: usize, x: Act, w: &[f32], net: &DeltaNet, out: Act);
+    /// The gated delta rule of recurrent layer `layer`. `qkv` holds each token's convolved
+    /// `[q; k; v]`; q and k are L2-normalized per head (q also scaled by 1/sqrt(head_k)), then
+    /// per value head, from the sequence's state S (zero at position 0):
+    /// `S ← e^g·S; S ← S + β·(v − S·k)·kᵀ; out = S·q`. `g` and `beta` hold one value per
+    /// value head (see [`Ops::delta_gates`]). A prompt chunk runs in chunk-parallel form,
+    /// other batches token by token; several sequences may share a batch.
+    fn gated_delta(&self, layer: usize, qkv: Act, g: Act, beta: Act, net: &DeltaNet, out: Act);
 }

@@ -171,6 +171,7 @@ pub fn run(
         top: Vec::new(),
         verify: None,
         picked: Vec::new(),
+        rollbacks: Vec::with_capacity(n_slots),
     };
     let mut order = 0u64;
     let mut closed = false;
@@ -371,6 +372,19 @@ pub fn run(
                         };
                         if !alive {
                             slots[o.slot] = None;
+                        } else if o.drafted > 0 {
+                            // The state past the kept drafts is rolled back (recurrent
+                            // models; the KV cache needs nothing).
+                            if let Some((_, next)) = slot.next {
+                                scratch.rollbacks.push((o.slot as u32, next as usize));
+                            }
+                        }
+                    }
+                    for (seq, len) in scratch.rollbacks.drain(..) {
+                        if let Err(e) = engine.rollback(seq, len) {
+                            if let Some(slot) = slots[seq as usize].take() {
+                                let _ = slot.job.events.send(Event::Error(e.to_string()));
+                            }
                         }
                     }
                 }
@@ -447,6 +461,8 @@ struct Scratch {
     verify: Option<Verify>,
     /// The tokens picked in a step, with the row each came from.
     picked: Vec<(u32, usize)>,
+    /// Sequences to roll back after a step, with the length each keeps.
+    rollbacks: Vec<(u32, usize)>,
 }
 
 /// Picks a token from `logits` as plain decoding does: ignoring EOS, greedy is an argmax
@@ -501,9 +517,9 @@ fn pick(
 /// through [`emit`] until the job finishes. Returns false when the job is over.
 ///
 /// The KV cache past the kept tokens holds the rejected drafts: those positions are simply
-/// overwritten by later steps (attention never looks past a token's own position). The
-/// model families served keep no other per-sequence state, so nothing is rolled back
-/// (`model::Model::rollback` is a no-op for them and not reachable from here).
+/// overwritten by later steps (attention never looks past a token's own position); a
+/// recurrent model's state is rolled back by the caller once the step's logits are used
+/// ([`Engine::rollback`]).
 #[allow(clippy::too_many_arguments)]
 fn verify_and_emit(
     slot: &mut Slot,

@@ -125,6 +125,18 @@ mod tests {
     }
 
     #[test]
+    fn qwen35_keeps_combining_marks_in_words() {
+        // "naïve" with a combining diaeresis: Qwen2's regex cuts the word at the mark.
+        let text = "nai\u{308}ve ok";
+        assert_eq!(words("qwen2", text), ["nai", "\u{308}ve", " ok"]);
+        assert_eq!(words("qwen35", text), ["nai\u{308}ve", " ok"]);
+        assert_eq!(
+            words("qwen35", "Hi\n\n  there 12"),
+            ["Hi", "\n\n", " ", " there", " ", "1", "2"]
+        );
+    }
+
+    #[test]
     fn unknown_pre_is_named() {
         let e = PreTokenizer::new("klingon").err().unwrap();
         assert!(e.to_string().contains("klingon"));

@@ -127,16 +127,21 @@ mod x86 {
         _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
     }
 
-    /// One block of 32 as Q8_0/Q8_1: the f16 scale bits, the packed levels and their sum.
+    /// One block of 32 as Q8_0/Q8_1: the f16 scale bits, the packed levels and their sum;
+    /// levels rounded as `quantize_symmetric8` says (`ggml_levels` for Q8_0).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn block32(x: &[f32; 32]) -> (u16, f32, __m256i, i32) {
+    fn block32(x: &[f32; 32], ggml_levels: bool) -> (u16, f32, __m256i, i32) {
         let (c, _) = x.as_chunks::<8>();
         let v: [__m256; 4] = std::array::from_fn(|k| ld(&c[k]));
         let amax = absmax(&v);
         let d = to_f16(amax / 127.0);
         let df = f16(d);
-        let id = _mm256_set1_ps(if df == 0.0 { 0.0 } else { 1.0 / df });
+        let id = _mm256_set1_ps(match (ggml_levels, amax == 0.0, df == 0.0) {
+            (true, false, _) => 127.0 / amax,
+            (false, _, false) => 1.0 / df,
+            _ => 0.0,
+        });
         let q = v.map(|v| levels(v, id));
         let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
         let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
@@ -148,7 +153,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     fn q8_0(x: &[[f32; 32]], out: &mut [[u8; 34]]) {
         for (x, o) in x.iter().zip(out) {
-            let (d, _, q, _) = block32(x);
+            let (d, _, q, _) = block32(x, true);
             let (head, tail) = o.split_first_chunk_mut::<2>().unwrap();
             *head = d.to_le_bytes();
             st(tail.try_into().unwrap(), q);
@@ -158,7 +163,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     fn q8_1(x: &[[f32; 32]], out: &mut [[u8; 36]]) {
         for (x, o) in x.iter().zip(out) {
-            let (d, df, q, sum) = block32(x);
+            let (d, df, q, sum) = block32(x, false);
             let (head, tail) = o.split_first_chunk_mut::<4>().unwrap();
             let s = to_f16(df * sum as f32);
             *head = (u32::from(d) | u32::from(s) << 16).to_le_bytes();

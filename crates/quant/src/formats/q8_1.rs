@@ -43,7 +43,7 @@ impl BlockQ8_1 {
 
     /// As Q8_0, and `s` set from the stored scale and the levels' sum.
     pub fn quantize(x: &[f32; QK8_1]) -> Self {
-        let (d, qs) = quantize_symmetric8(x);
+        let (d, qs) = quantize_symmetric8(x, false);
         let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
         let s = f16::from_f32(d.to_f32() * sum as f32);
         BlockQ8_1 { d, s, qs }

@@ -255,6 +255,171 @@ pub fn axpy(a: f32, x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `1 / (1 + e^-x)`.
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// `ln(1 + e^x)`, and `x` itself above 20 (as ggml).
+#[inline(always)]
+pub fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// Scales `x` into `out` by `scale / sqrt(Σx² + eps)` (the L2 norm of the Gated DeltaNet's
+/// queries and keys; sum in f64).
+pub fn l2_normalize(x: &[f32], eps: f32, scale: f32, out: &mut [f32]) {
+    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let s = (scale as f64 / (ss + eps as f64).sqrt()) as f32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = v * s;
+    }
+}
+
+/// One time step of a causal depthwise convolution for one channel: `taps` holds the
+/// kernel's weights, oldest first; `hist` the channel's last `taps.len() - 1` inputs, oldest
+/// first. Returns `Σ taps · [hist; x]` and shifts `x` into `hist`.
+#[inline]
+pub fn conv_step(taps: &[f32], hist: &mut [f32], x: f32) -> f32 {
+    let k = hist.len();
+    let mut y = taps[k] * x;
+    for j in 0..k {
+        y += taps[j] * hist[j];
+    }
+    if k > 0 {
+        hist.copy_within(1.., 0);
+        hist[k - 1] = x;
+    }
+    y
+}
+
+/// One token of the gated delta rule for one head, in place on the state `s` (`head_v` rows
+/// of `head_k` values: S[i][j] pairs value i with key j):
+/// `S ← e^g·S; S ← S + β·(v − S·k)·kᵀ; o = S·q`.
+#[allow(clippy::too_many_arguments)]
+pub fn delta_step(
+    s: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    g: f32,
+    beta: f32,
+    o: &mut [f32],
+) {
+    let decay = exp(g);
+    let hk = k.len();
+    for ((row, &vi), oi) in s.chunks_exact_mut(hk).zip(v).zip(o.iter_mut()) {
+        let d = beta * (vi - decay * dot(row, k));
+        for (x, &kj) in row.iter_mut().zip(k) {
+            *x = decay * *x + d * kj;
+        }
+        *oi = dot(row, q);
+    }
+}
+
+/// Floats of scratch [`delta_chunk`] needs for chunks of up to `c` tokens.
+pub fn delta_chunk_scratch(c: usize, head_v: usize) -> usize {
+    2 * c * c + c + c * head_v
+}
+
+/// The gated delta rule over a chunk of `n` tokens for one head in its chunk-parallel (WY)
+/// form, with the same result as `n` calls of [`delta_step`] up to rounding. `s` is the state
+/// (`head_v × head_k`) before the chunk, updated in place; `q`, `k` hold `n` rows of
+/// `head_k`, `v` and `o` `n` rows of `head_v`; `g` and `beta` one value per token.
+///
+/// With γ_t = Σ_{s≤t} g_s and the new values u_t = β_t (v_t − e^{g_t} S_{t−1} k_t), the state
+/// is S_t = e^{γ_t} S_0 + Σ_{s≤t} e^{γ_t−γ_s} u_s k_sᵀ, so
+/// - u_t = β_t (v_t − e^{γ_t} S_0 k_t) − Σ_{s<t} β_t e^{γ_t−γ_s} (k_t·k_s) u_s: one
+///   triangular solve for all of U;
+/// - o_t = e^{γ_t} S_0 q_t + Σ_{s≤t} e^{γ_t−γ_s} (q_t·k_s) u_s;
+/// - S_n = e^{γ_n} S_0 + Σ_s e^{γ_n−γ_s} u_s k_sᵀ.
+///
+/// Everything is a product of small matrices: no token-by-token pass over the state.
+#[allow(clippy::too_many_arguments)]
+pub fn delta_chunk(
+    s: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    g: &[f32],
+    beta: &[f32],
+    o: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let n = g.len();
+    if n == 0 {
+        return;
+    }
+    let hk = k.len() / n;
+    let hv = v.len() / n;
+    let (a, rest) = scratch.split_at_mut(n * n);
+    let (p, rest) = rest.split_at_mut(n * n);
+    let (gam, rest) = rest.split_at_mut(n);
+    let u = &mut rest[..n * hv];
+    // Cumulative log-decay, summed in f64.
+    let mut acc = 0.0f64;
+    for (c, &x) in gam.iter_mut().zip(g) {
+        acc += x as f64;
+        *c = acc as f32;
+    }
+    let row = |t: usize, w: usize| t * w..(t + 1) * w;
+    // Key-key and query-key products (lower triangle), weighted by the decays between.
+    for t in 0..n {
+        let kt = &k[row(t, hk)];
+        let qt = &q[row(t, hk)];
+        for j in 0..=t {
+            let ks = &k[row(j, hk)];
+            let dec = exp(gam[t] - gam[j]);
+            a[t * n + j] = beta[t] * dec * dot(kt, ks);
+            p[t * n + j] = dec * dot(qt, ks);
+        }
+    }
+    // R_t = β_t (v_t − e^{γ_t} S_0 k_t), then forward substitution for U.
+    for t in 0..n {
+        let kt = &k[row(t, hk)];
+        let e = exp(gam[t]);
+        let ut = &mut u[t * hv..(t + 1) * hv];
+        for (i, x) in ut.iter_mut().enumerate() {
+            *x = beta[t] * (v[t * hv + i] - e * dot(&s[i * hk..(i + 1) * hk], kt));
+        }
+        for j in 0..t {
+            let c = a[t * n + j];
+            let (done, cur) = u.split_at_mut(t * hv);
+            axpy(-c, &done[j * hv..(j + 1) * hv], &mut cur[..hv]);
+        }
+    }
+    // Outputs.
+    for t in 0..n {
+        let qt = &q[row(t, hk)];
+        let e = exp(gam[t]);
+        let ot = &mut o[t * hv..(t + 1) * hv];
+        for (i, x) in ot.iter_mut().enumerate() {
+            *x = e * dot(&s[i * hk..(i + 1) * hk], qt);
+        }
+        for j in 0..=t {
+            axpy(p[t * n + j], &u[j * hv..(j + 1) * hv], ot);
+        }
+    }
+    // State at the chunk's end.
+    let last = gam[n - 1];
+    let e = exp(last);
+    for x in s.iter_mut() {
+        *x *= e;
+    }
+    for j in 0..n {
+        let dec = exp(last - gam[j]);
+        let kj = &k[row(j, hk)];
+        for i in 0..hv {
+            axpy(dec * u[j * hv + i], kj, &mut s[i * hk..(i + 1) * hk]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! runs every operation of a forward pass on all threads of the pool with a barrier after each.
 
 pub mod kernels;
+mod recurrent;
 mod shared;
 
 use std::cell::Cell;
@@ -10,9 +11,11 @@ use std::sync::Arc;
 use quant::dot::{activation_type, dot_fn, dot_multi_fn, prepared_fn, quantize_activations, DotFn};
 use quant::{gemm as int8, rows16, GgmlType};
 
-use crate::ops::{Act, Attention, Batch, Ops, Plan, Rope};
+use crate::ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rope};
 use crate::pool::{ThreadPool, Worker};
 use crate::tensor::{Layout, Weight};
+use recurrent::Recurrent;
+pub use recurrent::{RecurrentConfig, DELTA_CHUNK, ROLLBACK_TOKENS};
 pub use shared::Shared;
 
 /// Weights repacked at load ([`Layout::Rows16`]) take one kernel for any batch. For the
@@ -63,6 +66,14 @@ pub enum CpuError {
     BadLogits(usize, usize),
     #[error("token id {0} is outside the vocabulary")]
     BadToken(u32),
+    #[error("sequence {seq}: token at position {pos}, but its recurrent state is at position {expected} (a sequence starts at 0 or continues where it is; roll back first to go back)")]
+    RecurrentPosition { seq: u32, pos: u32, expected: u32 },
+    #[error("sequence {seq}: cannot roll back to {len} positions: {reason}")]
+    Rollback {
+        seq: u32,
+        len: usize,
+        reason: String,
+    },
 }
 
 /// Memory and threads of the CPU backend.
@@ -91,6 +102,8 @@ pub struct CpuBackend {
     kv: KvConfig,
     k: Shared<f32>,
     v: Shared<f32>,
+    /// State of the recurrent layers ([`CpuBackend::with_recurrent`]).
+    rec: Option<Recurrent>,
 }
 
 impl CpuBackend {
@@ -133,6 +146,7 @@ impl CpuBackend {
             k: Shared::new(kv_len),
             v: Shared::new(kv_len),
             kv,
+            rec: None,
         }
     }
 
@@ -190,6 +204,9 @@ impl CpuBackend {
         if let Some(&t) = batch.tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(CpuError::BadToken(t));
         }
+        if let Some(rec) = &mut self.rec {
+            rec.prepare(&batch.seq, &batch.pos);
+        }
         let this = &*self;
         let chunk = prompt_chunk(batch);
         this.pool.run(|w| {
@@ -203,6 +220,9 @@ impl CpuBackend {
             };
             f(&ops);
         });
+        if let Some(rec) = &mut self.rec {
+            rec.finish()?;
+        }
         Ok(())
     }
 
@@ -211,7 +231,8 @@ impl CpuBackend {
         &self.acts[act.id as usize].as_slice()[..rows * act.width]
     }
 
-    /// Copies the cache of sequence `src` up to `len` positions into sequence `dst`.
+    /// Copies the cache of sequence `src` up to `len` positions into sequence `dst`
+    /// (the KV cache only, not recurrent state).
     pub fn kv_copy(&mut self, src: usize, dst: usize, len: usize) {
         let c = &self.kv;
         let per_seq = c.n_ctx * c.kv_dim;
@@ -582,6 +603,83 @@ impl Ops for CpuOps<'_> {
             }
         });
         self.done(x);
+    }
+
+    fn unzip(&self, n: usize, x: Act, half: usize, a: Act, b: Act) {
+        let (xs, sa, sb) = (self.be.act(x), self.be.act(a), self.be.act(b));
+        let groups = x.width / (2 * half);
+        self.rows(n, |t| {
+            // SAFETY: row t of each buffer is this thread's; x is only read.
+            unsafe {
+                let src = xs.get(t * x.width, groups * 2 * half);
+                let da = sa.get_mut(t * a.width, groups * half);
+                let db = sb.get_mut(t * b.width, groups * half);
+                for (i, pair) in src.chunks_exact(2 * half).enumerate() {
+                    da[i * half..(i + 1) * half].copy_from_slice(&pair[..half]);
+                    db[i * half..(i + 1) * half].copy_from_slice(&pair[half..]);
+                }
+            }
+        });
+        self.done(a);
+        self.done(b);
+    }
+
+    fn sigmoid_mul(&self, n: usize, x: Act, gate: Act, out: Act) {
+        self.zip2(n, x, gate, out, |x, g, o| {
+            for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                *o = x * kernels::sigmoid(g);
+            }
+        });
+    }
+
+    fn gated_rms_norm(&self, n: usize, x: Act, z: Act, w: &[f32], eps: f32, out: Act) {
+        let row_len = w.len().max(1);
+        let (xs, zs, os) = (self.be.act(x), self.be.act(z), self.be.act(out));
+        let per_token = out.width / row_len;
+        let tmp = &mut self.scratch()[..2 * row_len];
+        self.rows(n * per_token, |r| {
+            let (t, k) = (r / per_token, r % per_token);
+            let (tx, tz) = tmp.split_at_mut(row_len);
+            // SAFETY: piece k of row t is read and written by this thread only; the inputs
+            // are copied first, so `out` may be `x` or `z`.
+            unsafe {
+                tx.copy_from_slice(xs.get(t * x.width + k * row_len, row_len));
+                tz.copy_from_slice(zs.get(t * z.width + k * row_len, row_len));
+                let dst = os.get_mut(t * out.width + k * row_len, row_len);
+                kernels::rms_norm(tx, Some(w), eps, dst);
+                for (o, &zv) in dst.iter_mut().zip(tz.iter()) {
+                    *o *= kernels::silu(zv);
+                }
+            }
+        });
+        self.done(out);
+    }
+
+    fn delta_gates(&self, n: usize, alpha: Act, beta: Act, dt_bias: &[f32], a: &[f32]) {
+        let (sa, sb) = (self.be.act(alpha), self.be.act(beta));
+        let heads = a.len().min(dt_bias.len());
+        self.rows(n, |t| {
+            // SAFETY: row t of both buffers is this thread's.
+            unsafe {
+                let ra = sa.get_mut(t * alpha.width, heads);
+                for ((x, &bias), &a) in ra.iter_mut().zip(dt_bias).zip(a) {
+                    *x = kernels::softplus(*x + bias) * a;
+                }
+                for x in sb.get_mut(t * beta.width, heads) {
+                    *x = kernels::sigmoid(*x);
+                }
+            }
+        });
+        self.done(alpha);
+        self.done(beta);
+    }
+
+    fn conv_silu(&self, layer: usize, x: Act, w: &[f32], net: &DeltaNet, out: Act) {
+        self.conv_silu_impl(layer, x, w, net, out);
+    }
+
+    fn gated_delta(&self, layer: usize, qkv: Act, g: Act, beta: Act, net: &DeltaNet, out: Act) {
+        self.gated_delta_impl(layer, qkv, g, beta, net, out);
     }
 }
 

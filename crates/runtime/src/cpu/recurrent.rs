@@ -1,0 +1,570 @@
+//! Recurrent state of Gated DeltaNet layers on the CPU: per layer and sequence, the
+//! convolution state (the last K − 1 inputs of every channel) and the delta-rule state (a
+//! `head_v × head_k` matrix per value head), the operations that read and advance them, and
+//! rollback for speculative decoding.
+//!
+//! Every state exists twice per (layer, sequence). A forward pass reads a sequence's current
+//! copy and writes the other one, which becomes current when the pass ends; the copy it read
+//! is left as it was, a snapshot of the state before the sequence's latest batch. For batches
+//! of up to [`ROLLBACK_TOKENS`] tokens of a sequence, the pass also keeps each token's inputs
+//! to the recurrence; rolling back to a position inside that batch makes the snapshot current
+//! again and replays the kept inputs up to that position with the kernels of the forward
+//! pass, so the result is bit for bit the state a pass over those tokens alone leaves.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{kernels, CpuBackend, CpuError, CpuOps, Shared};
+use crate::ops::{Act, DeltaNet};
+use crate::pool::ThreadPool;
+
+/// A sequence can be rolled back to any position inside its latest batch when that batch
+/// gave it at most this many tokens (speculative verification: the last token and up to six
+/// drafts).
+pub const ROLLBACK_TOKENS: usize = 8;
+
+/// Tokens per chunk of the chunk-parallel delta rule used for prompt chunks.
+pub const DELTA_CHUNK: usize = 64;
+
+/// Which layers of a model are recurrent and their shape (all alike).
+#[derive(Clone, Debug)]
+pub struct RecurrentConfig {
+    /// Recurrent layers; the model numbers them `0..n_layers` in its recurrent ops.
+    pub n_layers: usize,
+    /// Shape of every recurrent layer.
+    pub net: DeltaNet,
+}
+
+impl RecurrentConfig {
+    /// Bytes of state for `n_seq` sequences (both copies and the rollback inputs).
+    pub fn bytes(&self, n_seq: usize) -> usize {
+        let per = 2 * (self.net.conv_state_len() + self.net.state_len())
+            + ROLLBACK_TOKENS * replay_width(&self.net);
+        self.n_layers * n_seq * per * 4
+    }
+}
+
+/// Floats kept per token for a rollback: the convolution's input and output, g and β.
+fn replay_width(net: &DeltaNet) -> usize {
+    2 * net.conv_channels() + 2 * net.n_v_heads
+}
+
+/// A sequence's latest batch.
+#[derive(Clone, Copy, Debug, Default)]
+struct Latest {
+    /// Its first position.
+    p0: u32,
+    /// Its tokens.
+    n: u32,
+    /// It started at position 0 (the snapshot is then the zero state).
+    reset: bool,
+    /// Its tokens' inputs were kept.
+    replayable: bool,
+}
+
+/// The tokens of one sequence in the batch being evaluated.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Group {
+    seq: u32,
+    /// Index of its first token in `order`.
+    start: u32,
+    n: u32,
+    /// Position of its first token.
+    p0: u32,
+}
+
+impl Group {
+    fn replayable(&self) -> bool {
+        self.n as usize <= ROLLBACK_TOKENS
+    }
+}
+
+/// State of every recurrent layer for every sequence.
+pub(crate) struct Recurrent {
+    cfg: RecurrentConfig,
+    n_seq: usize,
+    /// `[layer][seq][copy][channel][K − 1]`.
+    conv: Shared<f32>,
+    /// `[layer][seq][copy][value head][head_v][head_k]`.
+    ssm: Shared<f32>,
+    /// `[layer][seq][token of the latest batch][replay_width]`.
+    replay: Shared<f32>,
+    /// Current copy of each sequence's state.
+    cur: Vec<u8>,
+    /// Positions each sequence's state covers.
+    len: Vec<u32>,
+    latest: Vec<Latest>,
+    /// The batch's sequences, in order of first appearance.
+    groups: Vec<Group>,
+    /// Token indices of the batch grouped by sequence (batch order within a group).
+    order: Vec<u32>,
+    scratch: Shared<f32>,
+    scratch_per_thread: usize,
+    /// Whether the current pass ran a recurrent op.
+    touched: AtomicBool,
+    /// Why the current batch cannot advance the state, if it cannot.
+    invalid: Option<CpuError>,
+}
+
+impl Recurrent {
+    pub(crate) fn new(
+        cfg: RecurrentConfig,
+        n_seq: usize,
+        max_batch: usize,
+        n_threads: usize,
+    ) -> Recurrent {
+        let net = &cfg.net;
+        let per = |len: usize| cfg.n_layers * n_seq * len;
+        let (hk, hv, c) = (net.head_k, net.head_v, DELTA_CHUNK);
+        let scratch_per_thread = (c * (2 * hk + 2 * hv + 2) + kernels::delta_chunk_scratch(c, hv))
+            .max(net.conv_channels() + 2 * hk + hv)
+            + 16;
+        Recurrent {
+            conv: Shared::new(per(2 * net.conv_state_len())),
+            ssm: Shared::new(per(2 * net.state_len())),
+            replay: Shared::new(per(ROLLBACK_TOKENS * replay_width(net))),
+            cur: vec![0; n_seq],
+            len: vec![0; n_seq],
+            latest: vec![Latest::default(); n_seq],
+            groups: Vec::with_capacity(max_batch.min(n_seq)),
+            order: Vec::with_capacity(max_batch),
+            scratch: Shared::new(scratch_per_thread * n_threads),
+            scratch_per_thread,
+            touched: AtomicBool::new(false),
+            invalid: None,
+            n_seq,
+            cfg,
+        }
+    }
+
+    pub(crate) fn config(&self) -> &RecurrentConfig {
+        &self.cfg
+    }
+
+    /// Positions the state of `seq` covers.
+    pub(crate) fn seq_len(&self, seq: u32) -> Option<usize> {
+        self.len.get(seq as usize).map(|&l| l as usize)
+    }
+
+    fn conv_at(&self, layer: usize, seq: u32, copy: u8) -> usize {
+        ((layer * self.n_seq + seq as usize) * 2 + copy as usize) * self.cfg.net.conv_state_len()
+    }
+
+    fn ssm_at(&self, layer: usize, seq: u32, copy: u8) -> usize {
+        ((layer * self.n_seq + seq as usize) * 2 + copy as usize) * self.cfg.net.state_len()
+    }
+
+    fn replay_at(&self, layer: usize, seq: u32, token: usize) -> usize {
+        ((layer * self.n_seq + seq as usize) * ROLLBACK_TOKENS + token)
+            * replay_width(&self.cfg.net)
+    }
+
+    /// Before a pass: groups the batch's tokens by sequence. A pass that runs recurrent ops
+    /// fails ([`Recurrent::finish`]) unless each sequence continues where its state is (or
+    /// starts over at position 0) at consecutive positions.
+    pub(crate) fn prepare(&mut self, seqs: &[u32], pos: &[u32]) {
+        *self.touched.get_mut() = false;
+        self.invalid = self.group(seqs, pos).err();
+        if self.invalid.is_some() {
+            // The recurrent ops then touch no state.
+            self.groups.clear();
+            self.order.clear();
+        }
+    }
+
+    fn group(&mut self, seqs: &[u32], pos: &[u32]) -> Result<(), CpuError> {
+        self.groups.clear();
+        self.order.clear();
+        for (&s, &p) in seqs.iter().zip(pos) {
+            match self.groups.iter_mut().find(|g| g.seq == s) {
+                Some(g) => {
+                    if p != g.p0 + g.n {
+                        return Err(CpuError::RecurrentPosition {
+                            seq: s,
+                            pos: p,
+                            expected: g.p0 + g.n,
+                        });
+                    }
+                    g.n += 1;
+                }
+                None => {
+                    let expected = self.len[s as usize];
+                    if p != 0 && p != expected {
+                        return Err(CpuError::RecurrentPosition {
+                            seq: s,
+                            pos: p,
+                            expected,
+                        });
+                    }
+                    self.groups.push(Group {
+                        seq: s,
+                        start: 0,
+                        n: 1,
+                        p0: p,
+                    });
+                }
+            }
+        }
+        for gi in 0..self.groups.len() {
+            let seq = self.groups[gi].seq;
+            self.groups[gi].start = self.order.len() as u32;
+            self.order.extend(
+                seqs.iter()
+                    .enumerate()
+                    .filter(|&(_, &s)| s == seq)
+                    .map(|(t, _)| t as u32),
+            );
+        }
+        Ok(())
+    }
+
+    /// After a pass: the copies it wrote become current. A pass that ran no recurrent op (a
+    /// multi-token-prediction block alone) leaves the state as it was.
+    pub(crate) fn finish(&mut self) -> Result<(), CpuError> {
+        if !*self.touched.get_mut() {
+            self.groups.clear();
+            return Ok(());
+        }
+        if let Some(e) = self.invalid.take() {
+            return Err(e);
+        }
+        for g in &self.groups {
+            let s = g.seq as usize;
+            self.cur[s] ^= 1;
+            self.len[s] = g.p0 + g.n;
+            self.latest[s] = Latest {
+                p0: g.p0,
+                n: g.n,
+                reset: g.p0 == 0,
+                replayable: g.replayable(),
+            };
+        }
+        self.groups.clear();
+        Ok(())
+    }
+
+    /// Brings `seq` back to its state after `len` positions (see the module doc).
+    pub(crate) fn rollback(
+        &mut self,
+        pool: &ThreadPool,
+        seq: u32,
+        len: usize,
+    ) -> Result<(), CpuError> {
+        let s = seq as usize;
+        if s >= self.n_seq {
+            return Err(CpuError::Rollback {
+                seq,
+                len,
+                reason: format!("there are {} sequences", self.n_seq),
+            });
+        }
+        if len == self.len[s] as usize {
+            return Ok(());
+        }
+        let l = self.latest[s];
+        let (p0, end) = (l.p0 as usize, (l.p0 + l.n) as usize);
+        if len < p0 || len > end || !l.replayable {
+            return Err(CpuError::Rollback {
+                seq,
+                len,
+                reason: format!(
+                    "the state covers {} positions and can return to {}",
+                    self.len[s],
+                    if l.replayable {
+                        format!("positions {p0}..={end}")
+                    } else {
+                        "none before".into()
+                    }
+                ),
+            });
+        }
+        self.cur[s] ^= 1;
+        let copy = self.cur[s];
+        let m = len - p0;
+        let this = &*self;
+        let net = &this.cfg.net;
+        let (k1, ch) = (net.conv_kernel.max(1) - 1, net.conv_channels());
+        let (nk, nv, hk, hv) = (net.n_k_heads, net.n_v_heads, net.head_k, net.head_v);
+        let scale = 1.0 / (hk as f32).sqrt();
+        pool.run(|w| {
+            // SAFETY: each thread takes its own scratch slice.
+            let scratch = unsafe {
+                this.scratch
+                    .get_mut(w.ith() * this.scratch_per_thread, this.scratch_per_thread)
+            };
+            let (qn, rest) = scratch.split_at_mut(hk);
+            let (kn, rest) = rest.split_at_mut(hk);
+            let o = &mut rest[..hv];
+            for layer in w.split(this.cfg.n_layers) {
+                // SAFETY: whole layers of `seq`'s current copy belong to one thread each;
+                // the kept inputs are only read.
+                unsafe {
+                    let conv = this.conv.get_mut(this.conv_at(layer, seq, copy), k1 * ch);
+                    let st = this
+                        .ssm
+                        .get_mut(this.ssm_at(layer, seq, copy), net.state_len());
+                    if l.reset {
+                        conv.fill(0.0);
+                        st.fill(0.0);
+                    }
+                    for t in 0..m {
+                        let rep = this
+                            .replay
+                            .get(this.replay_at(layer, seq, t), replay_width(net));
+                        let (x, rest) = rep.split_at(ch);
+                        let (co, gb) = rest.split_at(ch);
+                        if k1 > 0 {
+                            for (c, &xv) in x.iter().enumerate() {
+                                let hist = &mut conv[c * k1..(c + 1) * k1];
+                                hist.copy_within(1.., 0);
+                                hist[k1 - 1] = xv;
+                            }
+                        }
+                        for h in 0..nv {
+                            let kh = h % nk;
+                            kernels::l2_normalize(&co[kh * hk..][..hk], net.eps, scale, qn);
+                            kernels::l2_normalize(&co[(nk + kh) * hk..][..hk], net.eps, 1.0, kn);
+                            let v = &co[2 * nk * hk + h * hv..][..hv];
+                            let sh = &mut st[h * hv * hk..(h + 1) * hv * hk];
+                            kernels::delta_step(sh, qn, kn, v, gb[h], gb[nv + h], o);
+                        }
+                    }
+                }
+            }
+        });
+        self.len[s] = len as u32;
+        self.latest[s] = Latest {
+            p0: l.p0,
+            n: m as u32,
+            reset: l.reset,
+            replayable: false,
+        };
+        Ok(())
+    }
+}
+
+impl CpuBackend {
+    /// Adds the state of `cfg.n_layers` Gated DeltaNet layers for every sequence of the KV
+    /// cache (allocated now, as everything else).
+    pub fn with_recurrent(mut self, cfg: RecurrentConfig) -> CpuBackend {
+        let n_threads = self.pool.n_threads();
+        self.rec = Some(Recurrent::new(
+            cfg,
+            self.kv.n_seq,
+            self.max_batch,
+            n_threads,
+        ));
+        self
+    }
+
+    /// The recurrent layers this backend keeps state for, if any.
+    pub fn recurrent_config(&self) -> Option<&RecurrentConfig> {
+        self.rec.as_ref().map(Recurrent::config)
+    }
+
+    /// Positions the recurrent state of `seq` covers (`None` without recurrent layers).
+    pub fn recurrent_len(&self, seq: u32) -> Option<usize> {
+        self.rec.as_ref().and_then(|r| r.seq_len(seq))
+    }
+}
+
+impl crate::ops::Rollback for CpuBackend {
+    type Error = CpuError;
+
+    /// KV-cache entries past `len` are never read before being written again, so only the
+    /// recurrent state needs work; it can return to any position of the sequence's latest
+    /// batch of up to [`ROLLBACK_TOKENS`] tokens.
+    fn rollback(&mut self, seq: u32, len: usize) -> Result<(), CpuError> {
+        match &mut self.rec {
+            None => Ok(()),
+            Some(rec) => rec.rollback(&self.pool, seq, len),
+        }
+    }
+}
+
+impl CpuOps<'_> {
+    /// The recurrent state, noting that this pass uses it.
+    fn rec(&self) -> &Recurrent {
+        let r = self
+            .be
+            .rec
+            .as_ref()
+            .expect("a recurrent op on a CPU backend made without with_recurrent");
+        r.touched.store(true, Ordering::Relaxed);
+        r
+    }
+
+    /// This thread's scratch for the recurrent ops.
+    #[allow(clippy::mut_from_ref)]
+    fn rec_scratch(&self) -> &mut [f32] {
+        let r = self.rec();
+        // SAFETY: each thread touches only its own slice (indexed by its thread number).
+        unsafe {
+            r.scratch
+                .get_mut(self.w.ith() * r.scratch_per_thread, r.scratch_per_thread)
+        }
+    }
+
+    /// [`crate::Ops::conv_silu`]: each thread takes a range of channels of every token.
+    pub(super) fn conv_silu_impl(&self, layer: usize, x: Act, w: &[f32], net: &DeltaNet, out: Act) {
+        let r = self.rec();
+        let (xs, os) = (self.be.act(x), self.be.act(out));
+        let (k, ch) = (net.conv_kernel.max(1), net.conv_channels());
+        let k1 = k - 1;
+        let mine = self.w.split(ch);
+        let (c0, nc) = (mine.start, mine.len());
+        for g in &r.groups {
+            let cur = r.cur[g.seq as usize];
+            // SAFETY: this thread alone writes channels c0..c0+nc of the sequence's other
+            // copy, of the kept inputs and of `out`; the current copy and x are only read.
+            unsafe {
+                let dst = r
+                    .conv
+                    .get_mut(r.conv_at(layer, g.seq, cur ^ 1) + c0 * k1, nc * k1);
+                if g.p0 == 0 {
+                    dst.fill(0.0);
+                } else {
+                    dst.copy_from_slice(
+                        r.conv.get(r.conv_at(layer, g.seq, cur) + c0 * k1, nc * k1),
+                    );
+                }
+                for i in 0..g.n as usize {
+                    let t = r.order[g.start as usize + i] as usize;
+                    let xr = xs.get(t * x.width + c0, nc);
+                    let or = os.get_mut(t * out.width + c0, nc);
+                    for (j, (o, &xv)) in or.iter_mut().zip(xr).enumerate() {
+                        let c = c0 + j;
+                        let y = kernels::conv_step(
+                            &w[c * k..(c + 1) * k],
+                            &mut dst[j * k1..(j + 1) * k1],
+                            xv,
+                        );
+                        *o = kernels::silu(y);
+                    }
+                    if g.replayable() {
+                        let at = r.replay_at(layer, g.seq, i);
+                        r.replay.get_mut(at + c0, nc).copy_from_slice(xr);
+                        r.replay.get_mut(at + ch + c0, nc).copy_from_slice(or);
+                    }
+                }
+            }
+        }
+        self.done(out);
+    }
+
+    /// [`crate::Ops::gated_delta`]: each thread takes (sequence, value head) pairs.
+    pub(super) fn gated_delta_impl(
+        &self,
+        layer: usize,
+        qkv: Act,
+        g: Act,
+        beta: Act,
+        net: &DeltaNet,
+        out: Act,
+    ) {
+        let r = self.rec();
+        let (xs, gs, bs, os) = (
+            self.be.act(qkv),
+            self.be.act(g),
+            self.be.act(beta),
+            self.be.act(out),
+        );
+        let (nk, nv, hk, hv) = (net.n_k_heads, net.n_v_heads, net.head_k, net.head_v);
+        let ch = net.conv_channels();
+        let scale = 1.0 / (hk as f32).sqrt();
+        let scratch = self.rec_scratch();
+        let chunked = self.chunk.is_some();
+        self.rows(r.groups.len() * nv, |item| {
+            let (grp, h) = (&r.groups[item / nv], item % nv);
+            let kh = h % nk;
+            let cur = r.cur[grp.seq as usize];
+            let sl = hv * hk;
+            // SAFETY: this thread alone owns head h of the group's sequence: its state in
+            // the other copy, its columns of `out`, its g and β among the kept inputs. The
+            // current copy and the inputs are only read.
+            unsafe {
+                let st = r
+                    .ssm
+                    .get_mut(r.ssm_at(layer, grp.seq, cur ^ 1) + h * sl, sl);
+                if grp.p0 == 0 {
+                    st.fill(0.0);
+                } else {
+                    st.copy_from_slice(r.ssm.get(r.ssm_at(layer, grp.seq, cur) + h * sl, sl));
+                }
+                let tok = |i: usize| r.order[grp.start as usize + i] as usize;
+                if grp.replayable() {
+                    for i in 0..grp.n as usize {
+                        let at = r.replay_at(layer, grp.seq, i) + 2 * ch;
+                        r.replay.set(at + h, gs.get(tok(i) * g.width + h, 1)[0]);
+                        r.replay
+                            .set(at + nv + h, bs.get(tok(i) * beta.width + h, 1)[0]);
+                    }
+                }
+                if chunked {
+                    let c = DELTA_CHUNK;
+                    let (qc, rest) = scratch.split_at_mut(c * hk);
+                    let (kc, rest) = rest.split_at_mut(c * hk);
+                    let (vc, rest) = rest.split_at_mut(c * hv);
+                    let (oc, rest) = rest.split_at_mut(c * hv);
+                    let (gc, rest) = rest.split_at_mut(c);
+                    let (bc, rest) = rest.split_at_mut(c);
+                    let n = grp.n as usize;
+                    for i0 in (0..n).step_by(c) {
+                        let m = c.min(n - i0);
+                        for j in 0..m {
+                            let t = tok(i0 + j);
+                            let row = xs.get(t * qkv.width, ch);
+                            kernels::l2_normalize(
+                                &row[kh * hk..][..hk],
+                                net.eps,
+                                scale,
+                                &mut qc[j * hk..(j + 1) * hk],
+                            );
+                            kernels::l2_normalize(
+                                &row[(nk + kh) * hk..][..hk],
+                                net.eps,
+                                1.0,
+                                &mut kc[j * hk..(j + 1) * hk],
+                            );
+                            vc[j * hv..(j + 1) * hv]
+                                .copy_from_slice(&row[2 * nk * hk + h * hv..][..hv]);
+                            gc[j] = gs.get(t * g.width + h, 1)[0];
+                            bc[j] = bs.get(t * beta.width + h, 1)[0];
+                        }
+                        kernels::delta_chunk(
+                            st,
+                            &qc[..m * hk],
+                            &kc[..m * hk],
+                            &vc[..m * hv],
+                            &gc[..m],
+                            &bc[..m],
+                            &mut oc[..m * hv],
+                            rest,
+                        );
+                        for j in 0..m {
+                            let t = tok(i0 + j);
+                            os.get_mut(t * out.width + h * hv, hv)
+                                .copy_from_slice(&oc[j * hv..(j + 1) * hv]);
+                        }
+                    }
+                } else {
+                    let (qn, rest) = scratch.split_at_mut(hk);
+                    let kn = &mut rest[..hk];
+                    for i in 0..grp.n as usize {
+                        let t = tok(i);
+                        let row = xs.get(t * qkv.width, ch);
+                        kernels::l2_normalize(&row[kh * hk..][..hk], net.eps, scale, qn);
+                        kernels::l2_normalize(&row[(nk + kh) * hk..][..hk], net.eps, 1.0, kn);
+                        let v = &row[2 * nk * hk + h * hv..][..hv];
+                        let o = os.get_mut(t * out.width + h * hv, hv);
+                        let (gv, bv) = (
+                            gs.get(t * g.width + h, 1)[0],
+                            bs.get(t * beta.width + h, 1)[0],
+                        );
+                        kernels::delta_step(st, qn, kn, v, gv, bv, o);
+                    }
+                }
+            }
+        });
+        self.done(out);
+    }
+}
