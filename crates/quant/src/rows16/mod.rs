@@ -24,7 +24,7 @@
 //!
 //! So a lane's unpacked vector meets one 4-byte word of a token's block of levels, and a
 //! VNNI instruction does 16 rows × 4 columns. A token's activations are quantized to 8 bits
-//! per block of 32 with an f32 scale ([`quantize_act`]); for each block, a row's integer
+//! per block of 32 as ggml does for Q8_0 ([`quantize_act`]); for each block, a row's integer
 //! sum `Σ q_w q_a − offset × Σ q_a` is exact, then it is scaled and added in f32 in block
 //! order with one fused multiply-add: `acc = fma(isum, d_w × d_a, acc)` (and, with minimums,
 //! `acc = fma(m_w, d_a Σ q_a, acc)`). Q4_K's block scale is `d × sc` and its minimum
@@ -521,8 +521,8 @@ pub fn act_bytes(cols: usize) -> usize {
 }
 
 /// Quantizes one token's activations `x` (a whole number of blocks of 32) into `out`
-/// ([`act_bytes`] long): per block, `d = max|x| / 127` and levels `x / d` rounded to
-/// nearest (ties to even).
+/// ([`act_bytes`] long): per block, as ggml's Q8_0: the scale `max|x| / 127` rounded to
+/// f16 (kept as f32) and the levels `x × 127 / max|x|` rounded to nearest (ties to even).
 pub fn quantize_act(x: &[f32], out: &mut [u8]) {
     let nb = x.len() / 32;
     assert!(x.len().is_multiple_of(32) && out.len() == act_bytes(x.len()));
@@ -543,8 +543,10 @@ pub fn quantize_act(x: &[f32], out: &mut [u8]) {
             }
         }
         let amax = lanes.iter().fold(0.0f32, |m, &v| m.max(v));
-        let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        // As ggml quantizes activations to Q8_0: the scale rounded to f16, the levels
+        // `x × 127 / amax` in f32 (so the integer sums are ggml's).
+        let d = half::f16::from_f32(amax / 127.0).to_f32();
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         let mut q = [0i32; 32];
         for (q, &v) in q.iter_mut().zip(xb) {
             *q = (((v * id).clamp(-127.0, 127.0) + MAGIC) - MAGIC) as i32;
