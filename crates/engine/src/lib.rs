@@ -1,6 +1,7 @@
 //! Sequences, the sampling chain, generation and perplexity over a loaded model; later the
 //! speculative decoding and the batching scheduler.
 
+pub mod mtp;
 pub mod multi;
 pub mod perplexity;
 pub mod sampling;

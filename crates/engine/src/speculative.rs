@@ -33,6 +33,10 @@ pub const MAX_DRAFT: usize = runtime::cpu::GEMM_MIN_TOKENS - 2;
 pub enum SpecError {
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error("MTP drafting: {0}")]
+    Mtp(&'static str),
+    #[error("the model has no multi-token-prediction block: use --spec ngram or --spec draft")]
+    NoMtp,
     #[error("the draft model's vocabulary ({draft} tokens) differs from the target's ({target}); a draft model must share the target's tokenizer")]
     Vocabulary { draft: usize, target: usize },
     #[error("the draft model's tokenizer disagrees with the target's on token {id} ({draft:?} vs {target:?}); a draft model must share the target's tokenizer")]
@@ -89,6 +93,48 @@ pub trait Drafter {
     /// Returns the seconds spent catching up with tokens the drafter had not seen (after
     /// steps without drafting), which the [`Controller`] leaves out of the cost per draft.
     fn propose(&mut self, history: &[u32], k: usize, draft: &mut Draft) -> Result<f64, SpecError>;
+
+    /// Whether this is the target model's own MTP block ([`MtpDrafter`]), which the engine
+    /// runs itself (it needs the target's hidden states).
+    fn is_mtp(&self) -> bool {
+        false
+    }
+
+    /// Told each round's first position and proposals (the MTP drafter keeps them for tests).
+    fn record(&mut self, pos: usize, drafts: &[u32]) {
+        let _ = (pos, drafts);
+    }
+}
+
+/// The target model's own multi-token-prediction block as the drafter (`qwen35` files with
+/// `nextn_predict_layers` > 0): greedy drafts, see [`crate::mtp`]. The engine runs it.
+#[derive(Debug, Default)]
+pub struct MtpDrafter {
+    /// With `Some`, every round's (position of the last verified token, proposals).
+    pub trace: Option<Vec<(usize, Vec<u32>)>>,
+}
+
+impl Drafter for MtpDrafter {
+    fn name(&self) -> &'static str {
+        "mtp"
+    }
+
+    fn propose(&mut self, _: &[u32], _: usize, _: &mut Draft) -> Result<f64, SpecError> {
+        // The engine drafts with the block itself; reaching here means no engine did.
+        Err(SpecError::Mtp(
+            "the MTP drafter runs inside Engine::generate_speculative",
+        ))
+    }
+
+    fn is_mtp(&self) -> bool {
+        true
+    }
+
+    fn record(&mut self, pos: usize, drafts: &[u32]) {
+        if let Some(t) = &mut self.trace {
+            t.push((pos, drafts.to_vec()));
+        }
+    }
 }
 
 /// Prompt lookup: finds the latest earlier occurrence of the last `n` tokens (longest `n`
@@ -621,10 +667,30 @@ impl Engine {
         let mut draft = Draft::default();
         let mut picked: Vec<(u32, usize)> = Vec::with_capacity(MAX_DRAFT + 1);
 
-        // The prompt, as `generate` evaluates it (the cached prefix reused).
-        let reuse = self.reusable_prefix(prompt);
+        // The prompt, as `generate` evaluates it (the cached prefix reused); with the MTP
+        // drafter, chunk by chunk with the block's passes (no prefix reuse).
+        let mut mtp = if drafter.is_mtp() {
+            if !self.has_mtp() {
+                return Err(SpecError::NoMtp);
+            }
+            Some(crate::mtp::MtpState::new(
+                self.n_batch,
+                self.model.hp.n_embd,
+            ))
+        } else {
+            None
+        };
         let t0 = Instant::now();
-        self.eval(0, &prompt[reuse..], reuse, false)?;
+        match mtp.as_mut() {
+            Some(st) => {
+                self.cached.clear();
+                self.mtp_prefill(st, prompt)?;
+            }
+            None => {
+                let reuse = self.reusable_prefix(prompt);
+                self.eval(0, &prompt[reuse..], reuse, false)?;
+            }
+        }
         self.cached.extend_from_slice(prompt);
         drafter.prepare(prompt)?;
         out.timings.prompt_tokens = prompt.len();
@@ -721,8 +787,12 @@ impl Engine {
             let td = Instant::now();
             let mut catch_up = 0.0;
             if k > 0 {
-                catch_up = drafter.propose(&history, k, &mut draft)?;
+                catch_up = match mtp.as_mut() {
+                    Some(st) => self.mtp_propose(st, &history, k, &mut draft)?,
+                    None => drafter.propose(&history, k, &mut draft)?,
+                };
                 draft.tokens.truncate(k);
+                drafter.record(pos, &draft.tokens);
             }
             let t_draft = (td.elapsed().as_secs_f64() - catch_up).max(0.0);
             n_draft = draft.tokens.len();
@@ -743,6 +813,9 @@ impl Engine {
                 }
             };
             self.cached.push(history[pos]);
+            if let Some(st) = mtp.as_mut() {
+                self.mtp_keep_hidden(st, pos, n_draft + 1);
+            }
             pending = Some((n_draft, tv.elapsed().as_secs_f64(), t_draft, catch_up));
         }
         emit.finish(&mut out);

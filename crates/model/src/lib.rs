@@ -155,7 +155,7 @@ impl Model {
             Family::Qwen2 => qwen2::load(&loader)?,
             Family::Qwen3 => qwen3::load(&loader)?,
             Family::Gemma3 => gemma3::load(&loader)?,
-            Family::Qwen35 => qwen35::load(&loader, &mut plan)?,
+            Family::Qwen35 => qwen35::load(&loader, &mut plan, max_logit_rows)?,
         };
         let hp = parts.hp;
         let q_dim = hp.n_head * hp.head_dim;
@@ -223,6 +223,23 @@ impl Model {
     /// input of its multi-token-prediction head).
     pub fn hidden(&self) -> Option<Act> {
         self.hybrid.as_ref().map(|h| h.acts.h)
+    }
+
+    /// Multi-token-prediction blocks the file has (`qwen35`'s `nextn_predict_layers`).
+    pub fn n_mtp(&self) -> usize {
+        self.hybrid.as_ref().map_or(0, |h| h.mtp.len())
+    }
+
+    /// The buffers of an MTP pass: (input `h` rows, output `h` rows, logits).
+    pub fn mtp_acts(&self) -> Option<(Act, Act, Act)> {
+        self.hybrid
+            .as_ref()
+            .map(|h| (h.acts.mtp_h_in, h.acts.mtp_h, h.acts.mtp_logits))
+    }
+
+    /// One pass of MTP block `k` over the batch the ops carry ([`qwen35::mtp_forward`]).
+    pub fn mtp_forward<O: Ops>(&self, o: &O, k: usize) {
+        qwen35::mtp_forward(self, o, k);
     }
 
     /// Cuts sequence `seq`'s state back to its first `len` positions: speculative decoding

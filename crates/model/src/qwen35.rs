@@ -102,6 +102,17 @@ pub struct HybridActs {
     /// The trunk's final normed hidden state of every token of the batch (what the MTP
     /// block consumes); the logits are `h · output`.
     pub h: Act,
+    /// MTP input: the hidden state `h` of the position before each token (written by the
+    /// caller before an MTP pass).
+    pub mtp_h_in: Act,
+    /// MTP: `rms(embed(x))·enorm`, then `[that; rms(h_in)·hnorm]`.
+    pub mtp_e: Act,
+    pub mtp_cat: Act,
+    /// MTP output: `rms(y)·shared_head_norm` of every token (the next draft step's `h`).
+    pub mtp_h: Act,
+    /// MTP logits of the tokens in `batch.logits` (the trunk's stay in `acts.logits`).
+    pub mtp_last: Act,
+    pub mtp_logits: Act,
 }
 
 /// What the hybrid family adds to [`Model`].
@@ -296,7 +307,11 @@ fn delta_net_shape(ld: &Loader, arch: &str, eps: f32) -> Result<DeltaNet, ModelE
 }
 
 /// Loads a `qwen35` model, declaring its extra activation buffers in `plan`.
-pub(crate) fn load(ld: &Loader, plan: &mut Plan) -> Result<Parts, ModelError> {
+pub(crate) fn load(
+    ld: &Loader,
+    plan: &mut Plan,
+    max_logit_rows: usize,
+) -> Result<Parts, ModelError> {
     let arch = "qwen35";
     let m = ld.metadata();
     let n_vocab = m.get_array("tokenizer.ggml.tokens").map_or(0, |a| a.len());
@@ -377,6 +392,12 @@ pub(crate) fn load(ld: &Loader, plan: &mut Plan) -> Result<Parts, ModelError> {
         beta: plan.act(net.n_v_heads),
         delta: plan.act(net.value_dim()),
         h: plan.act(hp.n_embd),
+        mtp_h_in: plan.act(hp.n_embd),
+        mtp_e: plan.act(hp.n_embd),
+        mtp_cat: plan.act(2 * hp.n_embd),
+        mtp_h: plan.act(hp.n_embd),
+        mtp_last: plan.act_rows(hp.n_embd, max_logit_rows),
+        mtp_logits: plan.act_rows(hp.n_vocab, max_logit_rows),
     };
     let hybrid = Hybrid {
         blocks,
@@ -435,6 +456,44 @@ pub fn forward<O: Ops>(m: &Model, o: &O) {
     if nl > 0 {
         o.gather_logit_rows(h, a.last);
         o.matmul(nl, &m.output, a.last, a.logits);
+    }
+}
+
+/// One pass of MTP block `k` over the batch: token `x_p` at position `p` with
+/// `hybrid.acts.mtp_h_in` holding the hidden state of position `p − 1` (the trunk's, or the
+/// block's own `mtp_h` when drafting further); writes its KV-cache layer, `mtp_h` for every
+/// token and, for the tokens in `batch.logits`, `mtp_logits`. Touches neither the trunk's
+/// logits and `h` nor the recurrent state.
+pub fn mtp_forward<O: Ops>(m: &Model, o: &O, k: usize) {
+    let Some(hy) = m.hybrid.as_deref() else {
+        return;
+    };
+    let Some(mtp) = hy.mtp.get(k) else {
+        return;
+    };
+    let (a, b, hp) = (&m.acts, &hy.acts, &m.hp);
+    let (n, d) = (o.batch().len(), hp.n_embd);
+    o.embed(mtp.embed_tokens.as_ref().unwrap_or(&m.tok_embd), a.xn);
+    o.rms_norm(n, a.xn, Some(&mtp.enorm), hp.eps, d, b.mtp_e);
+    o.rms_norm(n, b.mtp_h_in, Some(&mtp.hnorm), hp.eps, d, a.xn);
+    o.concat(n, b.mtp_e, a.xn, b.mtp_cat);
+    o.matmul(n, &mtp.eh_proj, b.mtp_cat, a.x);
+    let l = &mtp.block;
+    o.rms_norm(n, a.x, Some(&l.attn_norm), hp.eps, d, a.xn);
+    gated_attention(m, hy, o, l, mtp.kv);
+    o.add(n, a.x, a.out, a.x);
+    o.rms_norm(n, a.x, Some(&l.ffn_norm), hp.eps, d, a.xn);
+    o.matmul(n, &l.gate, a.xn, a.gate);
+    o.matmul(n, &l.up, a.xn, a.up);
+    o.swiglu(n, a.gate, a.up, a.gate);
+    o.matmul(n, &l.down, a.gate, a.out);
+    o.add(n, a.x, a.out, a.x);
+    o.rms_norm(n, a.x, Some(&mtp.shared_head_norm), hp.eps, d, b.mtp_h);
+    let nl = o.batch().logits.len();
+    if nl > 0 {
+        o.gather_logit_rows(b.mtp_h, b.mtp_last);
+        let head = mtp.shared_head_head.as_ref().unwrap_or(&m.output);
+        o.matmul(nl, head, b.mtp_last, b.mtp_logits);
     }
 }
 

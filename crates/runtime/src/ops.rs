@@ -239,6 +239,8 @@ pub trait Ops {
     fn unzip(&self, n: usize, x: Act, half: usize, a: Act, b: Act);
     /// `out = x × sigmoid(gate)`.
     fn sigmoid_mul(&self, n: usize, x: Act, gate: Act, out: Act);
+    /// Row t of `out` = row t of `a` followed by row t of `b` (`out.width = a.width + b.width`).
+    fn concat(&self, n: usize, a: Act, b: Act, out: Act);
     /// Each piece of `w.len()` values of a row (one head): `out = rms_norm(x) × w × silu(z)`.
     fn gated_rms_norm(&self, n: usize, x: Act, z: Act, w: &[f32], eps: f32, out: Act);
     /// The gates of the delta rule, in place, one value per value head:

@@ -226,6 +226,17 @@ impl CpuBackend {
         Ok(())
     }
 
+    /// Writes `data` (whole rows) into the first rows of an activation buffer, before a
+    /// forward pass that reads it (a speculative head's input). Panics if it does not fit.
+    pub fn write(&mut self, act: Act, data: &[f32]) {
+        assert!(
+            data.len().is_multiple_of(act.width),
+            "whole rows of {}",
+            act.width
+        );
+        self.acts[act.id as usize].as_mut_slice()[..data.len()].copy_from_slice(data);
+    }
+
     /// The first `rows` rows of an activation buffer, after a forward pass.
     pub fn read(&mut self, act: Act, rows: usize) -> &[f32] {
         &self.acts[act.id as usize].as_slice()[..rows * act.width]
@@ -622,6 +633,19 @@ impl Ops for CpuOps<'_> {
         });
         self.done(a);
         self.done(b);
+    }
+
+    fn concat(&self, n: usize, a: Act, b: Act, out: Act) {
+        let (sa, sb, so) = (self.be.act(a), self.be.act(b), self.be.act(out));
+        self.rows(n, |t| {
+            // SAFETY: row t of `out` is this thread's; `a` and `b` are only read.
+            unsafe {
+                let dst = so.get_mut(t * out.width, a.width + b.width);
+                dst[..a.width].copy_from_slice(sa.get(t * a.width, a.width));
+                dst[a.width..].copy_from_slice(sb.get(t * b.width, b.width));
+            }
+        });
+        self.done(out);
     }
 
     fn sigmoid_mul(&self, n: usize, x: Act, gate: Act, out: Act) {

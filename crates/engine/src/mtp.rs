@@ -1,0 +1,182 @@
+//! Drafting with the model's own multi-token-prediction (MTP) block (`qwen35`): the block
+//! reads the token at position p and the trunk's hidden state of p − 1 and predicts p + 1.
+//!
+//! Its KV cache holds one entry per verified position, written from the trunk's hidden
+//! states: during the prompt (a pass over each chunk right after the trunk's), and at each
+//! round for the positions verified since the last one ("catch-up", one pass that also gives
+//! the first draft). Further drafts feed the previous draft token with the block's own
+//! output state; those entries are provisional and the next catch-up overwrites them. When
+//! the controller stops drafting, catch-up stops too (it would cost a pass per token); the
+//! entries it skipped stay stale, which only lowers acceptance after a restart.
+
+use crate::session::Engine;
+use crate::speculative::{Draft, SpecError};
+use crate::EngineError;
+
+/// The MTP drafter's bookkeeping for one generation.
+pub(crate) struct MtpState {
+    /// Positions whose MTP cache entry is verified (or skipped): the next catch-up starts here.
+    pub len: usize,
+    /// Position of the first row of `h`.
+    pub pass_start: usize,
+    /// The trunk's hidden states of the last trunk pass, `rows × n_embd`.
+    pub h: Vec<f32>,
+    pub rows: usize,
+    /// Input rows of an MTP pass.
+    h_in: Vec<f32>,
+}
+
+impl MtpState {
+    pub fn new(n_batch: usize, n_embd: usize) -> MtpState {
+        MtpState {
+            len: 0,
+            pass_start: 0,
+            h: vec![0.0; n_batch * n_embd],
+            rows: 0,
+            h_in: vec![0.0; n_batch * n_embd],
+        }
+    }
+}
+
+impl Engine {
+    /// Whether the model has an MTP block to draft with.
+    pub fn has_mtp(&self) -> bool {
+        self.model.n_mtp() > 0
+    }
+
+    /// Copies the trunk's hidden states of the last pass (`rows` tokens from position
+    /// `start`) into `st`.
+    pub(crate) fn mtp_keep_hidden(&mut self, st: &mut MtpState, start: usize, rows: usize) {
+        let Some(h) = self.model.hidden() else {
+            return;
+        };
+        let d = self.model.hp.n_embd;
+        let src = self.backend.read(h, rows);
+        st.h[..rows * d].copy_from_slice(src);
+        st.pass_start = start;
+        st.rows = rows;
+    }
+
+    /// One MTP pass over `tokens` at positions `start..`, with `st.h_in` holding their input
+    /// states; logits for the last token when `logits`.
+    fn mtp_pass(
+        &mut self,
+        st: &MtpState,
+        tokens: &[u32],
+        start: usize,
+        logits: bool,
+    ) -> Result<(), EngineError> {
+        let Some((h_in, _, _)) = self.model.mtp_acts() else {
+            return Ok(());
+        };
+        let d = self.model.hp.n_embd;
+        self.backend.write(h_in, &st.h_in[..tokens.len() * d]);
+        let b = &mut self.batch;
+        b.tokens.clear();
+        b.tokens.extend_from_slice(tokens);
+        b.pos.clear();
+        b.pos.extend(start as u32..(start + tokens.len()) as u32);
+        b.seq.clear();
+        b.seq.resize(tokens.len(), 0);
+        b.logits.clear();
+        if logits {
+            b.logits.push(tokens.len() as u32 - 1);
+        }
+        let model = &self.model;
+        self.backend
+            .forward(&self.batch, model.hp.n_vocab, |o| model.mtp_forward(o, 0))?;
+        Ok(())
+    }
+
+    /// Evaluates a prompt chunk by chunk, each trunk pass followed by the MTP block's pass
+    /// over the same positions (its cache entries). The trunk's logits of the last token
+    /// are left in `acts.logits`.
+    pub(crate) fn mtp_prefill(
+        &mut self,
+        st: &mut MtpState,
+        prompt: &[u32],
+    ) -> Result<(), EngineError> {
+        let d = self.model.hp.n_embd;
+        let mut start = 0;
+        for chunk in prompt.chunks(self.n_batch) {
+            let last = start + chunk.len() == prompt.len();
+            let b = &mut self.batch;
+            b.tokens.clear();
+            b.tokens.extend_from_slice(chunk);
+            b.pos.clear();
+            b.pos.extend(start as u32..(start + chunk.len()) as u32);
+            b.seq.clear();
+            b.seq.resize(chunk.len(), 0);
+            b.logits.clear();
+            if last {
+                b.logits.push(chunk.len() as u32 - 1);
+            }
+            let model = &self.model;
+            self.backend
+                .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
+            // Inputs: the state before each token (zeros before position 0).
+            let n = chunk.len();
+            if start == 0 {
+                st.h_in[..d].fill(0.0);
+            } else {
+                let prev = &st.h[(st.rows - 1) * d..st.rows * d];
+                st.h_in[..d].copy_from_slice(prev);
+            }
+            self.mtp_keep_hidden(st, start, n);
+            st.h_in[d..n * d].copy_from_slice(&st.h[..(n - 1) * d]);
+            self.mtp_pass(st, chunk, start, false)?;
+            start += n;
+        }
+        st.len = prompt.len();
+        Ok(())
+    }
+
+    /// Catches the MTP cache up with `history` (whose last token is the next to verify) and
+    /// proposes up to `k` greedy drafts. Returns the seconds spent catching up on positions
+    /// before the last token (left out of the draft cost).
+    pub(crate) fn mtp_propose(
+        &mut self,
+        st: &mut MtpState,
+        history: &[u32],
+        k: usize,
+        draft: &mut Draft,
+    ) -> Result<f64, SpecError> {
+        let p = history.len() - 1;
+        if k == 0 {
+            return Ok(0.0);
+        }
+        let d = self.model.hp.n_embd;
+        let Some((_, h_out, logits)) = self.model.mtp_acts() else {
+            return Ok(0.0);
+        };
+        // Positions whose input state the last trunk pass has: pass_start + 1 ..= p.
+        let from = st.len.max(st.pass_start + 1).min(p);
+        let n = p + 1 - from;
+        if from < st.pass_start + 1 || p - 1 >= st.pass_start + st.rows {
+            return Err(SpecError::Mtp(
+                "the trunk's hidden state of the last position is gone",
+            ));
+        }
+        for (i, pos) in (from..=p).enumerate() {
+            let r = pos - 1 - st.pass_start;
+            st.h_in[i * d..(i + 1) * d].copy_from_slice(&st.h[r * d..(r + 1) * d]);
+        }
+        let t = std::time::Instant::now();
+        self.mtp_pass(st, &history[from..=p], from, true)?;
+        let catch_up = t.elapsed().as_secs_f64() * (n - 1) as f64 / n as f64;
+        st.len = p + 1;
+        let mut next = crate::sampling::argmax_excluding(self.backend.read(logits, 1), &[]);
+        draft.tokens.push(next);
+        let mut last_row = n - 1;
+        for i in 1..k {
+            // The block's own output state of the previous step feeds the next.
+            let rows = self.backend.read(h_out, last_row + 1);
+            st.h_in[..d].copy_from_slice(&rows[last_row * d..(last_row + 1) * d]);
+            self.mtp_pass(st, &[next], p + i, true)?;
+            next = crate::sampling::argmax_excluding(self.backend.read(logits, 1), &[]);
+            draft.tokens.push(next);
+            last_row = 0;
+        }
+        Ok(catch_up)
+    }
+}
