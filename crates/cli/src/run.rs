@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use engine::sampling::SamplingParams;
-use engine::speculative::{Controller, Drafter, ModelDrafter, NgramDrafter, MAX_DRAFT};
+use engine::speculative::{Controller, Drafter, ModelDrafter, MtpDrafter, NgramDrafter, MAX_DRAFT};
 use engine::{Engine, EngineOptions, GenerateOptions};
 use serde_json::json;
 
@@ -141,6 +141,9 @@ pub enum SpecMode {
     Ngram,
     /// A small model sharing the target's tokenizer proposes tokens (--draft-model).
     Draft,
+    /// The model's own multi-token-prediction block (Qwen3.5/3.6 files with `nextn` layers;
+    /// the default for them).
+    Mtp,
 }
 
 /// Speculative decoding flags.
@@ -148,7 +151,7 @@ pub enum SpecMode {
 pub struct SpecArgs {
     /// Speculative decoding: a drafter proposes tokens, the model checks them in one pass.
     /// Greedy output is unchanged and sampled output keeps its distribution. With
-    /// --draft-model the default is `draft`.
+    /// --draft-model the default is `draft`; for a model with an MTP block, `mtp`.
     #[arg(long, value_enum, value_name = "MODE")]
     pub spec: Option<SpecMode>,
     /// The draft model for --spec draft: a .gguf path or a known model name, with the same
@@ -175,6 +178,8 @@ impl SpecArgs {
     ) -> Result<Option<Box<dyn Drafter>>> {
         let mode = self.spec.unwrap_or(if self.draft_model.is_some() {
             SpecMode::Draft
+        } else if target.has_mtp() {
+            SpecMode::Mtp
         } else {
             SpecMode::None
         });
@@ -187,6 +192,12 @@ impl SpecArgs {
         match mode {
             SpecMode::None => Ok(None),
             SpecMode::Ngram => Ok(Some(Box::new(NgramDrafter::default()))),
+            SpecMode::Mtp => {
+                if !target.has_mtp() {
+                    anyhow::bail!("--spec mtp: this model has no multi-token-prediction block (use --spec ngram or --spec draft)");
+                }
+                Ok(Some(Box::new(MtpDrafter::default())))
+            }
             SpecMode::Draft => {
                 let Some(name) = &self.draft_model else {
                     anyhow::bail!("--spec draft needs --draft-model MODEL (a small model with the same tokenizer)");
@@ -199,10 +210,10 @@ impl SpecArgs {
         }
     }
 
-    /// Logit rows the target needs: one per verified token.
+    /// Logit rows the target needs: one per verified token (the model may turn out to have
+    /// an MTP block, which speculates by default, so only `--spec none` asks for one row).
     pub fn logit_rows(&self) -> usize {
-        if self.spec == Some(SpecMode::None) || (self.spec.is_none() && self.draft_model.is_none())
-        {
+        if self.spec == Some(SpecMode::None) {
             1
         } else {
             MAX_DRAFT + 1

@@ -152,7 +152,7 @@ impl Engine {
         // Positions whose input state the last trunk pass has: pass_start + 1 ..= p.
         let from = st.len.max(st.pass_start + 1).min(p);
         let n = p + 1 - from;
-        if from < st.pass_start + 1 || p - 1 >= st.pass_start + st.rows {
+        if from <= st.pass_start || p > st.pass_start + st.rows {
             return Err(SpecError::Mtp(
                 "the trunk's hidden state of the last position is gone",
             ));
