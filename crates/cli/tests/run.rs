@@ -169,3 +169,60 @@ fn run_with_speculation_reports_it_and_keeps_greedy_output() {
         assert!(err.contains(needle), "{extra:?}: {err}");
     }
 }
+
+#[test]
+fn qwen35_speculates_with_its_mtp_block_by_default() {
+    let model = format!(
+        "{}/../../tests/data/synthetic/qwen35-tiny-q8_0.gguf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let args = |spec: Option<&'static str>| {
+        let mut a = vec![
+            "run",
+            "-m",
+            &model,
+            "-p",
+            "1, 2, 3, 4, 5,",
+            "-n",
+            "24",
+            "--temp",
+            "0",
+            "--ignore-eos",
+            "-t",
+            "2",
+            "--json",
+        ];
+        if let Some(s) = spec {
+            a.extend(["--spec", s, "--draft-max", "3", "--draft-fixed"]);
+        }
+        surplus(&a.iter().map(|s| &**s).collect::<Vec<_>>())
+    };
+    let plain = surplus(&[
+        "run",
+        "-m",
+        &model,
+        "-p",
+        "1, 2, 3, 4, 5,",
+        "-n",
+        "24",
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "-t",
+        "2",
+        "--json",
+        "--spec",
+        "none",
+    ]);
+    assert!(plain["speculative"].is_null());
+    let by_default = args(None);
+    assert_eq!(by_default["speculative"]["drafter"], "mtp");
+    let fixed = args(Some("mtp"));
+    assert!(fixed["speculative"]["drafted"].as_u64().unwrap() > 0);
+    for j in [&by_default, &fixed] {
+        assert_eq!(
+            j["text"], plain["text"],
+            "greedy text changed by MTP speculation"
+        );
+    }
+}
