@@ -68,6 +68,8 @@ enum Spec {
     Ngram,
     /// A draft model (--draft-model).
     Draft,
+    /// The model's own multi-token-prediction block (the default for files with one).
+    Mtp,
 }
 
 /// Runs `surplus serve` until SIGTERM or Ctrl-C (the open requests finish first).
@@ -82,8 +84,21 @@ pub fn run(args: Args) -> Result<()> {
         "--draft-max must be in 1..={}",
         engine::speculative::MAX_DRAFT
     );
+    let opts = registry::PullOptions {
+        progress: crate::progress_enabled(),
+        force: false,
+    };
+    let path = registry::resolve(&args.model, &opts)?;
+    // Whether the file has MTP blocks (read from its header before loading).
+    let has_mtp = gguf::Gguf::open(&path).ok().is_some_and(|g| {
+        let arch = g.architecture().unwrap_or_default().to_string();
+        let key = format!("{arch}.nextn_predict_layers");
+        g.metadata().get_u64(&key).unwrap_or(0) > 0
+    });
     let kind = args.spec.unwrap_or(if args.draft_model.is_some() {
         Spec::Draft
+    } else if has_mtp {
+        Spec::Mtp
     } else {
         Spec::None
     });
@@ -92,6 +107,15 @@ pub fn run(args: Args) -> Result<()> {
         Spec::Ngram => server::Speculation::Ngram {
             draft_max: args.draft_max,
         },
+        Spec::Mtp => {
+            anyhow::ensure!(
+                has_mtp,
+                "--spec mtp: this model has no multi-token-prediction block (use --spec ngram or --spec draft)"
+            );
+            server::Speculation::Mtp {
+                draft_max: args.draft_max,
+            }
+        }
         Spec::Draft => {
             anyhow::ensure!(
                 args.draft_model.is_some(),
@@ -104,11 +128,6 @@ pub fn run(args: Args) -> Result<()> {
     };
     // A decode step holds every sequence's last token and, speculating, its drafts.
     let rows_per_seq = spec.draft_max() + 1;
-    let opts = registry::PullOptions {
-        progress: crate::progress_enabled(),
-        force: false,
-    };
-    let path = registry::resolve(&args.model, &opts)?;
     let eo = EngineOptions {
         n_ctx: args.ctx_size,
         n_batch: args.batch_size.max(args.parallel * rows_per_seq),

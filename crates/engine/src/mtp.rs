@@ -13,20 +13,21 @@ use crate::session::Engine;
 use crate::speculative::{Draft, SpecError};
 use crate::EngineError;
 
-/// The MTP drafter's bookkeeping for one generation.
-pub(crate) struct MtpState {
+/// The MTP drafter's bookkeeping for one sequence.
+pub struct MtpState {
     /// Positions whose MTP cache entry is verified (or skipped): the next catch-up starts here.
-    pub len: usize,
+    len: usize,
     /// Position of the first row of `h`.
-    pub pass_start: usize,
-    /// The trunk's hidden states of the last trunk pass, `rows × n_embd`.
-    pub h: Vec<f32>,
-    pub rows: usize,
+    pass_start: usize,
+    /// The trunk's hidden states of the sequence's last trunk pass, `rows × n_embd`.
+    h: Vec<f32>,
+    rows: usize,
     /// Input rows of an MTP pass.
     h_in: Vec<f32>,
 }
 
 impl MtpState {
+    /// State for passes of up to `n_batch` tokens of a model `n_embd` wide.
     pub fn new(n_batch: usize, n_embd: usize) -> MtpState {
         MtpState {
             len: 0,
@@ -35,6 +36,13 @@ impl MtpState {
             rows: 0,
             h_in: vec![0.0; n_batch * n_embd],
         }
+    }
+
+    /// Forgets the sequence (a new one starts at position 0).
+    pub fn reset(&mut self) {
+        self.len = 0;
+        self.pass_start = 0;
+        self.rows = 0;
     }
 }
 
@@ -47,12 +55,25 @@ impl Engine {
     /// Copies the trunk's hidden states of the last pass (`rows` tokens from position
     /// `start`) into `st`.
     pub(crate) fn mtp_keep_hidden(&mut self, st: &mut MtpState, start: usize, rows: usize) {
+        self.mtp_keep_hidden_rows(st, 0, start, rows);
+    }
+
+    /// Copies rows `row0..row0 + rows` of the last pass's hidden states (one sequence's
+    /// tokens at positions `start..`, in a pass that may hold other sequences) into `st`:
+    /// call it right after the pass.
+    pub fn mtp_keep_hidden_rows(
+        &mut self,
+        st: &mut MtpState,
+        row0: usize,
+        start: usize,
+        rows: usize,
+    ) {
         let Some(h) = self.model.hidden() else {
             return;
         };
         let d = self.model.hp.n_embd;
-        let src = self.backend.read(h, rows);
-        st.h[..rows * d].copy_from_slice(src);
+        let src = self.backend.read(h, row0 + rows);
+        st.h[..rows * d].copy_from_slice(&src[row0 * d..(row0 + rows) * d]);
         st.pass_start = start;
         st.rows = rows;
     }
@@ -62,6 +83,7 @@ impl Engine {
     fn mtp_pass(
         &mut self,
         st: &MtpState,
+        seq: u32,
         tokens: &[u32],
         start: usize,
         logits: bool,
@@ -77,7 +99,7 @@ impl Engine {
         b.pos.clear();
         b.pos.extend(start as u32..(start + tokens.len()) as u32);
         b.seq.clear();
-        b.seq.resize(tokens.len(), 0);
+        b.seq.resize(tokens.len(), seq);
         b.logits.clear();
         if logits {
             b.logits.push(tokens.len() as u32 - 1);
@@ -85,6 +107,36 @@ impl Engine {
         let model = &self.model;
         self.backend
             .forward(&self.batch, model.hp.n_vocab, |o| model.mtp_forward(o, 0))?;
+        Ok(())
+    }
+
+    /// The MTP block's pass over a prompt chunk of sequence `seq` (`chunk` at positions
+    /// `start..`), right after the trunk's pass over it (whose hidden states it reads).
+    pub fn mtp_after_chunk(
+        &mut self,
+        seq: u32,
+        st: &mut MtpState,
+        chunk: &[u32],
+        start: usize,
+    ) -> Result<(), EngineError> {
+        let d = self.model.hp.n_embd;
+        let n = chunk.len();
+        if n == 0 || n * d > st.h.len() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        // Inputs: the state before each token (zeros before position 0).
+        if start == 0 {
+            st.h_in[..d].fill(0.0);
+        } else if st.rows > 0 && st.pass_start + st.rows == start {
+            let prev = st.h[(st.rows - 1) * d..st.rows * d].to_owned();
+            st.h_in[..d].copy_from_slice(&prev);
+        } else {
+            st.h_in[..d].fill(0.0);
+        }
+        self.mtp_keep_hidden(st, start, n);
+        st.h_in[d..n * d].copy_from_slice(&st.h[..(n - 1) * d]);
+        self.mtp_pass(st, seq, chunk, start, false)?;
+        st.len = start + n;
         Ok(())
     }
 
@@ -96,7 +148,7 @@ impl Engine {
         st: &mut MtpState,
         prompt: &[u32],
     ) -> Result<(), EngineError> {
-        let d = self.model.hp.n_embd;
+        st.reset();
         let mut start = 0;
         for chunk in prompt.chunks(self.n_batch) {
             let last = start + chunk.len() == prompt.len();
@@ -114,20 +166,9 @@ impl Engine {
             let model = &self.model;
             self.backend
                 .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
-            // Inputs: the state before each token (zeros before position 0).
-            let n = chunk.len();
-            if start == 0 {
-                st.h_in[..d].fill(0.0);
-            } else {
-                let prev = &st.h[(st.rows - 1) * d..st.rows * d];
-                st.h_in[..d].copy_from_slice(prev);
-            }
-            self.mtp_keep_hidden(st, start, n);
-            st.h_in[d..n * d].copy_from_slice(&st.h[..(n - 1) * d]);
-            self.mtp_pass(st, chunk, start, false)?;
-            start += n;
+            self.mtp_after_chunk(0, st, chunk, start)?;
+            start += chunk.len();
         }
-        st.len = prompt.len();
         Ok(())
     }
 
@@ -136,6 +177,19 @@ impl Engine {
     /// before the last token (left out of the draft cost).
     pub(crate) fn mtp_propose(
         &mut self,
+        st: &mut MtpState,
+        history: &[u32],
+        k: usize,
+        draft: &mut Draft,
+    ) -> Result<f64, SpecError> {
+        self.mtp_propose_seq(0, st, history, k, draft)
+    }
+
+    /// [`Engine::mtp_propose`] for sequence `seq`, whose hidden states of its last trunk
+    /// pass `st` kept ([`Engine::mtp_keep_hidden_rows`]).
+    pub fn mtp_propose_seq(
+        &mut self,
+        seq: u32,
         st: &mut MtpState,
         history: &[u32],
         k: usize,
@@ -162,7 +216,7 @@ impl Engine {
             st.h_in[i * d..(i + 1) * d].copy_from_slice(&st.h[r * d..(r + 1) * d]);
         }
         let t = std::time::Instant::now();
-        self.mtp_pass(st, &history[from..=p], from, true)?;
+        self.mtp_pass(st, seq, &history[from..=p], from, true)?;
         let catch_up = t.elapsed().as_secs_f64() * (n - 1) as f64 / n as f64;
         st.len = p + 1;
         let mut next = crate::sampling::argmax_excluding(self.backend.read(logits, 1), &[]);
@@ -172,7 +226,7 @@ impl Engine {
             // The block's own output state of the previous step feeds the next.
             let rows = self.backend.read(h_out, last_row + 1);
             st.h_in[..d].copy_from_slice(&rows[last_row * d..(last_row + 1) * d]);
-            self.mtp_pass(st, &[next], p + i, true)?;
+            self.mtp_pass(st, seq, &[next], p + i, true)?;
             next = crate::sampling::argmax_excluding(self.backend.read(logits, 1), &[]);
             draft.tokens.push(next);
             last_row = 0;

@@ -12,6 +12,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
+use engine::mtp::MtpState;
 use engine::multi::{prefill_chunks, DecodeItem, StopScanner};
 use engine::sampling::{argmax_excluding, logprob_of, top_logprobs, Sampler, SamplingParams};
 use engine::speculative::{
@@ -111,6 +112,9 @@ pub enum Speculation {
     /// loaded with a sequence per slot), at most `draft_max` tokens per sequence and step
     /// (capped at [`engine::speculative::MAX_DRAFT`]), the length adapted per sequence.
     Draft { draft_max: usize },
+    /// The model's own multi-token-prediction block (`qwen35` files with one), at most
+    /// `draft_max` tokens per sequence and step, the length adapted per sequence.
+    Mtp { draft_max: usize },
 }
 
 impl Speculation {
@@ -118,7 +122,9 @@ impl Speculation {
     pub fn draft_max(&self) -> usize {
         match *self {
             Speculation::Off => 0,
-            Speculation::Ngram { draft_max } | Speculation::Draft { draft_max } => draft_max,
+            Speculation::Ngram { draft_max }
+            | Speculation::Draft { draft_max }
+            | Speculation::Mtp { draft_max } => draft_max,
         }
     }
 }
@@ -161,6 +167,13 @@ pub fn run(
     let chunk = cfg.prefill_chunk.clamp(1, engine.n_batch());
     let eog: Vec<u32> = tok.eog_ids().to_vec();
     let mut slots: Vec<Option<Slot>> = (0..n_slots).map(|_| None).collect();
+    // The MTP drafter's state per slot (its sequence number is the slot's).
+    let mut mtp: Vec<MtpState> = match cfg.spec {
+        Speculation::Mtp { .. } if engine.has_mtp() => (0..n_slots)
+            .map(|_| MtpState::new(engine.n_batch(), engine.model.hp.n_embd))
+            .collect(),
+        _ => Vec::new(),
+    };
     // The most items a decode step may have.
     let step_limit = engine.max_logit_rows().min(engine.n_batch()).max(1);
     let mut items: Vec<DecodeItem> = Vec::with_capacity(step_limit);
@@ -233,6 +246,12 @@ pub fn run(
             let ngram = match cfg.spec {
                 Speculation::Off => None,
                 Speculation::Ngram { .. } => Some(Some(NgramDrafter::default())),
+                Speculation::Mtp { .. } => {
+                    if let Some(st) = mtp.get_mut(free) {
+                        st.reset();
+                    }
+                    (!mtp.is_empty()).then_some(None)
+                }
                 Speculation::Draft { .. } => {
                     draft.as_mut().filter(|d| free < d.n_seq()).and_then(|d| {
                         match d.start_seq(free, &job.prompt, &job.sampling) {
@@ -315,7 +334,16 @@ pub fn run(
                         let r = match (sp.ngram.as_mut(), draft.as_mut()) {
                             (Some(ng), _) => ng.propose(&sp.history, k, &mut sp.draft),
                             (None, Some(d)) => d.propose_seq(i, &sp.history, k, &mut sp.draft),
-                            (None, None) => Ok(0.0),
+                            (None, None) => match mtp.get_mut(i) {
+                                Some(st) => engine.mtp_propose_seq(
+                                    i as u32,
+                                    st,
+                                    &sp.history,
+                                    k,
+                                    &mut sp.draft,
+                                ),
+                                None => Ok(0.0),
+                            },
                         };
                         match r {
                             Ok(c) => sp.catch_up = c,
@@ -380,6 +408,16 @@ pub fn run(
                             }
                         }
                     }
+                    // The MTP drafter reads each sequence's hidden states of this pass.
+                    if !mtp.is_empty() {
+                        for o in &owners {
+                            if slots[o.slot].is_some() {
+                                let start = items[o.row].pos as usize;
+                                let st = &mut mtp[o.slot];
+                                engine.mtp_keep_hidden_rows(st, o.row, start, 1 + o.drafted);
+                            }
+                        }
+                    }
                     for (seq, len) in scratch.rollbacks.drain(..) {
                         if let Err(e) = engine.rollback(seq, len) {
                             if let Some(slot) = slots[seq as usize].take() {
@@ -438,6 +476,15 @@ pub fn run(
                     if let Some(l) = out {
                         if !next_token(slot, l, len, n_ctx, &tok, &eog, &mut scratch, &metrics) {
                             slots[i] = None;
+                        }
+                    }
+                    // The MTP block's pass over the chunk (its cache entries).
+                    if let (Some(slot), Some(st)) = (slots[i].as_ref(), mtp.get_mut(i)) {
+                        let chunk = &slot.job.prompt[r.clone()];
+                        if let Err(e) = engine.mtp_after_chunk(i as u32, st, chunk, r.start) {
+                            if let Some(slot) = slots[i].take() {
+                                let _ = slot.job.events.send(Event::Error(e.to_string()));
+                            }
                         }
                     }
                 }

@@ -1,4 +1,4 @@
-//! Speculative decoding in the server (`Speculation::Ngram` and `Speculation::Draft`):
+//! Speculative decoding in the server (`Speculation::Ngram`, `Draft` and `Mtp`):
 //! greedy output is exactly that of plain decoding (text and log-probabilities), alone and
 //! among other requests, and the drafts are counted in /metrics.
 
@@ -213,4 +213,28 @@ fn draft_model_speculation_keeps_greedy_output() {
     assert!(
         metric(&m2, "surplus_spec_accepted_total") <= metric(&m2, "surplus_spec_drafted_total")
     );
+}
+
+/// The qwen35 fixture's own MTP block drafts for every sequence: greedy outputs (text and
+/// log-probs) equal plain decoding's, alone and among other requests.
+#[test]
+fn mtp_speculation_keeps_greedy_output() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/synthetic/qwen35-tiny-q8_0.gguf");
+    let plain = start_file(file.clone(), 4, 16, 256, Speculation::Off);
+    let (p_alone, p_busy, p_others) = alone_and_busy(&base(&plain));
+    plain.shutdown();
+
+    let spec = start_file(file, 4, 16, 256, Speculation::Mtp { draft_max: 3 });
+    let url = base(&spec);
+    let (s_alone, s_busy, s_others) = alone_and_busy(&url);
+    let m = get(&url, "/metrics").body;
+    spec.shutdown();
+
+    assert_same_outputs(
+        (&p_alone, &p_busy, &p_others),
+        (&s_alone, &s_busy, &s_others),
+    );
+    // The adaptive length starts by drafting, so the block ran.
+    assert!(metric(&m, "surplus_spec_drafted_total") > 0, "{m}");
 }

@@ -20,7 +20,17 @@ pub fn start(parallel: usize, queue: usize, n_ctx: usize) -> Server {
 
 /// [`start`] with speculative decoding `spec` (the engine sized for its drafts).
 pub fn start_spec(parallel: usize, queue: usize, n_ctx: usize, spec: Speculation) -> Server {
-    let path = registry::test_model(MODEL);
+    start_file(registry::test_model(MODEL), parallel, queue, n_ctx, spec)
+}
+
+/// [`start_spec`] with the model file `path`.
+pub fn start_file(
+    path: std::path::PathBuf,
+    parallel: usize,
+    queue: usize,
+    n_ctx: usize,
+    spec: Speculation,
+) -> Server {
     let rows = parallel * (spec.draft_max() + 1);
     let opts = EngineOptions {
         n_ctx,
