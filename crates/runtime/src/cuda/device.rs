@@ -39,7 +39,10 @@ pub struct DriverInfo {
 /// Probes the driver once per process: `Err` holds why CUDA cannot be used.
 pub fn probe() -> Result<&'static DriverInfo, String> {
     static PROBE: OnceLock<Result<DriverInfo, String>> = OnceLock::new();
-    PROBE.get_or_init(probe_uncached).as_ref().map_err(Clone::clone)
+    PROBE
+        .get_or_init(probe_uncached)
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 fn probe_uncached() -> Result<DriverInfo, String> {

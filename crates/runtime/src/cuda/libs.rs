@@ -180,7 +180,12 @@ fn toolkit_dirs() -> Vec<PathBuf> {
     roots.push("/opt/cuda".into());
     let mut out = Vec::new();
     for r in roots {
-        for sub in ["lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib"] {
+        for sub in [
+            "lib64",
+            "lib",
+            "targets/x86_64-linux/lib",
+            "targets/sbsa-linux/lib",
+        ] {
             out.push(r.join(sub));
         }
     }
@@ -211,7 +216,10 @@ fn site_dirs() -> Vec<PathBuf> {
         for dir in std::env::split_paths(&path) {
             for exe in ["python3", "python"] {
                 let p = dir.join(exe);
-                for q in [Some(p.clone()), p.canonicalize().ok()].into_iter().flatten() {
+                for q in [Some(p.clone()), p.canonicalize().ok()]
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(prefix) = q.parent().and_then(Path::parent) {
                         if q.is_file() {
                             prefixes.push(prefix.to_path_buf());

@@ -8,9 +8,13 @@
 //! - [`device`]: the driver (through cudarc, after our own lookup) and its GPUs.
 //! - [`nvrtc`], [`cublas`]: our bindings, loaded by full path (CUDA 12 or 13).
 //! - [`kernels`]: the `.cu` sources, compiled per architecture and cached on disk.
+//! - [`gpu`]: one GPU with every kernel loaded (tests compare each kernel with the CPU).
 
 pub mod cublas;
 pub mod device;
+pub mod gpu;
+#[cfg(test)]
+mod gpu_tests;
 pub mod kernels;
 pub mod libs;
 pub mod nvrtc;
@@ -79,7 +83,11 @@ pub fn compile_check(all: &[Nvrtc], archs: &[u32]) -> Vec<KernelCheck> {
                     check.log = format!(
                         "no NVRTC found can target sm_{arch} (found: {}); NVRTC 12 reaches \
                          sm_50..sm_90, NVRTC 13 sm_75 and newer",
-                        if have.is_empty() { "none".into() } else { have.join(", ") }
+                        if have.is_empty() {
+                            "none".into()
+                        } else {
+                            have.join(", ")
+                        }
                     );
                 }
                 Some(nv) => match kernels::build(m, arch, nv, false) {
@@ -137,6 +145,26 @@ mod tests {
         for c in &checks {
             eprintln!("{} sm_{} ok ({:.1}s)", c.name, c.arch, c.seconds);
         }
+    }
+
+    /// A build is written to the disk cache and read back from it.
+    #[test]
+    fn builds_are_cached_on_disk() {
+        let (all, _) = Nvrtc::load_all();
+        let Some(nv) = all.first() else {
+            eprintln!("skipped: no NVRTC found");
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("surplus-kcache-{}", std::process::id()));
+        // Only this test reads the variable.
+        std::env::set_var("SURPLUS_KERNEL_CACHE", &dir);
+        let m = kernels::MODULES.iter().find(|m| m.name == "rope").unwrap();
+        let first = kernels::build(m, 75, nv, true).unwrap();
+        let second = kernels::build(m, 75, nv, true).unwrap();
+        std::env::remove_var("SURPLUS_KERNEL_CACHE");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!first.cached && second.cached);
+        assert_eq!(first.cubin, second.cubin);
     }
 
     #[test]

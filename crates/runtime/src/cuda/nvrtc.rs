@@ -65,9 +65,8 @@ impl Nvrtc {
                 // SAFETY: the symbol is an NVRTC function whose C signature is the type of the
                 // field it is stored in; the library stays loaded for the process.
                 unsafe {
-                    *lib.get(concat!($name, "\0").as_bytes()).map_err(|e| {
-                        format!("{}: missing {}: {e}", found.path.display(), $name)
-                    })?
+                    *lib.get(concat!($name, "\0").as_bytes())
+                        .map_err(|e| format!("{}: missing {}: {e}", found.path.display(), $name))?
                 }
             };
         }
@@ -94,7 +93,10 @@ impl Nvrtc {
         // SAFETY: two valid out-pointers.
         let r = unsafe { (fns.version)(&mut major, &mut minor) };
         if r != 0 {
-            return Err(format!("{}: nvrtcVersion failed ({r})", found.path.display()));
+            return Err(format!(
+                "{}: nvrtcVersion failed ({r})",
+                found.path.display()
+            ));
         }
         Ok(Nvrtc {
             fns,
