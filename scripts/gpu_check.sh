@@ -9,7 +9,8 @@
 # (pip install nvidia-cuda-nvrtc-cu12), or in SURPLUS_CUDA_LIB_DIR.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BIN=${SURPLUS_BIN:-target/release/surplus}
+TARGET=${CARGO_TARGET_DIR:-target}
+BIN=${SURPLUS_BIN:-$TARGET/release/surplus}
 [ -x "$BIN" ] || { echo "no $BIN: build it with cargo build --release -p surplus-cli"; exit 1; }
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
@@ -33,7 +34,7 @@ fi
 echo "=== CUDA kernel tests (each kernel against the CPU reference)"
 TESTS=missing
 PASSED=0; FAILED=0
-for t in target/release/deps/runtime-*; do
+for t in "$TARGET"/release/deps/runtime-* ${SURPLUS_TEST_BINS:-}; do
   [ -x "$t" ] && [ -f "$t" ] || continue
   out=$("$t" cuda:: --test-threads=1 --nocapture 2>&1); rc=$?
   echo "$out" | grep -E "^test |skipped|panicked|gpu .* cpu" | head -60
