@@ -3,6 +3,7 @@
 
 mod bench;
 mod chat;
+mod doctor;
 mod info;
 mod perplexity;
 mod pull;
@@ -46,6 +47,9 @@ enum Command {
     Tokenize(tokenize::Args),
     /// Render a conversation with a model's chat template (as llama.cpp would).
     Template(template::Args),
+    /// Check this machine: CPU features, GPUs, driver, NVRTC and cuBLAS found; compile the
+    /// CUDA kernels (--compile-kernels sm_61,sm_70,sm_90) without a GPU.
+    Doctor(doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => pull::run(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Template(args) => template::run(args),
+        Command::Doctor(args) => doctor::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

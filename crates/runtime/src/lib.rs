@@ -1,7 +1,8 @@
 //! The runtime: weights over memory-mapped bytes, the operations a forward pass needs
-//! ([`ops::Ops`]), and the devices that run them (the CPU now; CUDA next).
+//! ([`ops::Ops`]), and the devices that run them (the CPU; CUDA: libraries, probing and kernels so far).
 
 pub mod cpu;
+pub mod cuda;
 pub mod ops;
 pub mod pool;
 pub mod tensor;

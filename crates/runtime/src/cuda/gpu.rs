@@ -1,0 +1,85 @@
+//! One GPU ready to run our kernels: a cudarc context and stream, the NVRTC picked for its
+//! architecture, and every kernel module built (or read from the disk cache) and loaded.
+//!
+//! Opening never panics: no driver, no GPU, no NVRTC that can target the GPU, a failed
+//! compile or load are all `Err` with a reason.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+
+use super::nvrtc::Nvrtc;
+use super::{device, kernels, pick_nvrtc};
+
+/// A GPU with the kernels loaded.
+pub struct CudaDevice {
+    /// The driver context (the device's primary context).
+    pub ctx: Arc<CudaContext>,
+    /// The stream every kernel is launched on.
+    pub stream: Arc<CudaStream>,
+    /// The GPU as probed.
+    pub gpu: device::Gpu,
+    /// The NVRTC that built the kernels.
+    pub nvrtc: Nvrtc,
+    functions: HashMap<&'static str, CudaFunction>,
+    _modules: Vec<Arc<CudaModule>>,
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal` and loads every kernel (compiled for its exact architecture, or
+    /// read from the kernel cache).
+    pub fn open(ordinal: usize) -> Result<CudaDevice, String> {
+        let info = device::probe()?;
+        let gpu = info
+            .gpus
+            .get(ordinal)
+            .cloned()
+            .ok_or_else(|| format!("no GPU {ordinal} ({} found)", info.gpus.len()))?;
+        let (all, errs) = Nvrtc::load_all();
+        let idx = pick_nvrtc(&all, gpu.sm, Some(info.cuda_version.0))
+            .and_then(|p| all.iter().position(|n| std::ptr::eq(n, p)))
+            .ok_or_else(|| {
+                format!(
+                    "no NVRTC found can target sm_{} ({} found; {errs:?}); for sm_50..sm_70 \
+                     `pip install nvidia-cuda-nvrtc-cu12`",
+                    gpu.sm,
+                    all.len()
+                )
+            })?;
+        let nvrtc = all.into_iter().nth(idx).ok_or("NVRTC vanished")?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("GPU {ordinal}: {e}"))?;
+        let stream = ctx.default_stream();
+        let mut functions = HashMap::new();
+        let mut modules = Vec::new();
+        for m in kernels::MODULES {
+            let built = kernels::build(m, gpu.sm, &nvrtc, true)?;
+            let module = ctx
+                .load_module(Ptx::from_binary(built.cubin))
+                .map_err(|e| format!("loading {} for sm_{}: {e}", m.name, gpu.sm))?;
+            for &k in m.kernels {
+                let f = module
+                    .load_function(k)
+                    .map_err(|e| format!("kernel {k} of {}: {e}", m.name))?;
+                functions.insert(k, f);
+            }
+            modules.push(module);
+        }
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            gpu,
+            nvrtc,
+            functions,
+            _modules: modules,
+        })
+    }
+
+    /// The kernel named `name` (one of [`kernels::MODULES`]' entry points).
+    pub fn function(&self, name: &str) -> Result<&CudaFunction, String> {
+        self.functions
+            .get(name)
+            .ok_or_else(|| format!("no kernel named {name}"))
+    }
+}

@@ -1,0 +1,40 @@
+// Row normalizations (needs the prelude): RMSNorm and softmax, one block per row.
+
+// RMSNorm of rows of `row_len` values: out = x / sqrt(mean(x²) + eps) * w (w may be null).
+// A token's vector of x_stride values holds `per_token` rows (one per head for QK-norm).
+// Grid (tokens * per_token), block 256 (a multiple of 32). `out` may be `x`.
+extern "C" __global__ void rms_norm(const float* x, int x_stride, const float* __restrict__ w,
+                                    float* out, int out_stride, int row_len, int per_token,
+                                    float eps) {
+    __shared__ float sh[32];
+    const int t = blockIdx.x / per_token, k = blockIdx.x % per_token;
+    const float* xr = x + (i64)t * x_stride + (i64)k * row_len;
+    float* orow = out + (i64)t * out_stride + (i64)k * row_len;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < row_len; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, sh);
+    const float scale = rsqrtf(ss / (float)row_len + eps);
+    for (int i = threadIdx.x; i < row_len; i += blockDim.x) {
+        const float v = xr[i] * scale;
+        orow[i] = w ? v * w[i] : v;
+    }
+}
+
+// Softmax of each row of n values in place (max subtracted). Grid (rows), block 256.
+extern "C" __global__ void softmax(float* x, int stride, int n) {
+    __shared__ float sh[32];
+    float* r = x + (i64)blockIdx.x * stride;
+    float m = NEG_INF;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, r[i]);
+    m = block_max(m, sh);
+    if (m == NEG_INF) return;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float e = expf(r[i] - m);
+        r[i] = e;
+        s += e;
+    }
+    s = block_sum(s, sh);
+    const float inv = 1.0f / s;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) r[i] *= inv;
+}
