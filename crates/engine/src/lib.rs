@@ -1,10 +1,14 @@
 //! Sequences, the sampling chain, generation and perplexity over a loaded model; later the
 //! speculative decoding and the batching scheduler.
 
+pub mod image;
 pub mod multi;
 pub mod perplexity;
 pub mod sampling;
 pub mod session;
 pub mod speculative;
 
-pub use session::{Engine, EngineError, EngineOptions, GenerateOptions, Generation, Timings};
+pub use image::{image_prompt, ImagePrompt};
+pub use session::{
+    Engine, EngineError, EngineOptions, GenerateOptions, Generation, PromptPart, Timings,
+};
