@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use engine::sampling::SamplingParams;
 use engine::speculative::{Controller, Drafter, ModelDrafter, MtpDrafter, NgramDrafter, MAX_DRAFT};
-use engine::{Engine, EngineOptions, GenerateOptions};
+use engine::{Engine, EngineOptions, GenerateOptions, PromptPart};
 use serde_json::json;
 
 /// Loading flags shared by the commands that run a model.
@@ -251,6 +251,52 @@ pub struct Args {
     /// streaming the text.
     #[arg(long)]
     json: bool,
+    /// A vision projector file ("mmproj" GGUF) for --image.
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<std::path::PathBuf>,
+    /// An image (PNG, JPEG, WebP, GIF) placed where the prompt says `<image>`, else before
+    /// the prompt; needs --mmproj.
+    #[arg(long, value_name = "PATH", requires = "mmproj")]
+    image: Option<std::path::PathBuf>,
+}
+
+/// The image's embeddings and the prompt split around it, for --image.
+struct ImageInput {
+    prompt: engine::ImagePrompt,
+    rows: Vec<f32>,
+}
+
+/// Where --image goes in the prompt.
+const IMAGE_MARKER: &str = "<image>";
+
+/// Loads the projector, decodes and encodes the image, and splits the prompt around it.
+fn image_input(
+    engine: &Engine,
+    mmproj: &std::path::Path,
+    image: &std::path::Path,
+    prompt: &str,
+) -> Result<ImageInput> {
+    let proj = vision::Projector::open(mmproj)
+        .with_context(|| format!("loading the projector {}", mmproj.display()))?;
+    if proj.n_embd_out() != engine.model.hp.n_embd {
+        anyhow::bail!(
+            "the projector {} makes {}-wide embeddings; the model takes {}",
+            mmproj.display(),
+            proj.n_embd_out(),
+            engine.model.hp.n_embd
+        );
+    }
+    let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+    let img = vision::decode(&bytes, &vision::DecodeLimits::default())
+        .with_context(|| format!("decoding {}", image.display()))?;
+    let emb = proj
+        .embed(&img)
+        .with_context(|| format!("encoding {}", image.display()))?;
+    let prompt = engine::image_prompt(engine, prompt, IMAGE_MARKER)?;
+    Ok(ImageInput {
+        prompt,
+        rows: emb.data,
+    })
 }
 
 /// Runs `surplus run`.
@@ -261,7 +307,17 @@ pub fn run(args: Args) -> Result<()> {
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid sampling parameters: {e}"))?;
     let mut drafter = args.spec.drafter(&args.model, &engine, &sampling)?;
-    let prompt = engine.tokenizer.encode(&args.prompt, true, true);
+    let image = match (&args.mmproj, &args.image) {
+        (Some(m), Some(i)) => Some(image_input(&engine, m, i, &args.prompt)?),
+        _ => None,
+    };
+    if image.is_some() && drafter.is_some() {
+        anyhow::bail!("--image does not work with speculative decoding yet");
+    }
+    let prompt = match &image {
+        Some(im) => [im.prompt.before.as_slice(), &im.prompt.after].concat(),
+        None => engine.tokenizer.encode(&args.prompt, true, true),
+    };
     let opts = GenerateOptions {
         max_tokens: args.n_predict,
         sampling: args.sampling.params(),
@@ -295,7 +351,20 @@ pub fn run(args: Args) -> Result<()> {
             let (g, s) = engine.generate_speculative(&prompt, &opts, d, &mut ctl, on_token)?;
             (g, Some(s))
         }
-        None => (engine.generate(&prompt, &opts, on_token)?, None),
+        None => match &image {
+            Some(im) => {
+                let parts = [
+                    PromptPart::Tokens(&im.prompt.before),
+                    PromptPart::Embeddings {
+                        data: &im.rows,
+                        non_causal: im.prompt.non_causal,
+                    },
+                    PromptPart::Tokens(&im.prompt.after),
+                ];
+                (engine.generate_parts(&parts, &opts, on_token)?, None)
+            }
+            None => (engine.generate(&prompt, &opts, on_token)?, None),
+        },
     };
     if !json && !echoed {
         print!("{}", args.prompt);

@@ -1,6 +1,7 @@
 //! Sequences, the sampling chain, generation and perplexity over a loaded model; later the
 //! speculative decoding and the batching scheduler.
 
+pub mod image;
 pub mod mtp;
 pub mod multi;
 pub mod perplexity;
@@ -8,4 +9,7 @@ pub mod sampling;
 pub mod session;
 pub mod speculative;
 
-pub use session::{Engine, EngineError, EngineOptions, GenerateOptions, Generation, Timings};
+pub use image::{image_prompt, ImagePrompt};
+pub use session::{
+    Engine, EngineError, EngineOptions, GenerateOptions, Generation, PromptPart, Timings,
+};

@@ -39,6 +39,35 @@ pub enum EngineError {
     EmptyPrompt,
     #[error("invalid sampling parameters: {0}")]
     Sampling(String),
+    #[error("bad input rows: {0}")]
+    Embeddings(String),
+}
+
+/// One piece of a prompt: token ids, or input rows given directly (an image's embeddings).
+#[derive(Clone, Copy, Debug)]
+pub enum PromptPart<'a> {
+    Tokens(&'a [u32]),
+    /// Rows of the model's width (`n × n_embd` values), evaluated in one batch of their own;
+    /// with `non_causal` they attend to each other both ways (a Gemma 3 image).
+    Embeddings {
+        data: &'a [f32],
+        non_causal: bool,
+    },
+}
+
+impl PromptPart<'_> {
+    /// Positions the part takes (one per token or row).
+    pub fn len(&self, n_embd: usize) -> usize {
+        match self {
+            PromptPart::Tokens(t) => t.len(),
+            PromptPart::Embeddings { data, .. } => data.len() / n_embd.max(1),
+        }
+    }
+
+    /// Whether the part takes no position.
+    pub fn is_empty(&self, n_embd: usize) -> bool {
+        self.len(n_embd) == 0
+    }
 }
 
 /// How to load a model.
@@ -231,6 +260,8 @@ impl Engine {
         }
         let mut pos = start;
         let mut rows = 0;
+        self.batch.embd.clear();
+        self.batch.non_causal = false;
         for chunk in tokens.chunks(self.n_batch) {
             let last = pos + chunk.len() == start + tokens.len();
             self.batch.tokens.clear();
@@ -275,6 +306,64 @@ impl Engine {
         }
     }
 
+    /// Evaluates input rows given directly (`data`: rows of n_embd values, at most n_batch
+    /// of them) for sequence `seq` from position `start`, in one pass; with `last_logits`,
+    /// returns the logit rows made (the last row's). The cached prefix is forgotten.
+    pub fn eval_embeddings(
+        &mut self,
+        seq: u32,
+        data: &[f32],
+        start: usize,
+        non_causal: bool,
+        last_logits: bool,
+    ) -> Result<usize, EngineError> {
+        self.cached.clear();
+        let d = self.model.hp.n_embd;
+        let n = data.len() / d.max(1);
+        if n == 0 || n * d != data.len() {
+            return Err(EngineError::Embeddings(format!(
+                "{} values are not whole rows of {d}",
+                data.len()
+            )));
+        }
+        if n > self.n_batch {
+            return Err(EngineError::Embeddings(format!(
+                "{n} rows do not fit one batch of {} (raise the batch size)",
+                self.n_batch
+            )));
+        }
+        if start + n > self.n_ctx {
+            return Err(EngineError::ContextFull {
+                prompt: start + n,
+                generate: 0,
+                n_ctx: self.n_ctx,
+            });
+        }
+        let b = &mut self.batch;
+        b.tokens.clear();
+        b.tokens.resize(n, 0);
+        b.pos.clear();
+        b.pos.extend(start as u32..(start + n) as u32);
+        b.seq.clear();
+        b.seq.resize(n, seq);
+        b.logits.clear();
+        if last_logits {
+            b.logits.push(n as u32 - 1);
+        }
+        b.embd.clear();
+        b.embd.extend_from_slice(data);
+        b.non_causal = non_causal;
+        let rows = b.logits.len();
+        let model = &self.model;
+        let res = self
+            .backend
+            .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o));
+        self.batch.embd.clear();
+        self.batch.non_causal = false;
+        res?;
+        Ok(rows)
+    }
+
     /// Forgets what the cache holds (the next generation evaluates its whole prompt).
     pub fn clear_cache(&mut self) {
         self.cached.clear();
@@ -316,23 +405,41 @@ impl Engine {
         &mut self,
         prompt: &[u32],
         opts: &GenerateOptions,
+        on_token: impl FnMut(u32, &str) -> bool,
+    ) -> Result<Generation, EngineError> {
+        self.generate_parts(&[PromptPart::Tokens(prompt)], opts, on_token)
+    }
+
+    /// [`Engine::generate`] after a prompt made of parts: token ids and input rows (images)
+    /// in sequence order. Only an all-token prompt reuses (and updates) the cached prefix.
+    pub fn generate_parts(
+        &mut self,
+        parts: &[PromptPart],
+        opts: &GenerateOptions,
         mut on_token: impl FnMut(u32, &str) -> bool,
     ) -> Result<Generation, EngineError> {
         opts.sampling.validate().map_err(EngineError::Sampling)?;
-        if prompt.is_empty() {
+        let d = self.model.hp.n_embd;
+        let parts: Vec<PromptPart> = parts.iter().copied().filter(|p| !p.is_empty(d)).collect();
+        let prompt_len: usize = parts.iter().map(|p| p.len(d)).sum();
+        if prompt_len == 0 {
             return Err(EngineError::EmptyPrompt);
         }
-        if prompt.len() + opts.max_tokens > self.n_ctx {
+        if prompt_len + opts.max_tokens > self.n_ctx {
             return Err(EngineError::ContextFull {
-                prompt: prompt.len(),
+                prompt: prompt_len,
                 generate: opts.max_tokens,
                 n_ctx: self.n_ctx,
             });
         }
         let vocab = self.model.hp.n_vocab;
         let mut sampler = Sampler::new(opts.sampling.clone(), vocab);
-        for &t in prompt {
-            sampler.accept(t);
+        for p in &parts {
+            if let PromptPart::Tokens(t) = p {
+                for &t in *t {
+                    sampler.accept(t);
+                }
+            }
         }
         let mut out = Generation {
             finish_reason: "length",
@@ -344,18 +451,39 @@ impl Engine {
         let eog: Vec<u32> = self.tokenizer.eog_ids().to_vec();
         let mut masked: Vec<f32> = Vec::with_capacity(if opts.ignore_eos { vocab } else { 0 });
 
-        let reuse = self.reusable_prefix(prompt);
-        self.cached.truncate(reuse);
         let t0 = Instant::now();
-        if let Err(e) = self.forward_tokens(0, &prompt[reuse..], reuse, false) {
+        // The cache's token list describes sequence 0 only while the prompt is all tokens.
+        let track = matches!(parts[..], [PromptPart::Tokens(_)]);
+        if let [PromptPart::Tokens(prompt)] = parts[..] {
+            // Reuse the cached prefix (a chat's history); at least the last token is evaluated.
+            let reuse = self.reusable_prefix(prompt);
+            self.cached.truncate(reuse);
+            if let Err(e) = self.forward_tokens(0, &prompt[reuse..], reuse, false) {
+                self.cached.clear();
+                return Err(e);
+            }
+            self.cached.extend_from_slice(&prompt[reuse..]);
+        } else {
             self.cached.clear();
-            return Err(e);
+            let mut pos = 0;
+            for (i, p) in parts.iter().enumerate() {
+                let last = i + 1 == parts.len();
+                match *p {
+                    PromptPart::Tokens(t) => {
+                        // Only the last part's last token needs logits.
+                        self.forward_tokens(0, t, pos, false)?;
+                    }
+                    PromptPart::Embeddings { data, non_causal } => {
+                        self.eval_embeddings(0, data, pos, non_causal, last)?;
+                    }
+                }
+                pos += p.len(d);
+            }
         }
-        self.cached.extend_from_slice(&prompt[reuse..]);
-        out.timings.prompt_tokens = prompt.len();
+        out.timings.prompt_tokens = prompt_len;
         out.timings.prompt_time = t0.elapsed();
         let t1 = Instant::now();
-        for pos in prompt.len()..prompt.len() + opts.max_tokens {
+        for pos in prompt_len..prompt_len + opts.max_tokens {
             let logits = self.backend.read(self.model.acts.logits, 1);
             let id = if opts.ignore_eos && opts.sampling.temperature <= 0.0 {
                 argmax_excluding(logits, &eog)
@@ -377,7 +505,9 @@ impl Engine {
             if emit.push(&self.tokenizer, opts, &mut out, id, &mut on_token) {
                 break;
             }
-            self.cached.push(id);
+            if track {
+                self.cached.push(id);
+            }
             if let Err(e) = self.forward_tokens(0, &[id], pos, false) {
                 self.cached.clear();
                 return Err(e);

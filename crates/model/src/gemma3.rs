@@ -67,13 +67,14 @@ pub(crate) fn load(ld: &Loader) -> Result<Parts, ModelError> {
     })
 }
 
-/// The forward pass: `x = embed × √d`; per block `x += norm(attn(norm(x)))` and
+/// The forward pass: `x = embed × √d` (given input rows unscaled); per block `x += norm(attn(norm(x)))` and
 /// `x += norm(ffn(norm(x)))`; then the final norm and the tied LM head.
 pub fn forward<O: Ops>(m: &Model, o: &O) {
     let (a, hp) = (&m.acts, &m.hp);
     let n = o.batch().len();
     o.embed(&m.tok_embd, a.x);
-    if let Some(s) = m.embd_scale {
+    // Input rows given directly (image embeddings) are not scaled.
+    if let Some(s) = m.embd_scale.filter(|_| o.batch().embd.is_empty()) {
         o.scale(n, a.x, s);
     }
     for (il, l) in m.layers.iter().enumerate() {

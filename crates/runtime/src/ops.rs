@@ -71,6 +71,13 @@ pub struct Batch {
     pub seq: Vec<u32>,
     /// Indices (into `tokens`) of the tokens whose logits are wanted, in order.
     pub logits: Vec<u32>,
+    /// Input rows given directly (an image's embeddings), one row of the model's width per
+    /// token: [`Ops::embed`] copies them instead of looking `tokens` up (whose ids are then
+    /// only placeholders), and models skip their token-embedding scale. Empty: token ids.
+    pub embd: Vec<f32>,
+    /// The tokens of this batch attend to each other both ways (every key of their sequence
+    /// up to the batch's last position, not only earlier ones): Gemma 3's image block.
+    pub non_causal: bool,
 }
 
 impl Batch {
@@ -86,6 +93,8 @@ impl Batch {
             } else {
                 n.checked_sub(1).into_iter().collect()
             },
+            embd: Vec::new(),
+            non_causal: false,
         }
     }
 
@@ -208,7 +217,8 @@ pub trait Rollback {
 pub trait Ops {
     /// The batch being evaluated.
     fn batch(&self) -> &Batch;
-    /// Row `i` of `out` = dequantized row `batch.tokens[i]` of `w` (embedding lookup).
+    /// Row `i` of `out` = dequantized row `batch.tokens[i]` of `w` (embedding lookup), or
+    /// row `i` of `batch.embd` when the batch carries its input rows.
     fn embed(&self, w: &Weight, out: Act);
     /// Each row of `row_len` values (a token's vector, or one head of it): RMS-normalized
     /// and multiplied by `w` (length `row_len`) when given.
@@ -220,7 +230,8 @@ pub trait Ops {
     /// Rotates the first `n_heads` heads of each row by its token's position.
     fn rope(&self, x: Act, n_heads: usize, head_dim: usize, rope: &Rope);
     /// Writes the batch's keys and values into layer `layer` of the cache, then attends:
-    /// row i of `out` = attention of query row i over its sequence's keys up to its position.
+    /// row i of `out` = attention of query row i over its sequence's keys up to its position
+    /// (up to the batch's last position in its sequence when `batch.non_causal`).
     fn attention(&self, layer: usize, q: Act, k: Act, v: Act, spec: &Attention, out: Act);
     /// `out = silu(gate) × up`.
     fn swiglu(&self, n: usize, gate: Act, up: Act, out: Act);

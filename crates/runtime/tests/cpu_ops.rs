@@ -109,6 +109,7 @@ fn matmul_batch(w: &Weight, xs: &[f32], place: &[(u32, u32)]) -> Vec<f32> {
         pos: place.iter().map(|p| p.1).collect(),
         seq: place.iter().map(|p| p.0).collect(),
         logits: vec![],
+        ..Default::default()
     };
     be.forward(&batch, n, |o| {
         load_rows(o, &table, x);
@@ -245,6 +246,7 @@ fn attention_over_sequences_with_groups_and_window() {
             pos: pos.to_vec(),
             seq: seqs.to_vec(),
             logits: vec![],
+            ..Default::default()
         };
         be.forward(&batch, n, |ops| {
             ops.embed(&tq, q);
@@ -321,6 +323,7 @@ fn prompt_chunk_attention_matches_f64() {
                 pos: (start as u32..(start + len) as u32).collect(),
                 seq: vec![1; len],
                 logits: vec![],
+                ..Default::default()
             };
             be.forward(&batch, n, |ops| {
                 ops.embed(&tq, q);

@@ -239,6 +239,7 @@ impl Rig {
             seq: toks.iter().map(|t| t.1).collect(),
             pos: toks.iter().map(|t| t.2).collect(),
             logits: vec![],
+            ..Default::default()
         };
         let r = &*self;
         let vocab = r.tq.rows;
@@ -382,6 +383,7 @@ fn rollback_restores_the_state_of_a_shorter_run() {
         pos: vec![21, 22],
         seq: vec![0, 0],
         logits: vec![],
+        ..Default::default()
     };
     r.be.forward(&batch, n, |_| {}).unwrap();
     assert_eq!(r.be.recurrent_len(0), Some(21));

@@ -74,6 +74,8 @@ pub enum CpuError {
         len: usize,
         reason: String,
     },
+    #[error("{0} input values given for a batch of {1} tokens (one row per token)")]
+    BadEmbeddings(usize, usize),
 }
 
 /// Memory and threads of the CPU backend.
@@ -204,6 +206,9 @@ impl CpuBackend {
         if let Some(&t) = batch.tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(CpuError::BadToken(t));
         }
+        if !batch.embd.is_empty() && !batch.embd.len().is_multiple_of(batch.len().max(1)) {
+            return Err(CpuError::BadEmbeddings(batch.embd.len(), batch.len()));
+        }
         if let Some(rec) = &mut self.rec {
             rec.prepare(&batch.seq, &batch.pos);
         }
@@ -314,10 +319,20 @@ impl Ops for CpuOps<'_> {
 
     fn embed(&self, w: &Weight, out: Act) {
         let o = self.be.act(out);
+        let given = &self.batch.embd;
+        let given_width = given.len() / self.batch.len().max(1);
         self.rows(self.batch.len(), |i| {
             let tok = self.batch.tokens[i] as usize;
             // SAFETY: row i of `out` is written by this thread only.
             let dst = unsafe { o.get_mut(i * out.width, out.width) };
+            if !given.is_empty() {
+                // Rows given by the caller (checked to be one per token); a width that is
+                // not the model's leaves the rest zero.
+                let n = given_width.min(out.width);
+                dst[..n].copy_from_slice(&given[i * given_width..][..n]);
+                dst[n..].fill(0.0);
+                return;
+            }
             // The backend checked the token against the vocabulary; a shape mismatch is a
             // model bug, caught when the model was loaded.
             let _ = w.row_to_f32(tok, dst);
@@ -531,10 +546,17 @@ impl Ops for CpuOps<'_> {
         // 2. Attend, one (token, head) pair at a time.
         let group = spec.n_heads / spec.n_kv_heads.max(1);
         let scores = self.scratch();
+        let b = self.batch;
         self.rows(self.batch.len() * spec.n_heads, |r| {
             let (t, h) = (r / spec.n_heads, r % spec.n_heads);
             let pos = self.batch.pos[t] as usize;
-            let n_pos = pos + 1;
+            // A non-causal batch: up to its last position in this token's sequence.
+            let n_pos = if b.non_causal {
+                let same = b.seq.iter().zip(&b.pos).filter(|(&s, _)| s == b.seq[t]);
+                same.map(|(_, &p)| p as usize).max().unwrap_or(pos) + 1
+            } else {
+                pos + 1
+            };
             let first = match spec.window {
                 Some(win) => (pos + 1).saturating_sub(win as usize),
                 None => 0,
@@ -760,16 +782,18 @@ impl CpuOps<'_> {
                     let first = spec
                         .window
                         .map_or(0, |w| (pos + 1).saturating_sub(w as usize));
+                    // A non-causal batch sees all of itself.
+                    let end = if self.batch.non_causal { len - 1 } else { pos };
                     let row = &mut scores[i * len..(i + 1) * len];
                     if let Some(cap) = spec.softcap {
-                        for v in &mut row[first..=pos] {
+                        for v in &mut row[first..=end] {
                             *v = cap * kernels::tanh(*v / cap);
                         }
                     }
-                    kernels::softmax(&mut row[first..=pos]);
+                    kernels::softmax(&mut row[first..=end]);
                     // Hidden keys (outside the window, or later positions) weigh nothing.
                     row[..first].fill(0.0);
-                    row[pos + 1..].fill(0.0);
+                    row[end + 1..].fill(0.0);
                 }
                 let op = os.as_mut_ptr().add(h * hd);
                 gemm::gemm(
