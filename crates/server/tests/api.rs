@@ -266,7 +266,7 @@ fn bad_inputs_get_openai_style_4xx() {
     }
     // Over the body limit (64 KiB in these tests).
     let big = json!({"messages": [{"role": "user", "content": "a".repeat(100_000)}]});
-    let r = post_json(url(), chat, &big);
+    let r = post_oversized(url(), chat, &big.to_string());
     assert_eq!(r.status, 413, "{}", r.body);
     assert!(r.json()["error"]["message"].is_string());
     // Unknown routes and methods.

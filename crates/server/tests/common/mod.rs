@@ -120,6 +120,23 @@ pub fn post(base: &str, path: &str, body: &str) -> Reply {
     )
 }
 
+/// [`post`] of a body the server refuses before reading it all (over the size limit): the
+/// server answers and closes while the client may still be writing, which can break the
+/// client's pipe before it reads the answer; such attempts are retried (up to 5).
+pub fn post_oversized(base: &str, path: &str, body: &str) -> Reply {
+    for _ in 0..4 {
+        let r = agent()
+            .post(&format!("{base}{path}"))
+            .set("Content-Type", "application/json")
+            .send_string(body);
+        match r {
+            Err(ureq::Error::Transport(_)) => continue,
+            r => return reply(r),
+        }
+    }
+    post(base, path, body)
+}
+
 pub fn post_json(base: &str, path: &str, body: &Value) -> Reply {
     post(base, path, &body.to_string())
 }
