@@ -1,12 +1,14 @@
 //! `surplus chat`: an interactive conversation through the model's chat template. The
 //! history is kept (and its KV cache reused); Ctrl-C stops a reply, Ctrl-D quits.
+//! `/image PATH` (with --mmproj) attaches an image to the next user message; a conversation
+//! with images is evaluated whole each turn.
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use engine::GenerateOptions;
+use engine::{GenerateOptions, PromptPart};
 use tokenizer::Message;
 
 use crate::run::{ModelArgs, SamplingArgs};
@@ -29,11 +31,67 @@ pub struct Args {
     n_predict: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// A vision projector file ("mmproj" GGUF): `/image PATH` then attaches an image to the
+    /// next message (Gemma 3 for now).
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<std::path::PathBuf>,
+}
+
+/// Where an image sits in a message until the prompt is tokenized (the object replacement
+/// character).
+const MARKER: &str = "\u{FFFC}";
+
+/// Image input: the projector, the model's image tokens, the conversation's images (their
+/// embeddings, in order) and those waiting for the next message.
+struct Images {
+    projector: vision::Projector,
+    tokens: engine::ImageTokens,
+    sent: Vec<Vec<f32>>,
+    pending: Vec<Vec<f32>>,
+}
+
+impl Images {
+    fn load(engine: &engine::Engine, path: &std::path::Path) -> Result<Images> {
+        let projector = vision::Projector::open(path)
+            .with_context(|| format!("loading the projector {}", path.display()))?;
+        if projector.n_embd_out() != engine.model.hp.n_embd {
+            anyhow::bail!(
+                "the projector {} makes {}-wide embeddings; the model takes {}",
+                path.display(),
+                projector.n_embd_out(),
+                engine.model.hp.n_embd
+            );
+        }
+        let tokens = engine::image_tokens(&engine.tokenizer, engine.model.family)?;
+        Ok(Images {
+            projector,
+            tokens,
+            sent: Vec::new(),
+            pending: Vec::new(),
+        })
+    }
+
+    /// Decodes and encodes the image at `path` for the next message.
+    fn attach(&mut self, path: &str) -> Result<usize> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+        let img = vision::decode(&bytes, &vision::DecodeLimits::default())
+            .with_context(|| format!("decoding {path}"))?;
+        let e = self
+            .projector
+            .embed(&img)
+            .with_context(|| format!("encoding {path}"))?;
+        self.pending.push(e.data);
+        Ok(e.n_tokens)
+    }
 }
 
 /// Runs `surplus chat`.
 pub fn run(args: Args) -> Result<()> {
     let mut engine = args.model.load(1)?;
+    let mut images = match &args.mmproj {
+        Some(p) => Some(Images::load(&engine, p)?),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -79,9 +137,44 @@ pub fn run(args: Args) -> Result<()> {
         if text.trim().is_empty() {
             continue;
         }
-        messages.push(Message::new("user", text));
+        if let Some(path) = text.strip_prefix("/image") {
+            let path = path.trim();
+            match images.as_mut() {
+                None => eprintln!("/image needs a vision projector: start with --mmproj FILE"),
+                Some(_) if path.is_empty() => eprintln!("usage: /image PATH"),
+                Some(im) => match im.attach(path) {
+                    Ok(n) => eprintln!("[image attached to the next message: {n} tokens]"),
+                    Err(e) => eprintln!("error: {e:#}"),
+                },
+            }
+            continue;
+        }
+        if images.is_some() && text.contains(MARKER) {
+            eprintln!("messages may not contain U+FFFC (it marks images)");
+            continue;
+        }
+        let pending = images.as_ref().map_or(0, |im| im.pending.len());
+        messages.push(Message::new(
+            "user",
+            format!("{}{text}", MARKER.repeat(pending)),
+        ));
         let rendered = engine.template.render(&messages, true)?;
-        let prompt = engine.tokenizer.encode_prompt(&rendered, true);
+        let d = engine.model.hp.n_embd;
+        let (prompt, runs) = match images.as_ref() {
+            Some(im) if im.sent.len() + im.pending.len() > 0 => {
+                let n = im.sent.len() + im.pending.len();
+                let runs = engine::image_runs(&engine.tokenizer, &rendered, MARKER, im.tokens, n)?;
+                let len = runs.iter().map(Vec::len).sum::<usize>()
+                    + im.sent
+                        .iter()
+                        .chain(&im.pending)
+                        .map(|r| r.len() / d)
+                        .sum::<usize>();
+                // Only the length matters here: the parts go to the engine below.
+                (vec![0; len], Some(runs))
+            }
+            _ => (engine.tokenizer.encode_prompt(&rendered, true), None),
+        };
         if prompt.len() + opts.max_tokens > engine.n_ctx() {
             messages.pop();
             eprintln!(
@@ -92,16 +185,37 @@ pub fn run(args: Args) -> Result<()> {
             continue;
         }
         let stdout = std::io::stdout();
-        let gen = engine.generate(&prompt, &opts, |_, piece| {
+        let on_token = |_: u32, piece: &str| {
             let mut out = stdout.lock();
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
             !stop.load(Ordering::SeqCst)
-        })?;
+        };
+        let gen = match (&runs, images.as_mut()) {
+            (Some(runs), Some(im)) => {
+                im.sent.append(&mut im.pending);
+                let mut parts = Vec::with_capacity(runs.len() * 2);
+                for (i, run) in runs.iter().enumerate() {
+                    parts.push(PromptPart::Tokens(run));
+                    if let Some(rows) = im.sent.get(i) {
+                        parts.push(PromptPart::Embeddings {
+                            data: rows,
+                            non_causal: im.tokens.non_causal,
+                        });
+                    }
+                }
+                engine.generate_parts(&parts, &opts, on_token)?
+            }
+            _ => engine.generate(&prompt, &opts, on_token)?,
+        };
         println!();
         if gen.finish_reason == "cancelled" {
             eprintln!("[stopped]");
         }
-        messages.push(Message::new("assistant", gen.text.trim()));
+        // The marker stays reserved for images.
+        messages.push(Message::new(
+            "assistant",
+            gen.text.trim().replace(MARKER, ""),
+        ));
     }
 }

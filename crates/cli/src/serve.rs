@@ -57,6 +57,14 @@ pub struct Args {
     /// what pays off).
     #[arg(long, value_name = "K", default_value_t = 4)]
     draft_max: usize,
+    /// A vision projector file ("mmproj" GGUF): chat messages may then hold `image_url`
+    /// parts with base64 data URLs (Gemma 3 for now). Raise --max-body for large images.
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<std::path::PathBuf>,
+    /// Accept http(s) image URLs in requests. Fetching is not implemented yet: such
+    /// requests are still answered 400, saying so.
+    #[arg(long, requires = "mmproj")]
+    allow_image_urls: bool,
 }
 
 /// Speculative decoding kinds of `--spec`.
@@ -178,9 +186,11 @@ pub fn run(args: Args) -> Result<()> {
         prefill_chunk: args.batch_size,
         handle_signals: true,
         spec,
+        mmproj: args.mmproj.clone(),
+        allow_image_urls: args.allow_image_urls,
     };
     let srv = server::Server::start_with_drafter(engine, drafter, tokenizer, cfg)
-        .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
+        .with_context(|| format!("starting the server on {}:{}", args.host, args.port))?;
     let addr = srv.addr();
     let host = if addr.is_ipv6() {
         format!("[{}]", addr.ip())

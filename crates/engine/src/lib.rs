@@ -9,7 +9,7 @@ pub mod sampling;
 pub mod session;
 pub mod speculative;
 
-pub use image::{image_prompt, ImagePrompt};
+pub use image::{image_prompt, image_runs, image_tokens, split_rendered, ImagePrompt, ImageTokens};
 pub use session::{
     Engine, EngineError, EngineOptions, GenerateOptions, Generation, PromptPart, Timings,
 };

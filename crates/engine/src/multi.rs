@@ -144,6 +144,28 @@ impl Engine {
             .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
         Ok(logits.then(|| self.backend.read(self.model.acts.logits, 1)))
     }
+
+    /// [`Engine::prefill_chunk`] for input rows (an image's embeddings, `n × n_embd`
+    /// values, at most n_batch rows) of sequence `seq` from position `start`, in one pass;
+    /// with `non_causal` the rows attend to each other both ways. With `logits`, returns
+    /// the last row's logits.
+    pub fn prefill_embeddings(
+        &mut self,
+        seq: u32,
+        data: &[f32],
+        start: usize,
+        non_causal: bool,
+        logits: bool,
+    ) -> Result<Option<&[f32]>, EngineError> {
+        if seq as usize >= self.n_seq {
+            return Err(EngineError::Embeddings(format!(
+                "sequence {seq} is past the {} held",
+                self.n_seq
+            )));
+        }
+        self.eval_embeddings(seq, data, start, non_causal, logits)?;
+        Ok(logits.then(|| self.backend.read(self.model.acts.logits, 1)))
+    }
 }
 
 /// The chunk of a prompt of `len` tokens that starts at `done`, for chunks of `chunk` tokens

@@ -285,8 +285,9 @@ fn check_common(c: &Common, max_tokens: Option<i64>) -> Result<Params, ApiError>
 }
 
 impl ChatRequest {
-    /// Checks the fields; returns the messages and the parameters.
-    pub fn check(&self) -> Result<(Vec<Message>, Params), ApiError> {
+    /// Checks the fields; returns the messages (each image replaced by
+    /// [`crate::image::MARKER`] in its text), the images' URLs and the parameters.
+    pub fn check(&self) -> Result<(Vec<Message>, Vec<ImageRef>, Params), ApiError> {
         check_extra(&self.extra)?;
         let max = self.max_completion_tokens.or(self.common.max_tokens);
         let mut p = check_common(&self.common, max)?;
@@ -305,12 +306,39 @@ impl ChatRequest {
                 "top_logprobs requires logprobs to be true",
             ));
         }
-        Ok((messages(&self.messages)?, p))
+        let (m, images) = messages(&self.messages)?;
+        Ok((m, images, p))
     }
 }
 
-/// Reads `messages`: role and text content (a string or text parts).
-fn messages(v: &Value) -> Result<Vec<Message>, ApiError> {
+/// An image of a chat request: its `url` and the parameter that named it (for errors).
+pub struct ImageRef {
+    pub url: String,
+    pub param: String,
+}
+
+/// Reads an `image_url` content part's URL (`{"url": ...}` or, as some clients send, a
+/// string).
+fn image_url(part: &Value, param: &str) -> Result<String, ApiError> {
+    let url = match part.get("image_url") {
+        Some(Value::String(u)) => Some(u),
+        Some(Value::Object(o)) => match o.get("url") {
+            Some(Value::String(u)) => Some(u),
+            _ => None,
+        },
+        _ => None,
+    };
+    url.cloned().ok_or_else(|| {
+        ApiError::param(
+            param,
+            format!("{param}: an image part must be {{\"type\": \"image_url\", \"image_url\": {{\"url\": string}}}}"),
+        )
+    })
+}
+
+/// Reads `messages`: role and content (a string, or text and image parts; each image is
+/// [`crate::image::MARKER`] in the text).
+fn messages(v: &Value) -> Result<(Vec<Message>, Vec<ImageRef>), ApiError> {
     let arr = v
         .as_array()
         .ok_or_else(|| ApiError::param("messages", "messages must be an array"))?;
@@ -318,6 +346,7 @@ fn messages(v: &Value) -> Result<Vec<Message>, ApiError> {
         return Err(ApiError::param("messages", "messages must not be empty"));
     }
     let mut out = Vec::with_capacity(arr.len());
+    let mut images = Vec::new();
     for (i, m) in arr.iter().enumerate() {
         let param = format!("messages[{i}]");
         let obj = m
@@ -364,13 +393,28 @@ fn messages(v: &Value) -> Result<Vec<Message>, ApiError> {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Array(parts)) => {
                 let mut s = String::new();
-                for part in parts {
+                for (j, part) in parts.iter().enumerate() {
                     let text = match (part.get("type").and_then(Value::as_str), part.get("text")) {
                         (Some("text"), Some(Value::String(t))) => t,
+                        (Some("image_url"), _) => {
+                            let p = format!("{param}.content[{j}]");
+                            if images.len() == crate::image::MAX_IMAGES {
+                                return Err(ApiError::param(
+                                    &p,
+                                    format!("at most {} images per request are supported", crate::image::MAX_IMAGES),
+                                ));
+                            }
+                            images.push(ImageRef {
+                                url: image_url(part, &p)?,
+                                param: p,
+                            });
+                            s.push_str(crate::image::MARKER);
+                            continue;
+                        }
                         (Some(t), _) if t != "text" => {
                             return Err(ApiError::param(
                                 &param,
-                                format!("{param}: content parts of type `{t}` are not supported (text only)"),
+                                format!("{param}: content parts of type `{t}` are not supported (text and image_url only)"),
                             )
                             .code("unsupported_parameter"))
                         }
@@ -394,7 +438,20 @@ fn messages(v: &Value) -> Result<Vec<Message>, ApiError> {
         };
         out.push(Message::new(role, content));
     }
-    Ok(out)
+    if !images.is_empty() {
+        // Only the image parts may hold the marker.
+        let markers: usize = out
+            .iter()
+            .map(|m| m.content.matches(crate::image::MARKER).count())
+            .sum();
+        if markers != images.len() {
+            return Err(ApiError::param(
+                "messages",
+                "with images, message text may not contain U+FFFC (the object replacement character)",
+            ));
+        }
+    }
+    Ok((out, images))
 }
 
 impl CompletionRequest {

@@ -25,7 +25,17 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::api::{parse, ChatRequest, CompletionRequest, Params, Prompt};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::scheduler::{Event, Job, TokenLogprob};
+use crate::scheduler::{Event, Job, JobImage, TokenLogprob};
+
+/// Image input: the projector and the model's image tokens.
+pub struct Vision {
+    pub projector: vision::Projector,
+    pub tokens: engine::ImageTokens,
+    /// The text model's width (the projector's output width).
+    pub n_embd: usize,
+    /// Most rows one image may have (the engine's batch).
+    pub max_rows: usize,
+}
 
 /// What the handlers share.
 pub struct AppState {
@@ -37,6 +47,10 @@ pub struct AppState {
     pub n_ctx: usize,
     pub n_vocab: usize,
     pub created: u64,
+    /// Image input, when a projector is loaded.
+    pub vision: Option<Arc<Vision>>,
+    /// `--allow-image-urls` (fetching is not implemented: only the error message differs).
+    pub allow_image_urls: bool,
 }
 
 type St = State<Arc<AppState>>;
@@ -142,7 +156,11 @@ enum Kind {
 async fn chat(State(st): St, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let b = body(b)?;
     let req: ChatRequest = parse(&b)?;
-    let (messages, params) = req.check()?;
+    let (messages, images, params) = req.check()?;
+    if !images.is_empty() {
+        let (prompt, images) = image_prompt(&st, messages, images).await?;
+        return generate(st, Kind::Chat, prompt, images, params).await;
+    }
     let st2 = st.clone();
     let prompt = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
         let rendered = st2
@@ -153,7 +171,58 @@ async fn chat(State(st): St, b: Result<Bytes, BytesRejection>) -> Result<Respons
     })
     .await
     .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))??;
-    generate(st, Kind::Chat, prompt, params).await
+    generate(st, Kind::Chat, prompt, Vec::new(), params).await
+}
+
+/// Decodes and encodes a chat's images and builds its prompt around them, on a blocking
+/// thread (the vision tower is CPU work).
+async fn image_prompt(
+    st: &Arc<AppState>,
+    messages: Vec<tokenizer::Message>,
+    images: Vec<crate::api::ImageRef>,
+) -> Result<(Vec<u32>, Vec<JobImage>), ApiError> {
+    let Some(vision) = st.vision.clone() else {
+        return Err(ApiError::param(
+            &images[0].param,
+            "this server has no vision projector loaded (start it with --mmproj FILE) and cannot take images",
+        )
+        .code("unsupported_parameter"));
+    };
+    let files = images
+        .iter()
+        .map(|im| crate::image::image_bytes(&im.url, &im.param, st.allow_image_urls))
+        .collect::<Result<Vec<_>, _>>()?;
+    let st2 = st.clone();
+    tokio::task::spawn_blocking(move || {
+        let limits = vision::DecodeLimits::default();
+        let mut rows = Vec::with_capacity(files.len());
+        for (bytes, im) in files.iter().zip(&images) {
+            let bad = |e: vision::VisionError| {
+                ApiError::param(&im.param, format!("the image could not be used: {e}"))
+                    .code("invalid_image")
+            };
+            let img = vision::decode(bytes, &limits).map_err(bad)?;
+            let e = vision.projector.embed(&img).map_err(bad)?;
+            if e.n_embd != vision.n_embd || e.n_tokens == 0 || e.n_tokens > vision.max_rows {
+                return Err(ApiError::param(
+                    &im.param,
+                    format!(
+                        "the image makes {} rows of {} values; the model takes at most {} rows of {}",
+                        e.n_tokens, e.n_embd, vision.max_rows, vision.n_embd
+                    ),
+                )
+                .code("invalid_image"));
+            }
+            rows.push(e.data);
+        }
+        let rendered = st2
+            .template
+            .render(&messages, true)
+            .map_err(|e| ApiError::param("messages", e.to_string()))?;
+        crate::image::build_prompt(&st2.tokenizer, &rendered, vision.tokens, vision.n_embd, rows)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("encoding the images failed: {e}")))?
 }
 
 async fn completions(
@@ -172,7 +241,7 @@ async fn completions(
                 .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))?
         }
     };
-    generate(st, Kind::Completion, prompt, params).await
+    generate(st, Kind::Completion, prompt, Vec::new(), params).await
 }
 
 /// Queues the job and answers with JSON or an SSE stream.
@@ -180,6 +249,7 @@ async fn generate(
     st: Arc<AppState>,
     kind: Kind,
     prompt: Vec<u32>,
+    images: Vec<JobImage>,
     p: Params,
 ) -> Result<Response, ApiError> {
     if prompt.is_empty() {
@@ -218,6 +288,7 @@ async fn generate(
     let prompt_tokens = prompt.len();
     let job = Job {
         prompt,
+        images,
         max_tokens,
         sampling: p.sampling,
         stop: p.stop,

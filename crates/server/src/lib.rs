@@ -4,6 +4,7 @@
 pub mod api;
 pub mod error;
 pub mod http;
+pub mod image;
 pub mod metrics;
 pub mod scheduler;
 
@@ -42,6 +43,12 @@ pub struct Config {
     /// `max_logit_rows` of at least `n_seq × (draft_max + 1)`, or drafts are cut to fit.
     /// [`Speculation::Draft`] needs the draft model: see [`Server::start_with_drafter`].
     pub spec: Speculation,
+    /// A vision projector ("mmproj" GGUF): chat requests may then hold `image_url` parts
+    /// (base64 data URLs).
+    pub mmproj: Option<std::path::PathBuf>,
+    /// Answer remote image URLs with "fetching is not supported" rather than "not allowed"
+    /// (fetching them is not implemented).
+    pub allow_image_urls: bool,
 }
 
 impl Default for Config {
@@ -55,6 +62,8 @@ impl Default for Config {
             prefill_chunk: 128,
             handle_signals: false,
             spec: Speculation::Off,
+            mmproj: None,
+            allow_image_urls: false,
         }
     }
 }
@@ -91,6 +100,10 @@ impl Server {
                 "speculative decoding with a draft model needs the draft model",
             ));
         }
+        let vision = match &cfg.mmproj {
+            Some(path) => Some(Arc::new(load_vision(&engine, path)?)),
+            None => None,
+        };
         let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -109,6 +122,8 @@ impl Server {
             created: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            vision,
+            allow_image_urls: cfg.allow_image_urls,
         });
         metrics.alive.store(true, Ordering::SeqCst);
         let m = metrics.clone();
@@ -217,6 +232,29 @@ impl Server {
             let _ = h.join();
         }
     }
+}
+
+/// Loads the projector at `path` and checks that it fits `engine`'s model.
+fn load_vision(engine: &Engine, path: &std::path::Path) -> std::io::Result<http::Vision> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let projector = vision::Projector::open(path)
+        .map_err(|e| invalid(format!("loading the projector {}: {e}", path.display())))?;
+    let n_embd = engine.model.hp.n_embd;
+    if projector.n_embd_out() != n_embd {
+        return Err(invalid(format!(
+            "the projector {} makes {}-wide embeddings; the model takes {n_embd}",
+            path.display(),
+            projector.n_embd_out()
+        )));
+    }
+    let tokens = engine::image_tokens(&engine.tokenizer, engine.model.family)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(http::Vision {
+        projector,
+        tokens,
+        n_embd,
+        max_rows: engine.n_batch(),
+    })
 }
 
 /// Resolves on SIGTERM or Ctrl-C when `enabled`; never otherwise.

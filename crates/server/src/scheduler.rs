@@ -26,7 +26,10 @@ use crate::metrics::Metrics;
 
 /// One generation request, validated and tokenized.
 pub struct Job {
+    /// The prompt's ids, one per position; the positions of `images` hold placeholders.
     pub prompt: Vec<u32>,
+    /// Input rows placed in the prompt (images), in order, not overlapping.
+    pub images: Vec<JobImage>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
@@ -36,6 +39,26 @@ pub struct Job {
     /// Where the tokens go; a closed channel (the client left) cancels the job.
     pub events: UnboundedSender<Event>,
     pub received: Instant,
+}
+
+/// Input rows (an image's embeddings) taking positions `start..start + len` of a job's
+/// prompt: evaluated in one pass of their own (prompt chunks stop at `start` and restart
+/// after it, cut at the usual fixed offsets).
+#[derive(Debug, Clone)]
+pub struct JobImage {
+    pub start: usize,
+    pub len: usize,
+    /// `len × n_embd` values, row-major.
+    pub data: Vec<f32>,
+    /// Whether the rows attend to each other both ways (Gemma 3).
+    pub non_causal: bool,
+}
+
+impl JobImage {
+    /// Whether position `p` is one of the image's.
+    pub fn holds(&self, p: usize) -> bool {
+        (self.start..self.start + self.len).contains(&p)
+    }
 }
 
 /// The log-probabilities of one generated token.
@@ -236,14 +259,19 @@ pub fn run(
                 continue;
             }
             let mut sampler = Sampler::new(job.sampling.clone(), vocab);
-            for &t in &job.prompt {
-                sampler.accept(t);
+            for (p, &t) in job.prompt.iter().enumerate() {
+                // Image positions are not tokens (penalties see the text only).
+                if !job.images.iter().any(|im| im.holds(p)) {
+                    sampler.accept(t);
+                }
             }
             order += 1;
             // A draft model evaluates the prompt for its sequence now (a new request starts
             // from an empty draft cache); if it cannot, the request decodes plainly.
             // Some(drafter): speculate, with that n-gram drafter or (None) the draft model.
+            // Requests with images decode plainly for now.
             let ngram = match cfg.spec {
+                _ if !job.images.is_empty() => None,
                 Speculation::Off => None,
                 Speculation::Ngram { .. } => Some(Some(NgramDrafter::default())),
                 Speculation::Mtp { .. } => {
@@ -462,7 +490,40 @@ pub fn run(
                 break;
             };
             let len = slot.job.prompt.len();
-            let r = prefill_chunks(slot.prefilled, len, chunk);
+            // An image starting here goes in one pass of its own.
+            if let Some(im) = slot.job.images.iter().find(|im| im.start == slot.prefilled) {
+                let n = im.len;
+                if n > budget && budget < chunk {
+                    break;
+                }
+                budget = budget.saturating_sub(n);
+                let last = im.start + n == len;
+                let r =
+                    engine.prefill_embeddings(i as u32, &im.data, im.start, im.non_causal, last);
+                match r {
+                    Ok(out) => {
+                        metrics.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+                        slot.prefilled += n;
+                        if let Some(l) = out {
+                            if !next_token(slot, l, len, n_ctx, &tok, &eog, &mut scratch, &metrics)
+                            {
+                                slots[i] = None;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(slot) = slots[i].take() {
+                            let _ = slot.job.events.send(Event::Error(e.to_string()));
+                        }
+                    }
+                }
+                continue;
+            }
+            let mut r = prefill_chunks(slot.prefilled, len, chunk);
+            // Token chunks stop where the next image starts.
+            if let Some(im) = slot.job.images.iter().find(|im| im.start > r.start) {
+                r.end = r.end.min(im.start);
+            }
             let last = r.end == len;
             let n = r.len();
             if n == 0 || (n > budget && budget < chunk) {
@@ -478,8 +539,10 @@ pub fn run(
                             slots[i] = None;
                         }
                     }
-                    // The MTP block's pass over the chunk (its cache entries).
-                    if let (Some(slot), Some(st)) = (slots[i].as_ref(), mtp.get_mut(i)) {
+                    // The MTP block's pass over the chunk (its cache entries); requests
+                    // with images do not speculate.
+                    let slot = slots[i].as_ref().filter(|s| s.job.images.is_empty());
+                    if let (Some(slot), Some(st)) = (slot, mtp.get_mut(i)) {
                         let chunk = &slot.job.prompt[r.clone()];
                         if let Err(e) = engine.mtp_after_chunk(i as u32, st, chunk, r.start) {
                             if let Some(slot) = slots[i].take() {

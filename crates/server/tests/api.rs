@@ -218,7 +218,7 @@ fn bad_inputs_get_openai_style_4xx() {
         (chat, json!({"messages": [{"role": "wizard", "content": "x"}]}).to_string(), 400, Some("messages[0]")),
         (chat, json!({"messages": [{"content": "x"}]}).to_string(), 400, Some("messages[0]")),
         (chat, json!({"messages": [{"role": "user", "content": 5}]}).to_string(), 400, Some("messages[0]")),
-        (chat, json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}).to_string(), 400, Some("messages[0]")),
+        (chat, json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}).to_string(), 400, Some("messages[0].content[0]")),
         (chat, json!({"messages": msgs, "max_tokens": -5}).to_string(), 400, Some("max_tokens")),
         (chat, json!({"messages": msgs, "max_tokens": 0}).to_string(), 400, Some("max_tokens")),
         (chat, json!({"messages": msgs, "max_tokens": 1_000_000_000_000u64}).to_string(), 400, Some("max_tokens")),

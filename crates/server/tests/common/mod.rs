@@ -65,6 +65,7 @@ pub fn start_file(
             prefill_chunk: 64,
             handle_signals: false,
             spec,
+            ..Config::default()
         },
     )
     .expect("starting the server")
