@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use engine::{GenerateOptions, PromptPart};
+use engine::{GenerateOptions, ImageRows, PromptPart};
 use tokenizer::Message;
 
 use crate::run::{ModelArgs, SamplingArgs};
@@ -46,8 +46,8 @@ const MARKER: &str = "\u{FFFC}";
 struct Images {
     projector: vision::Projector,
     tokens: engine::ImageTokens,
-    sent: Vec<Vec<f32>>,
-    pending: Vec<Vec<f32>>,
+    sent: Vec<vision::ImageEmbeddings>,
+    pending: Vec<vision::ImageEmbeddings>,
 }
 
 impl Images {
@@ -80,8 +80,9 @@ impl Images {
             .projector
             .embed(&img)
             .with_context(|| format!("encoding {path}"))?;
-        self.pending.push(e.data);
-        Ok(e.n_tokens)
+        let n = e.n_tokens;
+        self.pending.push(e);
+        Ok(n)
     }
 }
 
@@ -168,7 +169,7 @@ pub fn run(args: Args) -> Result<()> {
                     + im.sent
                         .iter()
                         .chain(&im.pending)
-                        .map(|r| r.len() / d)
+                        .map(|r| r.data.len() / d)
                         .sum::<usize>();
                 // Only the length matters here: the parts go to the engine below.
                 (vec![0; len], Some(runs))
@@ -197,11 +198,12 @@ pub fn run(args: Args) -> Result<()> {
                 let mut parts = Vec::with_capacity(runs.len() * 2);
                 for (i, run) in runs.iter().enumerate() {
                     parts.push(PromptPart::Tokens(run));
-                    if let Some(rows) = im.sent.get(i) {
-                        parts.push(PromptPart::Embeddings {
-                            data: rows,
+                    if let Some(e) = im.sent.get(i) {
+                        parts.push(PromptPart::Embeddings(ImageRows {
+                            data: &e.data,
                             non_causal: im.tokens.non_causal,
-                        });
+                            grid: [e.nx, e.ny],
+                        }));
                     }
                 }
                 engine.generate_parts(&parts, &opts, on_token)?

@@ -263,7 +263,17 @@ pub struct Args {
 /// The image's embeddings and the prompt split around it, for --image.
 struct ImageInput {
     prompt: engine::ImagePrompt,
-    rows: Vec<f32>,
+    emb: vision::ImageEmbeddings,
+}
+
+impl ImageInput {
+    fn rows(&self) -> engine::ImageRows<'_> {
+        engine::ImageRows {
+            data: &self.emb.data,
+            non_causal: self.prompt.non_causal,
+            grid: [self.emb.nx, self.emb.ny],
+        }
+    }
 }
 
 /// Where --image goes in the prompt.
@@ -293,10 +303,7 @@ fn image_input(
         .embed(&img)
         .with_context(|| format!("encoding {}", image.display()))?;
     let prompt = engine::image_prompt(engine, prompt, IMAGE_MARKER)?;
-    Ok(ImageInput {
-        prompt,
-        rows: emb.data,
-    })
+    Ok(ImageInput { prompt, emb })
 }
 
 /// Runs `surplus run`.
@@ -355,10 +362,7 @@ pub fn run(args: Args) -> Result<()> {
             Some(im) => {
                 let parts = [
                     PromptPart::Tokens(&im.prompt.before),
-                    PromptPart::Embeddings {
-                        data: &im.rows,
-                        non_causal: im.prompt.non_causal,
-                    },
+                    PromptPart::Embeddings(im.rows()),
                     PromptPart::Tokens(&im.prompt.after),
                 ];
                 (engine.generate_parts(&parts, &opts, on_token)?, None)

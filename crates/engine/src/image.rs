@@ -18,11 +18,13 @@ pub struct ImageTokens {
 }
 
 /// The image begin/end tokens of `family` in `tok`'s vocabulary. Gemma 3:
-/// `<start_of_image>` … `<end_of_image>`, rows attending both ways; other families are not
-/// supported yet.
+/// `<start_of_image>` … `<end_of_image>`, rows attending both ways; Qwen3.5:
+/// `<|vision_start|>` … `<|vision_end|>`, causal, with 2-D rotary positions (see
+/// [`crate::ImageRows::grid`]); other families are not supported yet.
 pub fn image_tokens(tok: &Tokenizer, family: Family) -> Result<ImageTokens, EngineError> {
     let (begin, end, non_causal) = match family {
         Family::Gemma3 => ("<start_of_image>", "<end_of_image>", true),
+        Family::Qwen35 => ("<|vision_start|>", "<|vision_end|>", false),
         f => {
             return Err(EngineError::Embeddings(format!(
                 "images are not supported for the {f:?} family yet"
@@ -57,8 +59,7 @@ pub struct ImagePrompt {
 
 /// Splits `prompt` at the first `marker` (no marker: the image comes first) and tokenizes
 /// each side on its own, as llama.cpp does (BPE never merges across the image), adding the
-/// model's image begin/end tokens. Gemma 3: `<start_of_image>` … `<end_of_image>`, rows
-/// attending both ways.
+/// model's image begin/end tokens (see [`image_tokens`]).
 pub fn image_prompt(
     engine: &Engine,
     prompt: &str,

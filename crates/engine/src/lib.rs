@@ -5,11 +5,12 @@ pub mod image;
 pub mod mtp;
 pub mod multi;
 pub mod perplexity;
+mod positions;
 pub mod sampling;
 pub mod session;
 pub mod speculative;
 
 pub use image::{image_prompt, image_runs, image_tokens, split_rendered, ImagePrompt, ImageTokens};
 pub use session::{
-    Engine, EngineError, EngineOptions, GenerateOptions, Generation, PromptPart, Timings,
+    Engine, EngineError, EngineOptions, GenerateOptions, Generation, ImageRows, PromptPart, Timings,
 };

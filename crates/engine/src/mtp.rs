@@ -104,6 +104,8 @@ impl Engine {
         if logits {
             b.logits.push(tokens.len() as u32 - 1);
         }
+        // The block's cache shares the trunk's slots and rotary positions.
+        self.rope.fill(&mut self.batch, false);
         let model = &self.model;
         self.backend
             .forward(&self.batch, model.hp.n_vocab, |o| model.mtp_forward(o, 0))?;
@@ -163,6 +165,7 @@ impl Engine {
             if last {
                 b.logits.push(chunk.len() as u32 - 1);
             }
+            self.rope.fill(&mut self.batch, true);
             let model = &self.model;
             self.backend
                 .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;

@@ -3,7 +3,7 @@
 
 use runtime::Batch;
 
-use crate::session::{Engine, EngineError};
+use crate::session::{Engine, EngineError, ImageRows};
 
 /// One sequence's next token in a decode step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +95,7 @@ impl Engine {
             b.seq.push(it.seq);
             b.logits.push(i as u32);
         }
+        self.rope.fill(&mut self.batch, true);
         let model = &self.model;
         self.backend
             .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
@@ -139,6 +140,7 @@ impl Engine {
         }
         self.cached.clear();
         fill_one_sequence(&mut self.batch, tokens, start as u32, seq, logits);
+        self.rope.fill(&mut self.batch, true);
         let model = &self.model;
         self.backend
             .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
@@ -146,15 +148,13 @@ impl Engine {
     }
 
     /// [`Engine::prefill_chunk`] for input rows (an image's embeddings, `n × n_embd`
-    /// values, at most n_batch rows) of sequence `seq` from position `start`, in one pass;
-    /// with `non_causal` the rows attend to each other both ways. With `logits`, returns
-    /// the last row's logits.
+    /// values, at most n_batch rows) of sequence `seq` from position `start`, in one pass
+    /// (see [`ImageRows`]). With `logits`, returns the last row's logits.
     pub fn prefill_embeddings(
         &mut self,
         seq: u32,
-        data: &[f32],
+        rows: ImageRows,
         start: usize,
-        non_causal: bool,
         logits: bool,
     ) -> Result<Option<&[f32]>, EngineError> {
         if seq as usize >= self.n_seq {
@@ -163,7 +163,7 @@ impl Engine {
                 self.n_seq
             )));
         }
-        self.eval_embeddings(seq, data, start, non_causal, logits)?;
+        self.eval_embeddings(seq, rows, start, logits)?;
         Ok(logits.then(|| self.backend.read(self.model.acts.logits, 1)))
     }
 }

@@ -47,12 +47,21 @@ pub enum EngineError {
 #[derive(Clone, Copy, Debug)]
 pub enum PromptPart<'a> {
     Tokens(&'a [u32]),
-    /// Rows of the model's width (`n × n_embd` values), evaluated in one batch of their own;
-    /// with `non_causal` they attend to each other both ways (a Gemma 3 image).
-    Embeddings {
-        data: &'a [f32],
-        non_causal: bool,
-    },
+    /// Rows of the model's width, evaluated in one batch of their own.
+    Embeddings(ImageRows<'a>),
+}
+
+/// Input rows given directly instead of token ids: an image's embeddings.
+#[derive(Clone, Copy, Debug)]
+pub struct ImageRows<'a> {
+    /// `n × n_embd` values, row after row.
+    pub data: &'a [f32],
+    /// The rows attend to each other both ways (a Gemma 3 image).
+    pub non_causal: bool,
+    /// The image's token grid `[nx, ny]` (row i at grid row i / nx, column i % nx): under
+    /// multi-section RoPE (Qwen3.5) it sets the rows' positions and where the text after
+    /// them resumes. `[n, 1]` for rows without a grid.
+    pub grid: [usize; 2],
 }
 
 impl PromptPart<'_> {
@@ -60,7 +69,7 @@ impl PromptPart<'_> {
     pub fn len(&self, n_embd: usize) -> usize {
         match self {
             PromptPart::Tokens(t) => t.len(),
-            PromptPart::Embeddings { data, .. } => data.len() / n_embd.max(1),
+            PromptPart::Embeddings(rows) => rows.data.len() / n_embd.max(1),
         }
     }
 
@@ -153,6 +162,8 @@ pub struct Engine {
     pub(crate) n_ctx: usize,
     pub(crate) n_batch: usize,
     pub(crate) n_seq: usize,
+    /// Rotary positions of sequences holding images (multi-section RoPE).
+    pub(crate) rope: crate::positions::RopePositions,
     pub(crate) max_logit_rows: usize,
     pub(crate) batch: Batch,
     /// Tokens whose keys and values sequence 0 of the cache holds, in order: a new prompt
@@ -209,6 +220,7 @@ impl Engine {
             n_ctx,
             n_batch,
             n_seq: opts.n_seq.max(1),
+            rope: crate::positions::RopePositions::new(opts.n_seq.max(1)),
             max_logit_rows: opts.max_logit_rows.max(1),
             batch: Batch::default(),
             cached: Vec::new(),
@@ -279,6 +291,7 @@ impl Engine {
                 self.batch.logits.push(chunk.len() as u32 - 1);
             }
             rows = self.batch.logits.len();
+            self.rope.fill(&mut self.batch, true);
             let model = &self.model;
             self.backend
                 .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
@@ -312,12 +325,16 @@ impl Engine {
     pub fn eval_embeddings(
         &mut self,
         seq: u32,
-        data: &[f32],
+        rows: ImageRows,
         start: usize,
-        non_causal: bool,
         last_logits: bool,
     ) -> Result<usize, EngineError> {
         self.cached.clear();
+        let ImageRows {
+            data,
+            non_causal,
+            grid: [nx, ny],
+        } = rows;
         let d = self.model.hp.n_embd;
         let n = data.len() / d.max(1);
         if n == 0 || n * d != data.len() {
@@ -339,6 +356,16 @@ impl Engine {
                 n_ctx: self.n_ctx,
             });
         }
+        if nx * ny != n {
+            return Err(EngineError::Embeddings(format!(
+                "a grid of {nx} × {ny} does not hold {n} rows"
+            )));
+        }
+        if self.model.multi_section_rope() {
+            self.rope.add_image(seq, start as u32, nx as u32, ny as u32);
+        } else {
+            self.rope.truncate(seq, start as u32);
+        }
         let b = &mut self.batch;
         b.tokens.clear();
         b.tokens.resize(n, 0);
@@ -353,7 +380,8 @@ impl Engine {
         b.embd.clear();
         b.embd.extend_from_slice(data);
         b.non_causal = non_causal;
-        let rows = b.logits.len();
+        self.rope.fill(&mut self.batch, false);
+        let rows = self.batch.logits.len();
         let model = &self.model;
         let res = self
             .backend
@@ -391,6 +419,7 @@ impl Engine {
         self.cached.clear();
         self.batch = Batch::one_sequence(tokens, start as u32, seq, false);
         self.batch.logits = (logits_from.min(tokens.len()) as u32..tokens.len() as u32).collect();
+        self.rope.fill(&mut self.batch, true);
         let rows = self.batch.logits.len();
         let model = &self.model;
         self.backend
@@ -473,8 +502,8 @@ impl Engine {
                         // Only the last part's last token needs logits.
                         self.forward_tokens(0, t, pos, false)?;
                     }
-                    PromptPart::Embeddings { data, non_causal } => {
-                        self.eval_embeddings(0, data, pos, non_causal, last)?;
+                    PromptPart::Embeddings(rows) => {
+                        self.eval_embeddings(0, rows, pos, last)?;
                     }
                 }
                 pos += p.len(d);

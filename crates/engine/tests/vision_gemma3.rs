@@ -69,10 +69,11 @@ fn gemma3_with_an_image_follows_llama_cpp() {
         let emb = proj.embed(&img).unwrap();
         let parts = [
             PromptPart::Tokens(&pre),
-            PromptPart::Embeddings {
+            PromptPart::Embeddings(engine::ImageRows {
                 data: &emb.data,
                 non_causal: ip.non_causal,
-            },
+                grid: [emb.nx, emb.ny],
+            }),
             PromptPart::Tokens(&post),
         ];
         let gen = engine

@@ -209,6 +209,16 @@ impl Model {
         self.hybrid.as_ref().map_or(self.hp.n_layer, |h| h.n_kv)
     }
 
+    /// Whether attention turns by multi-section rotary positions (Qwen3.5's M-RoPE), where
+    /// an image's rows take 2-D positions (see [`runtime::Batch::rope_pos`]).
+    pub fn multi_section_rope(&self) -> bool {
+        let blocks = self.hybrid.iter().flat_map(|h| &h.blocks);
+        blocks.into_iter().any(|b| match b {
+            qwen35::Block::Attention { layer, .. } => layer.rope.section.iter().any(|&s| s != 0),
+            qwen35::Block::DeltaNet { .. } => false,
+        })
+    }
+
     /// The recurrent layers whose state the device must keep per sequence: how many, and
     /// their shape (`None` when the model has none).
     pub fn recurrent(&self) -> Option<(usize, DeltaNet)> {

@@ -189,10 +189,11 @@ fn recurrent_layers(
 }
 
 /// RoPE on the first `n_rot` dims in NeoX pairing, with the multi-section layout of
-/// `rope.dimension_sections` for text positions: pair i falls in sector `i mod Σsections`;
-/// the first three sections (interleaved: sector s belongs to section s mod 3 while
-/// s < 3 × that section's size) rotate by the token position, anything else by the fourth
-/// position component, which text leaves at 0: those pairs do not rotate.
+/// `rope.dimension_sections`: pair i falls in sector `i mod Σsections`; the first three
+/// sections (interleaved: sector s belongs to section s mod 3 while s < 3 × that section's
+/// size) rotate by the position's t, h or w component (all equal for text; an image's rows
+/// differ, see [`runtime::Batch::rope_pos`]), anything else by the fourth component, which
+/// is always 0 here: those pairs do not rotate.
 fn rope(ld: &Loader, arch: &str, hp: &Hparams) -> Result<Rope, ModelError> {
     let mut rope = Rope::new(RopeMode::Neox, hp.n_rot, hp.rope_base, hp.rope_freq_scale);
     let key = format!("{arch}.rope.dimension_sections");
@@ -207,10 +208,13 @@ fn rope(ld: &Loader, arch: &str, hp: &Hparams) -> Result<Rope, ModelError> {
     if total == 0 {
         return Ok(rope);
     }
+    rope.section = vec![0; rope.inv_freq.len()];
     for (i, f) in rope.inv_freq.iter_mut().enumerate() {
         let sector = i % total;
         let by_position = sector < 3 * s[sector % 3];
-        if !by_position {
+        if by_position {
+            rope.section[i] = (sector % 3) as u8;
+        } else {
             *f = 0.0;
         }
     }

@@ -78,6 +78,10 @@ pub struct Batch {
     /// The tokens of this batch attend to each other both ways (every key of their sequence
     /// up to the batch's last position, not only earlier ones): Gemma 3's image block.
     pub non_causal: bool,
+    /// Rotary positions (t, h, w) of each token for multi-section RoPE (an image's rows in a
+    /// Qwen3.5 sequence, and the text after it, which resumes at a smaller position than its
+    /// cache slot). Empty: all three are `pos`. `pos` stays the cache slot and causal order.
+    pub rope_pos: Vec<[u32; 3]>,
 }
 
 impl Batch {
@@ -95,6 +99,7 @@ impl Batch {
             },
             embd: Vec::new(),
             non_causal: false,
+            rope_pos: Vec::new(),
         }
     }
 
@@ -129,6 +134,9 @@ pub struct Rope {
     pub inv_freq: Vec<f32>,
     /// Linear position scaling (1 / scaling factor).
     pub freq_scale: f32,
+    /// Multi-section RoPE: which component of the token's rotary position (0 = t, 1 = h,
+    /// 2 = w; see [`Batch::rope_pos`]) turns each pair. Empty: every pair turns by `pos`.
+    pub section: Vec<u8>,
 }
 
 impl Rope {
@@ -142,6 +150,7 @@ impl Rope {
             n_rot,
             inv_freq,
             freq_scale,
+            section: Vec::new(),
         }
     }
 }

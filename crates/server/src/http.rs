@@ -213,7 +213,7 @@ async fn image_prompt(
                 )
                 .code("invalid_image"));
             }
-            rows.push(e.data);
+            rows.push(e);
         }
         let rendered = st2
             .template

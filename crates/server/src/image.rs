@@ -113,14 +113,14 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// The token prompt of a rendered chat holding one [`MARKER`] per image of `rows` (each
-/// image's embeddings): the image positions hold placeholder ids, described by the returned
+/// image's embeddings and grid): the image positions hold placeholder ids, described by the returned
 /// [`JobImage`]s.
 pub fn build_prompt(
     tok: &Tokenizer,
     rendered: &RenderedPrompt,
     t: ImageTokens,
     n_embd: usize,
-    rows: Vec<Vec<f32>>,
+    rows: Vec<vision::ImageEmbeddings>,
 ) -> Result<(Vec<u32>, Vec<JobImage>), ApiError> {
     let runs = engine::image_runs(tok, rendered, MARKER, t, rows.len()).map_err(|_| {
         ApiError::param(
@@ -133,13 +133,19 @@ pub fn build_prompt(
     let mut rows = rows.into_iter();
     for run in runs {
         prompt.extend(run);
-        if let Some(data) = rows.next() {
-            let n = data.len() / n_embd.max(1);
+        if let Some(e) = rows.next() {
+            let n = e.data.len() / n_embd.max(1);
+            let grid = if e.nx * e.ny == n {
+                [e.nx, e.ny]
+            } else {
+                [n, 1]
+            };
             images.push(JobImage {
                 start: prompt.len(),
                 len: n,
-                data,
+                data: e.data,
                 non_causal: t.non_causal,
+                grid,
             });
             // Placeholders: image positions are never read as tokens.
             prompt.resize(prompt.len() + n, t.begin);

@@ -52,9 +52,20 @@ pub struct JobImage {
     pub data: Vec<f32>,
     /// Whether the rows attend to each other both ways (Gemma 3).
     pub non_causal: bool,
+    /// The image's token grid `[nx, ny]` (see [`engine::ImageRows`]).
+    pub grid: [usize; 2],
 }
 
 impl JobImage {
+    /// The rows as the engine takes them.
+    pub fn rows(&self) -> engine::ImageRows<'_> {
+        engine::ImageRows {
+            data: &self.data,
+            non_causal: self.non_causal,
+            grid: self.grid,
+        }
+    }
+
     /// Whether position `p` is one of the image's.
     pub fn holds(&self, p: usize) -> bool {
         (self.start..self.start + self.len).contains(&p)
@@ -498,8 +509,7 @@ pub fn run(
                 }
                 budget = budget.saturating_sub(n);
                 let last = im.start + n == len;
-                let r =
-                    engine.prefill_embeddings(i as u32, &im.data, im.start, im.non_causal, last);
+                let r = engine.prefill_embeddings(i as u32, im.rows(), im.start, last);
                 match r {
                     Ok(out) => {
                         metrics.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);

@@ -142,10 +142,11 @@ fn an_image_gives_the_engines_greedy_text() {
     let emb = proj.embed(&img).unwrap();
     let parts = [
         PromptPart::Tokens(&ip.before),
-        PromptPart::Embeddings {
+        PromptPart::Embeddings(engine::ImageRows {
             data: &emb.data,
             non_causal: ip.non_causal,
-        },
+            grid: [emb.nx, emb.ny],
+        }),
         PromptPart::Tokens(&ip.after),
     ];
     let gen_opts = GenerateOptions {

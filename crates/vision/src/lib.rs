@@ -172,6 +172,16 @@ impl Projector {
         })
     }
 
+    /// Chooses the attention arithmetic: f16 as llama.cpp's default flash attention (the
+    /// default here too), or plain f32 as its `-fa off` (see
+    /// [`VisionHparams::f16_attention`]).
+    pub fn set_f16_attention(&mut self, on: bool) {
+        match &mut self.tower {
+            Tower::Qwen3Vl(t) => t.hp.f16_attention = on,
+            Tower::Gemma3(t) => t.hp.f16_attention = on,
+        }
+    }
+
     /// The tower's hyper-parameters.
     pub fn hparams(&self) -> &VisionHparams {
         match &self.tower {

@@ -149,6 +149,75 @@ pub fn attention(
     out
 }
 
+/// [`attention`] as llama.cpp's CPU flash attention computes it with f16 keys and values.
+/// From 64 queries on (its tiled kernel): k and v rounded to f16, the rest in f32. Below
+/// (its one-query kernel): q, k and v rounded to f16; per query, the keys in order with an
+/// online softmax whose running weighted sum of values is kept in f16 (rescaled when the
+/// maximum grows, each update rounded), divided by the sum of weights at the end.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_f16(
+    q: (&[f32], usize),
+    k: (&[f32], usize),
+    v: (&[f32], usize),
+    stride: usize,
+    n: usize,
+    n_heads: usize,
+    head_dim: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let r = |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| f16_round(v)).collect() };
+    if n >= 64 {
+        let (kh, vh) = (r(k.0), r(v.0));
+        return attention(
+            q,
+            (&kh, k.1),
+            (&vh, v.1),
+            stride,
+            n,
+            n_heads,
+            head_dim,
+            scale,
+        );
+    }
+    let width = n_heads * head_dim;
+    let mut out = vec![0.0f32; n * width];
+    let (qh, kh, vh) = (r(q.0), r(k.0), r(v.0));
+    let mut acc = vec![0.0f32; head_dim];
+    for h in 0..n_heads {
+        for i in 0..n {
+            let qi = &qh[i * stride + q.1 + h * head_dim..][..head_dim];
+            acc.fill(0.0);
+            let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+            for j in 0..n {
+                let kj = &kh[j * stride + k.1 + h * head_dim..][..head_dim];
+                let dot: f64 = qi.iter().zip(kj).map(|(&a, &b)| (a * b) as f64).sum();
+                let s = dot as f32 * scale;
+                let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                if s > m {
+                    ms = (m - s).exp();
+                    m = s;
+                    for a in acc.iter_mut() {
+                        *a = f16_round(*a * ms);
+                    }
+                } else {
+                    vs = (s - m).exp();
+                }
+                let vj = &vh[j * stride + v.1 + h * head_dim..][..head_dim];
+                for (a, &x) in acc.iter_mut().zip(vj) {
+                    *a = f16_round(*a + x * vs);
+                }
+                sum = sum * ms + vs;
+            }
+            let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+            let o = &mut out[i * width + h * head_dim..][..head_dim];
+            for (o, &a) in o.iter_mut().zip(&acc) {
+                *o = a * inv;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,10 @@ pub struct VisionHparams {
     pub eps: f32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Attention as llama.cpp's default (flash attention on its CPU backend) computes it:
+    /// queries, keys and values rounded to f16 and the weighted sum of values accumulated
+    /// in f16. Off: plain f32 (llama.cpp's `-fa off`). Not a file key; on by default.
+    pub f16_attention: bool,
 }
 
 impl VisionHparams {
@@ -35,6 +39,7 @@ impl VisionHparams {
             eps: t.f32_or(&k("attention.layer_norm_epsilon"), 1e-6)?,
             mean: t.rgb(&k("image_mean"))?,
             std: t.rgb(&k("image_std"))?,
+            f16_attention: true,
         };
         if !hp.n_embd.is_multiple_of(hp.n_head) {
             return Err(VisionError::Metadata(
@@ -213,7 +218,12 @@ impl Block {
             }
         }
         let scale = 1.0 / (hd as f32).sqrt();
-        let attn = nn::attention(
+        let attend = if hp.f16_attention {
+            nn::attention_f16
+        } else {
+            nn::attention
+        };
+        let attn = attend(
             (&qkv, 0),
             (&qkv, d),
             (&qkv, 2 * d),

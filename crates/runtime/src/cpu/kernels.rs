@@ -41,10 +41,17 @@ pub fn layer_norm(x: &[f32], w: Option<&[f32]>, b: Option<&[f32]>, eps: f32, out
 
 /// Rotates one head in place for position `pos`.
 pub fn rope(head: &mut [f32], pos: u32, rope: &Rope) {
+    rope_at(head, [pos; 3], rope);
+}
+
+/// [`rope`] at a multi-section position (t, h, w): pair i turns by component
+/// `rope.section[i]` (by t when `section` is empty).
+pub fn rope_at(head: &mut [f32], pos: [u32; 3], rope: &Rope) {
     let half = rope.n_rot / 2;
-    let p = pos as f32 * rope.freq_scale;
+    let p = pos.map(|x| x as f32 * rope.freq_scale);
     for i in 0..half {
-        let (s, c) = (p * rope.inv_freq[i]).sin_cos();
+        let c = rope.section.get(i).map_or(0, |&s| s as usize);
+        let (s, c) = (p[c.min(2)] * rope.inv_freq[i]).sin_cos();
         let (a, b) = match rope.mode {
             RopeMode::Normal => (2 * i, 2 * i + 1),
             RopeMode::Neox => (i, i + half),

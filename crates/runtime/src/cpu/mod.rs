@@ -514,7 +514,10 @@ impl Ops for CpuOps<'_> {
             let (t, h) = (r / n_heads, r % n_heads);
             // SAFETY: head h of token t is this thread's.
             let head = unsafe { xs.get_mut(t * x.width + h * head_dim, head_dim) };
-            kernels::rope(head, self.batch.pos[t], rope);
+            match self.batch.rope_pos.get(t) {
+                Some(&p) => kernels::rope_at(head, p, rope),
+                None => kernels::rope(head, self.batch.pos[t], rope),
+            }
         });
         self.done(x);
     }
