@@ -318,9 +318,6 @@ pub fn run(args: Args) -> Result<()> {
         (Some(m), Some(i)) => Some(image_input(&engine, m, i, &args.prompt)?),
         _ => None,
     };
-    if image.is_some() && drafter.is_some() {
-        anyhow::bail!("--image does not work with speculative decoding yet");
-    }
     let prompt = match &image {
         Some(im) => [im.prompt.before.as_slice(), &im.prompt.after].concat(),
         None => engine.tokenizer.encode(&args.prompt, true, true),
@@ -355,7 +352,17 @@ pub fn run(args: Args) -> Result<()> {
             } else {
                 Controller::new(args.spec.draft_max)
             };
-            let (g, s) = engine.generate_speculative(&prompt, &opts, d, &mut ctl, on_token)?;
+            let (g, s) = match &image {
+                Some(im) => {
+                    let parts = [
+                        PromptPart::Tokens(&im.prompt.before),
+                        PromptPart::Embeddings(im.rows()),
+                        PromptPart::Tokens(&im.prompt.after),
+                    ];
+                    engine.generate_speculative_parts(&parts, &opts, d, &mut ctl, on_token)?
+                }
+                None => engine.generate_speculative(&prompt, &opts, d, &mut ctl, on_token)?,
+            };
             (g, Some(s))
         }
         None => match &image {

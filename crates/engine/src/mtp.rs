@@ -88,6 +88,20 @@ impl Engine {
         start: usize,
         logits: bool,
     ) -> Result<(), EngineError> {
+        self.mtp_pass_inputs(st, seq, tokens, &[], start, logits)
+    }
+
+    /// [`Engine::mtp_pass`] whose inputs are rows given directly when `embd` is not empty
+    /// (an image's embeddings stand in for the token embeddings; `tokens` are placeholders).
+    fn mtp_pass_inputs(
+        &mut self,
+        st: &MtpState,
+        seq: u32,
+        tokens: &[u32],
+        embd: &[f32],
+        start: usize,
+        logits: bool,
+    ) -> Result<(), EngineError> {
         let Some((h_in, _, _)) = self.model.mtp_acts() else {
             return Ok(());
         };
@@ -104,11 +118,16 @@ impl Engine {
         if logits {
             b.logits.push(tokens.len() as u32 - 1);
         }
+        self.batch.embd.clear();
+        self.batch.embd.extend_from_slice(embd);
         // The block's cache shares the trunk's slots and rotary positions.
         self.rope.fill(&mut self.batch, false);
         let model = &self.model;
-        self.backend
-            .forward(&self.batch, model.hp.n_vocab, |o| model.mtp_forward(o, 0))?;
+        let res = self
+            .backend
+            .forward(&self.batch, model.hp.n_vocab, |o| model.mtp_forward(o, 0));
+        self.batch.embd.clear();
+        res?;
         Ok(())
     }
 
@@ -119,6 +138,31 @@ impl Engine {
         seq: u32,
         st: &mut MtpState,
         chunk: &[u32],
+        start: usize,
+    ) -> Result<(), EngineError> {
+        self.mtp_after_pass(seq, st, chunk, &[], start)
+    }
+
+    /// [`Engine::mtp_after_chunk`] after the trunk's pass over an image's rows
+    /// ([`Engine::prefill_embeddings`]): the block takes the same rows as its inputs.
+    pub fn mtp_after_rows(
+        &mut self,
+        seq: u32,
+        st: &mut MtpState,
+        rows: &[f32],
+        start: usize,
+    ) -> Result<(), EngineError> {
+        let n = rows.len() / self.model.hp.n_embd.max(1);
+        let placeholders = vec![0; n];
+        self.mtp_after_pass(seq, st, &placeholders, rows, start)
+    }
+
+    fn mtp_after_pass(
+        &mut self,
+        seq: u32,
+        st: &mut MtpState,
+        chunk: &[u32],
+        embd: &[f32],
         start: usize,
     ) -> Result<(), EngineError> {
         let d = self.model.hp.n_embd;
@@ -137,7 +181,7 @@ impl Engine {
         }
         self.mtp_keep_hidden(st, start, n);
         st.h_in[d..n * d].copy_from_slice(&st.h[..(n - 1) * d]);
-        self.mtp_pass(st, seq, chunk, start, false)?;
+        self.mtp_pass_inputs(st, seq, chunk, embd, start, false)?;
         st.len = start + n;
         Ok(())
     }
@@ -151,9 +195,54 @@ impl Engine {
         prompt: &[u32],
     ) -> Result<(), EngineError> {
         st.reset();
+        self.mtp_prefill_tokens(st, prompt, 0, true)
+    }
+
+    /// [`Engine::mtp_prefill`] for a prompt of parts (text and images, see
+    /// [`crate::PromptPart`]): each image's rows in a trunk pass of their own, then the
+    /// block's pass over them.
+    pub(crate) fn mtp_prefill_parts(
+        &mut self,
+        st: &mut MtpState,
+        parts: &[crate::PromptPart],
+    ) -> Result<(), EngineError> {
+        st.reset();
+        let d = self.model.hp.n_embd;
         let mut start = 0;
+        for (i, p) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            match *p {
+                crate::PromptPart::Tokens(t) => self.mtp_prefill_tokens(st, t, start, last)?,
+                crate::PromptPart::Embeddings(rows) => {
+                    self.eval_embeddings(0, rows, start, last)?;
+                    self.mtp_after_rows(0, st, rows.data, start)?;
+                }
+            }
+            start += p.len(d);
+        }
+        Ok(())
+    }
+
+    /// Evaluates `prompt` from position `start` chunk by chunk, each trunk pass followed by
+    /// the block's; logits of the last token when `logits`.
+    fn mtp_prefill_tokens(
+        &mut self,
+        st: &mut MtpState,
+        prompt: &[u32],
+        start: usize,
+        logits: bool,
+    ) -> Result<(), EngineError> {
+        let end = start + prompt.len();
+        if end > self.n_ctx {
+            return Err(EngineError::ContextFull {
+                prompt: end,
+                generate: 0,
+                n_ctx: self.n_ctx,
+            });
+        }
+        let mut start = start;
         for chunk in prompt.chunks(self.n_batch) {
-            let last = start + chunk.len() == prompt.len();
+            let last = logits && start + chunk.len() == end;
             let b = &mut self.batch;
             b.tokens.clear();
             b.tokens.extend_from_slice(chunk);

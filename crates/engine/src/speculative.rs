@@ -22,7 +22,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::sampling::{argmax_excluding, top_logprobs, Sampler, SamplingParams};
-use crate::session::{Emitter, Engine, EngineError, EngineOptions, GenerateOptions, Generation};
+use crate::session::{
+    Emitter, Engine, EngineError, EngineOptions, GenerateOptions, Generation, PromptPart,
+};
 
 /// Most tokens drafted per step: with the last token, a verification batch stays below the
 /// size at which the CPU backend switches to its prompt GEMM (different rounding).
@@ -37,6 +39,8 @@ pub enum SpecError {
     Mtp(&'static str),
     #[error("the model has no multi-token-prediction block: use --spec ngram or --spec draft")]
     NoMtp,
+    #[error("with images in the prompt only the MTP drafter speculates (a draft model or n-grams cannot see the image): use --spec mtp or --spec none")]
+    ImagesNeedMtp,
     #[error("the draft model's vocabulary ({draft} tokens) differs from the target's ({target}); a draft model must share the target's tokenizer")]
     Vocabulary { draft: usize, target: usize },
     #[error("the draft model's tokenizer disagrees with the target's on token {id} ({draft:?} vs {target:?}); a draft model must share the target's tokenizer")]
@@ -624,9 +628,40 @@ impl Engine {
         opts: &GenerateOptions,
         drafter: &mut dyn Drafter,
         ctl: &mut Controller,
+        on_token: impl FnMut(u32, &str) -> bool,
+    ) -> Result<(Generation, SpecStats), SpecError> {
+        self.generate_speculative_parts(&[PromptPart::Tokens(prompt)], opts, drafter, ctl, on_token)
+    }
+
+    /// [`Engine::generate_speculative`] after a prompt made of parts (text and images, see
+    /// [`Engine::generate_parts`]). With images only the MTP drafter may speculate (its
+    /// block takes the image rows as its inputs); greedy output is identical to
+    /// [`Engine::generate_parts`]'s.
+    pub fn generate_speculative_parts(
+        &mut self,
+        parts: &[PromptPart],
+        opts: &GenerateOptions,
+        drafter: &mut dyn Drafter,
+        ctl: &mut Controller,
         mut on_token: impl FnMut(u32, &str) -> bool,
     ) -> Result<(Generation, SpecStats), SpecError> {
         opts.sampling.validate().map_err(EngineError::Sampling)?;
+        let d = self.model.hp.n_embd;
+        let parts: Vec<PromptPart> = parts.iter().copied().filter(|p| !p.is_empty(d)).collect();
+        let images = parts.iter().any(|p| matches!(p, PromptPart::Embeddings(_)));
+        if images && !drafter.is_mtp() {
+            return Err(SpecError::ImagesNeedMtp);
+        }
+        // The prompt's ids; an image's rows take placeholders (never read: only the tokens
+        // generated after the prompt are drafted from).
+        let prompt: Vec<u32> = parts
+            .iter()
+            .flat_map(|p| match *p {
+                PromptPart::Tokens(t) => t.to_vec(),
+                PromptPart::Embeddings(rows) => vec![0; rows.data.len() / d.max(1)],
+            })
+            .collect();
+        let prompt = &prompt[..];
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt.into());
         }
@@ -642,8 +677,12 @@ impl Engine {
         let greedy = opts.sampling.temperature <= 0.0;
         let max_draft = MAX_DRAFT.min(self.max_logit_rows.saturating_sub(1));
         let mut sampler = Sampler::new(opts.sampling.clone(), vocab);
-        for &t in prompt {
-            sampler.accept(t);
+        for p in &parts {
+            if let PromptPart::Tokens(t) = p {
+                for &t in *t {
+                    sampler.accept(t);
+                }
+            }
         }
         let mut stats = SpecStats {
             drafter: drafter.name().to_string(),
@@ -682,6 +721,10 @@ impl Engine {
         };
         let t0 = Instant::now();
         match mtp.as_mut() {
+            Some(st) if images => {
+                self.cached.clear();
+                self.mtp_prefill_parts(st, &parts)?;
+            }
             Some(st) => {
                 self.cached.clear();
                 self.mtp_prefill(st, prompt)?;
@@ -817,6 +860,10 @@ impl Engine {
                 self.mtp_keep_hidden(st, pos, n_draft + 1);
             }
             pending = Some((n_draft, tv.elapsed().as_secs_f64(), t_draft, catch_up));
+        }
+        if images {
+            // The cache's token list would hold the placeholders: nothing to reuse.
+            self.cached.clear();
         }
         emit.finish(&mut out);
         out.timings.generation_time = t1.elapsed();

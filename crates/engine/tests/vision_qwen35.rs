@@ -4,6 +4,7 @@
 //! llama.cpp's (vision.json): tokens up to the first near-tie, top-5 log-probs within 5e-3.
 
 use engine::sampling::SamplingParams;
+use engine::speculative::{Controller, MtpDrafter};
 use engine::{Engine, EngineOptions, GenerateOptions, Generation, ImageRows, PromptPart};
 use serde_json::Value;
 
@@ -225,6 +226,73 @@ fn qwen35_with_our_image_embeddings_follows_llama_cpp() {
         }
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// MTP speculation on a prompt with an image (the MTP block takes the image rows as its
+/// inputs) gives exactly the output of plain greedy decoding, with drafts made and some kept.
+#[test]
+fn mtp_speculation_with_an_image_keeps_greedy_output() {
+    if fixtures_missing() {
+        return;
+    }
+    let g = golden();
+    let opts = EngineOptions {
+        n_ctx: 256,
+        n_batch: 64,
+        n_seq: 1,
+        max_logit_rows: 8,
+        n_threads: 2,
+    };
+    let mut engine = Engine::load(&data().join("synthetic/qwen35-tiny-f32.gguf"), &opts).unwrap();
+    let proj = vision::Projector::open(data().join("vision/qwen35-tiny-mmproj.gguf")).unwrap();
+    let mut gen_opts = gen_opts();
+    gen_opts.logprobs = 0;
+    let (mut drafted, mut accepted) = (0, 0);
+    for case in g["cases"].as_array().unwrap() {
+        if case["model"] != "qwen35-tiny" {
+            continue;
+        }
+        let (pre, post) = split(&engine, case);
+        let image = case["image"].as_str().unwrap();
+        let bytes = std::fs::read(data().join("vision").join(image)).unwrap();
+        let img = vision::decode(&bytes, &vision::DecodeLimits::default()).unwrap();
+        let emb = proj.embed(&img).unwrap();
+        let parts = [
+            PromptPart::Tokens(&pre),
+            PromptPart::Embeddings(ImageRows {
+                data: &emb.data,
+                non_causal: false,
+                grid: [emb.nx, emb.ny],
+            }),
+            PromptPart::Tokens(&post),
+        ];
+        let plain = engine
+            .generate_parts(&parts, &gen_opts, |_, _| true)
+            .unwrap();
+        for fixed in [true, false] {
+            let mut drafter = MtpDrafter { trace: None };
+            let mut ctl = if fixed {
+                Controller::fixed(3)
+            } else {
+                Controller::new(3)
+            };
+            let (gen, stats) = engine
+                .generate_speculative_parts(&parts, &gen_opts, &mut drafter, &mut ctl, |_, _| true)
+                .unwrap();
+            assert_eq!(gen.tokens, plain.tokens, "{image}: MTP changed the output");
+            if fixed {
+                drafted += stats.drafted;
+                accepted += stats.accepted;
+            }
+        }
+        // A plain generation afterwards is unaffected (nothing of the image is reused).
+        let again = engine
+            .generate_parts(&parts, &gen_opts, |_, _| true)
+            .unwrap();
+        assert_eq!(again.tokens, plain.tokens);
+    }
+    eprintln!("MTP with images: {accepted}/{drafted} drafts kept");
+    assert!(drafted > 0 && accepted > 0, "{accepted}/{drafted}");
 }
 
 /// The fixture's model files are not in git: `scripts/fixtures.sh` copies them into

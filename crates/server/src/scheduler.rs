@@ -280,9 +280,11 @@ pub fn run(
             // A draft model evaluates the prompt for its sequence now (a new request starts
             // from an empty draft cache); if it cannot, the request decodes plainly.
             // Some(drafter): speculate, with that n-gram drafter or (None) the draft model.
-            // Requests with images decode plainly for now.
+            // With images only the MTP drafter speculates (its block takes the image rows).
             let ngram = match cfg.spec {
-                _ if !job.images.is_empty() => None,
+                Speculation::Ngram { .. } | Speculation::Draft { .. } if !job.images.is_empty() => {
+                    None
+                }
                 Speculation::Off => None,
                 Speculation::Ngram { .. } => Some(Some(NgramDrafter::default())),
                 Speculation::Mtp { .. } => {
@@ -508,7 +510,7 @@ pub fn run(
                     break;
                 }
                 budget = budget.saturating_sub(n);
-                let last = im.start + n == len;
+                let (start, last) = (im.start, im.start + n == len);
                 let r = engine.prefill_embeddings(i as u32, im.rows(), im.start, last);
                 match r {
                     Ok(out) => {
@@ -518,6 +520,16 @@ pub fn run(
                             if !next_token(slot, l, len, n_ctx, &tok, &eog, &mut scratch, &metrics)
                             {
                                 slots[i] = None;
+                            }
+                        }
+                        // The MTP block's pass over the image rows.
+                        if let (Some(slot), Some(st)) = (slots[i].as_ref(), mtp.get_mut(i)) {
+                            let im = slot.job.images.iter().find(|im| im.start == start);
+                            let rows = im.map_or(&[][..], |im| &im.data[..]);
+                            if let Err(e) = engine.mtp_after_rows(i as u32, st, rows, start) {
+                                if let Some(slot) = slots[i].take() {
+                                    let _ = slot.job.events.send(Event::Error(e.to_string()));
+                                }
                             }
                         }
                     }
@@ -549,10 +561,8 @@ pub fn run(
                             slots[i] = None;
                         }
                     }
-                    // The MTP block's pass over the chunk (its cache entries); requests
-                    // with images do not speculate.
-                    let slot = slots[i].as_ref().filter(|s| s.job.images.is_empty());
-                    if let (Some(slot), Some(st)) = (slot, mtp.get_mut(i)) {
+                    // The MTP block's pass over the chunk (its cache entries).
+                    if let (Some(slot), Some(st)) = (slots[i].as_ref(), mtp.get_mut(i)) {
                         let chunk = &slot.job.prompt[r.clone()];
                         if let Err(e) = engine.mtp_after_chunk(i as u32, st, chunk, r.start) {
                             if let Some(slot) = slots[i].take() {

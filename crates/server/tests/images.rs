@@ -205,6 +205,76 @@ fn an_image_gives_the_engines_greedy_text() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// The qwen35 fixture with its projector: a chat request with an image gives the same text
+/// and log-probs with MTP speculation as without, among other requests, and the block drafts.
+#[test]
+fn mtp_speculation_with_an_image_keeps_greedy_output() {
+    if fixtures_missing() {
+        return;
+    }
+    let path = data().join("../synthetic/qwen35-tiny-f32.gguf");
+    let png = std::fs::read(data().join("shapes-300x200.png")).unwrap();
+    let url = format!("data:image/png;base64,{}", base64(&png));
+    let mut req = chat(&url);
+    req["max_tokens"] = json!(24);
+    let run = |spec: server::Speculation| {
+        let (parallel, rows) = (2, 2 * (spec.draft_max() + 1));
+        let opts = EngineOptions {
+            n_ctx: 256,
+            n_batch: 64,
+            n_seq: parallel,
+            max_logit_rows: rows,
+            n_threads: 2,
+        };
+        let engine = Engine::load(&path, &opts).unwrap();
+        let tok = Engine::tokenizer_from_file(&path).unwrap();
+        let cfg = Config {
+            port: 0,
+            model_id: "qwen35-tiny".into(),
+            max_body: 1 << 20,
+            prefill_chunk: 64,
+            spec,
+            mmproj: Some(data().join("qwen35-tiny-mmproj.gguf")),
+            ..Config::default()
+        };
+        let srv = Server::start(engine, tok, cfg).unwrap();
+        let u = base(&srv);
+        // Alone, then next to a text request.
+        let alone = post_json(&u, "/v1/chat/completions", &req);
+        assert_eq!(alone.status, 200, "{}", alone.body);
+        let u2 = u.clone();
+        let other = std::thread::spawn(move || {
+            post_json(
+                &u2,
+                "/v1/completions",
+                &json!({"prompt": "Hello there", "max_tokens": 16, "temperature": 0}),
+            )
+        });
+        let busy = post_json(&u, "/v1/chat/completions", &req);
+        assert_eq!(other.join().unwrap().status, 200);
+        let m = common::get(&u, "/metrics").body;
+        srv.shutdown();
+        (alone.json(), busy.json(), m)
+    };
+    let (p_alone, p_busy, _) = run(server::Speculation::Off);
+    let (s_alone, s_busy, m) = run(server::Speculation::Mtp { draft_max: 3 });
+    let text = |v: &Value| v["choices"][0]["message"]["content"].clone();
+    assert_eq!(text(&s_alone), text(&p_alone));
+    assert_eq!(text(&s_busy), text(&p_alone));
+    assert_eq!(text(&p_busy), text(&p_alone));
+    for (s, p) in step_logprobs(&s_alone).iter().zip(step_logprobs(&p_alone)) {
+        for (a, b) in s.iter().zip(&p) {
+            assert!((a - b).abs() < 1e-4, "{s:?} vs {p:?}");
+        }
+    }
+    let drafted = m
+        .lines()
+        .find_map(|l| l.strip_prefix("surplus_spec_drafted_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(drafted > 0, "{m}");
+}
+
 fn assert_400(r: &common::Reply, what: &str) {
     assert_eq!(r.status, 400, "{what}: {}", r.body);
     let e = &r.json()["error"];
@@ -290,6 +360,7 @@ fn fixtures_missing() -> bool {
         "vision/gemma3-270m-mmproj.gguf",
         "vision/qwen35-tiny-mmproj.gguf",
         "vision/embd/gemma3-270m__photo-150x100.fa-off.bin",
+        "synthetic/qwen35-tiny-f32.gguf",
     ];
     match need.iter().map(|f| dir.join(f)).find(|p| !p.exists()) {
         Some(p) => {
