@@ -61,8 +61,9 @@ pub struct Args {
     /// parts with base64 data URLs (Gemma 3 for now). Raise --max-body for large images.
     #[arg(long, value_name = "FILE")]
     mmproj: Option<std::path::PathBuf>,
-    /// Accept http(s) image URLs in requests. Fetching is not implemented yet: such
-    /// requests are still answered 400, saying so.
+    /// Fetch http(s) image URLs in requests (at most 20 MiB, 30 s; without this flag they
+    /// are refused with a 400). The server then makes requests wherever clients point it:
+    /// enable it only for trusted clients.
     #[arg(long, requires = "mmproj")]
     allow_image_urls: bool,
 }

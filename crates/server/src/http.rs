@@ -49,7 +49,7 @@ pub struct AppState {
     pub created: u64,
     /// Image input, when a projector is loaded.
     pub vision: Option<Arc<Vision>>,
-    /// `--allow-image-urls` (fetching is not implemented: only the error message differs).
+    /// `--allow-image-urls`: http(s) image URLs are fetched.
     pub allow_image_urls: bool,
 }
 
@@ -188,12 +188,13 @@ async fn image_prompt(
         )
         .code("unsupported_parameter"));
     };
-    let files = images
-        .iter()
-        .map(|im| crate::image::image_bytes(&im.url, &im.param, st.allow_image_urls))
-        .collect::<Result<Vec<_>, _>>()?;
     let st2 = st.clone();
     tokio::task::spawn_blocking(move || {
+        // Fetching a URL blocks: here, off the async runtime.
+        let files = images
+            .iter()
+            .map(|im| crate::image::image_bytes(&im.url, &im.param, st2.allow_image_urls))
+            .collect::<Result<Vec<_>, _>>()?;
         let limits = vision::DecodeLimits::default();
         let mut rows = Vec::with_capacity(files.len());
         for (bytes, im) in files.iter().zip(&images) {

@@ -1,4 +1,5 @@
-//! Images in chat requests: `image_url` content parts (base64 data URLs), decoded and encoded
+//! Images in chat requests: `image_url` content parts (base64 data URLs, or fetched http(s)
+//! URLs with `--allow-image-urls`), decoded and encoded
 //! with the vision projector, and the prompt built around them as `surplus run --image` does:
 //! the text on each side of an image tokenized on its own, the model's image begin/end tokens
 //! around the image rows.
@@ -25,18 +26,23 @@ const MIME_TYPES: [&str; 5] = [
     "image/gif",
 ];
 
-/// The encoded image file in an `image_url`'s `url`: a `data:image/...;base64,` URL. Remote
-/// URLs are refused (fetching them is not supported; `allow_urls` only changes the message).
+/// Largest image file fetched from a URL.
+pub const MAX_FETCH_BYTES: u64 = 20 << 20;
+
+/// The encoded image file in an `image_url`'s `url`: a `data:image/...;base64,` URL, or with
+/// `allow_urls` an http(s) URL, fetched (blocking: call it off the async runtime).
 pub fn image_bytes(url: &str, param: &str, allow_urls: bool) -> Result<Vec<u8>, ApiError> {
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
-        let msg = if allow_urls {
-            "fetching image URLs is not supported; send the image as a base64 data URL"
-        } else {
-            "image URLs are not allowed; send the image as a base64 data URL \
-             (data:image/png;base64,...)"
-        };
-        return Err(ApiError::param(param, msg).code("invalid_image_url"));
+        if allow_urls {
+            return fetch(url, param);
+        }
+        return Err(ApiError::param(
+            param,
+            "image URLs are not allowed on this server (start it with --allow-image-urls); \
+             send the image as a base64 data URL (data:image/png;base64,...)",
+        )
+        .code("invalid_image_url"));
     }
     let bad = |m: &str| ApiError::param(param, m.to_owned()).code("invalid_image_url");
     let Some(rest) = url.strip_prefix("data:") else {
@@ -61,6 +67,49 @@ pub fn image_bytes(url: &str, param: &str, allow_urls: bool) -> Result<Vec<u8>, 
         base64_decode(payload).ok_or_else(|| bad("the data URL's data is not valid base64"))?;
     if bytes.is_empty() {
         return Err(bad("the image is empty"));
+    }
+    Ok(bytes)
+}
+
+/// GETs an image URL: 5 s to connect, 30 s in all, at most 3 redirects and
+/// [`MAX_FETCH_BYTES`]; any failure is a 400 naming it.
+fn fetch(url: &str, param: &str) -> Result<Vec<u8>, ApiError> {
+    use std::io::Read;
+    use std::time::Duration;
+    let bad = |m: String| ApiError::param(param, m).code("invalid_image_url");
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .redirects(3)
+        .build();
+    let resp = agent.get(url).call().map_err(|e| match e {
+        ureq::Error::Status(code, _) => bad(format!(
+            "fetching the image URL failed: the server answered {code}"
+        )),
+        ureq::Error::Transport(t) => bad(format!("fetching the image URL failed: {t}")),
+    })?;
+    let too_large = || {
+        bad(format!(
+            "the image at the URL is larger than {} MiB",
+            MAX_FETCH_BYTES >> 20
+        ))
+    };
+    let declared = resp
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_FETCH_BYTES) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    resp.into_reader()
+        .take(MAX_FETCH_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(format!("reading the image from the URL failed: {e}")))?;
+    if bytes.len() as u64 > MAX_FETCH_BYTES {
+        return Err(too_large());
+    }
+    if bytes.is_empty() {
+        return Err(bad("the URL gave an empty image".into()));
     }
     Ok(bytes)
 }

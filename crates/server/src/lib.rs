@@ -46,8 +46,8 @@ pub struct Config {
     /// A vision projector ("mmproj" GGUF): chat requests may then hold `image_url` parts
     /// (base64 data URLs).
     pub mmproj: Option<std::path::PathBuf>,
-    /// Answer remote image URLs with "fetching is not supported" rather than "not allowed"
-    /// (fetching them is not implemented).
+    /// Fetch http(s) image URLs (else they are refused with a 400). Off by default: the
+    /// server would make requests wherever a client points it.
     pub allow_image_urls: bool,
 }
 

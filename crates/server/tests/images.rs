@@ -28,6 +28,10 @@ fn opts() -> EngineOptions {
 }
 
 fn start(mmproj: bool) -> Server {
+    start_with(mmproj, false)
+}
+
+fn start_with(mmproj: bool, allow_image_urls: bool) -> Server {
     let path = registry::test_model(MODEL);
     let engine = Engine::load(&path, &opts()).expect("loading the model");
     let tok = Engine::tokenizer_from_file(&path).expect("loading the tokenizer");
@@ -37,6 +41,7 @@ fn start(mmproj: bool) -> Server {
         max_body: 1 << 20,
         prefill_chunk: 64,
         mmproj: mmproj.then(|| data().join("gemma3-270m-mmproj.gguf")),
+        allow_image_urls,
         ..Config::default()
     };
     Server::start(engine, tok, cfg).expect("starting the server")
@@ -336,6 +341,86 @@ fn bad_images_are_400s() {
     let url = format!("data:image/png;base64,{}", base64(&png));
     let r = post_json(&b, "/v1/chat/completions", &chat(&url));
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A one-thread HTTP server on loopback answering `/cat.png` with `png`, `/text` with a text
+/// file and anything else with 404, for `n` requests.
+fn image_host(png: Vec<u8>, n: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(n) {
+            let Ok(mut c) = conn else { continue };
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            loop {
+                let mut h = String::new();
+                match r.read_line(&mut h) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if h.trim().is_empty() => break,
+                    Ok(_) => {}
+                }
+            }
+            let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+            let (status, body): (&str, &[u8]) = match path.as_str() {
+                "/cat.png" => ("200 OK", &png),
+                "/text" => ("200 OK", b"just some text\n"),
+                _ => ("404 Not Found", b"no\n"),
+            };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = c.write_all(body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn image_urls_are_fetched_with_allow_image_urls() {
+    if fixtures_missing() {
+        return;
+    }
+    let png = std::fs::read(data().join("gradient-64x48.png")).unwrap();
+    let host = image_host(png.clone(), 3);
+    let srv = start_with(true, true);
+    let b = base(&srv);
+    let data_url = format!("data:image/png;base64,{}", base64(&png));
+    let want = post_json(&b, "/v1/chat/completions", &chat(&data_url));
+    assert_eq!(want.status, 200, "{}", want.body);
+    let got = post_json(
+        &b,
+        "/v1/chat/completions",
+        &chat(&format!("{host}/cat.png")),
+    );
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(
+        got.json()["choices"][0]["message"]["content"],
+        want.json()["choices"][0]["message"]["content"]
+    );
+    // A 404, a text file and a closed port are 400s naming the problem.
+    let r = post_json(
+        &b,
+        "/v1/chat/completions",
+        &chat(&format!("{host}/nope.png")),
+    );
+    assert_400(&r, "404");
+    assert!(r.body.contains("404"), "{}", r.body);
+    let r = post_json(&b, "/v1/chat/completions", &chat(&format!("{host}/text")));
+    assert_400(&r, "text");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let r = post_json(
+        &b,
+        "/v1/chat/completions",
+        &chat(&format!("http://127.0.0.1:{port}/cat.png")),
+    );
+    assert_400(&r, "closed port");
 }
 
 #[test]
