@@ -130,22 +130,32 @@ pub fn attention(
 ) -> Vec<f32> {
     let width = n_heads * head_dim;
     let mut out = vec![0.0f32; n * width];
-    let mut scores = vec![0.0f32; n];
-    for h in 0..n_heads {
-        for i in 0..n {
-            let qi = &q.0[i * stride + q.1 + h * head_dim..][..head_dim];
-            for (j, s) in scores.iter_mut().enumerate() {
-                let kj = &k.0[j * stride + k.1 + h * head_dim..][..head_dim];
-                *s = kernels::dot(qi, kj) * scale;
-            }
-            kernels::softmax(&mut scores);
-            let o = &mut out[i * width + h * head_dim..][..head_dim];
-            for (j, &p) in scores.iter().enumerate() {
-                let vj = &v.0[j * stride + v.1 + h * head_dim..][..head_dim];
-                kernels::axpy(p, vj, o);
-            }
+    // Query rows split over the cores; each row's result does not depend on the split.
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let per = n.div_ceil(threads).max(1);
+    std::thread::scope(|sc| {
+        for (c, rows) in out.chunks_mut(per * width).enumerate() {
+            sc.spawn(move || {
+                let mut scores = vec![0.0f32; n];
+                for (r, orow) in rows.chunks_exact_mut(width).enumerate() {
+                    let i = c * per + r;
+                    for h in 0..n_heads {
+                        let qi = &q.0[i * stride + q.1 + h * head_dim..][..head_dim];
+                        for (j, s) in scores.iter_mut().enumerate() {
+                            let kj = &k.0[j * stride + k.1 + h * head_dim..][..head_dim];
+                            *s = kernels::dot(qi, kj) * scale;
+                        }
+                        kernels::softmax(&mut scores);
+                        let o = &mut orow[h * head_dim..][..head_dim];
+                        for (j, &p) in scores.iter().enumerate() {
+                            let vj = &v.0[j * stride + v.1 + h * head_dim..][..head_dim];
+                            kernels::axpy(p, vj, o);
+                        }
+                    }
+                }
+            });
         }
-    }
+    });
     out
 }
 
