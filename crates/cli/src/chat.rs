@@ -63,6 +63,7 @@ impl Images {
             );
         }
         let tokens = engine::image_tokens(&engine.tokenizer, engine.model.family)?;
+        eprintln!("{}", projector.memory());
         Ok(Images {
             projector,
             tokens,

@@ -296,6 +296,7 @@ fn image_input(
             engine.model.hp.n_embd
         );
     }
+    eprintln!("{}", proj.memory());
     let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
     let img = vision::decode(&bytes, &vision::DecodeLimits::default())
         .with_context(|| format!("decoding {}", image.display()))?;

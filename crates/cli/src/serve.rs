@@ -202,6 +202,9 @@ pub fn run(args: Args) -> Result<()> {
         "{}: {} sequences of {n_ctx} tokens, {threads} threads",
         args.model, args.parallel
     );
+    if let Some(m) = srv.vision_memory() {
+        eprintln!("{m}");
+    }
     if let (Some(name), server::Speculation::Draft { .. }) = (&args.draft_model, spec) {
         eprintln!("speculative decoding with draft model {name}");
     }

@@ -214,8 +214,9 @@ impl Engine {
             match *p {
                 crate::PromptPart::Tokens(t) => self.mtp_prefill_tokens(st, t, start, last)?,
                 crate::PromptPart::Embeddings(rows) => {
-                    self.eval_embeddings(0, rows, start, last)?;
-                    self.mtp_after_rows(0, st, rows.data, start)?;
+                    self.eval_embeddings_then(0, rows, start, last, |e, chunk, at| {
+                        e.mtp_after_rows(0, st, chunk, at)
+                    })?;
                 }
             }
             start += p.len(d);

@@ -319,15 +319,30 @@ impl Engine {
         }
     }
 
-    /// Evaluates input rows given directly (`data`: rows of n_embd values, at most n_batch
-    /// of them) for sequence `seq` from position `start`, in one pass; with `last_logits`,
-    /// returns the logit rows made (the last row's). The cached prefix is forgotten.
+    /// Evaluates input rows given directly (an image's embeddings, see [`ImageRows`]) for
+    /// sequence `seq` from position `start`: in one pass when the rows attend both ways
+    /// (then at most n_batch of them), else in passes of up to n_batch rows. With
+    /// `last_logits`, returns the logit rows made (the last row's). The cached prefix is
+    /// forgotten.
     pub fn eval_embeddings(
         &mut self,
         seq: u32,
         rows: ImageRows,
         start: usize,
         last_logits: bool,
+    ) -> Result<usize, EngineError> {
+        self.eval_embeddings_then(seq, rows, start, last_logits, |_, _, _| Ok(()))
+    }
+
+    /// [`Engine::eval_embeddings`] calling `after(engine, rows, start)` after each pass with
+    /// the rows and first position it evaluated.
+    pub(crate) fn eval_embeddings_then(
+        &mut self,
+        seq: u32,
+        rows: ImageRows,
+        start: usize,
+        last_logits: bool,
+        mut after: impl FnMut(&mut Engine, &[f32], usize) -> Result<(), EngineError>,
     ) -> Result<usize, EngineError> {
         self.cached.clear();
         let ImageRows {
@@ -343,9 +358,9 @@ impl Engine {
                 data.len()
             )));
         }
-        if n > self.n_batch {
+        if non_causal && n > self.n_batch {
             return Err(EngineError::Embeddings(format!(
-                "{n} rows do not fit one batch of {} (raise the batch size)",
+                "the image's {n} rows attend to each other and must fit one batch of {} (raise the batch size)",
                 self.n_batch
             )));
         }
@@ -366,30 +381,37 @@ impl Engine {
         } else {
             self.rope.truncate(seq, start as u32);
         }
-        let b = &mut self.batch;
-        b.tokens.clear();
-        b.tokens.resize(n, 0);
-        b.pos.clear();
-        b.pos.extend(start as u32..(start + n) as u32);
-        b.seq.clear();
-        b.seq.resize(n, seq);
-        b.logits.clear();
-        if last_logits {
-            b.logits.push(n as u32 - 1);
+        let mut made = 0;
+        for (c, chunk) in data.chunks(self.n_batch * d).enumerate() {
+            let at = start + c * self.n_batch;
+            let m = chunk.len() / d;
+            let last = last_logits && at + m == start + n;
+            let b = &mut self.batch;
+            b.tokens.clear();
+            b.tokens.resize(m, 0);
+            b.pos.clear();
+            b.pos.extend(at as u32..(at + m) as u32);
+            b.seq.clear();
+            b.seq.resize(m, seq);
+            b.logits.clear();
+            if last {
+                b.logits.push(m as u32 - 1);
+            }
+            b.embd.clear();
+            b.embd.extend_from_slice(chunk);
+            b.non_causal = non_causal;
+            self.rope.fill(&mut self.batch, false);
+            made = self.batch.logits.len();
+            let model = &self.model;
+            let res = self
+                .backend
+                .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o));
+            self.batch.embd.clear();
+            self.batch.non_causal = false;
+            res?;
+            after(self, chunk, at)?;
         }
-        b.embd.clear();
-        b.embd.extend_from_slice(data);
-        b.non_causal = non_causal;
-        self.rope.fill(&mut self.batch, false);
-        let rows = self.batch.logits.len();
-        let model = &self.model;
-        let res = self
-            .backend
-            .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o));
-        self.batch.embd.clear();
-        self.batch.non_causal = false;
-        res?;
-        Ok(rows)
+        Ok(made)
     }
 
     /// Forgets what the cache holds (the next generation evaluates its whole prompt).

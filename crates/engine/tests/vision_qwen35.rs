@@ -295,6 +295,70 @@ fn mtp_speculation_with_an_image_keeps_greedy_output() {
     assert!(drafted > 0 && accepted > 0, "{accepted}/{drafted}");
 }
 
+/// An image larger than the batch (causal rows: qwen35) is evaluated in several passes, with
+/// the same result as one pass; MTP speculation over it still keeps the greedy output.
+#[test]
+fn an_image_larger_than_the_batch_goes_in_several_passes() {
+    if fixtures_missing() {
+        return;
+    }
+    let g = golden();
+    let case = g["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["model"] == "qwen35-tiny" && c["image"] == "shapes-300x200.png")
+        .unwrap();
+    let proj = vision::Projector::open(data().join("vision/qwen35-tiny-mmproj.gguf")).unwrap();
+    let bytes = std::fs::read(data().join("vision/shapes-300x200.png")).unwrap();
+    let emb = proj
+        .embed(&vision::decode(&bytes, &vision::DecodeLimits::default()).unwrap())
+        .unwrap();
+    assert_eq!(emb.n_tokens, 54);
+    let run = |n_batch: usize, mtp: bool| {
+        let opts = EngineOptions {
+            n_ctx: 256,
+            n_batch,
+            n_seq: 1,
+            max_logit_rows: 8,
+            n_threads: 2,
+        };
+        let mut engine =
+            Engine::load(&data().join("synthetic/qwen35-tiny-f32.gguf"), &opts).unwrap();
+        let (pre, post) = split(&engine, case);
+        let parts = [
+            PromptPart::Tokens(&pre),
+            PromptPart::Embeddings(ImageRows {
+                data: &emb.data,
+                non_causal: false,
+                grid: [emb.nx, emb.ny],
+            }),
+            PromptPart::Tokens(&post),
+        ];
+        if mtp {
+            let mut drafter = MtpDrafter { trace: None };
+            let mut ctl = Controller::fixed(3);
+            let mut o = gen_opts();
+            o.logprobs = 0;
+            engine
+                .generate_speculative_parts(&parts, &o, &mut drafter, &mut ctl, |_, _| true)
+                .unwrap()
+                .0
+        } else {
+            engine
+                .generate_parts(&parts, &gen_opts(), |_, _| true)
+                .unwrap()
+        }
+    };
+    let one = run(64, false);
+    let several = run(16, false);
+    assert_eq!(several.tokens, one.tokens);
+    for (a, b) in several.logprobs.iter().zip(&one.logprobs) {
+        assert!((a[0].1 - b[0].1).abs() < 1e-3, "{a:?} vs {b:?}");
+    }
+    assert_eq!(run(16, true).tokens, one.tokens);
+}
+
 /// The fixture's model files are not in git: `scripts/fixtures.sh` copies them into
 /// tests/data. Without them a test that needs them is skipped and says so.
 fn fixtures_missing() -> bool {

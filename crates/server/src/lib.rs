@@ -75,6 +75,7 @@ pub struct Server {
     http: Option<JoinHandle<()>>,
     scheduler: Option<JoinHandle<()>>,
     metrics: Arc<Metrics>,
+    vision_memory: Option<vision::VisionMemory>,
 }
 
 impl Server {
@@ -104,6 +105,7 @@ impl Server {
             Some(path) => Some(Arc::new(load_vision(&engine, path)?)),
             None => None,
         };
+        let vision_memory = vision.as_ref().map(|v| v.projector.memory());
         let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -186,7 +188,13 @@ impl Server {
             http: Some(http),
             scheduler: Some(scheduler),
             metrics,
+            vision_memory,
         })
+    }
+
+    /// What the vision projector needs in memory, when one is loaded.
+    pub fn vision_memory(&self) -> Option<vision::VisionMemory> {
+        self.vision_memory
     }
 
     /// The address it listens on.

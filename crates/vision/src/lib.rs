@@ -119,6 +119,30 @@ enum Tower {
     Gemma3(gemma3::Gemma3),
 }
 
+/// The memory a projector needs ([`Projector::memory`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VisionMemory {
+    /// Bytes of weights.
+    pub weights: u64,
+    /// Bytes of activations for the largest image allowed.
+    pub scratch: u64,
+    /// Image tokens of that image.
+    pub max_tokens: usize,
+}
+
+impl std::fmt::Display for VisionMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        write!(
+            f,
+            "vision tower (CPU): weights {:.1} MiB, activations up to {:.1} MiB (images of up to {} tokens)",
+            mib(self.weights),
+            mib(self.scratch),
+            self.max_tokens
+        )
+    }
+}
+
 /// A loaded vision projector ("mmproj" file).
 pub struct Projector {
     pub kind: ProjectorType,
@@ -179,6 +203,32 @@ impl Projector {
         match &mut self.tower {
             Tower::Qwen3Vl(t) => t.hp.f16_attention = on,
             Tower::Gemma3(t) => t.hp.f16_attention = on,
+        }
+    }
+
+    /// What the tower needs in memory: its weights (as the file holds them) and the
+    /// activations of the largest image the token limits allow. The tower runs on the CPU.
+    pub fn memory(&self) -> VisionMemory {
+        let weights = self._file.tensors().iter().map(|t| t.n_bytes()).sum();
+        let hp = self.hparams();
+        let (patches, tokens) = match &self.tower {
+            Tower::Qwen3Vl(_) => {
+                let merge = qwen3vl::MERGE * qwen3vl::MERGE;
+                (self.limits.max_tokens * merge, self.limits.max_tokens)
+            }
+            Tower::Gemma3(t) => {
+                let side = hp.image_size / hp.patch_size.max(1);
+                (side * side, t.n_tokens())
+            }
+        };
+        // The residual, a normed copy, Q/K/V, the attention output and the FFN's hidden
+        // layer, per patch, in f32; the embeddings out.
+        let per_patch = 6 * hp.n_embd + hp.n_ff;
+        let scratch = (patches * per_patch + tokens * self.n_embd_out()) as u64 * 4;
+        VisionMemory {
+            weights,
+            scratch,
+            max_tokens: tokens,
         }
     }
 
