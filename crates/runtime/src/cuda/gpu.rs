@@ -50,7 +50,11 @@ impl CudaDevice {
             })?;
         let nvrtc = all.into_iter().nth(idx).ok_or("NVRTC vanished")?;
         let ctx = CudaContext::new(ordinal).map_err(|e| format!("GPU {ordinal}: {e}"))?;
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default stream: only such a stream can be
+        // captured into a CUDA graph.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| format!("GPU {ordinal}: creating a stream: {e}"))?;
         let mut functions = HashMap::new();
         let mut modules = Vec::new();
         for m in kernels::MODULES {

@@ -325,8 +325,10 @@ fn attention_matches_cpu() {
             .stream
             .alloc_zeros::<f32>(nq * heads * n_split as usize * (d + 2))
             .unwrap();
+        let kend: Vec<u32> = qpos.iter().map(|p| p + 1).collect();
+        let dke = up(&dev, &kend);
         launch!(dev, "attn_decode", cfg((heads as u32, nq as u32, n_split), 128);
-            &dq, &qs, &ck, &cv, &dqp, &dqs, &mut part, &hi, &kvh, &di, &ctxi, &off, &scale,
+            &dq, &qs, &ck, &cv, &dqp, &dqs, &dke, &mut part, &hi, &kvh, &di, &ctxi, &off, &scale,
             &softcap, &window, &split);
         let mut out = dev.stream.alloc_zeros::<f32>(nq * heads * d).unwrap();
         let ns = n_split as i32;
@@ -338,7 +340,7 @@ fn attention_matches_cpu() {
         let (nqi, sq, p0i) = (nq as i32, 1i32, p0 as i32);
         launch!(dev, "attn_prefill", cfg(((nq as u32).div_ceil(8), heads as u32, 1), 128);
             &dq, &qs, &ck, &cv, &mut out, &qs, &nqi, &sq, &p0i, &hi, &kvh, &di, &ctxi, &off,
-            &scale, &softcap, &window);
+            &scale, &softcap, &window, &0i32);
         assert_close(&down(&dev, &out), &want, 1e-4, "attn_prefill");
     }
 }
