@@ -53,7 +53,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // llama.cpp's `-ngl N` (a multi-letter short flag, which clap does not take).
+    let argv = std::env::args_os().map(|a| {
+        if a == "-ngl" {
+            "--gpu-layers".into()
+        } else {
+            match a.to_str().and_then(|s| s.strip_prefix("-ngl=")) {
+                Some(v) => format!("--gpu-layers={v}").into(),
+                None => a,
+            }
+        }
+    });
+    let cli = Cli::parse_from(argv);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Chat(args) => chat::run(args),

@@ -97,8 +97,8 @@ impl Engine {
         }
         let model = &self.model;
         self.backend
-            .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
-        Ok(self.backend.read(self.model.acts.logits, items.len()))
+            .forward(&self.batch, model, crate::backend::Pass::Trunk)?;
+        self.backend.read(self.model.acts.logits, items.len())
     }
 
     /// Brings sequence `seq` back to its state after its first `len` positions, after a
@@ -109,7 +109,6 @@ impl Engine {
     pub fn rollback(&mut self, seq: u32, len: usize) -> Result<(), EngineError> {
         self.model
             .rollback(&mut self.backend, seq, len)
-            .map_err(EngineError::Device)
     }
 
     /// Evaluates one prompt chunk (at most `n_batch` tokens) of sequence `seq` from position
@@ -141,8 +140,11 @@ impl Engine {
         fill_one_sequence(&mut self.batch, tokens, start as u32, seq, logits);
         let model = &self.model;
         self.backend
-            .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
-        Ok(logits.then(|| self.backend.read(self.model.acts.logits, 1)))
+            .forward(&self.batch, model, crate::backend::Pass::Trunk)?;
+        if !logits {
+            return Ok(None);
+        }
+        self.backend.read(self.model.acts.logits, 1).map(Some)
     }
 
     /// [`Engine::prefill_chunk`] for input rows (an image's embeddings, `n × n_embd`
@@ -164,7 +166,10 @@ impl Engine {
             )));
         }
         self.eval_embeddings(seq, data, start, non_causal, logits)?;
-        Ok(logits.then(|| self.backend.read(self.model.acts.logits, 1)))
+        if !logits {
+            return Ok(None);
+        }
+        self.backend.read(self.model.acts.logits, 1).map(Some)
     }
 }
 

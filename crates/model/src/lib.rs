@@ -127,13 +127,23 @@ impl Model {
     /// Loads the model a GGUF file holds. `max_logit_rows` is how many tokens of one batch
     /// may ask for logits (1 for plain generation; more for batching and perplexity).
     pub fn load(file: Arc<gguf::Gguf>, max_logit_rows: usize) -> Result<Model, ModelError> {
+        Model::load_with(file, max_logit_rows, true)
+    }
+
+    /// [`Model::load`], repacking matrices for the CPU only when `repack` (a model for a GPU
+    /// keeps the file's layout, which its kernels read).
+    pub fn load_with(
+        file: Arc<gguf::Gguf>,
+        max_logit_rows: usize,
+        repack: bool,
+    ) -> Result<Model, ModelError> {
         let arch = file
             .architecture()
             .ok_or_else(|| {
                 ModelError::BadMetadata("general.architecture".into(), "missing".into())
             })?
             .to_string();
-        let loader = Loader::new(file.clone());
+        let loader = Loader::with_repack(file.clone(), repack);
         let family = match arch.as_str() {
             "llama" => Family::Llama,
             "qwen2" => Family::Qwen2,

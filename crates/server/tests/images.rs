@@ -24,6 +24,7 @@ fn opts() -> EngineOptions {
         n_seq: 2,
         max_logit_rows: 2,
         n_threads: 2,
+        gpu_layers: engine::GpuLayers::for_tests(),
     }
 }
 

@@ -1,0 +1,231 @@
+//! Where a model runs: the CPU, or one GPU through CUDA, picked at load
+//! ([`GpuLayers`]), behind one type the rest of the engine drives.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use model::Model;
+use runtime::collect::Collect;
+use runtime::cpu::{CpuBackend, KvConfig, RecurrentConfig};
+use runtime::cuda::backend::{AttnShape, CudaBackend};
+use runtime::cuda::gpu::CudaDevice;
+use runtime::{Act, Batch, Ops, Rollback};
+
+use crate::EngineError;
+
+/// How many of a model's layers go to the GPU (`--gpu-layers N|all|auto`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuLayers {
+    /// All of them when CUDA is usable and the model fits, else none (with the reason in
+    /// [`crate::Engine::placement`]).
+    #[default]
+    Auto,
+    /// This many (0: the CPU). Only 0 or every layer is supported so far.
+    Count(usize),
+    /// Every layer; an error when CUDA is unusable or the model does not fit.
+    All,
+}
+
+impl GpuLayers {
+    /// For tests: every layer on the GPU when `SURPLUS_TEST_GPU=1`, else the CPU. The same
+    /// tests then check either device.
+    pub fn for_tests() -> GpuLayers {
+        match std::env::var("SURPLUS_TEST_GPU") {
+            Ok(v) if !v.is_empty() && v != "0" => GpuLayers::All,
+            _ => GpuLayers::Count(0),
+        }
+    }
+}
+
+impl FromStr for GpuLayers {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<GpuLayers, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "all" | "max" => Ok(GpuLayers::All),
+            "auto" => Ok(GpuLayers::Auto),
+            n => n.parse().map(GpuLayers::Count).map_err(|_| {
+                format!("--gpu-layers takes a number of layers, `all` or `auto`, not {s:?}")
+            }),
+        }
+    }
+}
+
+/// Which forward pass to run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Pass {
+    /// The model.
+    Trunk,
+    /// Multi-token-prediction block `k`.
+    Mtp(usize),
+}
+
+fn run<O: Ops>(m: &Model, pass: Pass, o: &O) {
+    match pass {
+        Pass::Trunk => m.forward(o),
+        Pass::Mtp(k) => m.mtp_forward(o, k),
+    }
+}
+
+/// A loaded model's device.
+pub(crate) enum Backend {
+    Cpu(CpuBackend),
+    Cuda(Box<CudaBackend>),
+}
+
+impl Backend {
+    pub(crate) fn forward(
+        &mut self,
+        batch: &Batch,
+        model: &Model,
+        pass: Pass,
+    ) -> Result<(), EngineError> {
+        let vocab = model.hp.n_vocab;
+        match self {
+            Backend::Cpu(b) => Ok(b.forward(batch, vocab, |o| run(model, pass, o))?),
+            Backend::Cuda(b) => Ok(b.forward(batch, vocab, |o| run(model, pass, o))?),
+        }
+    }
+
+    pub(crate) fn read(&mut self, act: Act, rows: usize) -> Result<&[f32], EngineError> {
+        match self {
+            Backend::Cpu(b) => Ok(b.read(act, rows)),
+            Backend::Cuda(b) => Ok(b.read(act, rows)?),
+        }
+    }
+
+    pub(crate) fn write(&mut self, act: Act, data: &[f32]) -> Result<(), EngineError> {
+        match self {
+            Backend::Cpu(b) => {
+                b.write(act, data);
+                Ok(())
+            }
+            Backend::Cuda(b) => Ok(b.write(act, data)?),
+        }
+    }
+
+    pub(crate) fn n_threads(&self) -> usize {
+        match self {
+            Backend::Cpu(b) => b.n_threads(),
+            Backend::Cuda(_) => 1,
+        }
+    }
+
+    pub(crate) fn share_pool(&mut self, other: &Backend) -> bool {
+        match (self, other) {
+            (Backend::Cpu(a), Backend::Cpu(b)) => a.share_pool(b),
+            _ => false,
+        }
+    }
+}
+
+impl Rollback for Backend {
+    type Error = EngineError;
+
+    fn rollback(&mut self, seq: u32, len: usize) -> Result<(), EngineError> {
+        match self {
+            Backend::Cpu(b) => Ok(b.rollback(seq, len)?),
+            Backend::Cuda(b) => Ok(b.rollback(seq, len)?),
+        }
+    }
+}
+
+/// Everything [`place`] needs besides the model.
+pub(crate) struct Shape {
+    pub kv: KvConfig,
+    pub n_batch: usize,
+    pub n_threads: usize,
+}
+
+/// Loads the model and makes its backend as `layers` asks. Returns the model (loaded
+/// without CPU repacking when it runs on the GPU), the backend, and one line saying where it
+/// runs (the memory plan for a GPU, the reason for the CPU).
+pub(crate) fn place(
+    file: Arc<gguf::Gguf>,
+    max_logit_rows: usize,
+    layers: GpuLayers,
+    shape: impl Fn(&Model) -> Shape,
+) -> Result<(Model, Backend, String), EngineError> {
+    let explicit = !matches!(layers, GpuLayers::Auto | GpuLayers::Count(0));
+    let cpu = |file: Arc<gguf::Gguf>, why: String| -> Result<_, EngineError> {
+        let model = Model::load(file, max_logit_rows)?;
+        let s = shape(&model);
+        let mut be = CpuBackend::new(model.plan(), s.n_batch, s.kv, s.n_threads);
+        if let Some((n_layers, net)) = model.recurrent() {
+            be = be.with_recurrent(RecurrentConfig { n_layers, net });
+        }
+        let line = format!("CPU ({} threads): {why}", be.n_threads());
+        Ok((model, Backend::Cpu(be), line))
+    };
+    if layers == GpuLayers::Count(0) {
+        return cpu(file, "--gpu-layers 0".into());
+    }
+    let dev = match CudaDevice::open(0) {
+        Ok(d) => d,
+        Err(reason) if !explicit => return cpu(file, format!("CUDA is off: {reason}")),
+        Err(reason) => {
+            return Err(EngineError::Placement(format!(
+                "--gpu-layers asks for the GPU, but CUDA is unusable: {reason}"
+            )))
+        }
+    };
+    let model = Model::load_with(file.clone(), max_logit_rows, false)?;
+    let n_layers = model.hp.n_layer;
+    if let GpuLayers::Count(n) = layers {
+        if n < n_layers {
+            return Err(EngineError::Placement(format!(
+                "--gpu-layers {n}: splitting a model between the GPU and the CPU is not \
+                 supported yet; use 0 or all ({n_layers} layers)"
+            )));
+        }
+    }
+    // What a pass reads: run the model's code once without a device.
+    let mut b = Batch::one_sequence(&[0], 0, 0, true);
+    b.logits = vec![0];
+    let c = Collect::new(b);
+    model.forward(&c);
+    for k in 0..model.n_mtp() {
+        model.mtp_forward(&c, k);
+    }
+    let used = c.finish();
+    let s = shape(&model);
+    let rec = model
+        .recurrent()
+        .map(|(n_layers, net)| RecurrentConfig { n_layers, net });
+    let attn = AttnShape {
+        max_heads: model.hp.n_head.max(1),
+        max_head_dim: model.hp.head_dim.max(32),
+    };
+    let plan = CudaBackend::plan_memory(&dev, model.plan(), s.n_batch, &s.kv, rec.as_ref(), attn, &used);
+    let unsupported = used
+        .weights
+        .iter()
+        .find_map(|w| runtime::cuda::backend::check_weight(w).err());
+    if !explicit {
+        if let Some(why) = unsupported {
+            drop(model);
+            return cpu(file, format!("the GPU cannot take this model: {why}"));
+        }
+        if !plan.fits() {
+            drop(model);
+            return cpu(file, format!("the model does not fit the GPU: {plan}"));
+        }
+    }
+    let be = CudaBackend::new(dev, model.plan(), s.n_batch, s.kv, rec, attn, &used)?;
+    let (graphs, _) = be.graphs();
+    let line = format!(
+        "{} layers on the GPU: {plan}; prompts by {}; decode {}",
+        n_layers,
+        if be.has_cublas() {
+            "cuBLAS"
+        } else {
+            "the matrix x vector kernels (no cuBLAS)"
+        },
+        if graphs {
+            "by CUDA graph replay"
+        } else {
+            "without CUDA graphs"
+        }
+    );
+    Ok((model, Backend::Cuda(Box::new(be)), line))
+}
