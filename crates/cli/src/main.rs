@@ -9,6 +9,7 @@ mod perplexity;
 mod pull;
 mod run;
 mod serve;
+mod synth;
 mod template;
 mod tokenize;
 
@@ -50,6 +51,9 @@ enum Command {
     /// Check this machine: CPU features, GPUs, driver, NVRTC and cuBLAS found; compile the
     /// CUDA kernels (--compile-kernels sm_61,sm_70,sm_90) without a GPU.
     Doctor(doctor::Args),
+    /// Write a random-weight llama GGUF of a real shape (default Llama-3-8B's, Q4_K/Q6_K)
+    /// with another model's tokenizer, for benchmarks.
+    Synth(synth::Args),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Template(args) => template::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -67,7 +67,9 @@ fn run<O: Ops>(m: &Model, pass: Pass, o: &O) {
     }
 }
 
-/// A loaded model's device.
+/// A loaded model's device (the CPU's buffers are few and live as long as the engine; the
+/// size difference of the variants does not matter).
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Backend {
     Cpu(CpuBackend),
     Cuda(Box<CudaBackend>),
@@ -196,7 +198,15 @@ pub(crate) fn place(
         max_heads: model.hp.n_head.max(1),
         max_head_dim: model.hp.head_dim.max(32),
     };
-    let plan = CudaBackend::plan_memory(&dev, model.plan(), s.n_batch, &s.kv, rec.as_ref(), attn, &used);
+    let plan = CudaBackend::plan_memory(
+        &dev,
+        model.plan(),
+        s.n_batch,
+        &s.kv,
+        rec.as_ref(),
+        attn,
+        &used,
+    );
     let unsupported = used
         .weights
         .iter()

@@ -107,8 +107,7 @@ impl Engine {
     /// step of that sequence then starts at position `len`. A no-op for models whose only
     /// per-sequence state is the KV cache.
     pub fn rollback(&mut self, seq: u32, len: usize) -> Result<(), EngineError> {
-        self.model
-            .rollback(&mut self.backend, seq, len)
+        self.model.rollback(&mut self.backend, seq, len)
     }
 
     /// Evaluates one prompt chunk (at most `n_batch` tokens) of sequence `seq` from position

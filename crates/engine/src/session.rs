@@ -247,6 +247,14 @@ impl Engine {
         &self.placement
     }
 
+    /// Bytes of weights one decode step reads (every matrix of the trunk and the LM head;
+    /// one embedding row is negligible): the numerator of the memory-bandwidth roofline.
+    pub fn decode_weight_bytes(&self) -> usize {
+        let c = runtime::collect::Collect::new(Batch::one_sequence(&[0], 0, 0, true));
+        self.model.forward(&c);
+        c.finish().matmul_bytes
+    }
+
     /// Whether the model runs on a GPU.
     pub fn on_gpu(&self) -> bool {
         matches!(self.backend, Backend::Cuda(_))

@@ -769,8 +769,7 @@ impl Engine {
             // The state is valid for the history but its last token (evaluated next, with
             // the new drafts); what the rejected drafts left is rolled back.
             let pos = history.len() - 1;
-            self.model
-                .rollback(&mut self.backend, 0, pos)?;
+            self.model.rollback(&mut self.backend, 0, pos)?;
             self.cached.truncate(pos);
             let have = self.cached.len();
             self.cached.extend_from_slice(&history[have..pos]);

@@ -34,6 +34,9 @@ pub struct Collected {
     pub vectors: Vec<Vec<f32>>,
     /// Keys of `vectors`, in the same order.
     pub vector_keys: Vec<Key>,
+    /// Bytes of the weights the passes' matmuls read (each call counted: what one pass
+    /// reads from memory for one token, the bandwidth roofline's numerator).
+    pub matmul_bytes: usize,
     seen: HashSet<Key>,
 }
 
@@ -90,6 +93,7 @@ impl Ops for Collect {
     }
     fn matmul(&self, _n: usize, w: &Weight, _x: Act, _out: Act) {
         self.weight(w);
+        self.out.borrow_mut().matmul_bytes += w.bytes().len();
     }
     fn add_bias(&self, _n: usize, _x: Act, b: &[f32]) {
         self.vector(b);

@@ -1525,7 +1525,9 @@ impl<'a> CudaOps<'a> {
             self.halved.set(key);
         }
         let deq = &self.be.names.deq[&dw.ty];
-        let tile_rows = (self.be.tile_elems / cols).clamp(1, rows);
+        // Tiles of a multiple of 64 rows keep the output columns 256-byte aligned for cuBLAS.
+        let fit = self.be.tile_elems / cols;
+        let tile_rows = if fit >= 64 { fit / 64 * 64 } else { fit }.clamp(1, rows);
         let o = self.act(out);
         self.used_blas.set(true);
         let mut r0 = 0;

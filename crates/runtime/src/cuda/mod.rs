@@ -11,6 +11,8 @@
 //! - [`gpu`]: one GPU with every kernel loaded (tests compare each kernel with the CPU).
 
 pub mod backend;
+#[cfg(test)]
+mod backend_tests;
 pub mod cublas;
 pub mod device;
 pub mod gpu;
