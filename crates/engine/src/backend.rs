@@ -20,7 +20,8 @@ pub enum GpuLayers {
     /// [`crate::Engine::placement`]).
     #[default]
     Auto,
-    /// This many (0: the CPU). Only 0 or every layer is supported so far.
+    /// This many: the first N blocks on the GPU, the rest (and the LM head, and any MTP
+    /// block) on the CPU; 0 is the CPU alone.
     Count(usize),
     /// Every layer; an error when CUDA is unusable or the model does not fit.
     All,
@@ -73,6 +74,14 @@ fn run<O: Ops>(m: &Model, pass: Pass, o: &O) {
 pub(crate) enum Backend {
     Cpu(CpuBackend),
     Cuda(Box<CudaBackend>),
+    /// The first `n_gpu` blocks (and the embeddings) on the GPU, the residual stream copied
+    /// to the CPU, which runs the other blocks, the head and the MTP blocks. Reads and writes
+    /// of activations go to the CPU side.
+    Split {
+        gpu: Box<CudaBackend>,
+        cpu: CpuBackend,
+        n_gpu: usize,
+    },
 }
 
 impl Backend {
@@ -86,19 +95,29 @@ impl Backend {
         match self {
             Backend::Cpu(b) => Ok(b.forward(batch, vocab, |o| run(model, pass, o))?),
             Backend::Cuda(b) => Ok(b.forward(batch, vocab, |o| run(model, pass, o))?),
+            Backend::Split { gpu, cpu, n_gpu } => match pass {
+                Pass::Trunk => {
+                    let (k, n) = (*n_gpu, model.hp.n_layer);
+                    gpu.forward(batch, vocab, |o| model.forward_layers(o, 0..k))?;
+                    let x = gpu.read(model.acts.x, batch.len())?;
+                    cpu.write(model.acts.x, x);
+                    Ok(cpu.forward(batch, vocab, |o| model.forward_layers(o, k..n))?)
+                }
+                Pass::Mtp(_) => Ok(cpu.forward(batch, vocab, |o| run(model, pass, o))?),
+            },
         }
     }
 
     pub(crate) fn read(&mut self, act: Act, rows: usize) -> Result<&[f32], EngineError> {
         match self {
-            Backend::Cpu(b) => Ok(b.read(act, rows)),
+            Backend::Cpu(b) | Backend::Split { cpu: b, .. } => Ok(b.read(act, rows)),
             Backend::Cuda(b) => Ok(b.read(act, rows)?),
         }
     }
 
     pub(crate) fn write(&mut self, act: Act, data: &[f32]) -> Result<(), EngineError> {
         match self {
-            Backend::Cpu(b) => {
+            Backend::Cpu(b) | Backend::Split { cpu: b, .. } => {
                 b.write(act, data);
                 Ok(())
             }
@@ -108,14 +127,17 @@ impl Backend {
 
     pub(crate) fn n_threads(&self) -> usize {
         match self {
-            Backend::Cpu(b) => b.n_threads(),
+            Backend::Cpu(b) | Backend::Split { cpu: b, .. } => b.n_threads(),
             Backend::Cuda(_) => 1,
         }
     }
 
     pub(crate) fn share_pool(&mut self, other: &Backend) -> bool {
         match (self, other) {
-            (Backend::Cpu(a), Backend::Cpu(b)) => a.share_pool(b),
+            (
+                Backend::Cpu(a) | Backend::Split { cpu: a, .. },
+                Backend::Cpu(b) | Backend::Split { cpu: b, .. },
+            ) => a.share_pool(b),
             _ => false,
         }
     }
@@ -128,6 +150,10 @@ impl Rollback for Backend {
         match self {
             Backend::Cpu(b) => Ok(b.rollback(seq, len)?),
             Backend::Cuda(b) => Ok(b.rollback(seq, len)?),
+            Backend::Split { gpu, cpu, .. } => {
+                gpu.rollback(seq, len)?;
+                Ok(cpu.rollback(seq, len)?)
+            }
         }
     }
 }
@@ -173,27 +199,45 @@ pub(crate) fn place(
     };
     let model = Model::load_with(file.clone(), max_logit_rows, false)?;
     let n_layers = model.hp.n_layer;
-    if let GpuLayers::Count(n) = layers {
-        if n < n_layers {
-            return Err(EngineError::Placement(format!(
-                "--gpu-layers {n}: splitting a model between the GPU and the CPU is not \
-                 supported yet; use 0 or all ({n_layers} layers)"
-            )));
-        }
-    }
+    // Blocks on the GPU: all, or the first n (the rest, the head and MTP on the CPU).
+    let n_gpu = match layers {
+        GpuLayers::Count(n) => n.min(n_layers),
+        _ => n_layers,
+    };
+    let split = n_gpu < n_layers;
     // What a pass reads: run the model's code once without a device.
     let mut b = Batch::one_sequence(&[0], 0, 0, true);
     b.logits = vec![0];
     let c = Collect::new(b);
-    model.forward(&c);
-    for k in 0..model.n_mtp() {
-        model.mtp_forward(&c, k);
+    model.forward_layers(&c, 0..n_gpu);
+    if !split {
+        for k in 0..model.n_mtp() {
+            model.mtp_forward(&c, k);
+        }
     }
     let used = c.finish();
     let s = shape(&model);
-    let rec = model
+    let full_rec = model
         .recurrent()
         .map(|(n_layers, net)| RecurrentConfig { n_layers, net });
+    let (gpu_kv, rec) = if split {
+        // The GPU's part holds the state of its blocks only (layer numbers from 0 match).
+        let (kv_before, rec_before) = model.state_layers_before(n_gpu);
+        let kv = KvConfig {
+            n_layers: kv_before,
+            ..s.kv.clone()
+        };
+        let rec = full_rec
+            .clone()
+            .filter(|_| rec_before > 0)
+            .map(|r| RecurrentConfig {
+                n_layers: rec_before,
+                ..r
+            });
+        (kv, rec)
+    } else {
+        (s.kv.clone(), full_rec.clone())
+    };
     let attn = AttnShape {
         max_heads: model.hp.n_head.max(1),
         max_head_dim: model.hp.head_dim.max(32),
@@ -221,11 +265,19 @@ pub(crate) fn place(
             return cpu(file, format!("the model does not fit the GPU: {plan}"));
         }
     }
-    let be = CudaBackend::new(dev, model.plan(), s.n_batch, s.kv, rec, attn, &used)?;
+    let be = CudaBackend::new(dev, model.plan(), s.n_batch, gpu_kv, rec, attn, &used)?;
     let (graphs, _) = be.graphs();
     let line = format!(
-        "{} layers on the GPU: {plan}; prompts by {}; decode {}",
-        n_layers,
+        "{n_gpu} of {n_layers} layers on the GPU{}: {plan}; prompts by {}; decode {}",
+        if split {
+            format!(
+                ", {} on the CPU ({} threads; the CPU part keeps the file's layout)",
+                n_layers - n_gpu,
+                s.n_threads
+            )
+        } else {
+            String::new()
+        },
         if be.has_cublas() {
             "cuBLAS"
         } else {
@@ -237,5 +289,17 @@ pub(crate) fn place(
             "without CUDA graphs"
         }
     );
+    if split {
+        let mut cpu = CpuBackend::new(model.plan(), s.n_batch, s.kv, s.n_threads);
+        if let Some(r) = full_rec {
+            cpu = cpu.with_recurrent(r);
+        }
+        let be = Backend::Split {
+            gpu: Box::new(be),
+            cpu,
+            n_gpu,
+        };
+        return Ok((model, be, line));
+    }
     Ok((model, Backend::Cuda(Box::new(be)), line))
 }

@@ -257,7 +257,7 @@ impl Engine {
 
     /// Whether the model runs on a GPU.
     pub fn on_gpu(&self) -> bool {
-        matches!(self.backend, Backend::Cuda(_))
+        matches!(self.backend, Backend::Cuda(_) | Backend::Split { .. })
     }
 
     /// Evaluates `tokens` of sequence `seq` from position `start`, in chunks of at most

@@ -60,7 +60,21 @@ fn argmax(v: &[f32]) -> usize {
 fn gpu_logits_and_greedy_tokens_follow_the_cpu() {
     let models = models();
     for (name, path) in models {
-        let mut gpu = match Engine::load(&path, &opts(GpuLayers::All)) {
+        // Every block on the GPU, then the first half (the rest on the CPU).
+        let n_layer = match Engine::load(&path, &opts(GpuLayers::Count(0))) {
+            Ok(e) => e.model.hp.n_layer,
+            Err(e) => panic!("{name} on the CPU: {e}"),
+        };
+        for layers in [GpuLayers::All, GpuLayers::Count(n_layer / 2)] {
+            compare(&name, &path, layers);
+        }
+    }
+}
+
+fn compare(name: &str, path: &std::path::Path, layers: GpuLayers) {
+    let name = &format!("{name} ({layers:?})");
+    {
+        let mut gpu = match Engine::load(path, &opts(layers)) {
             Ok(e) => e,
             Err(EngineError::Placement(why)) => {
                 eprintln!("skipped: {why}");
@@ -69,7 +83,7 @@ fn gpu_logits_and_greedy_tokens_follow_the_cpu() {
             Err(e) => panic!("{name} on the GPU: {e}"),
         };
         eprintln!("{name}: {}", gpu.placement());
-        let mut cpu = Engine::load(&path, &opts(GpuLayers::Count(0))).unwrap();
+        let mut cpu = Engine::load(path, &opts(GpuLayers::Count(0))).unwrap();
         let text = "The quick brown fox jumps over the lazy dog. Then it ran into the forest, \
                     where the trees were tall and the air was cold.";
         let ids = cpu.tokenizer.encode(text, true, true);

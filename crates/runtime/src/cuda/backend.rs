@@ -430,7 +430,6 @@ impl InfoLayout {
 
 /// A model's memory on one GPU and the stream its passes run on.
 pub struct CudaBackend {
-    dev: CudaDevice,
     gemm: Option<Gemm>,
     names: TypeKernels,
     widths: Vec<usize>,
@@ -462,6 +461,9 @@ pub struct CudaBackend {
     graph_note: Option<String>,
     sync_each: bool,
     plan: MemoryPlan,
+    /// Last: fields drop in order, and the buffers, graphs and cuBLAS handle above must go
+    /// while the context (held by the device) is alive.
+    dev: CudaDevice,
 }
 
 // SAFETY: the raw device pointers and the cuBLAS handle are only used by the backend's
