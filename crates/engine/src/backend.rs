@@ -16,8 +16,8 @@ use crate::EngineError;
 /// How many of a model's layers go to the GPU (`--gpu-layers N|all|auto`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GpuLayers {
-    /// All of them when CUDA is usable and the model fits, else none (with the reason in
-    /// [`crate::Engine::placement`]).
+    /// All of them when CUDA is usable and the model fits, else as many leading blocks as
+    /// fit, else none (with the reason in [`crate::Engine::placement`]).
     #[default]
     Auto,
     /// This many: the first N blocks on the GPU, the rest (and the LM head, and any MTP
@@ -199,30 +199,32 @@ pub(crate) fn place(
     };
     let model = Model::load_with(file.clone(), max_logit_rows, false)?;
     let n_layers = model.hp.n_layer;
-    // Blocks on the GPU: all, or the first n (the rest, the head and MTP on the CPU).
-    let n_gpu = match layers {
-        GpuLayers::Count(n) => n.min(n_layers),
-        _ => n_layers,
-    };
-    let split = n_gpu < n_layers;
-    // What a pass reads: run the model's code once without a device.
-    let mut b = Batch::one_sequence(&[0], 0, 0, true);
-    b.logits = vec![0];
-    let c = Collect::new(b);
-    model.forward_layers(&c, 0..n_gpu);
-    if !split {
-        for k in 0..model.n_mtp() {
-            model.mtp_forward(&c, k);
-        }
-    }
-    let used = c.finish();
     let s = shape(&model);
     let full_rec = model
         .recurrent()
         .map(|(n_layers, net)| RecurrentConfig { n_layers, net });
-    let (gpu_kv, rec) = if split {
-        // The GPU's part holds the state of its blocks only (layer numbers from 0 match).
-        let (kv_before, rec_before) = model.state_layers_before(n_gpu);
+    let attn = AttnShape {
+        max_heads: model.hp.n_head.max(1),
+        max_head_dim: model.hp.head_dim.max(32),
+    };
+    // What the GPU holds with the first n blocks on it: the weights and vectors its passes
+    // read (the model's code run once without a device), the KV and recurrent state of its
+    // blocks (layer numbers from 0 match), and the memory plan.
+    let part = |n_gpu: usize| {
+        let split = n_gpu < n_layers;
+        let c = Collect::new(Batch::one_sequence(&[0], 0, 0, true));
+        model.forward_layers(&c, 0..n_gpu);
+        if !split {
+            for k in 0..model.n_mtp() {
+                model.mtp_forward(&c, k);
+            }
+        }
+        let used = c.finish();
+        let (kv_before, rec_before) = if split {
+            model.state_layers_before(n_gpu)
+        } else {
+            (s.kv.n_layers, full_rec.as_ref().map_or(0, |r| r.n_layers))
+        };
         let kv = KvConfig {
             n_layers: kv_before,
             ..s.kv.clone()
@@ -234,37 +236,53 @@ pub(crate) fn place(
                 n_layers: rec_before,
                 ..r
             });
-        (kv, rec)
-    } else {
-        (s.kv.clone(), full_rec.clone())
+        let plan = CudaBackend::plan_memory(
+            &dev,
+            model.plan(),
+            s.n_batch,
+            &kv,
+            rec.as_ref(),
+            attn,
+            &used,
+        );
+        (used, kv, rec, plan)
     };
-    let attn = AttnShape {
-        max_heads: model.hp.n_head.max(1),
-        max_head_dim: model.hp.head_dim.max(32),
+    // Blocks on the GPU: as asked, or (auto) all when they fit, else as many as fit.
+    let mut n_gpu = match layers {
+        GpuLayers::Count(n) => n.min(n_layers),
+        _ => n_layers,
     };
-    let plan = CudaBackend::plan_memory(
-        &dev,
-        model.plan(),
-        s.n_batch,
-        &s.kv,
-        rec.as_ref(),
-        attn,
-        &used,
-    );
-    let unsupported = used
+    let (mut used, mut gpu_kv, mut rec, mut plan) = part(n_gpu);
+    if let Some(why) = used
         .weights
         .iter()
-        .find_map(|w| runtime::cuda::backend::check_weight(w).err());
-    if !explicit {
-        if let Some(why) = unsupported {
+        .find_map(|w| runtime::cuda::backend::check_weight(w).err())
+    {
+        if !explicit {
             drop(model);
             return cpu(file, format!("the GPU cannot take this model: {why}"));
         }
-        if !plan.fits() {
-            drop(model);
-            return cpu(file, format!("the model does not fit the GPU: {plan}"));
-        }
     }
+    if !explicit && !plan.fits() {
+        // The most blocks that fit (the plan grows with each block).
+        let (mut lo, mut hi) = (0, n_layers);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if part(mid).3.fits() {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        if lo == 0 {
+            let why = format!("the model does not fit the GPU: {plan}");
+            drop(model);
+            return cpu(file, why);
+        }
+        n_gpu = lo;
+        (used, gpu_kv, rec, plan) = part(n_gpu);
+    }
+    let split = n_gpu < n_layers;
     let be = CudaBackend::new(dev, model.plan(), s.n_batch, gpu_kv, rec, attn, &used)?;
     let (graphs, _) = be.graphs();
     let line = format!(
