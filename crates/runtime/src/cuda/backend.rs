@@ -154,15 +154,18 @@ struct DevBuf {
 }
 
 impl DevBuf {
-    fn new(bytes: usize, what: &str) -> Result<DevBuf, CudaError> {
+    /// `bytes` of device memory, zeroed on `stream` (ordered before anything later on it:
+    /// a plain `cuMemset` would run on the legacy stream, which our non-blocking stream does
+    /// not wait for).
+    fn new(bytes: usize, what: &str, stream: sys::CUstream) -> Result<DevBuf, CudaError> {
         let bytes = bytes.max(256);
         // SAFETY: the backend's context is current on this thread (bound by the caller).
         let ptr = unsafe { result::malloc_sync(bytes) }
             .map_err(|e| CudaError::OutOfMemory(format!("{what} ({bytes} bytes): {e}")))?;
         let b = DevBuf { ptr, bytes };
-        // SAFETY: `ptr` holds `bytes` bytes just allocated; zeroing is synchronous.
-        unsafe { sys::cuMemsetD8_v2(ptr, 0, bytes) }
-            .result()
+        // SAFETY: `ptr` holds `bytes` bytes just allocated; `stream` is a live stream of the
+        // current context.
+        unsafe { result::memset_d8_async(ptr, 0, bytes, stream) }
             .map_err(drv("clearing device memory"))?;
         Ok(b)
     }
@@ -621,7 +624,7 @@ impl CudaBackend {
         let mut weights = HashMap::new();
         let mut bufs = Vec::new();
         for w in &used.weights {
-            let b = DevBuf::new(w.bytes().len(), "a weight matrix")?;
+            let b = DevBuf::new(w.bytes().len(), "a weight matrix", stream)?;
             // SAFETY: `b` holds the weight's bytes; the host bytes stay alive (the model
             // owns them) until the stream is synchronized below.
             unsafe { result::memcpy_htod_async(b.ptr, w.bytes(), stream) }
@@ -638,7 +641,7 @@ impl CudaBackend {
         }
         let mut vectors = HashMap::new();
         for (v, &k) in used.vectors.iter().zip(&used.vector_keys) {
-            let b = DevBuf::new(v.len() * 4, "a weight vector")?;
+            let b = DevBuf::new(v.len() * 4, "a weight vector", stream)?;
             // SAFETY: as above; `used` outlives the synchronization below.
             unsafe { result::memcpy_htod_async(b.ptr, v.as_slice(), stream) }
                 .map_err(drv("uploading a vector"))?;
@@ -652,7 +655,13 @@ impl CudaBackend {
             .widths
             .iter()
             .zip(&plan.rows)
-            .map(|(w, r)| DevBuf::new(w * r.unwrap_or(max_batch) * 4, "an activation buffer"))
+            .map(|(w, r)| {
+                DevBuf::new(
+                    w * r.unwrap_or(max_batch) * 4,
+                    "an activation buffer",
+                    stream,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let layout = InfoLayout::new(max_batch);
         let kv_elems = kv.n_layers * kv.n_seq * kv.n_ctx * kv.kv_dim;
@@ -661,9 +670,10 @@ impl CudaBackend {
             Some(cfg) => {
                 let [c, m, r] = rec_bytes(&cfg, kv.n_seq);
                 let ident: Vec<u32> = (0..ROLLBACK_TOKENS as u32).collect();
-                let ib = DevBuf::new(ROLLBACK_TOKENS * 4, "recurrent scratch")?;
-                // SAFETY: `ib` holds ROLLBACK_TOKENS u32; synchronous copy.
-                unsafe { result::memcpy_htod_sync(ib.ptr, &ident) }
+                let ib = DevBuf::new(ROLLBACK_TOKENS * 4, "recurrent scratch", stream)?;
+                // SAFETY: `ib` holds ROLLBACK_TOKENS u32; the copy from pageable memory is
+                // staged before the call returns, ordered after the zeroing on our stream.
+                unsafe { result::memcpy_htod_async(ib.ptr, &ident[..], stream) }
                     .map_err(drv("uploading the rollback order"))?;
                 Some(RecHost {
                     cur: vec![0; kv.n_seq],
@@ -672,15 +682,16 @@ impl CudaBackend {
                     groups: Vec::with_capacity(max_batch),
                     order: Vec::with_capacity(max_batch),
                     invalid: None,
-                    conv: DevBuf::new(c, "the convolution state")?,
-                    ssm: DevBuf::new(m, "the delta-rule state")?,
-                    replay: DevBuf::new(r, "the rollback inputs")?,
+                    conv: DevBuf::new(c, "the convolution state", stream)?,
+                    ssm: DevBuf::new(m, "the delta-rule state", stream)?,
+                    replay: DevBuf::new(r, "the rollback inputs", stream)?,
                     scratch: DevBuf::new(
                         ROLLBACK_TOKENS * cfg.net.value_dim() * 4,
                         "recurrent scratch",
+                        stream,
                     )?,
                     ident: ib,
-                    rb_group: DevBuf::new(6 * 4, "recurrent scratch")?,
+                    rb_group: DevBuf::new(6 * 4, "recurrent scratch", stream)?,
                     cfg,
                 })
             }
@@ -708,7 +719,7 @@ impl CudaBackend {
         let env_on = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty() && v != "0");
         let sync_each = env_on("SURPLUS_CUDA_SYNC");
         let graphs_on = !env_on("SURPLUS_NO_CUDA_GRAPH") && !sync_each;
-        Ok(CudaBackend {
+        let be = CudaBackend {
             gemm,
             names: TypeKernels::new(),
             widths: plan.widths.clone(),
@@ -719,25 +730,27 @@ impl CudaBackend {
             weights,
             vectors,
             _weight_bufs: bufs,
-            info: DevBuf::new(layout.len * 4, "batch data")?,
+            info: DevBuf::new(layout.len * 4, "batch data", stream)?,
             info_host: vec![0; layout.len],
             layout,
-            embd: DevBuf::new(max_batch * s.max_width * 4, "input rows")?,
+            embd: DevBuf::new(max_batch * s.max_width * 4, "input rows", stream)?,
             q8: DevBuf::new(
                 max_batch * (s.max_width / 32 + 1) * 40,
                 "quantized activations",
+                stream,
             )?,
-            xh: DevBuf::new(max_batch * s.max_width * 2, "f16 activations")?,
-            tile: DevBuf::new(TILE_BYTES, "f16 weight tiles")?,
+            xh: DevBuf::new(max_batch * s.max_width * 2, "f16 activations", stream)?,
+            tile: DevBuf::new(TILE_BYTES, "f16 weight tiles", stream)?,
             tile_elems: TILE_BYTES / 2,
             part: DevBuf::new(
                 ATT_TOKENS * s.max_heads * s.n_split * (s.max_hd + 2) * 4,
                 "attention partials",
+                stream,
             )?,
             n_split: s.n_split,
             split_len: s.split_len,
-            kc: DevBuf::new(kv_elems * 2, "the key cache")?,
-            vc: DevBuf::new(kv_elems * 2, "the value cache")?,
+            kc: DevBuf::new(kv_elems * 2, "the key cache", stream)?,
+            vc: DevBuf::new(kv_elems * 2, "the value cache", stream)?,
             kv,
             rec,
             host: Vec::new(),
@@ -747,7 +760,12 @@ impl CudaBackend {
             sync_each,
             plan: mem,
             dev,
-        })
+        };
+        be.dev
+            .stream
+            .synchronize()
+            .map_err(drv("preparing the device memory"))?;
+        Ok(be)
     }
 
     /// The memory plan this backend was made with.
