@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check for a machine with an NVIDIA GPU and no Rust tool chain. It builds nothing.
-# Build elsewhere first (scripts/gpu_bundle.sh puts the binaries in gpu-bundle/), copy the
-# repository with gpu-bundle/ (and tests/data/synthetic/*.gguf, the fixture) over, then:
+# Build elsewhere first (scripts/gpu_bundle.sh writes gpu-bundle.tar.gz: the binaries and
+# the qwen35 fixture), copy the repository with that file over, then:
 #   scripts/gpu_check.sh
 # Steps (about 5 minutes on an H100; each has a timeout):
 #   1. doctor, and the kernels compiled for this GPU;
@@ -19,14 +19,17 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
 BUNDLE=${GPU_BUNDLE:-gpu-bundle}
+if [ ! -d "$BUNDLE" ] && [ -f gpu-bundle.tar.gz ]; then
+  tar xzf gpu-bundle.tar.gz  # gpu-bundle/ and tests/data/synthetic/*q8_0.gguf
+fi
 TARGET=${CARGO_TARGET_DIR:-target}
 if [ -x "$BUNDLE/surplus" ]; then
   BIN=${SURPLUS_BIN:-$BUNDLE/surplus}
-  TESTDIR=$BUNDLE/tests
 else
   BIN=${SURPLUS_BIN:-$TARGET/release/surplus}
-  TESTDIR=$TARGET/release/deps
 fi
+# Test binaries as gpu_bundle.sh names them (runtime-lib, engine-cuda, engine-golden, ...).
+TESTDIR=${GPU_TESTS:-$BUNDLE/tests}
 [ -x "$BIN" ] || { echo "no $BIN: run scripts/gpu_bundle.sh where Rust is"; exit 1; }
 OUT=${GPU_CHECK_OUT:-${OUT:-/tmp/surplus-gpu-check}}
 mkdir -p "$OUT"
@@ -66,22 +69,22 @@ run_tests() {
 
 echo "=== 2. CUDA tests of the runtime (kernels and ops against the CPU) $(elapsed)"
 TESTS=missing
-for t in "$TESTDIR"/runtime-*; do
+for t in "$TESTDIR"/runtime-lib; do
   [ -x "$t" ] && [ -f "$t" ] || continue
   run_tests "$t" cuda::; TESTS=$RES
 done
 
 echo "=== 3. the engine on the GPU $(elapsed)"
 ENGINE=missing
-for t in "$TESTDIR"/cuda-*; do
+for t in "$TESTDIR"/engine-cuda; do
   [ -x "$t" ] && [ -f "$t" ] || continue
   run_tests "$t"; ENGINE=$RES
 done
 GOLDEN=""
-for t in "$TESTDIR"/qwen35_golden-* "$TESTDIR"/golden-*; do
+for t in "$TESTDIR"/engine-qwen35_golden "$TESTDIR"/engine-golden; do
   [ -x "$t" ] && [ -f "$t" ] || continue
-  name=$(basename "$t" | sed 's/-[0-9a-f]*$//')
-  if [ "$name" = golden ] && ! ls "$MODELS"/smollm2-135m*.gguf >/dev/null 2>&1; then
+  name=$(basename "$t")
+  if [ "$name" = engine-golden ] && ! ls "$MODELS"/smollm2-135m*.gguf >/dev/null 2>&1; then
     GOLDEN="$GOLDEN golden:skipped(no test models in $MODELS)"; continue
   fi
   SURPLUS_TEST_GPU=1 run_tests "$t"; GOLDEN="$GOLDEN $name:$RES"
@@ -89,10 +92,10 @@ done
 
 echo "=== 4. bench $(elapsed)"
 BENCH="$OUT/bench.jsonl"; : > "$BENCH"
-bench() { # name path extra-args...
-  local name=$1 path=$2; shift 2
+bench() { # name path n-prompt
+  local name=$1 path=$2 np=${3:-512}
   echo "--- $name"
-  if timeout 240 "$BIN" bench -m "$path" -p 512 -n 128 -r 2 -c 1024 --gpu-layers all --json "$@" \
+  if timeout 240 "$BIN" bench -m "$path" -p "$np" -n 128 -r 2 -c 1024 --gpu-layers all --json \
       > "$OUT/bench-$name.json" 2> "$OUT/bench-$name.err"; then
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["name"]=sys.argv[2]; print(json.dumps(d))' \
       "$OUT/bench-$name.json" "$name" >> "$BENCH"
@@ -116,10 +119,11 @@ SYN=${TMPDIR:-/tmp}/surplus-synth-llama3-8b.gguf
 VOCAB=${VOCAB:-$FIXTURE}
 if [ -f "$VOCAB" ]; then
   echo "--- synthetic Llama-3-8B shape (vocabulary of $VOCAB) $(elapsed)"
-  if timeout 240 "$BIN" synth "$SYN" --vocab-from "$VOCAB"; then
+  # shellcheck disable=SC2086 # GPU_CHECK_SYNTH: extra flags (a smaller shape to try the script)
+  if timeout 240 "$BIN" synth "$SYN" --vocab-from "$VOCAB" ${GPU_CHECK_SYNTH:-}; then
     bench llama3-8b-shape "$SYN"
     echo "--- llama3-8b-shape tg128 without CUDA graphs"
-    SURPLUS_NO_CUDA_GRAPH=1 bench llama3-8b-shape-nograph "$SYN" -p 0
+    SURPLUS_NO_CUDA_GRAPH=1 bench llama3-8b-shape-nograph "$SYN" 0
   fi
   rm -f "$SYN"
 else
