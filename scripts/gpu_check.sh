@@ -64,7 +64,15 @@ run_tests() {
   f=$(sed -n 's/.*passed; \([0-9]*\) failed.*/\1/p' "$log" | tail -1)
   if grep -q "skipped: no usable GPU\|skipped: --gpu-layers" "$log"; then RES="skipped"
   elif [ $rc -eq 0 ]; then RES="ok (${p:-0} passed)"
-  else RES="FAIL (rc $rc, ${p:-0} passed, ${f:-?} failed; $log)"; fi
+  else
+    RES="FAIL (rc $rc, ${p:-0} passed, ${f:-?} failed; $log)"
+    if [ -z "${SURPLUS_CUDA_SYNC:-}" ]; then
+      # Again, synchronizing after every launch: a kernel fault then names its kernel.
+      echo "--- rerun with SURPLUS_CUDA_SYNC=1 ($log.sync)"
+      SURPLUS_CUDA_SYNC=1 timeout 300 "$t" "$@" --test-threads=1 --nocapture > "$log.sync" 2>&1
+      grep -E "panicked|kernel failed|launch failed|CUDA" "$log.sync" | head -20
+    fi
+  fi
 }
 
 echo "=== 2. CUDA tests of the runtime (kernels and ops against the CPU) $(elapsed)"
