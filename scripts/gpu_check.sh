@@ -82,6 +82,11 @@ for t in "$TESTDIR"/runtime-lib; do
   run_tests "$t" cuda::; TESTS=$RES
 done
 
+if [ "$AVAIL" != true ]; then
+  echo "CUDA is not available here (see doctor above): the engine and bench steps need a GPU."
+  exit 1
+fi
+
 echo "=== 3. the engine on the GPU $(elapsed)"
 ENGINE=missing
 for t in "$TESTDIR"/engine-cuda; do
