@@ -16,9 +16,13 @@ pub struct Args {
     /// The file to write.
     out: PathBuf,
     /// A GGUF whose tokenizer (`tokenizer.*` metadata) the model takes, which also sets the
-    /// vocabulary size (SmolLM2's 49152 tokens for the benchmark shape).
+    /// vocabulary size. Without it, a placeholder SentencePiece vocabulary of --vocab tokens
+    /// (enough to load and benchmark; not for reading text).
     #[arg(long, value_name = "MODEL")]
-    vocab_from: String,
+    vocab_from: Option<String>,
+    /// Tokens of the placeholder vocabulary (SmolLM2's 49152 by default).
+    #[arg(long, default_value_t = 49152)]
+    vocab: usize,
     /// Width of the residual stream.
     #[arg(long, default_value_t = 4096)]
     embd: usize,
@@ -89,15 +93,23 @@ pub fn run(args: Args) -> Result<()> {
         progress: false,
         force: false,
     };
-    let vpath = registry::resolve(&args.vocab_from, &opts)?;
-    let vfile = gguf::Gguf::open(&vpath).with_context(|| format!("{}", vpath.display()))?;
-    let vocab = vfile
-        .metadata()
-        .get_array("tokenizer.ggml.tokens")
-        .map(|a| a.len())
-        .unwrap_or(0);
-    if vocab == 0 {
-        bail!("{} has no tokenizer.ggml.tokens", vpath.display());
+    let vfile = match &args.vocab_from {
+        Some(name) => {
+            let vpath = registry::resolve(name, &opts)?;
+            Some(gguf::Gguf::open(&vpath).with_context(|| format!("{}", vpath.display()))?)
+        }
+        None => None,
+    };
+    let vocab = match &vfile {
+        Some(f) => f
+            .metadata()
+            .get_array("tokenizer.ggml.tokens")
+            .map(|a| a.len())
+            .unwrap_or(0),
+        None => args.vocab,
+    };
+    if vocab < 3 {
+        bail!("a vocabulary of {vocab} tokens (the source has no tokenizer.ggml.tokens?)");
     }
     let (d, hd) = (args.embd, args.embd / args.heads.max(1));
     if !d.is_multiple_of(256)
@@ -122,9 +134,20 @@ pub fn run(args: Args) -> Result<()> {
     g.set_u32("llama.rope.dimension_count", hd as u32);
     g.set_f32("llama.rope.freq_base", 500_000.0);
     g.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5);
-    for (k, v) in vfile.metadata().iter() {
-        if k.starts_with("tokenizer.") {
-            g.set(k, v.clone());
+    match &vfile {
+        Some(f) => {
+            for (k, v) in f.metadata().iter() {
+                if k.starts_with("tokenizer.") {
+                    g.set(k, v.clone());
+                }
+            }
+        }
+        None => {
+            // <unk>, <s>, </s>, then placeholders: SentencePiece's defaults fit.
+            let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
+            tokens.extend((3..vocab).map(|i| format!("t{i}")));
+            g.set_str("tokenizer.ggml.model", "llama");
+            g.set_array("tokenizer.ggml.tokens", gguf::Array::String(tokens));
         }
     }
     let ones = vec![1.0f32; d];
