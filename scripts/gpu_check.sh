@@ -1,51 +1,169 @@
 #!/usr/bin/env bash
-# GPU check for a machine with an NVIDIA GPU and no Rust tool chain. Build elsewhere first:
-#   cargo build --release -p surplus-cli
-#   cargo test --release -p surplus-runtime --no-run     # the CUDA kernel tests
-# then copy the repository (with target/release) over and run: scripts/gpu_check.sh
-# It prints what doctor finds, compiles the kernels for this GPU, runs the CUDA kernel
-# tests (each kernel against the CPU reference), and ends with a short table.
-# NVRTC: CUDA 12 or 13 libraries are found on LD_LIBRARY_PATH, in a toolkit, in pip wheels
-# (pip install nvidia-cuda-nvrtc-cu12), or in SURPLUS_CUDA_LIB_DIR.
+# GPU check for a machine with an NVIDIA GPU and no Rust tool chain. It builds nothing.
+# Build elsewhere first (scripts/gpu_bundle.sh writes gpu-bundle.tar.gz: the binaries and
+# the qwen35 fixture), copy the repository with that file over, then:
+#   scripts/gpu_check.sh
+# Steps (about 5 minutes on an H100; each has a timeout):
+#   1. doctor, and the kernels compiled for this GPU;
+#   2. the CUDA tests of the runtime (each kernel and each op against the CPU reference);
+#   3. the engine on the GPU: GPU-vs-CPU logits and greedy tokens (tests/cuda.rs), and the
+#      golden tests with SURPLUS_TEST_GPU=1 (qwen35 fixture always; the test models when on
+#      disk under $SURPLUS_HOME/models or ~/.cache/surplus/models);
+#   4. surplus bench (pp512, tg128) on the models present and on a synthetic Llama-3-8B-shaped
+#      model written here (surplus synth), plus tg128 without CUDA graphs;
+#   5. the copy bandwidth, and a table: tokens/s and % of the bandwidth roofline
+#      (weight bytes read per token × tokens/s ÷ copy bandwidth).
+# NVRTC/cuBLAS: CUDA 12 or 13 libraries on LD_LIBRARY_PATH, in a toolkit, in pip wheels, or
+# in SURPLUS_CUDA_LIB_DIR.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+START=$(date +%s)
+BUNDLE=${GPU_BUNDLE:-gpu-bundle}
+if [ ! -d "$BUNDLE" ] && [ -f gpu-bundle.tar.gz ]; then
+  tar xzf gpu-bundle.tar.gz  # gpu-bundle/ and tests/data/synthetic/*q8_0.gguf
+fi
 TARGET=${CARGO_TARGET_DIR:-target}
-BIN=${SURPLUS_BIN:-$TARGET/release/surplus}
-[ -x "$BIN" ] || { echo "no $BIN: build it with cargo build --release -p surplus-cli"; exit 1; }
+if [ -x "$BUNDLE/surplus" ]; then
+  BIN=${SURPLUS_BIN:-$BUNDLE/surplus}
+else
+  BIN=${SURPLUS_BIN:-$TARGET/release/surplus}
+fi
+# Test binaries as gpu_bundle.sh names them (runtime-lib, engine-cuda, engine-golden, ...).
+TESTDIR=${GPU_TESTS:-$BUNDLE/tests}
+[ -x "$BIN" ] || { echo "no $BIN: run scripts/gpu_bundle.sh where Rust is"; exit 1; }
+OUT=${GPU_CHECK_OUT:-${OUT:-/tmp/surplus-gpu-check}}
+mkdir -p "$OUT"
+MODELS=${SURPLUS_HOME:+$SURPLUS_HOME/models}
+MODELS=${MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/surplus/models}
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+elapsed() { echo "[$(( $(date +%s) - START ))s]"; }
 
-echo "=== surplus doctor"
+echo "=== 1. surplus doctor $(elapsed)"
 "$BIN" doctor
-"$BIN" doctor --json > /tmp/surplus-doctor.json
-read -r AVAIL SM NVRTC <<<"$(python3 - <<'PY' 2>/dev/null || echo "false - -"
-import json
-d = json.load(open("/tmp/surplus-doctor.json"))["cuda"]
+"$BIN" doctor --json > "$OUT/doctor.json"
+read -r AVAIL SM NVRTC <<<"$(python3 - "$OUT/doctor.json" <<'PY' 2>/dev/null || echo "false - -"
+import json, sys
+d = json.load(open(sys.argv[1]))["cuda"]
 g = (d.get("gpus") or [{}])[0]
 print(str(d["available"]).lower(), g.get("sm", "-"), g.get("nvrtc") or "-")
 PY
 )"
-
-echo "=== compile the kernels for ${SM}"
 KERNELS=skipped
 if [ "$SM" != "-" ]; then
-  if "$BIN" doctor --compile-kernels "$SM"; then KERNELS=ok; else KERNELS=FAIL; fi
+  if timeout 300 "$BIN" doctor --compile-kernels "$SM"; then KERNELS=ok; else KERNELS=FAIL; fi
 fi
 
-echo "=== CUDA kernel tests (each kernel against the CPU reference)"
+# Runs test binary $1 with filter/args $2..; prints the interesting lines; sets RES.
+run_tests() {
+  local t=$1; shift
+  local log="$OUT/$(basename "$t").log"
+  timeout 300 "$t" "$@" --test-threads=1 --nocapture > "$log" 2>&1; local rc=$?
+  grep -E "^test |skipped|panicked|gpu .* cpu|rel diff|agree|graphs|placement|GPU" "$log" | head -80
+  local p f
+  p=$(sed -n 's/.*test result: .* \([0-9]*\) passed.*/\1/p' "$log" | tail -1)
+  f=$(sed -n 's/.*passed; \([0-9]*\) failed.*/\1/p' "$log" | tail -1)
+  if grep -q "skipped: no usable GPU\|skipped: --gpu-layers" "$log"; then RES="skipped"
+  elif [ $rc -eq 0 ]; then RES="ok (${p:-0} passed)"
+  else
+    RES="FAIL (rc $rc, ${p:-0} passed, ${f:-?} failed; $log)"
+    if [ -z "${SURPLUS_CUDA_SYNC:-}" ]; then
+      # Again, synchronizing after every launch: a kernel fault then names its kernel.
+      echo "--- rerun with SURPLUS_CUDA_SYNC=1 ($log.sync)"
+      SURPLUS_CUDA_SYNC=1 timeout 300 "$t" "$@" --test-threads=1 --nocapture > "$log.sync" 2>&1
+      grep -E "panicked|kernel failed|launch failed|CUDA" "$log.sync" | head -20
+    fi
+  fi
+}
+
+echo "=== 2. CUDA tests of the runtime (kernels and ops against the CPU) $(elapsed)"
 TESTS=missing
-PASSED=0; FAILED=0
-for t in "$TARGET"/release/deps/runtime-* ${SURPLUS_TEST_BINS:-}; do
+for t in "$TESTDIR"/runtime-lib; do
   [ -x "$t" ] && [ -f "$t" ] || continue
-  out=$("$t" cuda:: --test-threads=1 --nocapture 2>&1); rc=$?
-  echo "$out" | grep -E "^test |skipped|panicked|gpu .* cpu" | head -60
-  PASSED=$(echo "$out" | sed -n 's/.*test result: .* \([0-9]*\) passed.*/\1/p' | tail -1)
-  FAILED=$(echo "$out" | sed -n 's/.*passed; \([0-9]*\) failed.*/\1/p' | tail -1)
-  if echo "$out" | grep -q "skipped: no usable GPU"; then TESTS=skipped; elif [ $rc -eq 0 ]; then TESTS=ok; else TESTS=FAIL; fi
+  run_tests "$t" cuda::; TESTS=$RES
 done
 
+if [ "$AVAIL" != true ]; then
+  echo "CUDA is not available here (see doctor above): the engine and bench steps need a GPU."
+  exit 1
+fi
+
+echo "=== 3. the engine on the GPU $(elapsed)"
+ENGINE=missing
+for t in "$TESTDIR"/engine-cuda; do
+  [ -x "$t" ] && [ -f "$t" ] || continue
+  run_tests "$t"; ENGINE=$RES
+done
+GOLDEN=""
+for t in "$TESTDIR"/engine-qwen35_golden "$TESTDIR"/engine-golden; do
+  [ -x "$t" ] && [ -f "$t" ] || continue
+  name=$(basename "$t")
+  if [ "$name" = engine-golden ] && ! ls "$MODELS"/smollm2-135m*.gguf >/dev/null 2>&1; then
+    GOLDEN="$GOLDEN golden:skipped(no test models in $MODELS)"; continue
+  fi
+  SURPLUS_TEST_GPU=1 run_tests "$t"; GOLDEN="$GOLDEN $name:$RES"
+done
+
+echo "=== 4. bench $(elapsed)"
+BENCH="$OUT/bench.jsonl"; : > "$BENCH"
+bench() { # name path n-prompt
+  local name=$1 path=$2 np=${3:-512}
+  echo "--- $name"
+  if timeout 240 "$BIN" bench -m "$path" -p "$np" -n 128 -r 2 -c 1024 --gpu-layers all --json \
+      > "$OUT/bench-$name.json" 2> "$OUT/bench-$name.err"; then
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["name"]=sys.argv[2]; print(json.dumps(d))' \
+      "$OUT/bench-$name.json" "$name" >> "$BENCH"
+    cat "$OUT/bench-$name.json"
+  else
+    echo "bench $name failed:"; tail -5 "$OUT/bench-$name.err"
+  fi
+}
+FIXTURE=tests/data/synthetic/qwen35-tiny-q8_0.gguf
+[ -f "$FIXTURE" ] && bench qwen35-tiny-q8_0 "$FIXTURE"
+VOCAB=""
+for f in smollm2-135m-instruct-q4_1 gemma3-270m-q4_k_m qwen2.5-coder-0.5b-instruct-q4; do
+  if [ -f "$MODELS/$f.gguf" ]; then
+    bench "$f" "$MODELS/$f.gguf"
+    case $f in smollm2*) VOCAB="$MODELS/$f.gguf";; esac
+  else
+    echo "--- $f: not in $MODELS, skipped"
+  fi
+done
+SYN=${TMPDIR:-/tmp}/surplus-synth-llama3-8b.gguf
+# SmolLM2's tokenizer when it is here, else a placeholder vocabulary of the same 49152 tokens.
+echo "--- synthetic Llama-3-8B shape (vocabulary: ${VOCAB:-placeholder, 49152 tokens}) $(elapsed)"
+# shellcheck disable=SC2086 # GPU_CHECK_SYNTH: extra flags (a smaller shape to try the script)
+if timeout 240 "$BIN" synth "$SYN" ${VOCAB:+--vocab-from "$VOCAB"} ${GPU_CHECK_SYNTH:-}; then
+  bench llama3-8b-shape "$SYN"
+  echo "--- llama3-8b-shape tg128 without CUDA graphs"
+  SURPLUS_NO_CUDA_GRAPH=1 bench llama3-8b-shape-nograph "$SYN" 0
+fi
+rm -f "$SYN"
+
+echo "=== 5. copy bandwidth $(elapsed)"
+"$BIN" doctor --bandwidth --json > "$OUT/bandwidth.json" 2> "$OUT/bandwidth.err" && cat "$OUT/bandwidth.json"
+
 echo
-echo "=== summary"
+echo "=== summary $(elapsed)"
 printf '%-22s %s\n' "cuda available" "$AVAIL" "gpu arch" "$SM" "nvrtc" "$NVRTC" \
-  "kernels compile" "$KERNELS" "kernel tests" "$TESTS (${PASSED:-0} passed, ${FAILED:-0} failed)"
-# Not yet: surplus bench on the GPU (needs CudaOps, the Ops implementation on CUDA).
-[ "$KERNELS" != FAIL ] && [ "$TESTS" != FAIL ]
+  "kernels compile" "$KERNELS" "runtime CUDA tests" "$TESTS" "engine GPU vs CPU" "$ENGINE" \
+  "goldens on the GPU" "${GOLDEN:- missing}"
+python3 - "$BENCH" "$OUT/bandwidth.json" <<'PY' || true
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+try:
+    bw = json.load(open(sys.argv[2]))["copy_bandwidth_bytes_per_s"]
+except Exception:
+    bw = None
+print()
+print("| model | pp512 t/s | tg128 t/s | weight bytes/token | % of copy-bandwidth roofline |")
+print("|---|---|---|---|---|")
+for r in rows:
+    pp = r.get("pp", {}).get("tokens_per_s", 0) if r.get("n_prompt") else 0
+    tg = r.get("tg", {}).get("tokens_per_s", 0)
+    wb = r.get("decode_weight_bytes", 0)
+    roof = f"{100 * wb * tg / bw:.1f}%" if bw and wb and tg else "-"
+    print(f"| {r['name']} | {pp:.1f} | {tg:.1f} | {wb / 1e9:.3f} GB | {roof} |")
+if bw:
+    print(f"\ncopy bandwidth: {bw / 1e9:.0f} GB/s (read + write)")
+PY
+[ "$KERNELS" != FAIL ] && [[ "$TESTS" != FAIL* ]] && [[ "$ENGINE" != FAIL* ]]

@@ -89,6 +89,9 @@ pub fn run(mut args: Args) -> Result<()> {
             json!({
                 "model": args.model.model,
                 "threads": engine.n_threads(),
+                "gpu": engine.on_gpu(),
+                "device": engine.placement(),
+                "decode_weight_bytes": engine.decode_weight_bytes(),
                 "n_prompt": args.n_prompt, "n_gen": args.n_gen, "repetitions": args.reps,
                 "pp": {"tokens_per_s": ppm, "stddev": pps},
                 "tg": {"tokens_per_s": tgm, "stddev": tgs},

@@ -15,12 +15,31 @@ pub struct Args {
     /// NVRTC found (no GPU needed), report each, and exit non-zero if any fails.
     #[arg(long, value_name = "ARCHS")]
     compile_kernels: Option<String>,
+    /// Measure GPU 0's device-to-device copy bandwidth (bytes read + written per second),
+    /// the denominator of the decode roofline.
+    #[arg(long)]
+    bandwidth: bool,
 }
 
 /// Runs `surplus doctor`.
 pub fn run(args: Args) -> Result<()> {
     if let Some(list) = &args.compile_kernels {
         return compile_kernels(list, args.json);
+    }
+    if args.bandwidth {
+        let dev = cuda::gpu::CudaDevice::open(0).map_err(anyhow::Error::msg)?;
+        let bw = dev
+            .copy_bandwidth(1 << 30, 20)
+            .map_err(anyhow::Error::msg)?;
+        if args.json {
+            println!(
+                "{}",
+                json!({"gpu": dev.gpu.name, "copy_bandwidth_bytes_per_s": bw})
+            );
+        } else {
+            println!("{}: copy bandwidth {:.0} GB/s", dev.gpu.name, bw / 1e9);
+        }
+        return Ok(());
     }
     let report = report();
     if args.json {

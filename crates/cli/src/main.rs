@@ -9,6 +9,7 @@ mod perplexity;
 mod pull;
 mod run;
 mod serve;
+mod synth;
 mod template;
 mod tokenize;
 
@@ -50,10 +51,24 @@ enum Command {
     /// Check this machine: CPU features, GPUs, driver, NVRTC and cuBLAS found; compile the
     /// CUDA kernels (--compile-kernels sm_61,sm_70,sm_90) without a GPU.
     Doctor(doctor::Args),
+    /// Write a random-weight llama GGUF of a real shape (default Llama-3-8B's, Q4_K/Q6_K)
+    /// with another model's tokenizer, for benchmarks.
+    Synth(synth::Args),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // llama.cpp's `-ngl N` (a multi-letter short flag, which clap does not take).
+    let argv = std::env::args_os().map(|a| {
+        if a == "-ngl" {
+            "--gpu-layers".into()
+        } else {
+            match a.to_str().and_then(|s| s.strip_prefix("-ngl=")) {
+                Some(v) => format!("--gpu-layers={v}").into(),
+                None => a,
+            }
+        }
+    });
+    let cli = Cli::parse_from(argv);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Chat(args) => chat::run(args),
@@ -65,6 +80,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Template(args) => template::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

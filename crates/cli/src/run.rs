@@ -28,6 +28,15 @@ pub struct ModelArgs {
         default_value_t = 512
     )]
     pub batch_size: usize,
+    /// Layers on the GPU: `all`, `0` (the CPU) or `auto` (all when CUDA works and the model
+    /// fits, else the CPU). Also `-ngl N`.
+    #[arg(
+        long = "gpu-layers",
+        visible_alias = "n-gpu-layers",
+        value_name = "N|all|auto",
+        default_value = "auto"
+    )]
+    pub gpu_layers: engine::GpuLayers,
 }
 
 impl ModelArgs {
@@ -49,6 +58,7 @@ impl ModelArgs {
             n_seq: 1,
             max_logit_rows,
             n_threads: self.threads,
+            gpu_layers: self.gpu_layers,
         };
         load_engine(&path, &eo)
     }
@@ -81,6 +91,9 @@ pub fn load_engine(path: &std::path::Path, eo: &EngineOptions) -> Result<Engine>
     .with_context(|| format!("loading {}", path.display()));
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    if let Ok(e) = &engine {
+        eprintln!("surplus: {}", e.placement());
     }
     engine
 }

@@ -28,6 +28,15 @@ pub struct Args {
     /// CPU threads (default: all cores).
     #[arg(short, long, value_name = "N", default_value_t = 0)]
     threads: usize,
+    /// Layers on the GPU: `all`, `0` (the CPU) or `auto` (all when CUDA works and the model
+    /// fits, else the CPU). Also `-ngl N`.
+    #[arg(
+        long = "gpu-layers",
+        visible_alias = "n-gpu-layers",
+        value_name = "N|all|auto",
+        default_value = "auto"
+    )]
+    gpu_layers: engine::GpuLayers,
     /// Requests that may wait for a free sequence; more are answered 429 with Retry-After.
     #[arg(long, value_name = "N", default_value_t = 64)]
     queue: usize,
@@ -143,6 +152,7 @@ pub fn run(args: Args) -> Result<()> {
         n_seq: args.parallel,
         max_logit_rows: args.parallel * rows_per_seq,
         n_threads: args.threads,
+        gpu_layers: args.gpu_layers,
     };
     let engine = crate::run::load_engine(&path, &eo)?;
     // The draft model: a sequence per slot, the target's context and threads.
@@ -154,7 +164,12 @@ pub fn run(args: Args) -> Result<()> {
                 n_batch: args.batch_size,
                 n_seq: args.parallel,
                 max_logit_rows: 1,
-                n_threads: engine.n_threads(),
+                n_threads: if engine.on_gpu() {
+                    args.threads
+                } else {
+                    engine.n_threads()
+                },
+                gpu_layers: args.gpu_layers,
             };
             let d = ModelDrafter::load_for(
                 &dpath,

@@ -27,6 +27,7 @@ fn main() {
         n_seq: 16,
         max_logit_rows: 16,
         n_threads: threads,
+        gpu_layers: engine::GpuLayers::Auto,
     };
     let mut e = match Engine::load(std::path::Path::new(&path), &opts) {
         Ok(e) => e,

@@ -1,6 +1,7 @@
 //! Sequences, the sampling chain, generation and perplexity over a loaded model; later the
 //! speculative decoding and the batching scheduler.
 
+pub mod backend;
 pub mod image;
 pub mod mtp;
 pub mod multi;
@@ -10,6 +11,7 @@ pub mod sampling;
 pub mod session;
 pub mod speculative;
 
+pub use backend::GpuLayers;
 pub use image::{image_prompt, image_runs, image_tokens, split_rendered, ImagePrompt, ImageTokens};
 pub use session::{
     Engine, EngineError, EngineOptions, GenerateOptions, Generation, ImageRows, PromptPart, Timings,

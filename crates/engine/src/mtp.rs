@@ -54,8 +54,13 @@ impl Engine {
 
     /// Copies the trunk's hidden states of the last pass (`rows` tokens from position
     /// `start`) into `st`.
-    pub(crate) fn mtp_keep_hidden(&mut self, st: &mut MtpState, start: usize, rows: usize) {
-        self.mtp_keep_hidden_rows(st, 0, start, rows);
+    pub(crate) fn mtp_keep_hidden(
+        &mut self,
+        st: &mut MtpState,
+        start: usize,
+        rows: usize,
+    ) -> Result<(), EngineError> {
+        self.mtp_keep_hidden_rows(st, 0, start, rows)
     }
 
     /// Copies rows `row0..row0 + rows` of the last pass's hidden states (one sequence's
@@ -67,15 +72,16 @@ impl Engine {
         row0: usize,
         start: usize,
         rows: usize,
-    ) {
+    ) -> Result<(), EngineError> {
         let Some(h) = self.model.hidden() else {
-            return;
+            return Ok(());
         };
         let d = self.model.hp.n_embd;
-        let src = self.backend.read(h, row0 + rows);
+        let src = self.backend.read(h, row0 + rows)?;
         st.h[..rows * d].copy_from_slice(&src[row0 * d..(row0 + rows) * d]);
         st.pass_start = start;
         st.rows = rows;
+        Ok(())
     }
 
     /// One MTP pass over `tokens` at positions `start..`, with `st.h_in` holding their input
@@ -106,7 +112,7 @@ impl Engine {
             return Ok(());
         };
         let d = self.model.hp.n_embd;
-        self.backend.write(h_in, &st.h_in[..tokens.len() * d]);
+        self.backend.write(h_in, &st.h_in[..tokens.len() * d])?;
         let b = &mut self.batch;
         b.tokens.clear();
         b.tokens.extend_from_slice(tokens);
@@ -125,7 +131,7 @@ impl Engine {
         let model = &self.model;
         let res = self
             .backend
-            .forward(&self.batch, model.hp.n_vocab, |o| model.mtp_forward(o, 0));
+            .forward(&self.batch, model, crate::backend::Pass::Mtp(0));
         self.batch.embd.clear();
         res?;
         Ok(())
@@ -179,7 +185,7 @@ impl Engine {
         } else {
             st.h_in[..d].fill(0.0);
         }
-        self.mtp_keep_hidden(st, start, n);
+        self.mtp_keep_hidden(st, start, n)?;
         st.h_in[d..n * d].copy_from_slice(&st.h[..(n - 1) * d]);
         self.mtp_pass_inputs(st, seq, chunk, embd, start, false)?;
         st.len = start + n;
@@ -258,7 +264,7 @@ impl Engine {
             self.rope.fill(&mut self.batch, true);
             let model = &self.model;
             self.backend
-                .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
+                .forward(&self.batch, model, crate::backend::Pass::Trunk)?;
             self.mtp_after_chunk(0, st, chunk, start)?;
             start += chunk.len();
         }
@@ -312,15 +318,15 @@ impl Engine {
         self.mtp_pass(st, seq, &history[from..=p], from, true)?;
         let catch_up = t.elapsed().as_secs_f64() * (n - 1) as f64 / n as f64;
         st.len = p + 1;
-        let mut next = crate::sampling::argmax_excluding(self.backend.read(logits, 1), &[]);
+        let mut next = crate::sampling::argmax_excluding(self.backend.read(logits, 1)?, &[]);
         draft.tokens.push(next);
         let mut last_row = n - 1;
         for i in 1..k {
             // The block's own output state of the previous step feeds the next.
-            let rows = self.backend.read(h_out, last_row + 1);
+            let rows = self.backend.read(h_out, last_row + 1)?;
             st.h_in[..d].copy_from_slice(&rows[last_row * d..(last_row + 1) * d]);
             self.mtp_pass(st, seq, &[next], p + i, true)?;
-            next = crate::sampling::argmax_excluding(self.backend.read(logits, 1), &[]);
+            next = crate::sampling::argmax_excluding(self.backend.read(logits, 1)?, &[]);
             draft.tokens.push(next);
             last_row = 0;
         }

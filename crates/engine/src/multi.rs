@@ -98,8 +98,8 @@ impl Engine {
         self.rope.fill(&mut self.batch, true);
         let model = &self.model;
         self.backend
-            .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
-        Ok(self.backend.read(self.model.acts.logits, items.len()))
+            .forward(&self.batch, model, crate::backend::Pass::Trunk)?;
+        self.backend.read(self.model.acts.logits, items.len())
     }
 
     /// Brings sequence `seq` back to its state after its first `len` positions, after a
@@ -108,9 +108,7 @@ impl Engine {
     /// step of that sequence then starts at position `len`. A no-op for models whose only
     /// per-sequence state is the KV cache.
     pub fn rollback(&mut self, seq: u32, len: usize) -> Result<(), EngineError> {
-        self.model
-            .rollback(&mut self.backend, seq, len)
-            .map_err(EngineError::Device)
+        self.model.rollback(&mut self.backend, seq, len)
     }
 
     /// Evaluates one prompt chunk (at most `n_batch` tokens) of sequence `seq` from position
@@ -143,8 +141,11 @@ impl Engine {
         self.rope.fill(&mut self.batch, true);
         let model = &self.model;
         self.backend
-            .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
-        Ok(logits.then(|| self.backend.read(self.model.acts.logits, 1)))
+            .forward(&self.batch, model, crate::backend::Pass::Trunk)?;
+        if !logits {
+            return Ok(None);
+        }
+        self.backend.read(self.model.acts.logits, 1).map(Some)
     }
 
     /// [`Engine::prefill_chunk`] for input rows (an image's embeddings, `n × n_embd`
@@ -164,7 +165,10 @@ impl Engine {
             )));
         }
         self.eval_embeddings(seq, rows, start, logits)?;
-        Ok(logits.then(|| self.backend.read(self.model.acts.logits, 1)))
+        if !logits {
+            return Ok(None);
+        }
+        self.backend.read(self.model.acts.logits, 1).map(Some)
     }
 }
 

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use model::Model;
-use runtime::cpu::{CpuBackend, KvConfig, RecurrentConfig};
+use runtime::cpu::KvConfig;
 use runtime::Batch;
 use tokenizer::{ChatTemplate, Tokenizer};
 
+use crate::backend::{place, Backend, GpuLayers, Shape};
 use crate::sampling::{argmax_excluding, top_logprobs, Sampler, SamplingParams};
 
 /// Why loading or running failed.
@@ -29,6 +30,10 @@ pub enum EngineError {
     Template(#[from] tokenizer::TemplateError),
     #[error(transparent)]
     Device(#[from] runtime::cpu::CpuError),
+    #[error(transparent)]
+    Cuda(#[from] runtime::cuda::backend::CudaError),
+    #[error("{0}")]
+    Placement(String),
     #[error("the prompt has {prompt} tokens; with {generate} to generate that exceeds the context of {n_ctx} (raise --ctx-size)")]
     ContextFull {
         prompt: usize,
@@ -92,6 +97,9 @@ pub struct EngineOptions {
     pub max_logit_rows: usize,
     /// CPU threads (0: all cores).
     pub n_threads: usize,
+    /// Layers on the GPU (`--gpu-layers`): by default all when CUDA is usable and the
+    /// model fits, else none.
+    pub gpu_layers: GpuLayers,
 }
 
 impl Default for EngineOptions {
@@ -102,6 +110,7 @@ impl Default for EngineOptions {
             n_seq: 1,
             max_logit_rows: 1,
             n_threads: 0,
+            gpu_layers: GpuLayers::Auto,
         }
     }
 }
@@ -158,7 +167,9 @@ pub struct Engine {
     pub model: Model,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
-    pub(crate) backend: CpuBackend,
+    pub(crate) backend: Backend,
+    /// Where the model runs, in one line (the GPU's memory plan, or why the CPU).
+    pub(crate) placement: String,
     pub(crate) n_ctx: usize,
     pub(crate) n_batch: usize,
     pub(crate) n_seq: usize,
@@ -192,31 +203,36 @@ impl Engine {
         let file = Arc::new(file);
         let tokenizer = Tokenizer::from_metadata(file.metadata())?;
         let template = ChatTemplate::from_metadata(file.metadata())?;
-        let model = Model::load(file, opts.max_logit_rows.max(1))?;
-        let n_ctx = match opts.n_ctx {
-            0 => model.hp.n_ctx_train.min(4096),
-            n => n,
-        };
         let n_threads = match opts.n_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let kv = KvConfig {
-            n_layers: model.kv_layers(),
-            kv_dim: model.hp.kv_dim(),
-            n_ctx,
-            n_seq: opts.n_seq.max(1),
+        let shape = |model: &Model| {
+            let n_ctx = match opts.n_ctx {
+                0 => model.hp.n_ctx_train.min(4096),
+                n => n,
+            };
+            Shape {
+                kv: KvConfig {
+                    n_layers: model.kv_layers(),
+                    kv_dim: model.hp.kv_dim(),
+                    n_ctx,
+                    n_seq: opts.n_seq.max(1),
+                },
+                n_batch: opts.n_batch.clamp(1, n_ctx),
+                n_threads,
+            }
         };
-        let n_batch = opts.n_batch.clamp(1, n_ctx);
-        let mut backend = CpuBackend::new(model.plan(), n_batch, kv, n_threads);
-        if let Some((n_layers, net)) = model.recurrent() {
-            backend = backend.with_recurrent(RecurrentConfig { n_layers, net });
-        }
+        let (model, backend, placement) =
+            place(file, opts.max_logit_rows.max(1), opts.gpu_layers, shape)?;
+        let s = shape(&model);
+        let (n_ctx, n_batch) = (s.kv.n_ctx, s.n_batch);
         Ok(Engine {
             model,
             tokenizer,
             template,
             backend,
+            placement,
             n_ctx,
             n_batch,
             n_seq: opts.n_seq.max(1),
@@ -232,9 +248,28 @@ impl Engine {
         self.n_ctx
     }
 
-    /// Threads used.
+    /// Threads used (1 on a GPU).
     pub fn n_threads(&self) -> usize {
         self.backend.n_threads()
+    }
+
+    /// Where the model runs, in one line: the GPU and its memory plan (weights, KV cache,
+    /// scratch), or the CPU and why.
+    pub fn placement(&self) -> &str {
+        &self.placement
+    }
+
+    /// Bytes of weights one decode step reads (every matrix of the trunk and the LM head;
+    /// one embedding row is negligible): the numerator of the memory-bandwidth roofline.
+    pub fn decode_weight_bytes(&self) -> usize {
+        let c = runtime::collect::Collect::new(Batch::one_sequence(&[0], 0, 0, true));
+        self.model.forward(&c);
+        c.finish().matmul_bytes
+    }
+
+    /// Whether the model runs on a GPU.
+    pub fn on_gpu(&self) -> bool {
+        matches!(self.backend, Backend::Cuda(_) | Backend::Split { .. })
     }
 
     /// Evaluates `tokens` of sequence `seq` from position `start`, in chunks of at most
@@ -249,7 +284,7 @@ impl Engine {
     ) -> Result<&[f32], EngineError> {
         self.cached.clear();
         let rows = self.forward_tokens(seq, tokens, start, all_logits)?;
-        Ok(self.backend.read(self.model.acts.logits, rows))
+        self.backend.read(self.model.acts.logits, rows)
     }
 
     /// [`Engine::eval`] without forgetting the cached prefix; returns the logit rows made.
@@ -294,7 +329,7 @@ impl Engine {
             self.rope.fill(&mut self.batch, true);
             let model = &self.model;
             self.backend
-                .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
+                .forward(&self.batch, model, crate::backend::Pass::Trunk)?;
             pos += chunk.len();
         }
         Ok(rows)
@@ -405,7 +440,7 @@ impl Engine {
             let model = &self.model;
             let res = self
                 .backend
-                .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o));
+                .forward(&self.batch, model, crate::backend::Pass::Trunk);
             self.batch.embd.clear();
             self.batch.non_causal = false;
             res?;
@@ -445,8 +480,8 @@ impl Engine {
         let rows = self.batch.logits.len();
         let model = &self.model;
         self.backend
-            .forward(&self.batch, model.hp.n_vocab, |o| model.forward(o))?;
-        Ok(self.backend.read(self.model.acts.logits, rows))
+            .forward(&self.batch, model, crate::backend::Pass::Trunk)?;
+        self.backend.read(self.model.acts.logits, rows)
     }
 
     /// Generates up to `opts.max_tokens` tokens after `prompt` (ids, BOS included as the
@@ -535,7 +570,7 @@ impl Engine {
         out.timings.prompt_time = t0.elapsed();
         let t1 = Instant::now();
         for pos in prompt_len..prompt_len + opts.max_tokens {
-            let logits = self.backend.read(self.model.acts.logits, 1);
+            let logits = self.backend.read(self.model.acts.logits, 1)?;
             let id = if opts.ignore_eos && opts.sampling.temperature <= 0.0 {
                 argmax_excluding(logits, &eog)
             } else if opts.ignore_eos {

@@ -749,7 +749,7 @@ impl Engine {
         loop {
             // Pick tokens from the rows: the kept drafts, then the target's own.
             picked.clear();
-            let logits = self.backend.read(self.model.acts.logits, rows_ready);
+            let logits = self.backend.read(self.model.acts.logits, rows_ready)?;
             let mut kept = 0;
             for (i, row) in logits.chunks_exact(vocab).enumerate() {
                 let drafted = (i < n_draft).then(|| draft.tokens[i]);
@@ -795,7 +795,7 @@ impl Engine {
             let mut done = false;
             for &(id, row_i) in &picked {
                 if opts.logprobs > 0 {
-                    let row = &self.backend.read(self.model.acts.logits, rows_ready)
+                    let row = &self.backend.read(self.model.acts.logits, rows_ready)?
                         [row_i * vocab..(row_i + 1) * vocab];
                     top_logprobs(row, opts.logprobs, &mut top);
                     out.logprobs.push(top.clone());
@@ -812,9 +812,7 @@ impl Engine {
             // The state is valid for the history but its last token (evaluated next, with
             // the new drafts); what the rejected drafts left is rolled back.
             let pos = history.len() - 1;
-            self.model
-                .rollback(&mut self.backend, 0, pos)
-                .map_err(EngineError::Device)?;
+            self.model.rollback(&mut self.backend, 0, pos)?;
             self.cached.truncate(pos);
             let have = self.cached.len();
             self.cached.extend_from_slice(&history[have..pos]);
@@ -857,7 +855,7 @@ impl Engine {
             };
             self.cached.push(history[pos]);
             if let Some(st) = mtp.as_mut() {
-                self.mtp_keep_hidden(st, pos, n_draft + 1);
+                self.mtp_keep_hidden(st, pos, n_draft + 1)?;
             }
             pending = Some((n_draft, tv.elapsed().as_secs_f64(), t_draft, catch_up));
         }
@@ -1040,6 +1038,7 @@ mod tests {
             n_seq: 1,
             max_logit_rows: 1,
             n_threads: 2,
+            gpu_layers: crate::GpuLayers::for_tests(),
         };
         let target = Engine::load(&path, &opts).unwrap();
         let greedy = SamplingParams::greedy();

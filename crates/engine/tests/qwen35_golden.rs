@@ -32,6 +32,7 @@ fn load(file: &str, logit_rows: usize, n_ctx: usize, n_batch: usize) -> Engine {
         n_seq: 1,
         max_logit_rows: logit_rows,
         n_threads: 2,
+        gpu_layers: engine::GpuLayers::for_tests(),
     };
     Engine::load(&data(file), &opts).unwrap()
 }

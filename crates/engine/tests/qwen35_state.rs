@@ -17,6 +17,7 @@ fn load(n_batch: usize, n_seq: usize, logit_rows: usize) -> Engine {
         n_seq,
         max_logit_rows: logit_rows,
         n_threads: 2,
+        gpu_layers: engine::GpuLayers::for_tests(),
     };
     Engine::load(&path, &opts).unwrap()
 }

@@ -8,6 +8,7 @@ fn engine() -> Engine {
     let opts = EngineOptions {
         n_ctx: 256,
         n_threads: 2,
+        gpu_layers: engine::GpuLayers::for_tests(),
         ..EngineOptions::default()
     };
     Engine::load(&registry::test_model("smollm2-135m"), &opts).unwrap()

@@ -39,6 +39,7 @@ fn gemma3_with_an_image_follows_llama_cpp() {
         n_seq: 1,
         max_logit_rows: 1,
         n_threads: 2,
+        gpu_layers: engine::GpuLayers::for_tests(),
     };
     let mut engine = Engine::load(&registry::test_model("gemma3-270m"), &opts).unwrap();
     let proj = vision::Projector::open(data().join("gemma3-270m-mmproj.gguf")).unwrap();

@@ -46,6 +46,7 @@ fn load() -> Engine {
         n_seq: 1,
         max_logit_rows: 1,
         n_threads: 2,
+        gpu_layers: engine::GpuLayers::for_tests(),
     };
     Engine::load(&data().join("synthetic/qwen35-tiny-f32.gguf"), &opts).unwrap()
 }
@@ -242,6 +243,7 @@ fn mtp_speculation_with_an_image_keeps_greedy_output() {
         n_seq: 1,
         max_logit_rows: 8,
         n_threads: 2,
+        gpu_layers: engine::GpuLayers::for_tests(),
     };
     let mut engine = Engine::load(&data().join("synthetic/qwen35-tiny-f32.gguf"), &opts).unwrap();
     let proj = vision::Projector::open(data().join("vision/qwen35-tiny-mmproj.gguf")).unwrap();
@@ -322,6 +324,7 @@ fn an_image_larger_than_the_batch_goes_in_several_passes() {
             n_seq: 1,
             max_logit_rows: 8,
             n_threads: 2,
+            gpu_layers: engine::GpuLayers::for_tests(),
         };
         let mut engine =
             Engine::load(&data().join("synthetic/qwen35-tiny-f32.gguf"), &opts).unwrap();

@@ -68,16 +68,25 @@ pub(crate) fn load(ld: &Loader) -> Result<Parts, ModelError> {
 }
 
 /// The forward pass: `x = embed × √d` (given input rows unscaled); per block `x += norm(attn(norm(x)))` and
-/// `x += norm(ffn(norm(x)))`; then the final norm and the tied LM head.
-pub fn forward<O: Ops>(m: &Model, o: &O) {
+/// `x += norm(ffn(norm(x)))`; then the final norm and the tied LM head. Only the blocks of
+/// `layers` run; the embeddings with the first block, the head with the last.
+pub fn forward<O: Ops>(m: &Model, o: &O, layers: std::ops::Range<usize>) {
     let (a, hp) = (&m.acts, &m.hp);
     let n = o.batch().len();
-    o.embed(&m.tok_embd, a.x);
-    // Input rows given directly (image embeddings) are not scaled.
-    if let Some(s) = m.embd_scale.filter(|_| o.batch().embd.is_empty()) {
-        o.scale(n, a.x, s);
+    if layers.start == 0 {
+        o.embed(&m.tok_embd, a.x);
+        // Input rows given directly (image embeddings) are not scaled.
+        if let Some(s) = m.embd_scale.filter(|_| o.batch().embd.is_empty()) {
+            o.scale(n, a.x, s);
+        }
     }
-    for (il, l) in m.layers.iter().enumerate() {
+    for (il, l) in m
+        .layers
+        .iter()
+        .enumerate()
+        .take(layers.end)
+        .skip(layers.start)
+    {
         o.rms_norm(n, a.x, Some(&l.attn_norm), hp.eps, hp.n_embd, a.xn);
         blocks::attention(m, o, il);
         if let Some(w) = &l.post_attn_norm {
@@ -91,5 +100,7 @@ pub fn forward<O: Ops>(m: &Model, o: &O) {
         }
         o.add(n, a.x, a.out, a.x);
     }
-    blocks::output(m, o);
+    if layers.end >= m.layers.len() {
+        blocks::output(m, o);
+    }
 }

@@ -127,13 +127,23 @@ impl Model {
     /// Loads the model a GGUF file holds. `max_logit_rows` is how many tokens of one batch
     /// may ask for logits (1 for plain generation; more for batching and perplexity).
     pub fn load(file: Arc<gguf::Gguf>, max_logit_rows: usize) -> Result<Model, ModelError> {
+        Model::load_with(file, max_logit_rows, true)
+    }
+
+    /// [`Model::load`], repacking matrices for the CPU only when `repack` (a model for a GPU
+    /// keeps the file's layout, which its kernels read).
+    pub fn load_with(
+        file: Arc<gguf::Gguf>,
+        max_logit_rows: usize,
+        repack: bool,
+    ) -> Result<Model, ModelError> {
         let arch = file
             .architecture()
             .ok_or_else(|| {
                 ModelError::BadMetadata("general.architecture".into(), "missing".into())
             })?
             .to_string();
-        let loader = Loader::new(file.clone());
+        let loader = Loader::with_repack(file.clone(), repack);
         let family = match arch.as_str() {
             "llama" => Family::Llama,
             "qwen2" => Family::Qwen2,
@@ -196,10 +206,30 @@ impl Model {
     /// Runs the model on the batch the ops carry; logits land in `acts.logits`, one row per
     /// entry of `batch.logits`.
     pub fn forward<O: Ops>(&self, o: &O) {
+        self.forward_layers(o, 0..self.hp.n_layer);
+    }
+
+    /// Part of the forward pass: blocks `layers` only, with the embeddings when it starts at
+    /// 0 and the final norm and head when it reaches the last block; the residual stream
+    /// (`acts.x`) carries over between parts. A model split across devices runs its first
+    /// part on one and the rest on the other, copying `acts.x` in between.
+    pub fn forward_layers<O: Ops>(&self, o: &O, layers: std::ops::Range<usize>) {
         match self.family {
-            Family::Llama | Family::Qwen2 | Family::Qwen3 => llama::forward(self, o),
-            Family::Gemma3 => gemma3::forward(self, o),
-            Family::Qwen35 => qwen35::forward(self, o),
+            Family::Llama | Family::Qwen2 | Family::Qwen3 => llama::forward(self, o, layers),
+            Family::Gemma3 => gemma3::forward(self, o, layers),
+            Family::Qwen35 => qwen35::forward(self, o, layers),
+        }
+    }
+
+    /// KV-cache layers and recurrent layers used by the first `n` blocks (the part of a split
+    /// model on its first device).
+    pub fn state_layers_before(&self, n: usize) -> (usize, usize) {
+        match &self.hybrid {
+            None => (n.min(self.hp.n_layer), 0),
+            Some(h) => h.blocks.iter().take(n).fold((0, 0), |(k, r), b| match b {
+                qwen35::Block::Attention { .. } => (k + 1, r),
+                qwen35::Block::DeltaNet { .. } => (k, r + 1),
+            }),
         }
     }
 

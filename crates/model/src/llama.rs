@@ -11,12 +11,21 @@ pub(crate) fn load(ld: &Loader) -> Result<Parts, ModelError> {
 }
 
 /// The forward pass: embeddings, then per block `x += attn(norm(x))`, `x += ffn(norm(x))`,
-/// then the final norm and LM head. Q/K/V biases and Q/K norms apply when loaded.
-pub fn forward<O: Ops>(m: &Model, o: &O) {
+/// then the final norm and LM head. Q/K/V biases and Q/K norms apply when loaded. Only the
+/// blocks of `layers` run; the embeddings with the first block, the head with the last.
+pub fn forward<O: Ops>(m: &Model, o: &O, layers: std::ops::Range<usize>) {
     let (a, hp) = (&m.acts, &m.hp);
     let n = o.batch().len();
-    o.embed(&m.tok_embd, a.x);
-    for (il, l) in m.layers.iter().enumerate() {
+    if layers.start == 0 {
+        o.embed(&m.tok_embd, a.x);
+    }
+    for (il, l) in m
+        .layers
+        .iter()
+        .enumerate()
+        .take(layers.end)
+        .skip(layers.start)
+    {
         o.rms_norm(n, a.x, Some(&l.attn_norm), hp.eps, hp.n_embd, a.xn);
         blocks::attention(m, o, il);
         o.add(n, a.x, a.out, a.x);
@@ -24,5 +33,7 @@ pub fn forward<O: Ops>(m: &Model, o: &O) {
         blocks::ffn(m, o, il, false);
         o.add(n, a.x, a.out, a.x);
     }
-    blocks::output(m, o);
+    if layers.end >= m.layers.len() {
+        blocks::output(m, o);
+    }
 }

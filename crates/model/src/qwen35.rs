@@ -423,16 +423,19 @@ pub(crate) fn load(
     })
 }
 
-/// The forward pass of the trunk; logits land in `acts.logits` and the final normed hidden
+/// The forward pass of the trunk's blocks `layers` (the embeddings with the first, the final
+/// norm and head with the last); logits land in `acts.logits` and the final normed hidden
 /// state of every token in `hybrid.acts.h`.
-pub fn forward<O: Ops>(m: &Model, o: &O) {
+pub fn forward<O: Ops>(m: &Model, o: &O, layers: std::ops::Range<usize>) {
     let Some(hy) = m.hybrid.as_deref() else {
         return;
     };
     let (a, hp) = (&m.acts, &m.hp);
     let n = o.batch().len();
-    o.embed(&m.tok_embd, a.x);
-    for block in &hy.blocks {
+    if layers.start == 0 {
+        o.embed(&m.tok_embd, a.x);
+    }
+    for block in hy.blocks.iter().take(layers.end).skip(layers.start) {
         let (attn_norm, ffn_norm, gate, up, down) = match block {
             Block::Attention { layer: l, .. } => {
                 (&l.attn_norm, &l.ffn_norm, &l.gate, &l.up, &l.down)
@@ -453,6 +456,9 @@ pub fn forward<O: Ops>(m: &Model, o: &O) {
         o.swiglu(n, a.gate, a.up, a.gate);
         o.matmul(n, down, a.gate, a.out);
         o.add(n, a.x, a.out, a.x);
+    }
+    if layers.end < hy.blocks.len() {
+        return;
     }
     let h = hy.acts.h;
     o.rms_norm(n, a.x, Some(&m.output_norm), hp.eps, hp.n_embd, h);

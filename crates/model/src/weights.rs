@@ -30,6 +30,13 @@ pub struct Loader {
 impl Loader {
     /// A loader over an opened file.
     pub fn new(gguf: Arc<Gguf>) -> Loader {
+        Loader::with_repack(gguf, true)
+    }
+
+    /// A loader that repacks matrices for the CPU's int8 kernels only when `repack` (and
+    /// the CPU and `SURPLUS_NO_REPACK` allow it): a model placed on a GPU keeps the file's
+    /// layout.
+    pub fn with_repack(gguf: Arc<Gguf>, repack: bool) -> Loader {
         let shards = (0..gguf.paths().len())
             .map(|index| {
                 Arc::new(Shard {
@@ -41,7 +48,8 @@ impl Loader {
         // Matrices the CPU's int8 kernels take are repacked sixteen rows at a time: one
         // kernel then serves one token or many, with the same bits. `SURPLUS_NO_REPACK=1`
         // keeps the file's layout (to compare).
-        let repack = Weight::repack_pays()
+        let repack = repack
+            && Weight::repack_pays()
             && std::env::var_os("SURPLUS_NO_REPACK").is_none_or(|v| v.is_empty() || v == "0");
         Loader {
             gguf,

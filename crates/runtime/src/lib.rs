@@ -1,6 +1,7 @@
 //! The runtime: weights over memory-mapped bytes, the operations a forward pass needs
 //! ([`ops::Ops`]), and the devices that run them (the CPU; CUDA: libraries, probing and kernels so far).
 
+pub mod collect;
 pub mod cpu;
 pub mod cuda;
 pub mod ops;

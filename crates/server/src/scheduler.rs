@@ -455,7 +455,13 @@ pub fn run(
                             if slots[o.slot].is_some() {
                                 let start = items[o.row].pos as usize;
                                 let st = &mut mtp[o.slot];
-                                engine.mtp_keep_hidden_rows(st, o.row, start, 1 + o.drafted);
+                                let kept =
+                                    engine.mtp_keep_hidden_rows(st, o.row, start, 1 + o.drafted);
+                                if let Err(e) = kept {
+                                    if let Some(slot) = slots[o.slot].take() {
+                                        let _ = slot.job.events.send(Event::Error(e.to_string()));
+                                    }
+                                }
                             }
                         }
                     }

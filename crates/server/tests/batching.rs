@@ -78,6 +78,7 @@ fn greedy_output_does_not_depend_on_the_batch() {
         &EngineOptions {
             n_ctx: 256,
             n_threads: 2,
+            gpu_layers: engine::GpuLayers::for_tests(),
             ..EngineOptions::default()
         },
     )

@@ -24,6 +24,7 @@ fn opts() -> EngineOptions {
         n_seq: 2,
         max_logit_rows: 2,
         n_threads: 2,
+        gpu_layers: engine::GpuLayers::for_tests(),
     }
 }
 
@@ -230,6 +231,7 @@ fn mtp_speculation_with_an_image_keeps_greedy_output() {
             n_seq: parallel,
             max_logit_rows: rows,
             n_threads: 2,
+            gpu_layers: engine::GpuLayers::for_tests(),
         };
         let engine = Engine::load(&path, &opts).unwrap();
         let tok = Engine::tokenizer_from_file(&path).unwrap();

@@ -50,7 +50,11 @@ impl CudaDevice {
             })?;
         let nvrtc = all.into_iter().nth(idx).ok_or("NVRTC vanished")?;
         let ctx = CudaContext::new(ordinal).map_err(|e| format!("GPU {ordinal}: {e}"))?;
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default stream: only such a stream can be
+        // captured into a CUDA graph.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| format!("GPU {ordinal}: creating a stream: {e}"))?;
         let mut functions = HashMap::new();
         let mut modules = Vec::new();
         for m in kernels::MODULES {
@@ -81,5 +85,41 @@ impl CudaDevice {
         self.functions
             .get(name)
             .ok_or_else(|| format!("no kernel named {name}"))
+    }
+}
+
+impl CudaDevice {
+    /// Device-to-device copy bandwidth in bytes/s (bytes read plus bytes written, as
+    /// copy benchmarks count): `reps` copies of a `bytes` buffer, timed after a warm-up.
+    pub fn copy_bandwidth(&self, bytes: usize, reps: usize) -> Result<f64, String> {
+        use cudarc::driver::result;
+        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        let bytes = bytes.max(1 << 20);
+        // SAFETY: two fresh allocations of `bytes`, freed below; every copy stays inside them
+        // and is ordered on our stream, which is synchronized before the memory is freed.
+        unsafe {
+            let a = result::malloc_sync(bytes).map_err(|e| format!("allocating: {e}"))?;
+            let b = match result::malloc_sync(bytes) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = result::free_sync(a);
+                    return Err(format!("allocating: {e}"));
+                }
+            };
+            let st = self.stream.cu_stream();
+            let run = |n: usize| -> Result<f64, String> {
+                let t = std::time::Instant::now();
+                for _ in 0..n {
+                    result::memcpy_dtod_async(b, a, bytes, st).map_err(|e| e.to_string())?;
+                }
+                self.stream.synchronize().map_err(|e| e.to_string())?;
+                Ok(t.elapsed().as_secs_f64())
+            };
+            let out = run(2).and_then(|_| run(reps.max(1)));
+            let _ = self.stream.synchronize();
+            let _ = result::free_sync(a);
+            let _ = result::free_sync(b);
+            out.map(|s| 2.0 * bytes as f64 * reps.max(1) as f64 / s)
+        }
     }
 }

@@ -131,7 +131,9 @@ fn rope_matches_cpu() {
         let (stride, h, hd, nr, fs) = ((heads * d) as i32, heads as i32, d as i32, d as i32, 1f32);
         let neox = (mode == RopeMode::Neox) as i32;
         let grid = (((heads * d / 2) as u32).div_ceil(256), n as u32, 1);
-        launch!(dev, "rope", cfg(grid, 256); &mut dx, &stride, &dp, &df, &h, &hd, &nr, &fs, &neox);
+        let (null, z) = (0u64, 0u32);
+        launch!(dev, "rope", cfg(grid, 256); &mut dx, &stride, &dp, &df, &h, &hd, &nr, &fs, &neox,
+            &null, &z, &z, &z, &z);
         let mut want = x.clone();
         for t in 0..n {
             for hh in 0..heads {
@@ -140,6 +142,44 @@ fn rope_matches_cpu() {
         }
         assert_close(&down(&dev, &dx), &want, 1e-4, "rope");
     }
+}
+
+/// Multi-section RoPE (Qwen3.5): 16 of 64 dims rotated, pair i by component i mod 3 of each
+/// token's (t, h, w).
+#[test]
+fn multi_section_rope_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let (n, heads, d, n_rot) = (4usize, 2usize, 64usize, 16usize);
+    let mut rope = Rope::new(RopeMode::Neox, n_rot, 1e7, 1.0);
+    rope.section = (0..n_rot / 2).map(|i| (i % 3) as u8).collect();
+    let x = rand_vec(n * heads * d, 6);
+    let pos: Vec<u32> = vec![4, 5, 6, 13];
+    let pos3: Vec<[u32; 3]> = vec![[4, 4, 4], [4, 4, 5], [4, 5, 4], [13, 13, 13]];
+    let flat: Vec<u32> = pos3.iter().flatten().copied().collect();
+    let mut sec = [0u32; 4];
+    for (i, &c) in rope.section.iter().enumerate() {
+        sec[i / 16] |= (c as u32) << (2 * (i % 16));
+    }
+    let mut dx = up(&dev, &x);
+    let (dp, df, d3) = (up(&dev, &pos), up(&dev, &rope.inv_freq), up(&dev, &flat));
+    let (stride, h, hd, nr, fs) = (
+        (heads * d) as i32,
+        heads as i32,
+        d as i32,
+        n_rot as i32,
+        1f32,
+    );
+    let neox = 1i32;
+    let grid = (((heads * n_rot / 2) as u32).div_ceil(256), n as u32, 1);
+    launch!(dev, "rope", cfg(grid, 256); &mut dx, &stride, &dp, &df, &h, &hd, &nr, &fs, &neox,
+        &d3, &sec[0], &sec[1], &sec[2], &sec[3]);
+    let mut want = x.clone();
+    for t in 0..n {
+        for hh in 0..heads {
+            cpu::rope_at(&mut want[(t * heads + hh) * d..][..d], pos3[t], &rope);
+        }
+    }
+    assert_close(&down(&dev, &dx), &want, 1e-4, "multi-section rope");
 }
 
 const TYPES: &[GgmlType] = &[
@@ -325,8 +365,10 @@ fn attention_matches_cpu() {
             .stream
             .alloc_zeros::<f32>(nq * heads * n_split as usize * (d + 2))
             .unwrap();
+        let kend: Vec<u32> = qpos.iter().map(|p| p + 1).collect();
+        let dke = up(&dev, &kend);
         launch!(dev, "attn_decode", cfg((heads as u32, nq as u32, n_split), 128);
-            &dq, &qs, &ck, &cv, &dqp, &dqs, &mut part, &hi, &kvh, &di, &ctxi, &off, &scale,
+            &dq, &qs, &ck, &cv, &dqp, &dqs, &dke, &mut part, &hi, &kvh, &di, &ctxi, &off, &scale,
             &softcap, &window, &split);
         let mut out = dev.stream.alloc_zeros::<f32>(nq * heads * d).unwrap();
         let ns = n_split as i32;
@@ -338,7 +380,7 @@ fn attention_matches_cpu() {
         let (nqi, sq, p0i) = (nq as i32, 1i32, p0 as i32);
         launch!(dev, "attn_prefill", cfg(((nq as u32).div_ceil(8), heads as u32, 1), 128);
             &dq, &qs, &ck, &cv, &mut out, &qs, &nqi, &sq, &p0i, &hi, &kvh, &di, &ctxi, &off,
-            &scale, &softcap, &window);
+            &scale, &softcap, &window, &0i32);
         assert_close(&down(&dev, &out), &want, 1e-4, "attn_prefill");
     }
 }

@@ -103,7 +103,7 @@ pub const MODULES: &[Module] = &[
         name: "norm",
         body: include_str!("kernels/norm.cu"),
         quant: false,
-        kernels: &["rms_norm", "softmax"],
+        kernels: &["rms_norm", "softmax", "gated_rms_norm"],
     },
     Module {
         name: "elementwise",
@@ -117,6 +117,11 @@ pub const MODULES: &[Module] = &[
             "scale",
             "softcap",
             "copy_rows",
+            "sigmoid_mul",
+            "embd_rows",
+            "unzip",
+            "concat",
+            "delta_gates",
         ],
     },
     Module {
@@ -130,6 +135,12 @@ pub const MODULES: &[Module] = &[
         body: include_str!("kernels/attention.cu"),
         quant: false,
         kernels: &["kv_write", "attn_decode", "attn_combine", "attn_prefill"],
+    },
+    Module {
+        name: "recurrent",
+        body: include_str!("kernels/recurrent.cu"),
+        quant: false,
+        kernels: &["conv_silu", "gated_delta", "conv_shift"],
     },
 ];
 

@@ -10,6 +10,9 @@
 //! - [`kernels`]: the `.cu` sources, compiled per architecture and cached on disk.
 //! - [`gpu`]: one GPU with every kernel loaded (tests compare each kernel with the CPU).
 
+pub mod backend;
+#[cfg(test)]
+mod backend_tests;
 pub mod cublas;
 pub mod device;
 pub mod gpu;

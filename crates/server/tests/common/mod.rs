@@ -38,6 +38,7 @@ pub fn start_file(
         n_seq: parallel,
         max_logit_rows: rows,
         n_threads: 2,
+        gpu_layers: engine::GpuLayers::for_tests(),
     };
     let engine = Engine::load(&path, &opts).expect("loading the model");
     let tok = Engine::tokenizer_from_file(&path).expect("loading the tokenizer");

@@ -9,8 +9,9 @@
 //               unnormalized partials that attn_combine merges.
 // attn_prefill: a prompt chunk (one sequence, consecutive positions from p0): blocks of
 //               ATT_TQ queries of one head walk tiles of 32 keys staged in shared memory.
-// Masking: key j is visible to a query at position p when j <= p and p - j < window (when
-// window > 0). Scores are q·k × scale, then cap × tanh(score / cap) when softcap > 0.
+// Masking: key j is visible to a query at position p when j <= p (j <= the chunk's last
+// position when non_causal) and p - j < window (when window > 0). Scores are q·k × scale,
+// then cap × tanh(score / cap) when softcap > 0.
 
 #define ATT_MAX_D 256
 #define ATT_WARPS 4
@@ -35,11 +36,15 @@ static __device__ __forceinline__ float cap_score(float s, float softcap) {
 
 // Partials: for each (token, head, split), head_dim values of sum(p * v), then the running
 // max m and the sum l of p = e^(score - m). Grid (n_heads, tokens, n_split), block
-// ATT_WARPS * 32. Each split covers split_len keys from the token's first visible key.
+// ATT_WARPS * 32. Each split covers split_len keys from the token's first visible key, up to
+// kend[t] (exclusive: pos + 1, or past the batch's last position of the sequence in a
+// non-causal batch). Splits past the end write m = -inf, l = 0 (a fixed grid for any
+// position, which CUDA graphs need).
 extern "C" __global__ void attn_decode(const float* __restrict__ q, int q_stride,
                                        const u16* __restrict__ ck, const u16* __restrict__ cv,
                                        const u32* __restrict__ pos, const u32* __restrict__ seq,
-                                       float* __restrict__ part, int n_heads, int n_kv_heads,
+                                       const u32* __restrict__ kend, float* __restrict__ part,
+                                       int n_heads, int n_kv_heads,
                                        int head_dim, int n_ctx, i64 layer_off, float scale,
                                        float softcap, int window, int split_len) {
     __shared__ float qs[ATT_MAX_D];
@@ -50,7 +55,7 @@ extern "C" __global__ void attn_decode(const float* __restrict__ q, int q_stride
     const int kv_dim = n_kv_heads * head_dim, nd = head_dim / 32;
     const int p = (int)pos[t];
     const int first = window > 0 ? max(0, p + 1 - window) : 0;
-    const int k0 = first + sp * split_len, k1 = min(p + 1, k0 + split_len);
+    const int k0 = first + sp * split_len, k1 = min((int)kend[t], k0 + split_len);
     const int kvh = h / (n_heads / n_kv_heads);
     const i64 base = layer_off + (i64)seq[t] * n_ctx * kv_dim + (i64)kvh * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
@@ -135,7 +140,7 @@ extern "C" __global__ void attn_prefill(const float* __restrict__ q, int q_strid
                                         float* __restrict__ out, int out_stride, int n, int sq,
                                         int p0, int n_heads, int n_kv_heads, int head_dim,
                                         int n_ctx, i64 layer_off, float scale, float softcap,
-                                        int window) {
+                                        int window, int non_causal) {
     // K rows padded by 2 halves so that lanes reading different keys hit different banks.
     __shared__ float qsh[ATT_TQ][ATT_MAX_D];
     __shared__ u16 ksh[ATT_TK][ATT_MAX_D + 2];
@@ -159,7 +164,7 @@ extern "C" __global__ void attn_prefill(const float* __restrict__ q, int q_strid
         for (int i = 0; i < ATT_MAX_D / 32; ++i) acc[a][i] = 0.0f;
     }
     // Keys from the first query's first visible one to the last query's position.
-    const int last = p0 + i0 + nq - 1;
+    const int last = non_causal ? p0 + n - 1 : p0 + i0 + nq - 1;
     const int lo = window > 0 ? max(0, p0 + i0 + 1 - window) : 0;
     for (int kt = lo - lo % ATT_TK; kt <= last; kt += ATT_TK) {
         __syncthreads();
@@ -175,7 +180,8 @@ extern "C" __global__ void attn_prefill(const float* __restrict__ q, int q_strid
             const int qi = warp * QW + a;
             if (qi >= nq) break;
             const int p = p0 + i0 + qi, key = kt + lane;
-            const bool vis = key <= p && (window <= 0 || p - key < window);
+            const bool vis =
+                key <= (non_causal ? last : p) && (window <= 0 || p - key < window);
             float s = 0.0f;
             for (int d = 0; d < head_dim; ++d) s += qsh[qi][d] * f16_to_f32(ksh[lane][d]);
             s = vis ? cap_score(s * scale, softcap) : NEG_INF;

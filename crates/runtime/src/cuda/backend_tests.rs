@@ -1,0 +1,426 @@
+//! [`CudaBackend`] against [`CpuBackend`]: the same ops on the same random inputs through
+//! both backends, outputs compared. Each test passes with a note when no GPU can be opened.
+
+use quant::GgmlType;
+
+use super::backend::{AttnShape, CudaBackend};
+use super::gpu::CudaDevice;
+use crate::collect::Collect;
+use crate::cpu::{CpuBackend, KvConfig, RecurrentConfig};
+use crate::ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rollback, Rope, RopeMode};
+use crate::tensor::{Bytes, Weight};
+
+fn device() -> Option<CudaDevice> {
+    match CudaDevice::open(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("skipped: no usable GPU: {e}");
+            None
+        }
+    }
+}
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn weight(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Weight {
+    let v = rand_vec(rows * cols, seed);
+    let bytes = match ty {
+        GgmlType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        _ => quant::quantize_to_vec(ty, &v).unwrap(),
+    };
+    Weight::new(ty, cols, rows, Bytes::from_vec(bytes)).unwrap()
+}
+
+/// Two backends over one plan and cache.
+struct Pair {
+    cpu: CpuBackend,
+    gpu: CudaBackend,
+}
+
+impl Pair {
+    /// Backends for `plan`, with the weights and vectors `f` uses uploaded to the GPU.
+    fn new(
+        dev: CudaDevice,
+        plan: &Plan,
+        kv: KvConfig,
+        rec: Option<RecurrentConfig>,
+        f: &(dyn Fn(&dyn Ops) + Sync),
+    ) -> Pair {
+        let mut b = Batch::one_sequence(&[0], 0, 0, true);
+        b.logits = vec![0];
+        let c = Collect::new(b);
+        f(&c);
+        let used = c.finish();
+        let mut cpu = CpuBackend::new(plan, 64, kv.clone(), 2);
+        if let Some(r) = &rec {
+            cpu = cpu.with_recurrent(r.clone());
+        }
+        let attn = AttnShape {
+            max_heads: 8,
+            max_head_dim: 128,
+        };
+        let gpu = CudaBackend::new(dev, plan, 64, kv, rec, attn, &used)
+            .unwrap_or_else(|e| panic!("CudaBackend::new: {e}"));
+        Pair { cpu, gpu }
+    }
+
+    fn write(&mut self, a: Act, data: &[f32]) {
+        self.cpu.write(a, data);
+        self.gpu.write(a, data).unwrap();
+    }
+
+    fn run(&mut self, batch: &Batch, vocab: usize, f: &(dyn Fn(&dyn Ops) + Sync)) {
+        self.cpu.forward(batch, vocab, |o| f(o)).unwrap();
+        self.gpu
+            .forward(batch, vocab, |o| f(o))
+            .unwrap_or_else(|e| panic!("GPU pass: {e}"));
+    }
+
+    /// Compares `rows` rows of `a`: |gpu - cpu| <= tol × (1 + max |cpu|).
+    fn check(&mut self, a: Act, rows: usize, tol: f32, what: &str) {
+        let want = self.cpu.read(a, rows).to_vec();
+        let got = self.gpu.read(a, rows).unwrap().to_vec();
+        let scale = 1.0 + want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * scale && g.is_finite(),
+                "{what}[row {}, col {}]: gpu {g} cpu {w} (scale {scale})",
+                i / a.width,
+                i % a.width
+            );
+        }
+    }
+}
+
+fn kv(n_ctx: usize, kv_dim: usize, n_seq: usize, n_layers: usize) -> KvConfig {
+    KvConfig {
+        n_layers,
+        kv_dim,
+        n_ctx,
+        n_seq,
+    }
+}
+
+/// Element-wise and row ops: embed (ids and given rows), norms, unzip, concat, gates,
+/// scale, softcap, bias, logit rows.
+#[test]
+fn row_ops_match_cpu() {
+    let Some(dev) = device() else { return };
+    let mut plan = Plan::new();
+    let (x, a, b, c, cat) = (
+        plan.act(128),
+        plan.act(64),
+        plan.act(64),
+        plan.act(128),
+        plan.act(128),
+    );
+    let (g8, b8, last) = (plan.act(8), plan.act(8), plan.act_rows(128, 4));
+    let emb = weight(GgmlType::Q8_0, 50, 128, 1);
+    let norm = rand_vec(128, 2);
+    let head_norm = rand_vec(32, 3);
+    let bias = rand_vec(128, 4);
+    let (dt, aa) = (rand_vec(8, 5), rand_vec(8, 6));
+    let f = |o: &dyn Ops| {
+        let n = o.batch().len();
+        o.embed(&emb, x);
+        o.rms_norm(n, x, Some(&norm), 1e-6, 128, c);
+        o.add_bias(n, c, &bias);
+        o.unzip(n, c, 16, a, b);
+        o.sigmoid_mul(n, a, b, a);
+        o.concat(n, a, b, cat);
+        o.gated_rms_norm(n, cat, x, &head_norm, 1e-6, cat);
+        o.scale(n, cat, 0.5);
+        o.softcap(n, cat, 0.3);
+        o.delta_gates(n, g8, b8, &dt, &aa);
+        o.gather_logit_rows(cat, last);
+    };
+    let mut p = Pair::new(dev, &plan, kv(16, 32, 1, 1), None, &f);
+    let mut batch = Batch::one_sequence(&[3, 7, 49, 0, 11], 0, 0, false);
+    batch.logits = vec![4, 1];
+    p.write(g8, &rand_vec(5 * 8, 7));
+    p.write(b8, &rand_vec(5 * 8, 8));
+    p.run(&batch, 50, &f);
+    p.check(x, 5, 1e-6, "embed");
+    p.check(c, 5, 1e-5, "rms_norm + add_bias");
+    p.check(a, 5, 1e-5, "unzip + sigmoid_mul");
+    p.check(b, 5, 1e-6, "unzip");
+    p.check(cat, 5, 1e-4, "concat + gated_rms_norm + scale + softcap");
+    p.check(g8, 5, 1e-5, "delta_gates alpha");
+    p.check(b8, 5, 1e-5, "delta_gates beta");
+    p.check(last, 2, 1e-4, "gather_logit_rows");
+    // Given input rows instead of ids.
+    batch.embd = rand_vec(5 * 128, 9);
+    p.run(&batch, 50, &f);
+    p.check(x, 5, 0.0, "embed (given rows)");
+}
+
+/// Matmul of every weight type: a prompt chunk (cuBLAS over f16 tiles) and a decode batch
+/// of three sequences (dp4a kernels; f32 kernels for float weights).
+#[test]
+fn matmul_matches_cpu_for_every_type() {
+    let Some(dev) = device() else { return };
+    let mut plan = Plan::new();
+    let (x, y) = (plan.act(512), plan.act(72));
+    let types = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::F32,
+        GgmlType::F16,
+    ];
+    let ws: Vec<Weight> = types
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| weight(t, 72, 512, 20 + i as u64))
+        .collect();
+    let which = std::sync::atomic::AtomicUsize::new(0);
+    let f = |o: &dyn Ops| {
+        let i = which.load(std::sync::atomic::Ordering::Relaxed);
+        let n = o.batch().len();
+        // The load-time pass sees every weight.
+        if o.batch().len() == 1 && o.batch().pos[0] == 0 && o.batch().seq[0] == 0 {
+            for w in &ws {
+                o.matmul(n, w, x, y);
+            }
+        }
+        o.matmul(n, &ws[i], x, y);
+    };
+    let mut p = Pair::new(dev, &plan, kv(64, 32, 3, 1), None, &f);
+    let chunk = Batch::one_sequence(&(0..20).collect::<Vec<u32>>(), 0, 0, false);
+    let decode = Batch {
+        tokens: vec![1, 2, 3],
+        pos: vec![5, 9, 0],
+        seq: vec![0, 1, 2],
+        logits: vec![],
+        embd: vec![],
+        non_causal: false,
+        rope_pos: Vec::new(),
+    };
+    for (i, ty) in types.iter().enumerate() {
+        which.store(i, std::sync::atomic::Ordering::Relaxed);
+        for (batch, what, tol) in [(&chunk, "chunk", 2e-2), (&decode, "decode", 2e-2)] {
+            let n = batch.len();
+            p.write(x, &rand_vec(n * 512, 30 + i as u64));
+            p.run(batch, 50, &f);
+            p.check(y, n, tol, &format!("{ty:?} {what}"));
+        }
+    }
+}
+
+/// Attention through the ops: a prompt chunk (with RoPE and GQA), decode steps of two
+/// sequences, a window and a softcap, and a non-causal chunk.
+#[test]
+fn attention_ops_match_cpu() {
+    let Some(dev) = device() else { return };
+    let (heads, kvh, hd) = (8usize, 2usize, 64usize);
+    let mut plan = Plan::new();
+    let (q, k, v, out) = (
+        plan.act(heads * hd),
+        plan.act(kvh * hd),
+        plan.act(kvh * hd),
+        plan.act(heads * hd),
+    );
+    let rope = Rope::new(RopeMode::Neox, hd, 10000.0, 1.0);
+    let specs: Vec<Attention> = [(None, None), (Some(7u32), None), (None, Some(20.0f32))]
+        .into_iter()
+        .map(|(window, softcap)| Attention {
+            n_heads: heads,
+            n_kv_heads: kvh,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window,
+            softcap,
+        })
+        .collect();
+    let f = |o: &dyn Ops| {
+        o.rope(q, heads, hd, &rope);
+        o.rope(k, kvh, hd, &rope);
+        for (layer, spec) in specs.iter().enumerate() {
+            o.attention(layer, q, k, v, spec, out);
+        }
+    };
+    let mut p = Pair::new(dev, &plan, kv(300, kvh * hd, 2, 3), None, &f);
+    let mut seed = 100;
+    let mut step = |p: &mut Pair, batch: &Batch, what: &str| {
+        let n = batch.len();
+        for a in [q, k, v] {
+            seed += 1;
+            p.write(a, &rand_vec(n * a.width, seed));
+        }
+        p.run(batch, 50, &f);
+        p.check(out, n, 2e-3, what);
+    };
+    let prompt: Vec<u32> = (0..40).collect();
+    step(
+        &mut p,
+        &Batch::one_sequence(&prompt, 0, 0, false),
+        "prefill",
+    );
+    step(
+        &mut p,
+        &Batch::one_sequence(&prompt[..25], 0, 1, false),
+        "prefill seq 1",
+    );
+    for i in 0..3u32 {
+        let b = Batch {
+            tokens: vec![1, 2],
+            pos: vec![40 + i, 25 + i],
+            seq: vec![0, 1],
+            logits: vec![],
+            embd: vec![],
+            non_causal: false,
+            rope_pos: Vec::new(),
+        };
+        step(&mut p, &b, "decode");
+    }
+    let mut nc = Batch::one_sequence(&prompt[..12], 43, 0, false);
+    nc.non_causal = true;
+    step(&mut p, &nc, "non-causal chunk");
+    // A long chunk that runs past one key tile many times.
+    step(
+        &mut p,
+        &Batch::one_sequence(&prompt, 60, 0, false),
+        "prefill at 60",
+    );
+    step(
+        &mut p,
+        &Batch::one_sequence(&[5], 100, 0, false),
+        "decode at 100",
+    );
+}
+
+/// The Gated DeltaNet ops: a prompt chunk (the CPU's chunked form against the GPU's
+/// token-by-token one), decode steps, two sequences in one batch, and a rollback.
+#[test]
+fn recurrent_ops_match_cpu() {
+    let Some(dev) = device() else { return };
+    let net = DeltaNet {
+        n_k_heads: 2,
+        n_v_heads: 4,
+        head_k: 64,
+        head_v: 32,
+        conv_kernel: 4,
+        eps: 1e-6,
+    };
+    let ch = net.conv_channels();
+    let mut plan = Plan::new();
+    let (x, conv, g, beta, out) = (
+        plan.act(ch),
+        plan.act(ch),
+        plan.act(net.n_v_heads),
+        plan.act(net.n_v_heads),
+        plan.act(net.value_dim()),
+    );
+    let taps = rand_vec(ch * net.conv_kernel, 50);
+    let net2 = net.clone();
+    let f = move |o: &dyn Ops| {
+        for layer in 0..2 {
+            o.conv_silu(layer, x, &taps, &net2, conv);
+            o.gated_delta(layer, conv, g, beta, &net2, out);
+        }
+    };
+    let rec = RecurrentConfig {
+        n_layers: 2,
+        net: net.clone(),
+    };
+    let mut p = Pair::new(dev, &plan, kv(200, 32, 2, 1), Some(rec), &f);
+    let mut seed = 60;
+    let mut step = |p: &mut Pair, batch: &Batch, what: &str| {
+        let n = batch.len();
+        seed += 3;
+        p.write(x, &rand_vec(n * ch, seed));
+        // g: a log-decay (negative), beta in (0, 1).
+        let gv: Vec<f32> = rand_vec(n * net.n_v_heads, seed + 1)
+            .iter()
+            .map(|v| -v.abs())
+            .collect();
+        let bv: Vec<f32> = rand_vec(n * net.n_v_heads, seed + 2)
+            .iter()
+            .map(|v| 0.5 + 0.5 * v)
+            .collect();
+        p.write(g, &gv);
+        p.write(beta, &bv);
+        p.run(batch, 50, &f);
+        p.check(conv, n, 1e-4, &format!("{what}: conv_silu"));
+        p.check(out, n, 2e-3, &format!("{what}: gated_delta"));
+    };
+    let prompt: Vec<u32> = (0..70).collect();
+    step(&mut p, &Batch::one_sequence(&prompt, 0, 0, false), "prompt");
+    step(
+        &mut p,
+        &Batch::one_sequence(&prompt[..5], 0, 1, false),
+        "seq 1",
+    );
+    for i in 0..2u32 {
+        let b = Batch {
+            tokens: vec![1, 2, 3],
+            pos: vec![70 + i, 5 + 2 * i, 6 + 2 * i],
+            seq: vec![0, 1, 1],
+            logits: vec![],
+            embd: vec![],
+            non_causal: false,
+            rope_pos: Vec::new(),
+        };
+        step(&mut p, &b, "mixed decode");
+    }
+    // Verify 4 tokens of sequence 0, keep 2, continue.
+    step(
+        &mut p,
+        &Batch::one_sequence(&prompt[..4], 72, 0, false),
+        "verify",
+    );
+    p.cpu.rollback(0, 74).unwrap();
+    p.gpu.rollback(0, 74).unwrap();
+    assert_eq!(p.gpu.recurrent_len(0), Some(74));
+    step(
+        &mut p,
+        &Batch::one_sequence(&[9], 74, 0, false),
+        "after rollback",
+    );
+    step(
+        &mut p,
+        &Batch::one_sequence(&[9], 75, 0, false),
+        "after rollback 2",
+    );
+}
+
+/// A one-token pass replays its CUDA graph once captured; the results equal the plain
+/// passes' (SURPLUS_NO_CUDA_GRAPH=1 turns graphs off).
+#[test]
+fn decode_graph_replays_the_same_results() {
+    let Some(dev) = device() else { return };
+    let mut plan = Plan::new();
+    let (x, y, z) = (plan.act(256), plan.act(96), plan.act_rows(96, 1));
+    let w = weight(GgmlType::Q4_K, 96, 256, 70);
+    let norm = rand_vec(256, 71);
+    let f = |o: &dyn Ops| {
+        o.embed(&w, x);
+        o.rms_norm(1, x, Some(&norm), 1e-6, 256, x);
+        o.matmul(1, &w, x, y);
+        o.gather_logit_rows(y, z);
+    };
+    let mut p = Pair::new(dev, &plan, kv(32, 32, 1, 1), None, &f);
+    for (i, t) in [5u32, 17, 5, 40, 95].into_iter().enumerate() {
+        let b = Batch::one_sequence(&[t], i as u32, 0, true);
+        p.run(&b, 96, &f);
+        p.check(z, 1, 2e-2, &format!("step {i}"));
+    }
+    eprintln!("graphs: {:?}", p.gpu.graphs());
+}
