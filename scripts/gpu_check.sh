@@ -13,6 +13,11 @@
 #      model written here (surplus synth), plus tg128 without CUDA graphs;
 #   5. the copy bandwidth, and a table: tokens/s and % of the bandwidth roofline
 #      (weight bytes read per token × tokens/s ÷ copy bandwidth).
+# From a session with the device tool: scripts/gpu_bundle.sh here, then run
+#   scripts/gpu_check.sh 2>&1 | tail -150     (carry: gpu-bundle.tar.gz; about 5 minutes)
+# Logs and bench JSON land in $OUT (or $GPU_CHECK_OUT, else /tmp/surplus-gpu-check).
+# Debugging: SURPLUS_CUDA_SYNC=1 names a faulting kernel; SURPLUS_NO_CUDA_GRAPH=1 turns
+# graphs off; SURPLUS_TEST_GPU=1 runs the engine's tests on the GPU.
 # NVRTC/cuBLAS: CUDA 12 or 13 libraries on LD_LIBRARY_PATH, in a toolkit, in pip wheels, or
 # in SURPLUS_CUDA_LIB_DIR.
 set -uo pipefail
