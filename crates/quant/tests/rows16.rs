@@ -134,8 +134,26 @@ fn kernel_matches_scalar_and_f64() {
                     for (t, s) in scalar.iter().enumerate() {
                         for r in 0..ROWS {
                             let row = &w[(g * ROWS + r) * cols..(g * ROWS + r + 1) * cols];
-                            let exact: f64 =
+                            let mut exact: f64 =
                                 row.iter().zip(&q[t]).map(|(&w, &x)| w as f64 * x).sum();
+                            if let GgmlType::Q4_1 | GgmlType::Q5_1 = ty {
+                                // Each block's minimum times the activations' sum as ggml's
+                                // Q8_1 holds it (field 4 of the activations), not as the
+                                // sum of the levels × the f16 scale.
+                                let bb = ty.bytes_for(32).unwrap() as usize;
+                                let rb = (cols / 32) * bb;
+                                let at = (g * ROWS + r) * rb;
+                                let nb = cols / 32;
+                                for b in 0..nb {
+                                    let o = at + b * bb + 2;
+                                    let m = half::f16::from_le_bytes([src[o], src[o + 1]]);
+                                    let f = cols + 16 * nb + 4 * b;
+                                    let held =
+                                        f32::from_le_bytes(a[t][f..f + 4].try_into().unwrap());
+                                    let sum: f64 = q[t][32 * b..32 * b + 32].iter().sum();
+                                    exact += m.to_f64() * (held as f64 - sum);
+                                }
+                            }
                             let norm: f64 = row
                                 .iter()
                                 .zip(&q[t])

@@ -96,6 +96,7 @@ struct Tok {
     sum: *const i32,
     dsum: *const f32,
     sum16: *const i32,
+    dsum_h: *const f32,
 }
 
 /// # Safety
@@ -127,7 +128,7 @@ unsafe fn run<const T: usize, const KIND: u8>(
         let a = &acts[t][..act_bytes(cols)];
         let p = a.as_ptr();
         // SAFETY: the fields lie within the act_bytes(cols) bytes of `a`: levels (cols
-        // bytes), then four arrays of nb 4-byte values.
+        // bytes), then five arrays of nb 4-byte values.
         unsafe {
             Tok {
                 levels: p,
@@ -135,6 +136,7 @@ unsafe fn run<const T: usize, const KIND: u8>(
                 sum: p.add(cols + 4 * nb).cast(),
                 dsum: p.add(cols + 8 * nb).cast(),
                 sum16: p.add(cols + 12 * nb).cast(),
+                dsum_h: p.add(cols + 16 * nb).cast(),
             }
         }
     });
@@ -222,7 +224,11 @@ unsafe fn run<const T: usize, const KIND: u8>(
                         tk.sum.add(b).read_unaligned(),
                         tk.sum16.add(b).read_unaligned(),
                         tk.d.add(b).read_unaligned(),
-                        tk.dsum.add(b).read_unaligned(),
+                        if min {
+                            tk.dsum_h.add(b).read_unaligned()
+                        } else {
+                            tk.dsum.add(b).read_unaligned()
+                        },
                     )
                 };
                 let (start_lo, start_hi) = if KIND == Q6_K {

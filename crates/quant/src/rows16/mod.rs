@@ -515,9 +515,10 @@ pub fn dequantize_row(ty: GgmlType, cols: usize, packed: &[u8], r: usize, out: &
 
 /// Bytes of a token's quantized activations for rows of `cols` values: the levels (`cols`
 /// bytes), then per block of 32 the f32 scale, the i32 sum of levels, the f32 product of
-/// the two, and the i32 sum of the first 16 levels.
+/// the two, the i32 sum of the first 16 levels, and the product as ggml's Q8_1 keeps it
+/// (the unrounded scale × the sum, rounded to f16; for Q4_1 and Q5_1).
 pub fn act_bytes(cols: usize) -> usize {
-    cols + cols / 32 * 16
+    cols + cols / 32 * 20
 }
 
 /// Quantizes one token's activations `x` (a whole number of blocks of 32) into `out`
@@ -529,7 +530,8 @@ pub fn quantize_act(x: &[f32], out: &mut [u8]) {
     let (levels, rest) = out.split_at_mut(x.len());
     let (ds, rest) = rest.split_at_mut(4 * nb);
     let (sums, rest) = rest.split_at_mut(4 * nb);
-    let (dsums, sums16) = rest.split_at_mut(4 * nb);
+    let (dsums, rest) = rest.split_at_mut(4 * nb);
+    let (sums16, dsums_h) = rest.split_at_mut(4 * nb);
     // Round to nearest, ties to even, without a libm call: adding 1.5 × 2^23 leaves no
     // fraction bits for values below 2^22 in magnitude (ours are at most 127).
     const MAGIC: f32 = 12_582_912.0;
@@ -560,11 +562,13 @@ pub fn quantize_act(x: &[f32], out: &mut [u8]) {
         sums[4 * b..4 * b + 4].copy_from_slice(&s.to_le_bytes());
         dsums[4 * b..4 * b + 4].copy_from_slice(&(d * s as f32).to_le_bytes());
         sums16[4 * b..4 * b + 4].copy_from_slice(&s16.to_le_bytes());
+        let dsum_h = half::f16::from_f32(amax / 127.0 * s as f32).to_f32();
+        dsums_h[4 * b..4 * b + 4].copy_from_slice(&dsum_h.to_le_bytes());
     }
 }
 
-/// Field `f` (0: scale, 1: sum, 2: scale × sum, 3: sum of the first 16) of block `b` of a
-/// token's activations.
+/// Field `f` (0: scale, 1: sum, 2: scale × sum, 3: sum of the first 16, 4: scale × sum as
+/// ggml's Q8_1) of block `b` of a token's activations.
 fn field(a: &[u8], cols: usize, f: usize, b: usize) -> [u8; 4] {
     let o = cols + (f * (cols / 32) + b) * 4;
     a[o..o + 4].try_into().unwrap()
@@ -644,7 +648,7 @@ fn kernel_scalar(ty: GgmlType, cols: usize, group: &[u8], acts: &[&[u8]], out: &
                         let s = dot(0..32) - offset(ty) * sum;
                         acc = (s as f32).mul_add(f16(p.d) * da, acc);
                         if has_min(ty) {
-                            acc = f16(p.m).mul_add(dsum, acc);
+                            acc = f16(p.m).mul_add(f32_at(a, 4, b), acc);
                         }
                     }
                 }
