@@ -143,8 +143,15 @@ fn f32_greedy_matches_llama_cpp() {
 }
 
 /// Q8_0 with every matrix product on 8-bit activations rounded as ggml rounds them (batches
-/// below the prompt-GEMM size). This random model amplifies rounding differences (llama.cpp's
-/// f16 KV cache and f16 attention accumulation): measured median 0.015, max 0.11.
+/// below the prompt-GEMM size). Measured median 0.015, max 0.11 ("def fibonacci", step
+/// 20); the issue asks 0.05. Traced against llama.cpp 11434 run side by side: every tensor
+/// up to attention matches to ~1e-7; the median comes from llama.cpp's decode attention
+/// (query, keys, values and the weighted sum in f16: emulating it gives median 0.0003, but
+/// we keep f32 attention, nearer exact math and faster); the max from one block of layer 1's
+/// `ssm_out` input whose largest value differs by 7e-7 (summation order and exp in the
+/// DeltaNet), which crosses a rounding boundary of that block's f16 activation scale and
+/// moves all 32 products by 5e-4; the recurrent state and the random weights carry that to
+/// 0.11 nats by step 20. It stays even with the attention emulated (0.109).
 #[test]
 fn q8_0_greedy_matches_llama_cpp() {
     if fixtures_missing() {
