@@ -727,7 +727,8 @@ impl CudaBackend {
             names: TypeKernels::new(),
             widths: plan.widths.clone(),
             acts,
-            max_logit_rows: plan.min_fixed_rows().unwrap_or(max_batch),
+            // The info buffer holds max_batch logit ids.
+            max_logit_rows: plan.min_fixed_rows().unwrap_or(max_batch).min(max_batch),
             max_batch,
             max_width: s.max_width,
             weights,
@@ -1307,8 +1308,9 @@ pub struct CudaOps<'a> {
     used_blas: Cell<bool>,
     err: RefCell<Option<CudaError>>,
     /// The activation buffer (and rows) `q8` holds quantized, and the one `xh` holds as f16.
-    quantized: Cell<Option<(u32, usize)>>,
-    halved: Cell<Option<(u32, usize)>>,
+    /// Which activation (id, rows, cols) the q8 / f16 scratch holds.
+    quantized: Cell<Option<(u32, usize, usize)>>,
+    halved: Cell<Option<(u32, usize, usize)>>,
     touched: Cell<bool>,
 }
 
@@ -1418,7 +1420,7 @@ impl<'a> CudaOps<'a> {
     /// Notes that an op wrote `a`: forget converted copies of it.
     fn wrote(&self, a: Act) {
         for c in [&self.quantized, &self.halved] {
-            if c.get().is_some_and(|(id, _)| id == a.id) {
+            if c.get().is_some_and(|(id, _, _)| id == a.id) {
                 c.set(None);
             }
         }
@@ -1512,7 +1514,7 @@ impl<'a> CudaOps<'a> {
 
     /// The batch's activations quantized to bq8 blocks (cached while `x` is unchanged).
     fn quantize(&self, n: usize, x: Act, cols: usize) -> u64 {
-        let key = Some((x.id, n));
+        let key = Some((x.id, n, cols));
         if self.quantized.get() != key {
             let nb = (cols / 32) as i32;
             self.launch(
@@ -1535,7 +1537,7 @@ impl<'a> CudaOps<'a> {
 
     fn matmul_gemm(&self, n: usize, w: &Weight, dw: DevWeight, x: Act, out: Act) {
         let (rows, cols) = (w.rows, w.cols);
-        let key = Some((x.id, n));
+        let key = Some((x.id, n, cols));
         if self.halved.get() != key {
             self.launch(
                 "f32_to_f16",
@@ -1653,6 +1655,9 @@ impl Ops for CudaOps<'_> {
 
     fn rms_norm(&self, n: usize, x: Act, w: Option<&[f32]>, eps: f32, row_len: usize, out: Act) {
         let per_token = x.width / row_len.max(1);
+        if n * per_token == 0 {
+            return;
+        }
         let wp = w.map_or(0, |w| self.vector("rms_norm", w));
         if w.is_some() && wp == 0 {
             return;
@@ -1765,8 +1770,9 @@ impl Ops for CudaOps<'_> {
         let half = rope.n_rot / 2;
         // M-RoPE: each pair's position component, 2 bits a pair in four words.
         let mut sec = [0u32; 4];
-        let multi = !rope.section.is_empty() && !self.batch.rope_pos.is_empty();
-        if multi {
+        // Positions given per token: the pairs without a section turn by t (as on the CPU).
+        let multi = !self.batch.rope_pos.is_empty();
+        if multi && !rope.section.is_empty() {
             if half > 64 {
                 self.fail(
                     "rope",
@@ -2096,6 +2102,9 @@ impl Ops for CudaOps<'_> {
     fn gated_rms_norm(&self, n: usize, x: Act, z: Act, w: &[f32], eps: f32, out: Act) {
         let row_len = w.len().max(1);
         let per_token = out.width / row_len;
+        if n * per_token == 0 {
+            return;
+        }
         let wp = self.vector("gated_rms_norm", w);
         self.launch(
             "gated_rms_norm",
