@@ -61,6 +61,24 @@ fn gen_opts() -> GenerateOptions {
     }
 }
 
+/// A prompt: `pre`, the image's rows (`grid` of them, causal), `post`.
+fn image_parts<'a>(
+    pre: &'a [u32],
+    data: &'a [f32],
+    grid: [usize; 2],
+    post: &'a [u32],
+) -> [PromptPart<'a>; 3] {
+    [
+        PromptPart::Tokens(pre),
+        PromptPart::Embeddings(ImageRows {
+            data,
+            non_causal: false,
+            grid,
+        }),
+        PromptPart::Tokens(post),
+    ]
+}
+
 /// The prompt of `case` split around its image, checked against llama.cpp's tokens.
 fn split(engine: &Engine, case: &Value) -> (Vec<u32>, Vec<u32>) {
     let prompt = case["prompt"].as_str().unwrap();
@@ -140,15 +158,7 @@ fn qwen35_with_llama_cpp_image_embeddings_follows_llama_cpp() {
             pre.len() + grid[0] * grid[1] + post.len(),
             case["n_prompt_tokens"].as_u64().unwrap() as usize
         );
-        let parts = [
-            PromptPart::Tokens(&pre),
-            PromptPart::Embeddings(ImageRows {
-                data: &emb,
-                non_causal: false,
-                grid,
-            }),
-            PromptPart::Tokens(&post),
-        ];
+        let parts = image_parts(&pre, &emb, grid, &post);
         let gen = engine
             .generate_parts(&parts, &gen_opts(), |_, _| true)
             .unwrap();
@@ -203,15 +213,7 @@ fn qwen35_with_our_image_embeddings_follows_llama_cpp() {
                 want_grid[1].as_u64().unwrap()
             ]
         );
-        let parts = [
-            PromptPart::Tokens(&pre),
-            PromptPart::Embeddings(ImageRows {
-                data: &emb.data,
-                non_causal: false,
-                grid: [emb.nx, emb.ny],
-            }),
-            PromptPart::Tokens(&post),
-        ];
+        let parts = image_parts(&pre, &emb.data, [emb.nx, emb.ny], &post);
         let gen = engine
             .generate_parts(&parts, &gen_opts(), |_, _| true)
             .unwrap();
@@ -259,15 +261,7 @@ fn mtp_speculation_with_an_image_keeps_greedy_output() {
         let bytes = std::fs::read(data().join("vision").join(image)).unwrap();
         let img = vision::decode(&bytes, &vision::DecodeLimits::default()).unwrap();
         let emb = proj.embed(&img).unwrap();
-        let parts = [
-            PromptPart::Tokens(&pre),
-            PromptPart::Embeddings(ImageRows {
-                data: &emb.data,
-                non_causal: false,
-                grid: [emb.nx, emb.ny],
-            }),
-            PromptPart::Tokens(&post),
-        ];
+        let parts = image_parts(&pre, &emb.data, [emb.nx, emb.ny], &post);
         let plain = engine
             .generate_parts(&parts, &gen_opts, |_, _| true)
             .unwrap();
@@ -329,15 +323,7 @@ fn an_image_larger_than_the_batch_goes_in_several_passes() {
         let mut engine =
             Engine::load(&data().join("synthetic/qwen35-tiny-f32.gguf"), &opts).unwrap();
         let (pre, post) = split(&engine, case);
-        let parts = [
-            PromptPart::Tokens(&pre),
-            PromptPart::Embeddings(ImageRows {
-                data: &emb.data,
-                non_causal: false,
-                grid: [emb.nx, emb.ny],
-            }),
-            PromptPart::Tokens(&post),
-        ];
+        let parts = image_parts(&pre, &emb.data, [emb.nx, emb.ny], &post);
         if mtp {
             let mut drafter = MtpDrafter { trace: None };
             let mut ctl = Controller::fixed(3);

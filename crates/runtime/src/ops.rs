@@ -112,6 +112,23 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
+
+    /// When the batch is `min_tokens` or more consecutive positions of one sequence (a
+    /// prompt chunk, which devices compute with their prompt kernels): that sequence and
+    /// the first position.
+    pub fn prompt_chunk(&self, min_tokens: usize) -> Option<(u32, u32)> {
+        if self.len() < min_tokens.max(1) {
+            return None;
+        }
+        let (seq, p0) = (self.seq[0], self.pos[0]);
+        let consecutive = self
+            .seq
+            .iter()
+            .zip(&self.pos)
+            .enumerate()
+            .all(|(i, (&s, &p))| s == seq && p == p0 + i as u32);
+        consecutive.then_some((seq, p0))
+    }
 }
 
 /// Which elements RoPE rotates together.

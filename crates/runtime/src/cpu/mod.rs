@@ -213,7 +213,7 @@ impl CpuBackend {
             rec.prepare(&batch.seq, &batch.pos);
         }
         let this = &*self;
-        let chunk = prompt_chunk(batch);
+        let chunk = batch.prompt_chunk(GEMM_MIN_TOKENS);
         this.pool.run(|w| {
             let ops = CpuOps {
                 w,
@@ -273,7 +273,7 @@ pub struct CpuOps<'a> {
     w: &'a Worker<'a>,
     be: &'a CpuBackend,
     batch: &'a Batch,
-    /// The sequence and first position when the batch is a prompt chunk ([`prompt_chunk`]).
+    /// The sequence and first position when the batch is a prompt chunk ([`Batch::prompt_chunk`]).
     chunk: Option<(u32, u32)>,
     /// What `qbuf` holds: (activation buffer, format, rows), to skip quantizing the same
     /// input again for the next matmul (Q, K and V share theirs).
@@ -1017,20 +1017,4 @@ impl CpuOps<'_> {
         });
         self.done(out);
     }
-}
-
-/// When `b` is GEMM_MIN_TOKENS or more consecutive positions of one sequence (a prompt
-/// chunk): that sequence and the first position.
-fn prompt_chunk(b: &Batch) -> Option<(u32, u32)> {
-    if b.len() < GEMM_MIN_TOKENS {
-        return None;
-    }
-    let (seq, p0) = (b.seq[0], b.pos[0]);
-    let consecutive = b
-        .seq
-        .iter()
-        .zip(&b.pos)
-        .enumerate()
-        .all(|(i, (&s, &p))| s == seq && p == p0 + i as u32);
-    consecutive.then_some((seq, p0))
 }

@@ -1332,7 +1332,7 @@ impl<'a> CudaOps<'a> {
         CudaOps {
             be,
             batch,
-            chunk: prompt_chunk(batch),
+            chunk: batch.prompt_chunk(GEMM_MIN_TOKENS),
             mode,
             hash: Cell::new(0xcbf2_9ce4_8422_2325),
             used_blas: Cell::new(false),
@@ -2294,20 +2294,4 @@ impl CudaOps<'_> {
         );
         self.wrote(out);
     }
-}
-
-/// When `b` is GEMM_MIN_TOKENS or more consecutive positions of one sequence (a prompt
-/// chunk): that sequence and the first position.
-fn prompt_chunk(b: &Batch) -> Option<(u32, u32)> {
-    if b.len() < GEMM_MIN_TOKENS {
-        return None;
-    }
-    let (seq, p0) = (b.seq[0], b.pos[0]);
-    let consecutive = b
-        .seq
-        .iter()
-        .zip(&b.pos)
-        .enumerate()
-        .all(|(i, (&s, &p))| s == seq && p == p0 + i as u32);
-    consecutive.then_some((seq, p0))
 }
