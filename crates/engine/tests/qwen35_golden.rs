@@ -1,6 +1,7 @@
 //! The `qwen35` architecture (Gated DeltaNet + gated attention) against llama.cpp's reference
 //! outputs for the tiny random-weight fixture (tests/data/synthetic/README.md): tokenization,
-//! greedy tokens with their top-5 log-probs, and perplexity, for the F32 and Q8_0 files.
+//! greedy tokens with their top-5 log-probs, and perplexity, for the F32 and Q8_0 files; and
+//! against a float64 oracle of the same weights (tests/data/synthetic/f64/README.md).
 
 use engine::sampling::SamplingParams;
 use engine::{Engine, EngineOptions, GenerateOptions};
@@ -143,15 +144,19 @@ fn f32_greedy_matches_llama_cpp() {
 }
 
 /// Q8_0 with every matrix product on 8-bit activations rounded as ggml rounds them (batches
-/// below the prompt-GEMM size). Measured median 0.015, max 0.11 ("def fibonacci", step
-/// 20); the issue asks 0.05. Traced against llama.cpp 11434 run side by side: every tensor
-/// up to attention matches to ~1e-7; the median comes from llama.cpp's decode attention
-/// (query, keys, values and the weighted sum in f16: emulating it gives median 0.0003, but
-/// we keep f32 attention, nearer exact math and faster); the max from one block of layer 1's
-/// `ssm_out` input whose largest value differs by 7e-7 (summation order and exp in the
-/// DeltaNet), which crosses a rounding boundary of that block's f16 activation scale and
-/// moves all 32 products by 5e-4; the recurrent state and the random weights carry that to
-/// 0.11 nats by step 20. It stays even with the attention emulated (0.109).
+/// below the prompt-GEMM size), compared with llama.cpp's run directly. Measured median
+/// 0.015, max 0.11 ("def fibonacci", step 20). The fixture README asks 0.05 here, a number
+/// its parent README has since replaced with the float64-oracle rule, because 8-bit
+/// activation noise is larger than that: llama.cpp's own run is up to 0.196 from exact math
+/// (`llama_cpp_q8_0_follows_the_f64_oracle`), ours up to 0.197
+/// (`q8_0_greedy_follows_the_f64_oracle`). Traced against llama.cpp 11434 run side by side:
+/// every tensor up to attention matches to ~1e-7; the median comes from llama.cpp's decode
+/// attention (query, keys, values and the weighted sum in f16: emulating it gives median
+/// 0.0003, but we keep f32 attention, nearer exact math and faster); the max from one block
+/// of layer 1's `ssm_out` input whose largest value differs by 7e-7 (summation order and exp
+/// in the DeltaNet), which crosses a rounding boundary of that block's f16 activation scale
+/// and moves all 32 products by 5e-4; the recurrent state and the random weights carry that
+/// to 0.11 nats by step 20. It stays even with the attention emulated (0.109).
 #[test]
 fn q8_0_greedy_matches_llama_cpp() {
     if fixtures_missing() {
@@ -192,6 +197,183 @@ fn q8_0_greedy_with_prompt_gemm_follows_llama_cpp() {
         128,
         rule,
     );
+}
+
+fn oracle(file: &str) -> Value {
+    let text = std::fs::read_to_string(data(&format!("f64/{file}.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Greedy decoding against the float64 oracle (tests/data/synthetic/f64/README.md) with the
+/// rule of tests/data/golden/README.md: tokens follow the oracle's greedy path except where
+/// its top two are within `tie`; along the shared path the chosen tokens' log-probs within
+/// `median` and `max`. Returns (median, max).
+fn check_oracle(file: &str, n_batch: usize, tie: f64, median_max: f64, max: f64) -> (f64, f64) {
+    let mut engine = load(&format!("{file}.gguf"), 1, 256, n_batch);
+    let oracle = oracle(file);
+    let eog = ids(&oracle["eog_ids"]);
+    let mut diffs = Vec::new();
+    let mut worst = String::new();
+    for case in oracle["greedy"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let prompt_ids = ids(&case["prompt_ids"]);
+        let opts = GenerateOptions {
+            max_tokens: 32,
+            sampling: SamplingParams::greedy(),
+            ignore_eos: true,
+            logprobs: 5,
+            stop: vec![],
+        };
+        let gen = engine.generate(&prompt_ids, &opts, |_, _| true).unwrap();
+        let want = ids(&case["f64_greedy_tokens"]);
+        for (i, step) in case["f64_greedy_steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            let top: Vec<(u32, f64)> = step["top5"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap()))
+                .filter(|p| !eog.contains(&p.0))
+                .collect();
+            if gen.tokens[i] != want[i] {
+                let margin = top[0].1 - top[1].1;
+                assert!(
+                    margin < tie,
+                    "{file} {prompt:?} step {i}: chose {}, oracle {} by {margin:.4}",
+                    gen.tokens[i],
+                    want[i]
+                );
+                break;
+            }
+            let ours = gen.logprobs[i].iter().find(|p| p.0 == want[i]).unwrap().1 as f64;
+            let d = (ours - top[0].1).abs();
+            if diffs.iter().all(|&x| x < d) {
+                worst = format!("{prompt:?} step {i}: {ours:.4} vs {:.4}", top[0].1);
+            }
+            diffs.push(d);
+        }
+    }
+    diffs.sort_by(f64::total_cmp);
+    let (median, top) = (diffs[diffs.len() / 2], diffs[diffs.len() - 1]);
+    eprintln!(
+        "{file} vs the f64 oracle (batches of {n_batch}): {} shared steps, |Δ| median {median:.5}, max {top:.5} ({worst})",
+        diffs.len()
+    );
+    assert!(median <= median_max, "{file}: median {median:.4}");
+    assert!(top <= max, "{file}: max {top:.4} at {worst}");
+    (median, top)
+}
+
+/// The oracle itself against llama.cpp's F32 run: it must agree as the fixture README says an
+/// independent float64 implementation does (2.5e-3), or it is no oracle.
+#[test]
+fn f64_oracle_agrees_with_llama_cpp_on_f32() {
+    let r = reference();
+    let o = oracle("qwen35-tiny-f32");
+    let mut max = 0.0f64;
+    for (case, orc) in r["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(o["greedy"].as_array().unwrap())
+    {
+        assert_eq!(
+            case["tokens"], orc["f64_greedy_tokens"],
+            "{}",
+            case["prompt"]
+        );
+        for (st, fo) in case["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(orc["f64_greedy_steps"].as_array().unwrap())
+        {
+            for (a, b) in st["top5"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(fo["top5"].as_array().unwrap())
+            {
+                assert_eq!(a[0], b[0]);
+                max = max.max((a[1].as_f64().unwrap() - b[1].as_f64().unwrap()).abs());
+            }
+        }
+    }
+    eprintln!("f64 oracle vs llama.cpp F32: top-5 log-probs within {max:.5}");
+    assert!(max < 2.5e-3, "{max}");
+}
+
+/// llama.cpp's own Q8_0 run scored against the oracle like ours: along the path it shares
+/// with the oracle's greedy tokens, |Δ log-prob| of its chosen tokens (teacher-forced oracle
+/// values). It passes the goldens' rule, and it shows the size of 8-bit activation noise on
+/// this fixture: median 0.029, max 0.196, far above the 0.05 our run keeps to it.
+#[test]
+fn llama_cpp_q8_0_follows_the_f64_oracle() {
+    let r = reference();
+    let o = oracle("qwen35-tiny-q8_0");
+    let mut diffs = Vec::new();
+    for (case, orc) in r["variants"]["q8_0"]["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(o["greedy"].as_array().unwrap())
+    {
+        let theirs = ids(&case["tokens"]);
+        let exact = ids(&orc["f64_greedy_tokens"]);
+        let forced = orc["f64_steps_on_llama_path"].as_array().unwrap();
+        for (i, (step, f)) in case["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(forced)
+            .enumerate()
+        {
+            if theirs[i] != exact[i] {
+                break;
+            }
+            let lp = step["top5"][0][1].as_f64().unwrap();
+            diffs.push((lp - f["llama_cpp_token"][1].as_f64().unwrap()).abs());
+        }
+    }
+    diffs.sort_by(f64::total_cmp);
+    let (median, max) = (diffs[diffs.len() / 2], diffs[diffs.len() - 1]);
+    eprintln!(
+        "llama.cpp Q8_0 vs the f64 oracle: {} shared steps, |Δ| median {median:.5}, max {max:.5}",
+        diffs.len()
+    );
+    assert!(median <= 0.03 && max <= 0.40, "{median} {max}");
+    assert!(
+        max > 0.15,
+        "the oracle no longer shows llama.cpp's Q8_0 noise: {max}"
+    );
+}
+
+/// F32: exact math within the F32 tolerance; no step may part from the oracle.
+#[test]
+fn f32_greedy_follows_the_f64_oracle() {
+    if fixtures_missing() {
+        return;
+    }
+    check_oracle("qwen35-tiny-f32", 128, 0.01, 1e-3, 1e-3);
+}
+
+/// Q8_0 against exact math for the same dequantized weights, with the goldens' rule (0.35 /
+/// median 0.03 / max 0.40), for both the decode-sized kernels (8-bit activations rounded as
+/// ggml rounds them) and the prompt GEMM. llama.cpp's own Q8_0 run, scored the same way, has
+/// median 0.029 and max 0.196 over its 56 shared steps: the 8-bit activations, not the
+/// engine, set the scale of the difference (see `q8_0_greedy_matches_llama_cpp`).
+#[test]
+fn q8_0_greedy_follows_the_f64_oracle() {
+    if fixtures_missing() {
+        return;
+    }
+    let n = runtime::cpu::GEMM_MIN_TOKENS - 1;
+    check_oracle("qwen35-tiny-q8_0", n, 0.35, 0.03, 0.40);
+    check_oracle("qwen35-tiny-q8_0", 128, 0.35, 0.03, 0.40);
 }
 
 /// The running perplexity llama-perplexity printed after each chunk.
