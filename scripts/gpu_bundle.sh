@@ -18,6 +18,9 @@ for t in $(list -p surplus-runtime --lib); do cp "$t" gpu-bundle/tests/runtime-l
 for name in cuda golden qwen35_golden; do
   for t in $(list -p surplus-engine --test "$name"); do cp "$t" "gpu-bundle/tests/engine-$name"; done
 done
+# Test binaries find tests/data through the source path they were built from
+# (CARGO_MANIFEST_DIR); gpu_check.sh links that path to the checkout it runs in.
+pwd > gpu-bundle/built-in
 if command -v strip >/dev/null; then strip gpu-bundle/surplus gpu-bundle/tests/* || true; fi
 # One compressed file to carry (the device tool moves at most 64 MiB): the bundle and the
 # qwen35 fixture (ignored by git, so it would not travel otherwise).

@@ -10,7 +10,9 @@
 #      golden tests with SURPLUS_TEST_GPU=1 (qwen35 fixture always; the test models when on
 #      disk under $SURPLUS_HOME/models or ~/.cache/surplus/models);
 #   4. surplus bench (pp512, tg128) on the models present and on a synthetic Llama-3-8B-shaped
-#      model written here (surplus synth), plus tg128 without CUDA graphs;
+#      model written here (surplus synth), plus tg128 without CUDA graphs; with
+#      GPU_CHECK_QWEN36=1 also a Qwen3.6-27B-shaped qwen35 model (about 16 GB, 2-3 more
+#      minutes): bench, and 128 tokens with MTP on and off;
 #   5. the copy bandwidth, and a table: tokens/s and % of the bandwidth roofline
 #      (weight bytes read per token × tokens/s ÷ copy bandwidth).
 # From a session with the device tool: scripts/gpu_bundle.sh here, then run
@@ -26,6 +28,12 @@ START=$(date +%s)
 BUNDLE=${GPU_BUNDLE:-gpu-bundle}
 if [ ! -d "$BUNDLE" ] && [ -f gpu-bundle.tar.gz ]; then
   tar xzf gpu-bundle.tar.gz  # gpu-bundle/ and tests/data/synthetic/*q8_0.gguf
+fi
+# The test binaries read tests/data under the checkout they were built in: make that path
+# lead here when the checkout sits elsewhere on this machine.
+BUILT=$(cat "$BUNDLE/built-in" 2>/dev/null || true)
+if [ -n "$BUILT" ] && [ ! -e "$BUILT" ]; then
+  mkdir -p "$(dirname "$BUILT")" && ln -s "$PWD" "$BUILT" && echo "linked $BUILT -> $PWD"
 fi
 TARGET=${CARGO_TARGET_DIR:-target}
 if [ -x "$BUNDLE/surplus" ]; then
@@ -135,7 +143,7 @@ for f in smollm2-135m-instruct-q4_1 gemma3-270m-q4_k_m qwen2.5-coder-0.5b-instru
 done
 SYN=${TMPDIR:-/tmp}/surplus-synth-llama3-8b.gguf
 # SmolLM2's tokenizer when it is here, else a placeholder vocabulary of the same 49152 tokens.
-echo "--- synthetic Llama-3-8B shape (vocabulary: ${VOCAB:-placeholder, 49152 tokens}) $(elapsed)"
+echo "--- synthetic Llama-3-8B shape (vocabulary: ${VOCAB:-placeholder, 128256 tokens}) $(elapsed)"
 # shellcheck disable=SC2086 # GPU_CHECK_SYNTH: extra flags (a smaller shape to try the script)
 if timeout 240 "$BIN" synth "$SYN" ${VOCAB:+--vocab-from "$VOCAB"} ${GPU_CHECK_SYNTH:-}; then
   bench llama3-8b-shape "$SYN"
@@ -143,6 +151,24 @@ if timeout 240 "$BIN" synth "$SYN" ${VOCAB:+--vocab-from "$VOCAB"} ${GPU_CHECK_S
   SURPLUS_NO_CUDA_GRAPH=1 bench llama3-8b-shape-nograph "$SYN" 0
 fi
 rm -f "$SYN"
+if [ -n "${GPU_CHECK_QWEN36:-}" ]; then
+  # Issue 8's "real Qwen3.6-27B shapes": 27B parameters, about 16 GB; MTP on and off.
+  Q36=${TMPDIR:-/tmp}/surplus-synth-qwen36-27b.gguf
+  echo "--- synthetic Qwen3.6-27B shape (placeholder vocabulary, 248320 tokens) $(elapsed)"
+  # shellcheck disable=SC2086 # GPU_CHECK_QWEN36_ARGS: extra flags (a smaller shape)
+  if timeout 300 "$BIN" synth "$Q36" --shape qwen3.6-27b ${GPU_CHECK_QWEN36_ARGS:-}; then
+    bench qwen36-27b-shape "$Q36"
+    for spec in none mtp; do
+      echo "--- qwen36-27b-shape: generate 128 tokens, --spec $spec"
+      timeout 240 "$BIN" run -m "$Q36" -p "t5 t6 t7 t8 t9" -n 128 --temp 0 --ignore-eos \
+        --gpu-layers all -c 1024 --json --spec "$spec" \
+        > "$OUT/run-qwen36-$spec.json" 2> "$OUT/run-qwen36-$spec.err" &&
+        python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], "generation t/s:", round(d["timings"]["generation_tokens_per_s"], 1), "speculative:", d.get("speculative"))' \
+          "$OUT/run-qwen36-$spec.json" "$spec" || tail -3 "$OUT/run-qwen36-$spec.err"
+    done
+  fi
+  rm -f "$Q36"
+fi
 
 echo "=== 5. copy bandwidth $(elapsed)"
 "$BIN" doctor --bandwidth --json > "$OUT/bandwidth.json" 2> "$OUT/bandwidth.err" && cat "$OUT/bandwidth.json"

@@ -51,8 +51,8 @@ enum Command {
     /// Check this machine: CPU features, GPUs, driver, NVRTC and cuBLAS found; compile the
     /// CUDA kernels (--compile-kernels sm_61,sm_70,sm_90) without a GPU.
     Doctor(doctor::Args),
-    /// Write a random-weight llama GGUF of a real shape (default Llama-3-8B's, Q4_K/Q6_K)
-    /// with another model's tokenizer, for benchmarks.
+    /// Write a random-weight GGUF of a real model's shape (Llama-3-8B, or Qwen3.6-27B with
+    /// --shape qwen3.6-27b; Q4_K/Q6_K) with another model's tokenizer, for benchmarks.
     Synth(synth::Args),
 }
 

@@ -230,6 +230,81 @@ fn qwen35_speculates_with_its_mtp_block_by_default() {
     }
 }
 
+/// `surplus synth` of both shapes, shrunk: each file loads, generates, and benchmarks;
+/// the qwen35 one drafts with its MTP block by default and keeps the greedy text.
+#[test]
+fn synth_writes_models_that_run() {
+    let dir = std::env::temp_dir().join(format!("surplus-synth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let small = [
+        "--embd",
+        "256",
+        "--layers",
+        "4",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--ff",
+        "512",
+        "--vocab",
+        "600",
+    ];
+    for shape in ["llama3-8b", "qwen3.6-27b"] {
+        let file = dir.join(format!("{shape}.gguf"));
+        let f = file.to_str().unwrap();
+        let mut args = vec!["synth", f, "--shape", shape];
+        args.extend(small);
+        if shape == "qwen3.6-27b" {
+            args.extend(["--delta-heads", "2"]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_surplus"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run = |spec: &str| {
+            surplus(&[
+                "run",
+                "-m",
+                f,
+                "-p",
+                "t5 t6 t7",
+                "-n",
+                "12",
+                "--temp",
+                "0",
+                "--ignore-eos",
+                "-t",
+                "2",
+                "--json",
+                "--spec",
+                spec,
+            ])
+        };
+        let plain = run("none");
+        assert_eq!(
+            plain["tokens"].as_array().map(Vec::len),
+            Some(12),
+            "{shape}: {plain}"
+        );
+        if shape == "qwen3.6-27b" {
+            let mtp = run("mtp");
+            assert_eq!(mtp["speculative"]["drafter"], "mtp");
+            assert_eq!(mtp["text"], plain["text"], "{shape}: MTP changed the text");
+        }
+        let b = surplus(&[
+            "bench", "-m", f, "-p", "8", "-n", "2", "-r", "1", "-t", "2", "--json",
+        ]);
+        assert!(b["tg"]["tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The fixture's model files (GGUF weights, embedding dumps) are not in git: `scripts/
 /// fixtures.sh` copies them into tests/data. Without them a test that needs them is skipped
 /// and says so.
