@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod ops;
 pub mod pool;
+pub mod rollback;
 pub mod tensor;
 
 pub use ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rollback, Rope, RopeMode};

@@ -16,11 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::{kernels, CpuBackend, CpuError, CpuOps, Shared};
 use crate::ops::{Act, DeltaNet};
 use crate::pool::ThreadPool;
-
-/// A sequence can be rolled back to any position inside its latest batch when that batch
-/// gave it at most this many tokens (speculative verification: the last token and up to six
-/// drafts).
-pub const ROLLBACK_TOKENS: usize = 8;
+pub use crate::rollback::ROLLBACK_TOKENS;
+use crate::rollback::{replay_width, Window};
 
 /// Tokens per chunk of the chunk-parallel delta rule used for prompt chunks.
 pub const DELTA_CHUNK: usize = 64;
@@ -41,24 +38,6 @@ impl RecurrentConfig {
             + ROLLBACK_TOKENS * replay_width(&self.net);
         self.n_layers * n_seq * per * 4
     }
-}
-
-/// Floats kept per token for a rollback: the convolution's input and output, g and β.
-fn replay_width(net: &DeltaNet) -> usize {
-    2 * net.conv_channels() + 2 * net.n_v_heads
-}
-
-/// A sequence's latest batch.
-#[derive(Clone, Copy, Debug, Default)]
-struct Latest {
-    /// Its first position.
-    p0: u32,
-    /// Its tokens.
-    n: u32,
-    /// It started at position 0 (the snapshot is then the zero state).
-    reset: bool,
-    /// Its tokens' inputs were kept.
-    replayable: bool,
 }
 
 /// The tokens of one sequence in the batch being evaluated.
@@ -90,9 +69,8 @@ pub(crate) struct Recurrent {
     replay: Shared<f32>,
     /// Current copy of each sequence's state.
     cur: Vec<u8>,
-    /// Positions each sequence's state covers.
-    len: Vec<u32>,
-    latest: Vec<Latest>,
+    /// Positions each sequence's state covers and its latest batch.
+    win: Vec<Window>,
     /// The batch's sequences, in order of first appearance.
     groups: Vec<Group>,
     /// Token indices of the batch grouped by sequence (batch order within a group).
@@ -123,8 +101,7 @@ impl Recurrent {
             ssm: Shared::new(per(2 * net.state_len())),
             replay: Shared::new(per(ROLLBACK_TOKENS * replay_width(net))),
             cur: vec![0; n_seq],
-            len: vec![0; n_seq],
-            latest: vec![Latest::default(); n_seq],
+            win: vec![Window::default(); n_seq],
             groups: Vec::with_capacity(max_batch.min(n_seq)),
             order: Vec::with_capacity(max_batch),
             scratch: Shared::new(scratch_per_thread * n_threads),
@@ -142,7 +119,7 @@ impl Recurrent {
 
     /// Positions the state of `seq` covers.
     pub(crate) fn seq_len(&self, seq: u32) -> Option<usize> {
-        self.len.get(seq as usize).map(|&l| l as usize)
+        self.win.get(seq as usize).map(|w| w.len() as usize)
     }
 
     fn conv_at(&self, layer: usize, seq: u32, copy: u8) -> usize {
@@ -187,7 +164,7 @@ impl Recurrent {
                     g.n += 1;
                 }
                 None => {
-                    let expected = self.len[s as usize];
+                    let expected = self.win[s as usize].len();
                     if p != 0 && p != expected {
                         return Err(CpuError::RecurrentPosition {
                             seq: s,
@@ -230,13 +207,7 @@ impl Recurrent {
         for g in &self.groups {
             let s = g.seq as usize;
             self.cur[s] ^= 1;
-            self.len[s] = g.p0 + g.n;
-            self.latest[s] = Latest {
-                p0: g.p0,
-                n: g.n,
-                reset: g.p0 == 0,
-                replayable: g.replayable(),
-            };
+            self.win[s].advance(g.p0, g.n);
         }
         self.groups.clear();
         Ok(())
@@ -257,29 +228,14 @@ impl Recurrent {
                 reason: format!("there are {} sequences", self.n_seq),
             });
         }
-        if len == self.len[s] as usize {
-            return Ok(());
-        }
-        let l = self.latest[s];
-        let (p0, end) = (l.p0 as usize, (l.p0 + l.n) as usize);
-        if len < p0 || len > end || !l.replayable {
-            return Err(CpuError::Rollback {
-                seq,
-                len,
-                reason: format!(
-                    "the state covers {} positions and can return to {}",
-                    self.len[s],
-                    if l.replayable {
-                        format!("positions {p0}..={end}")
-                    } else {
-                        "none before".into()
-                    }
-                ),
-            });
-        }
+        let replay = match self.win[s].plan(len) {
+            Ok(None) => return Ok(()),
+            Ok(Some(r)) => r,
+            Err(reason) => return Err(CpuError::Rollback { seq, len, reason }),
+        };
         self.cur[s] ^= 1;
         let copy = self.cur[s];
-        let m = len - p0;
+        let m = replay.tokens;
         let this = &*self;
         let net = &this.cfg.net;
         let (k1, ch) = (net.conv_kernel.max(1) - 1, net.conv_channels());
@@ -302,7 +258,7 @@ impl Recurrent {
                     let st = this
                         .ssm
                         .get_mut(this.ssm_at(layer, seq, copy), net.state_len());
-                    if l.reset {
+                    if replay.from_zero {
                         conv.fill(0.0);
                         st.fill(0.0);
                     }
@@ -331,13 +287,7 @@ impl Recurrent {
                 }
             }
         });
-        self.len[s] = len as u32;
-        self.latest[s] = Latest {
-            p0: l.p0,
-            n: m as u32,
-            reset: l.reset,
-            replayable: false,
-        };
+        self.win[s].rolled_back(replay);
         Ok(())
     }
 }

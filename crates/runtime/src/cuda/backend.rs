@@ -30,8 +30,9 @@ use quant::GgmlType;
 use super::cublas::{Cublas, Gemm};
 use super::gpu::CudaDevice;
 use crate::collect::{vector_key, weight_key, Collected, Key};
-use crate::cpu::{KvConfig, RecurrentConfig, ROLLBACK_TOKENS};
+use crate::cpu::{KvConfig, RecurrentConfig};
 use crate::ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rope, RopeMode};
+use crate::rollback::{replay_width, Window, ROLLBACK_TOKENS};
 use crate::tensor::{Layout, Weight};
 
 /// Prompt chunks of this many tokens or more take the cuBLAS GEMM (as the CPU's
@@ -280,8 +281,8 @@ pub fn check_weight(w: &Weight) -> Result<(), String> {
 struct RecHost {
     cfg: RecurrentConfig,
     cur: Vec<u8>,
-    len: Vec<u32>,
-    latest: Vec<Latest>,
+    /// Positions each sequence's state covers and its latest batch.
+    win: Vec<Window>,
     /// Per group: seq, start, n, p0, src copy, keep.
     groups: Vec<[i32; 6]>,
     order: Vec<u32>,
@@ -294,18 +295,6 @@ struct RecHost {
     ident: DevBuf,
     /// One group for a rollback.
     rb_group: DevBuf,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct Latest {
-    p0: u32,
-    n: u32,
-    reset: bool,
-    replayable: bool,
-}
-
-fn replay_width(net: &DeltaNet) -> usize {
-    2 * net.conv_channels() + 2 * net.n_v_heads
 }
 
 fn rec_bytes(cfg: &RecurrentConfig, n_seq: usize) -> [usize; 3] {
@@ -336,7 +325,7 @@ impl RecHost {
                     g[2] += 1;
                 }
                 None => {
-                    let expected = self.len[s as usize];
+                    let expected = self.win[s as usize].len();
                     if p != 0 && p != expected {
                         return Err(CudaError::RecurrentPosition {
                             seq: s,
@@ -383,13 +372,7 @@ impl RecHost {
         for g in &self.groups {
             let s = g[0] as usize;
             self.cur[s] ^= 1;
-            self.len[s] = (g[3] + g[2]) as u32;
-            self.latest[s] = Latest {
-                p0: g[3] as u32,
-                n: g[2] as u32,
-                reset: g[3] == 0,
-                replayable: g[2] as usize <= ROLLBACK_TOKENS,
-            };
+            self.win[s].advance(g[3] as u32, g[2] as u32);
         }
         self.groups.clear();
         Ok(())
@@ -680,8 +663,7 @@ impl CudaBackend {
                     .map_err(drv("uploading the rollback order"))?;
                 Some(RecHost {
                     cur: vec![0; kv.n_seq],
-                    len: vec![0; kv.n_seq],
-                    latest: vec![Latest::default(); kv.n_seq],
+                    win: vec![Window::default(); kv.n_seq],
                     groups: Vec::with_capacity(max_batch),
                     order: Vec::with_capacity(max_batch),
                     invalid: None,
@@ -1077,7 +1059,7 @@ impl CudaBackend {
     pub fn recurrent_len(&self, seq: u32) -> Option<usize> {
         self.rec
             .as_ref()
-            .and_then(|r| r.len.get(seq as usize).map(|&l| l as usize))
+            .and_then(|r| r.win.get(seq as usize).map(|w| w.len() as usize))
     }
 
     fn func(&self, name: &str) -> Result<sys::CUfunction, CudaError> {
@@ -1142,45 +1124,30 @@ impl crate::ops::Rollback for CudaBackend {
             return Ok(());
         };
         let s = seq as usize;
-        if s >= rec.len.len() {
+        if s >= rec.win.len() {
             return Err(CudaError::Rollback {
                 seq,
                 len,
-                reason: format!("there are {} sequences", rec.len.len()),
+                reason: format!("there are {} sequences", rec.win.len()),
             });
         }
-        if len == rec.len[s] as usize {
-            return Ok(());
-        }
-        let l = rec.latest[s];
-        let (p0, end) = (l.p0 as usize, (l.p0 + l.n) as usize);
-        if len < p0 || len > end || !l.replayable {
-            return Err(CudaError::Rollback {
-                seq,
-                len,
-                reason: format!(
-                    "the state covers {} positions and can return to {}",
-                    rec.len[s],
-                    if l.replayable {
-                        format!("positions {p0}..={end}")
-                    } else {
-                        "none before".into()
-                    }
-                ),
-            });
-        }
+        let replay = match rec.win[s].plan(len) {
+            Ok(None) => return Ok(()),
+            Ok(Some(r)) => r,
+            Err(reason) => return Err(CudaError::Rollback { seq, len, reason }),
+        };
         self.dev
             .ctx
             .bind_to_thread()
             .map_err(drv("binding the context"))?;
         // Replay from the snapshot (the copy the latest batch read) into the current copy.
-        let m = len - p0;
+        let m = replay.tokens;
         let snapshot = (rec.cur[s] ^ 1) as i32;
         let group = [
             seq as i32,
             0,
             m as i32,
-            if l.reset { 0 } else { 1 },
+            if replay.from_zero { 0 } else { 1 },
             snapshot,
             0,
         ];
@@ -1198,7 +1165,7 @@ impl crate::ops::Rollback for CudaBackend {
             net.n_k_heads,
         );
         let rw = replay_width(net);
-        let n_seq = rec.len.len();
+        let n_seq = rec.win.len();
         for layer in 0..rec.cfg.n_layers {
             let base = rec.replay.ptr + (((layer * n_seq + s) * ROLLBACK_TOKENS) * rw * 4) as u64;
             self.launch_now(
@@ -1246,13 +1213,7 @@ impl crate::ops::Rollback for CudaBackend {
             )?;
         }
         let rec = self.rec.as_mut().expect("checked above");
-        rec.len[s] = len as u32;
-        rec.latest[s] = Latest {
-            p0: l.p0,
-            n: m as u32,
-            reset: l.reset,
-            replayable: false,
-        };
+        rec.win[s].rolled_back(replay);
         self.synchronize()
     }
 }
@@ -2185,7 +2146,7 @@ impl Ops for CudaOps<'_> {
                 Arg::P(self.info(l.groups)),
                 Arg::P(self.info(l.order)),
                 Arg::I(layer as i32),
-                Arg::I(rec.len.len() as i32),
+                Arg::I(rec.win.len() as i32),
                 Arg::I(ch as i32),
                 Arg::I(k as i32),
                 Arg::I(net.n_v_heads as i32),
@@ -2235,7 +2196,7 @@ impl Ops for CudaOps<'_> {
                 Arg::P(self.info(l.groups)),
                 Arg::P(self.info(l.order)),
                 Arg::I(layer as i32),
-                Arg::I(rec.len.len() as i32),
+                Arg::I(rec.win.len() as i32),
                 Arg::I(nk as i32),
                 Arg::I(nv as i32),
                 Arg::I(hk as i32),
