@@ -143,7 +143,7 @@ for f in smollm2-135m-instruct-q4_1 gemma3-270m-q4_k_m qwen2.5-coder-0.5b-instru
 done
 SYN=${TMPDIR:-/tmp}/surplus-synth-llama3-8b.gguf
 # SmolLM2's tokenizer when it is here, else a placeholder vocabulary of the same 49152 tokens.
-echo "--- synthetic Llama-3-8B shape (vocabulary: ${VOCAB:-placeholder, 128256 tokens}) $(elapsed)"
+echo "--- synthetic Llama-3-8B shape (vocabulary: ${VOCAB:-placeholder, 49152 tokens}) $(elapsed)"
 # shellcheck disable=SC2086 # GPU_CHECK_SYNTH: extra flags (a smaller shape to try the script)
 if timeout 240 "$BIN" synth "$SYN" ${VOCAB:+--vocab-from "$VOCAB"} ${GPU_CHECK_SYNTH:-}; then
   bench llama3-8b-shape "$SYN"

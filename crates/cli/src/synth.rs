@@ -37,7 +37,8 @@ pub struct Args {
     /// (enough to load and benchmark; not for reading text).
     #[arg(long, value_name = "MODEL")]
     vocab_from: Option<String>,
-    /// Tokens of the placeholder vocabulary (default: the shape's, 128256 or 248320).
+    /// Tokens of the placeholder vocabulary (default: 49152, SmolLM2's, for llama3-8b as the
+    /// GPU check's reference figures used; 248320, the real one, for qwen3.6-27b).
     #[arg(long)]
     vocab: Option<usize>,
     /// Width of the residual stream (4096; 5120).
@@ -76,7 +77,7 @@ impl Dims {
     fn new(a: &Args) -> Dims {
         let d = match a.shape {
             Shape::Llama3_8b => Dims {
-                vocab: 128_256,
+                vocab: 49_152,
                 embd: 4096,
                 layers: 32,
                 heads: 32,
