@@ -20,7 +20,7 @@ for name in cuda golden qwen35_golden; do
 done
 # Test binaries find tests/data through the source path they were built from
 # (CARGO_MANIFEST_DIR); gpu_check.sh links that path to the checkout it runs in.
-pwd > gpu-bundle/built-in
+pwd -P > gpu-bundle/built-in
 if command -v strip >/dev/null; then strip gpu-bundle/surplus gpu-bundle/tests/* || true; fi
 # One compressed file to carry (the device tool moves at most 64 MiB): the bundle and the
 # qwen35 fixture (ignored by git, so it would not travel otherwise).

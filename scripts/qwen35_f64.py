@@ -122,6 +122,12 @@ class Model:
         self.dk = m("ssm.state_size")
         self.kconv = m("ssm.conv_kernel")
         self.embd = self.t["token_embd.weight"]  # (vocab, n_embd)
+        # What this oracle takes as given: refuse a file that differs from the fixture's layout.
+        assert m("attention.layer_norm_rms_epsilon") == np.float32(EPS), "epsilon"
+        assert m("ssm.inner_size") == self.vh * self.dk, "value heads of state_size dims"
+        assert "output.weight" not in self.t, "tied LM head"
+        sections = m("rope.dimension_sections")
+        assert sum(sections[:3]) == self.n_rot // 2, "sections cover every rotary pair (text: plain RoPE)"
 
     def w(self, i, name):
         return self.t[f"blk.{i}.{name}"]

@@ -56,8 +56,8 @@ pub struct Args {
     /// FFN width (14336; 17408).
     #[arg(long)]
     ff: Option<usize>,
-    /// qwen3.6-27b only: DeltaNet key heads (16), each of 128 dims; there are three value
-    /// heads per key head.
+    /// qwen3.6-27b only: DeltaNet key heads (16; even), each of 128 dims; there are three
+    /// value heads per key head.
     #[arg(long)]
     delta_heads: Option<usize>,
 }
@@ -356,8 +356,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     let d = dm.embd;
     let qwen = args.shape == Shape::Qwen36_27b;
+    if !qwen && args.delta_heads.is_some() {
+        bail!("--delta-heads is for --shape qwen3.6-27b (llama has no DeltaNet layers)");
+    }
+    // qwen35: ssm_out's 3 × 128 × delta-heads columns must fill Q4_K's 256-value blocks.
     let head_ok = if qwen {
-        dm.delta_heads > 0 && dm.layers >= 4
+        dm.delta_heads > 0 && dm.delta_heads.is_multiple_of(2) && dm.layers >= 4
     } else {
         d.is_multiple_of(dm.heads.max(1))
     };
@@ -369,7 +373,7 @@ pub fn run(args: Args) -> Result<()> {
     {
         bail!(
             "shape: --embd and --ff must be multiples of 256 and --kv-heads divide --heads; \
-             llama: --heads divides --embd; qwen3.6-27b: --delta-heads > 0, --layers >= 4"
+             llama: --heads divides --embd; qwen3.6-27b: --delta-heads even, --layers >= 4"
         );
     }
     let mut g = GgufWriter::new();

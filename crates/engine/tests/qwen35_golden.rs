@@ -131,7 +131,7 @@ fn check_greedy(file: &str, cases: &Value, n_batch: usize, rule: Rule) {
 
 #[test]
 fn f32_greedy_matches_llama_cpp() {
-    if fixtures_missing() {
+    if fixture_missing("qwen35-tiny-f32.gguf") {
         return;
     }
     let r = reference();
@@ -159,7 +159,7 @@ fn f32_greedy_matches_llama_cpp() {
 /// to 0.11 nats by step 20. It stays even with the attention emulated (0.109).
 #[test]
 fn q8_0_greedy_matches_llama_cpp() {
-    if fixtures_missing() {
+    if fixture_missing("qwen35-tiny-q8_0.gguf") {
         return;
     }
     let r = reference();
@@ -182,7 +182,7 @@ fn q8_0_greedy_matches_llama_cpp() {
 /// activation-rounding noise.
 #[test]
 fn q8_0_greedy_with_prompt_gemm_follows_llama_cpp() {
-    if fixtures_missing() {
+    if fixture_missing("qwen35-tiny-q8_0.gguf") {
         return;
     }
     let r = reference();
@@ -309,8 +309,10 @@ fn f64_oracle_agrees_with_llama_cpp_on_f32() {
 
 /// llama.cpp's own Q8_0 run scored against the oracle like ours: along the path it shares
 /// with the oracle's greedy tokens, |Δ log-prob| of its chosen tokens (teacher-forced oracle
-/// values). It passes the goldens' rule, and it shows the size of 8-bit activation noise on
-/// this fixture: median 0.029, max 0.196, far above the 0.05 our run keeps to it.
+/// values), and where it parts from the oracle's path, the oracle's top-two margin. It passes
+/// the goldens' rule (parting only below 0.35: it parts at margins 0.26, 0.16 and 0.03), and
+/// it shows the size of 8-bit activation noise on this fixture: median 0.029, max 0.196, as
+/// far from exact math as our run (0.025, 0.197) and more than the 0.11 between the two.
 #[test]
 fn llama_cpp_q8_0_follows_the_f64_oracle() {
     let r = reference();
@@ -352,13 +354,14 @@ fn llama_cpp_q8_0_follows_the_f64_oracle() {
     );
 }
 
-/// F32: exact math within the F32 tolerance; no step may part from the oracle.
+/// F32: exact math within 1e-3 nats; no step may part from the oracle (tie 0: even its
+/// closest step, 0.004 nats, must go the same way).
 #[test]
 fn f32_greedy_follows_the_f64_oracle() {
-    if fixtures_missing() {
+    if fixture_missing("qwen35-tiny-f32.gguf") {
         return;
     }
-    check_oracle("qwen35-tiny-f32", 128, 0.01, 1e-3, 1e-3);
+    check_oracle("qwen35-tiny-f32", 128, 0.0, 1e-3, 1e-3);
 }
 
 /// Q8_0 against exact math for the same dequantized weights, with the goldens' rule (0.35 /
@@ -368,7 +371,7 @@ fn f32_greedy_follows_the_f64_oracle() {
 /// engine, set the scale of the difference (see `q8_0_greedy_matches_llama_cpp`).
 #[test]
 fn q8_0_greedy_follows_the_f64_oracle() {
-    if fixtures_missing() {
+    if fixture_missing("qwen35-tiny-q8_0.gguf") {
         return;
     }
     let n = runtime::cpu::GEMM_MIN_TOKENS - 1;
@@ -413,7 +416,7 @@ fn check_perplexity(file: &str, reference: &Value, chunks: Option<usize>, tol: f
 
 #[test]
 fn f32_perplexity_within_a_tenth_of_a_percent() {
-    if fixtures_missing() {
+    if fixture_missing("qwen35-tiny-f32.gguf") {
         return;
     }
     let r = reference();
@@ -422,7 +425,7 @@ fn f32_perplexity_within_a_tenth_of_a_percent() {
 
 #[test]
 fn q8_0_perplexity_within_one_percent() {
-    if fixtures_missing() {
+    if fixture_missing("qwen35-tiny-q8_0.gguf") {
         return;
     }
     let r = reference();
@@ -436,7 +439,7 @@ fn q8_0_perplexity_within_one_percent() {
 
 #[test]
 fn tokenizer_matches_llama_cpp() {
-    if fixtures_missing() {
+    if fixture_missing("qwen35-tiny-f32.gguf") {
         return;
     }
     let r = reference();
@@ -462,23 +465,16 @@ fn tokenizer_matches_llama_cpp() {
     }
 }
 
-/// The fixture's model files (GGUF weights, embedding dumps) are not in git: `scripts/
-/// fixtures.sh` copies them into tests/data. Without them a test that needs them is skipped
-/// and says so.
-fn fixtures_missing() -> bool {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
-    let need = [
-        "synthetic/qwen35-tiny-f32.gguf",
-        "synthetic/qwen35-tiny-q8_0.gguf",
-    ];
-    match need.iter().map(|f| dir.join(f)).find(|p| !p.exists()) {
-        Some(p) => {
-            eprintln!(
-                "skipped: {} is missing (run scripts/fixtures.sh)",
-                p.display()
-            );
-            true
-        }
-        None => false,
+/// The fixture's model files are not in git: `scripts/fixtures.sh` copies them into
+/// tests/data/synthetic. Without `file` a test that needs it is skipped and says so.
+fn fixture_missing(file: &str) -> bool {
+    let path = data(file);
+    if path.exists() {
+        return false;
     }
+    eprintln!(
+        "skipped: {} is missing (run scripts/fixtures.sh)",
+        path.display()
+    );
+    true
 }
