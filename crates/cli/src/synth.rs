@@ -5,7 +5,8 @@
 //! attention layers, an MTP block, vocabulary 248320). Quantized as a Q4_K_M file is: Q4_K,
 //! with Q6_K for attn_v, every other ffn_down and the output; the DeltaNet's small tensors
 //! (conv, decay, β/α projections) in F32. The blocks are random bytes with their scales set
-//! so that weights stay small: the file is fast to write and its numbers are finite.
+//! so that weights stay small: the file is fast to write and its numbers are finite. Each
+//! matrix is made as it is written, so memory holds one tensor at a time, not the file.
 
 use std::path::PathBuf;
 
@@ -119,9 +120,8 @@ impl Rng {
     }
 }
 
-/// `rows × cols` values of `ty` (Q4_K or Q6_K) as random blocks with sane scales.
-fn random_blocks(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Result<Vec<u8>> {
-    let bytes = ty.bytes_for((rows * cols) as u64).context("tensor size")? as usize;
+/// Fills `data` with random blocks of `ty` (Q4_K or Q6_K) with sane scales, on all cores.
+fn random_blocks(ty: GgmlType, seed: u64, data: &mut [u8]) {
     let (block, fix): (usize, fn(&mut [u8])) = match ty {
         GgmlType::Q4_K => (144, |b| {
             // d, dmin: weights d·sc·q − dmin·m of about ±0.02.
@@ -131,11 +131,10 @@ fn random_blocks(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Result<Ve
         GgmlType::Q6_K => (210, |b| {
             b[208..210].copy_from_slice(&half::f16::from_f32(2.0e-5).to_le_bytes());
         }),
-        _ => bail!("random blocks of {ty:?}"),
+        _ => unreachable!("random blocks of {ty:?}: Tensors::mat takes Q4_K and Q6_K"),
     };
-    let mut data = vec![0u8; bytes];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per = (bytes / block).div_ceil(threads).max(1) * block;
+    let per = (data.len() / block).div_ceil(threads).max(1) * block;
     std::thread::scope(|s| {
         for (i, part) in data.chunks_mut(per).enumerate() {
             s.spawn(move || {
@@ -151,7 +150,6 @@ fn random_blocks(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Result<Ve
             });
         }
     });
-    Ok(data)
 }
 
 /// `n` uniform values in [lo, hi).
@@ -170,12 +168,17 @@ struct Tensors<'a> {
 }
 
 impl Tensors<'_> {
-    /// A `rows × cols` quantized matrix (GGUF dims `[cols, rows]`).
+    /// A `rows × cols` quantized matrix (GGUF dims `[cols, rows]`), Q4_K or Q6_K, made
+    /// only when the file is written.
     fn mat(&mut self, name: &str, ty: GgmlType, rows: usize, cols: usize) -> Result<()> {
+        if !matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
+            bail!("random blocks of {ty:?}");
+        }
         self.seed += 1;
-        let data = random_blocks(ty, rows, cols, self.seed)?;
+        let seed = self.seed;
+        let fill = Box::new(move |data: &mut [u8]| random_blocks(ty, seed, data));
         self.g
-            .add_tensor(name, &[cols as u64, rows as u64], ty, data)?;
+            .add_tensor_with(name, &[cols as u64, rows as u64], ty, fill)?;
         self.params += rows * cols;
         Ok(())
     }

@@ -22,4 +22,4 @@ pub use file::{split_path, Gguf, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSOR
 pub use reader::{parse, Header, TensorInfo, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
 pub use types::{GgmlType, ALL_TYPES};
 pub use value::{Array, Metadata, Value, ValueType};
-pub use writer::GgufWriter;
+pub use writer::{Fill, GgufWriter};

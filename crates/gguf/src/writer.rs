@@ -9,14 +9,34 @@ use crate::reader::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
 use crate::types::GgmlType;
 use crate::value::{Array, Metadata, Value};
 
+/// Fills a tensor's bytes when the file is written.
+pub type Fill = Box<dyn Fn(&mut [u8]) + Send + Sync>;
+
+/// A tensor's bytes: given, or made when written (so a large file needs no more memory than
+/// its largest tensor).
+enum Data {
+    Bytes(Vec<u8>),
+    Later { len: usize, fill: Fill },
+}
+
+impl Data {
+    fn len(&self) -> usize {
+        match self {
+            Data::Bytes(b) => b.len(),
+            Data::Later { len, .. } => *len,
+        }
+    }
+}
+
 struct PendingTensor {
     name: String,
     dims: Vec<u64>,
     ggml_type: GgmlType,
-    data: Vec<u8>,
+    data: Data,
 }
 
-/// Builds a GGUF file in memory and writes it out.
+/// Builds a GGUF file in memory and writes it out (tensors added with
+/// [`GgufWriter::add_tensor_with`] are made only as they are written).
 pub struct GgufWriter {
     version: u32,
     alignment: u64,
@@ -93,6 +113,36 @@ impl GgufWriter {
         ggml_type: GgmlType,
         data: Vec<u8>,
     ) -> Result<&mut Self> {
+        self.push(name, dims, ggml_type, Data::Bytes(data))
+    }
+
+    /// Adds a tensor whose bytes `fill` writes into a zeroed buffer of the right size when
+    /// the file is written, one tensor at a time.
+    pub fn add_tensor_with(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        ggml_type: GgmlType,
+        fill: Fill,
+    ) -> Result<&mut Self> {
+        let n = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        let len = n
+            .and_then(|n| ggml_type.bytes_for(n))
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| Error::BadTensor {
+                tensor: name.to_string(),
+                reason: "size overflows".into(),
+            })?;
+        self.push(name, dims, ggml_type, Data::Later { len, fill })
+    }
+
+    fn push(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        ggml_type: GgmlType,
+        data: Data,
+    ) -> Result<&mut Self> {
         let bad = |reason: String| Error::BadTensor {
             tensor: name.to_string(),
             reason,
@@ -168,7 +218,14 @@ impl GgufWriter {
         pad(&mut w, data_start)?;
         for (t, off) in self.tensors.iter().zip(offsets) {
             pad(&mut w, data_start + off)?;
-            w.write_all(&t.data)?;
+            match &t.data {
+                Data::Bytes(b) => w.write_all(b)?,
+                Data::Later { len, fill } => {
+                    let mut buf = vec![0u8; *len];
+                    fill(&mut buf);
+                    w.write_all(&buf)?;
+                }
+            }
         }
         Ok(())
     }

@@ -369,6 +369,35 @@ fn writer_refuses_bad_tensors() {
     assert!(GgufWriter::new().alignment(24).is_err());
 }
 
+/// A tensor made as the file is written gives the same file as its bytes given up front.
+#[test]
+fn lazily_filled_tensors_write_the_same_file() {
+    let bytes: Vec<u8> = (0..34 * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let mut eager = GgufWriter::new();
+    eager.set_u32("a", 1);
+    eager.add_f32("n", &[3], &[1.0, 2.0, 3.0]).unwrap();
+    eager
+        .add_tensor("w", &[32, 3], GgmlType::Q8_0, bytes.clone())
+        .unwrap();
+    let mut lazy = GgufWriter::new();
+    lazy.set_u32("a", 1);
+    lazy.add_f32("n", &[3], &[1.0, 2.0, 3.0]).unwrap();
+    let b = bytes.clone();
+    lazy.add_tensor_with(
+        "w",
+        &[32, 3],
+        GgmlType::Q8_0,
+        Box::new(move |out: &mut [u8]| out.copy_from_slice(&b)),
+    )
+    .unwrap();
+    assert_eq!(lazy.to_bytes(), eager.to_bytes());
+    let h = parse(&lazy.to_bytes()).unwrap();
+    assert_eq!(h.tensors.len(), 2);
+    assert!(lazy
+        .add_tensor_with("w", &[32], GgmlType::Q8_0, Box::new(|_: &mut [u8]| {}))
+        .is_err());
+}
+
 /// Inputs the fuzzer found crashing the reader (or its callers), kept as regressions: each
 /// must be refused, or accepted with every tensor inside the file.
 #[test]
