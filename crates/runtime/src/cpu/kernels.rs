@@ -318,6 +318,42 @@ pub fn delta_step(
     beta: f32,
     o: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, all `delta_step_avx2` enables.
+        unsafe { delta_step_avx2(s, q, k, v, g, beta, o) };
+        return;
+    }
+    delta_step_body(s, q, k, v, g, beta, o);
+}
+
+/// [`delta_step`] compiled for AVX2 (wider vectors; no FMA, so the same bits as the
+/// baseline: a rollback's replay and the forward pass agree on any CPU).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn delta_step_avx2(
+    s: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    g: f32,
+    beta: f32,
+    o: &mut [f32],
+) {
+    delta_step_body(s, q, k, v, g, beta, o);
+}
+
+/// The body of [`delta_step`].
+#[inline(always)]
+fn delta_step_body(
+    s: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    g: f32,
+    beta: f32,
+    o: &mut [f32],
+) {
     let decay = exp(g);
     let hk = k.len();
     for ((row, &vi), oi) in s.chunks_exact_mut(hk).zip(v).zip(o.iter_mut()) {
@@ -457,6 +493,34 @@ mod tests {
         let mut h = [1.0f32, 1.0, 0.0, 0.0];
         rope(&mut h, 1, &r);
         assert!((h[0] - 1f32.cos()).abs() < 1e-6 && (h[2] - 1f32.sin()).abs() < 1e-6);
+    }
+
+    /// The dispatched delta step (AVX2 where the CPU has it) gives the scalar body's bits:
+    /// a rollback replays with it and must land on the forward pass's exact state.
+    #[test]
+    fn delta_step_simd_has_the_scalar_bits() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let (hv, hk) = (24, 40);
+        let mut s: Vec<f32> = (0..hv * hk).map(|_| rand()).collect();
+        let mut s2 = s.clone();
+        for _ in 0..5 {
+            let q: Vec<f32> = (0..hk).map(|_| rand()).collect();
+            let k: Vec<f32> = (0..hk).map(|_| rand() * 0.3).collect();
+            let v: Vec<f32> = (0..hv).map(|_| rand()).collect();
+            let (g, beta) = (-0.5 * rand().abs(), 0.5 + 0.4 * rand());
+            let (mut o, mut o2) = (vec![0.0; hv], vec![0.0; hv]);
+            delta_step(&mut s, &q, &k, &v, g, beta, &mut o);
+            delta_step_body(&mut s2, &q, &k, &v, g, beta, &mut o2);
+            assert!(o.iter().any(|&x| x.abs() > 1e-3));
+            assert_eq!(o, o2);
+            assert_eq!(s, s2);
+        }
     }
 
     #[test]
