@@ -382,7 +382,8 @@ pub fn delta_chunk_scratch(c: usize, head_v: usize) -> usize {
 /// - o_t = e^{γ_t} S_0 q_t + Σ_{s≤t} e^{γ_t−γ_s} (q_t·k_s) u_s;
 /// - S_n = e^{γ_n} S_0 + Σ_s e^{γ_n−γ_s} u_s k_sᵀ.
 ///
-/// Everything is a product of small matrices: no token-by-token pass over the state.
+/// Everything is a product of small matrices, run by the `gemm` crate (K·Kᵀ, Q·Kᵀ, K·S₀ᵀ,
+/// Q·S₀ᵀ, P·U and Uᵀ·K); only the triangular solve goes token by token, over rows of U.
 #[allow(clippy::too_many_arguments)]
 pub fn delta_chunk(
     s: &mut [f32],
@@ -400,6 +401,10 @@ pub fn delta_chunk(
     }
     let hk = k.len() / n;
     let hv = v.len() / n;
+    assert!(
+        q.len() >= n * hk && v.len() >= n * hv && o.len() >= n * hv && s.len() >= hv * hk,
+        "delta_chunk: buffers smaller than the shapes"
+    );
     let (a, rest) = scratch.split_at_mut(n * n);
     let (p, rest) = rest.split_at_mut(n * n);
     let (gam, rest) = rest.split_at_mut(n);
@@ -410,56 +415,95 @@ pub fn delta_chunk(
         acc += x as f64;
         *c = acc as f32;
     }
-    let row = |t: usize, w: usize| t * w..(t + 1) * w;
-    // Key-key and query-key products (lower triangle), weighted by the decays between.
+    // A = K·Kᵀ and P = Q·Kᵀ, then weighted by the decays between (lower triangle).
+    mm(n, n, hk, a, (n, 1), k, (hk, 1), k, (1, hk), None);
+    mm(n, n, hk, p, (n, 1), q, (hk, 1), k, (1, hk), None);
     for t in 0..n {
-        let kt = &k[row(t, hk)];
-        let qt = &q[row(t, hk)];
         for j in 0..=t {
-            let ks = &k[row(j, hk)];
             let dec = exp(gam[t] - gam[j]);
-            a[t * n + j] = beta[t] * dec * dot(kt, ks);
-            p[t * n + j] = dec * dot(qt, ks);
+            a[t * n + j] *= beta[t] * dec;
+            p[t * n + j] *= dec;
         }
+        p[t * n + t + 1..(t + 1) * n].fill(0.0);
     }
-    // R_t = β_t (v_t − e^{γ_t} S_0 k_t), then forward substitution for U.
+    // R_t = β_t (v_t − e^{γ_t} S_0 k_t) from K·S₀ᵀ, then forward substitution for U.
+    mm(n, hv, hk, u, (hv, 1), k, (hk, 1), s, (1, hk), None);
     for t in 0..n {
-        let kt = &k[row(t, hk)];
         let e = exp(gam[t]);
-        let ut = &mut u[t * hv..(t + 1) * hv];
-        for (i, x) in ut.iter_mut().enumerate() {
-            *x = beta[t] * (v[t * hv + i] - e * dot(&s[i * hk..(i + 1) * hk], kt));
+        let (done, cur) = u.split_at_mut(t * hv);
+        let ut = &mut cur[..hv];
+        for (x, &vi) in ut.iter_mut().zip(&v[t * hv..(t + 1) * hv]) {
+            *x = beta[t] * (vi - e * *x);
         }
         for j in 0..t {
-            let c = a[t * n + j];
-            let (done, cur) = u.split_at_mut(t * hv);
-            axpy(-c, &done[j * hv..(j + 1) * hv], &mut cur[..hv]);
+            axpy(-a[t * n + j], &done[j * hv..(j + 1) * hv], ut);
         }
     }
-    // Outputs.
+    // Outputs: e^{γ_t} S_0 q_t from Q·S₀ᵀ, plus P·U.
+    mm(n, hv, hk, o, (hv, 1), q, (hk, 1), s, (1, hk), None);
     for t in 0..n {
-        let qt = &q[row(t, hk)];
         let e = exp(gam[t]);
-        let ot = &mut o[t * hv..(t + 1) * hv];
-        for (i, x) in ot.iter_mut().enumerate() {
-            *x = e * dot(&s[i * hk..(i + 1) * hk], qt);
-        }
-        for j in 0..=t {
-            axpy(p[t * n + j], &u[j * hv..(j + 1) * hv], ot);
-        }
+        o[t * hv..(t + 1) * hv].iter_mut().for_each(|x| *x *= e);
     }
-    // State at the chunk's end.
+    mm(n, hv, n, o, (hv, 1), p, (n, 1), u, (hv, 1), Some(1.0));
+    // State at the chunk's end: e^{γ_n} S_0 + (D·U)ᵀ·K, D the decays to the chunk's end.
     let last = gam[n - 1];
-    let e = exp(last);
-    for x in s.iter_mut() {
-        *x *= e;
-    }
     for j in 0..n {
         let dec = exp(last - gam[j]);
-        let kj = &k[row(j, hk)];
-        for i in 0..hv {
-            axpy(dec * u[j * hv + i], kj, &mut s[i * hk..(i + 1) * hk]);
-        }
+        u[j * hv..(j + 1) * hv].iter_mut().for_each(|x| *x *= dec);
+    }
+    mm(hv, hk, n, s, (hk, 1), u, (1, hv), k, (hk, 1), Some(exp(last)));
+}
+
+/// `dst (m × n) = keep·dst + lhs (m × depth) · rhs (depth × n)` (`keep` None: dst is only
+/// written) with the `gemm` crate on this thread. Each matrix comes with its (row, column)
+/// strides in elements.
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    m: usize,
+    n: usize,
+    depth: usize,
+    dst: &mut [f32],
+    dst_s: (usize, usize),
+    lhs: &[f32],
+    lhs_s: (usize, usize),
+    rhs: &[f32],
+    rhs_s: (usize, usize),
+    keep: Option<f32>,
+) {
+    let last = |rows: usize, cols: usize, (rs, cs): (usize, usize)| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    assert!(
+        last(m, n, dst_s) < dst.len()
+            && last(m, depth, lhs_s) < lhs.len()
+            && last(depth, n, rhs_s) < rhs.len(),
+        "mm: a matrix runs past its buffer"
+    );
+    // SAFETY: the assert above keeps every element the strides reach inside its slice; dst
+    // is borrowed mutably, so it overlaps neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            depth,
+            dst.as_mut_ptr(),
+            dst_s.1 as isize,
+            dst_s.0 as isize,
+            keep.is_some(),
+            lhs.as_ptr(),
+            lhs_s.1 as isize,
+            lhs_s.0 as isize,
+            rhs.as_ptr(),
+            rhs_s.1 as isize,
+            rhs_s.0 as isize,
+            keep.unwrap_or(0.0),
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
