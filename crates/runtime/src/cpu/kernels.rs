@@ -452,7 +452,18 @@ pub fn delta_chunk(
         let dec = exp(last - gam[j]);
         u[j * hv..(j + 1) * hv].iter_mut().for_each(|x| *x *= dec);
     }
-    mm(hv, hk, n, s, (hk, 1), u, (1, hv), k, (hk, 1), Some(exp(last)));
+    mm(
+        hv,
+        hk,
+        n,
+        s,
+        (hk, 1),
+        u,
+        (1, hv),
+        k,
+        (hk, 1),
+        Some(exp(last)),
+    );
 }
 
 /// `dst (m × n) = keep·dst + lhs (m × depth) · rhs (depth × n)` (`keep` None: dst is only
