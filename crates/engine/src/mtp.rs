@@ -12,6 +12,7 @@
 use crate::session::Engine;
 use crate::speculative::{Draft, SpecError};
 use crate::EngineError;
+use runtime::Batch;
 
 /// The MTP drafter's bookkeeping for one sequence.
 pub struct MtpState {
@@ -113,18 +114,8 @@ impl Engine {
         };
         let d = self.model.hp.n_embd;
         self.backend.write(h_in, &st.h_in[..tokens.len() * d])?;
-        let b = &mut self.batch;
-        b.tokens.clear();
-        b.tokens.extend_from_slice(tokens);
-        b.pos.clear();
-        b.pos.extend(start as u32..(start + tokens.len()) as u32);
-        b.seq.clear();
-        b.seq.resize(tokens.len(), seq);
-        b.logits.clear();
-        if logits {
-            b.logits.push(tokens.len() as u32 - 1);
-        }
-        self.batch.embd.clear();
+        let rows = Batch::last_row(tokens.len(), logits);
+        self.batch.refill(tokens, start as u32, seq, rows);
         self.batch.embd.extend_from_slice(embd);
         // The block's cache shares the trunk's slots and rotary positions.
         self.rope.fill(&mut self.batch, false);
@@ -180,8 +171,7 @@ impl Engine {
         if start == 0 {
             st.h_in[..d].fill(0.0);
         } else if st.rows > 0 && st.pass_start + st.rows == start {
-            let prev = st.h[(st.rows - 1) * d..st.rows * d].to_owned();
-            st.h_in[..d].copy_from_slice(&prev);
+            st.h_in[..d].copy_from_slice(&st.h[(st.rows - 1) * d..st.rows * d]);
         } else {
             st.h_in[..d].fill(0.0);
         }
@@ -250,17 +240,8 @@ impl Engine {
         let mut start = start;
         for chunk in prompt.chunks(self.n_batch) {
             let last = logits && start + chunk.len() == end;
-            let b = &mut self.batch;
-            b.tokens.clear();
-            b.tokens.extend_from_slice(chunk);
-            b.pos.clear();
-            b.pos.extend(start as u32..(start + chunk.len()) as u32);
-            b.seq.clear();
-            b.seq.resize(chunk.len(), 0);
-            b.logits.clear();
-            if last {
-                b.logits.push(chunk.len() as u32 - 1);
-            }
+            let rows = Batch::last_row(chunk.len(), last);
+            self.batch.refill(chunk, start as u32, 0, rows);
             self.rope.fill(&mut self.batch, true);
             let model = &self.model;
             self.backend

@@ -137,7 +137,8 @@ impl Engine {
             });
         }
         self.cached.clear();
-        fill_one_sequence(&mut self.batch, tokens, start as u32, seq, logits);
+        let rows = Batch::last_row(tokens.len(), logits);
+        self.batch.refill(tokens, start as u32, seq, rows);
         self.rope.fill(&mut self.batch, true);
         let model = &self.model;
         self.backend
@@ -149,14 +150,17 @@ impl Engine {
     }
 
     /// [`Engine::prefill_chunk`] for input rows (an image's embeddings, `n × n_embd`
-    /// values, at most n_batch rows) of sequence `seq` from position `start`, in one pass
-    /// (see [`ImageRows`]). With `logits`, returns the last row's logits.
+    /// values) of sequence `seq` from position `start` (see [`ImageRows`]; causal rows past
+    /// n_batch go in several passes). With `mtp`, the MTP block's pass follows each trunk
+    /// pass over the same rows (its cache entries). With `logits`, returns the last row's
+    /// logits.
     pub fn prefill_embeddings(
         &mut self,
         seq: u32,
         rows: ImageRows,
         start: usize,
         logits: bool,
+        mtp: Option<&mut crate::mtp::MtpState>,
     ) -> Result<Option<&[f32]>, EngineError> {
         if seq as usize >= self.n_seq {
             return Err(EngineError::Embeddings(format!(
@@ -164,7 +168,12 @@ impl Engine {
                 self.n_seq
             )));
         }
-        self.eval_embeddings(seq, rows, start, logits)?;
+        match mtp {
+            Some(st) => self.eval_embeddings_then(seq, rows, start, logits, |e, chunk, at| {
+                e.mtp_after_rows(seq, st, chunk, at)
+            })?,
+            None => self.eval_embeddings(seq, rows, start, logits)?,
+        };
         if !logits {
             return Ok(None);
         }
@@ -178,19 +187,6 @@ pub fn prefill_chunks(done: usize, len: usize, chunk: usize) -> std::ops::Range<
     let chunk = chunk.max(1);
     let end = ((done / chunk) + 1) * chunk;
     done..end.min(len)
-}
-
-fn fill_one_sequence(b: &mut Batch, tokens: &[u32], start: u32, seq: u32, logits: bool) {
-    b.tokens.clear();
-    b.tokens.extend_from_slice(tokens);
-    b.pos.clear();
-    b.pos.extend(start..start + tokens.len() as u32);
-    b.seq.clear();
-    b.seq.resize(tokens.len(), seq);
-    b.logits.clear();
-    if logits {
-        b.logits.push(tokens.len() as u32 - 1);
-    }
 }
 
 /// Finds stop strings in streamed text and says how much of it is safe to emit: text that

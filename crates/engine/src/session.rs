@@ -307,24 +307,14 @@ impl Engine {
         }
         let mut pos = start;
         let mut rows = 0;
-        self.batch.embd.clear();
-        self.batch.non_causal = false;
         for chunk in tokens.chunks(self.n_batch) {
             let last = pos + chunk.len() == start + tokens.len();
-            self.batch.tokens.clear();
-            self.batch.tokens.extend_from_slice(chunk);
-            self.batch.pos.clear();
-            self.batch
-                .pos
-                .extend(pos as u32..(pos + chunk.len()) as u32);
-            self.batch.seq.clear();
-            self.batch.seq.resize(chunk.len(), seq);
-            self.batch.logits.clear();
-            if all_logits {
-                self.batch.logits.extend(0..chunk.len() as u32);
-            } else if last {
-                self.batch.logits.push(chunk.len() as u32 - 1);
-            }
+            let logits = if all_logits {
+                0..chunk.len() as u32
+            } else {
+                Batch::last_row(chunk.len(), last)
+            };
+            self.batch.refill(chunk, pos as u32, seq, logits);
             rows = self.batch.logits.len();
             self.rope.fill(&mut self.batch, true);
             let model = &self.model;
@@ -422,17 +412,7 @@ impl Engine {
             let m = chunk.len() / d;
             let last = last_logits && at + m == start + n;
             let b = &mut self.batch;
-            b.tokens.clear();
-            b.tokens.resize(m, 0);
-            b.pos.clear();
-            b.pos.extend(at as u32..(at + m) as u32);
-            b.seq.clear();
-            b.seq.resize(m, seq);
-            b.logits.clear();
-            if last {
-                b.logits.push(m as u32 - 1);
-            }
-            b.embd.clear();
+            b.refill_placeholders(m, at as u32, seq, Batch::last_row(m, last));
             b.embd.extend_from_slice(chunk);
             b.non_causal = non_causal;
             self.rope.fill(&mut self.batch, false);
@@ -474,8 +454,9 @@ impl Engine {
             });
         }
         self.cached.clear();
-        self.batch = Batch::one_sequence(tokens, start as u32, seq, false);
-        self.batch.logits = (logits_from.min(tokens.len()) as u32..tokens.len() as u32).collect();
+        let n = tokens.len() as u32;
+        self.batch
+            .refill(tokens, start as u32, seq, (logits_from as u32).min(n)..n);
         self.rope.fill(&mut self.batch, true);
         let rows = self.batch.logits.len();
         let model = &self.model;

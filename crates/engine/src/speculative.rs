@@ -643,12 +643,32 @@ impl Engine {
         opts: &GenerateOptions,
         drafter: &mut dyn Drafter,
         ctl: &mut Controller,
+        on_token: impl FnMut(u32, &str) -> bool,
+    ) -> Result<(Generation, SpecStats), SpecError> {
+        let d = self.model.hp.n_embd;
+        let parts: Vec<PromptPart> = parts.iter().copied().filter(|p| !p.is_empty(d)).collect();
+        let images = parts.iter().any(|p| matches!(p, PromptPart::Embeddings(_)));
+        let r = self.speculate(&parts, images, opts, drafter, ctl, on_token);
+        if images {
+            // The cache's token list holds the images' placeholder ids: nothing to reuse,
+            // whether generation ended or failed.
+            self.cached.clear();
+        }
+        r
+    }
+
+    /// The body of [`Engine::generate_speculative_parts`] (`parts` without empty ones).
+    fn speculate(
+        &mut self,
+        parts: &[PromptPart],
+        images: bool,
+        opts: &GenerateOptions,
+        drafter: &mut dyn Drafter,
+        ctl: &mut Controller,
         mut on_token: impl FnMut(u32, &str) -> bool,
     ) -> Result<(Generation, SpecStats), SpecError> {
         opts.sampling.validate().map_err(EngineError::Sampling)?;
         let d = self.model.hp.n_embd;
-        let parts: Vec<PromptPart> = parts.iter().copied().filter(|p| !p.is_empty(d)).collect();
-        let images = parts.iter().any(|p| matches!(p, PromptPart::Embeddings(_)));
         if images && !drafter.is_mtp() {
             return Err(SpecError::ImagesNeedMtp);
         }
@@ -677,7 +697,7 @@ impl Engine {
         let greedy = opts.sampling.temperature <= 0.0;
         let max_draft = MAX_DRAFT.min(self.max_logit_rows.saturating_sub(1));
         let mut sampler = Sampler::new(opts.sampling.clone(), vocab);
-        for p in &parts {
+        for p in parts {
             if let PromptPart::Tokens(t) = p {
                 for &t in *t {
                     sampler.accept(t);
@@ -723,7 +743,7 @@ impl Engine {
         match mtp.as_mut() {
             Some(st) if images => {
                 self.cached.clear();
-                self.mtp_prefill_parts(st, &parts)?;
+                self.mtp_prefill_parts(st, parts)?;
             }
             Some(st) => {
                 self.cached.clear();
@@ -858,10 +878,6 @@ impl Engine {
                 self.mtp_keep_hidden(st, pos, n_draft + 1)?;
             }
             pending = Some((n_draft, tv.elapsed().as_secs_f64(), t_draft, catch_up));
-        }
-        if images {
-            // The cache's token list would hold the placeholders: nothing to reuse.
-            self.cached.clear();
         }
         emit.finish(&mut out);
         out.timings.generation_time = t1.elapsed();

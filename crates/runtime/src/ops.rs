@@ -2,6 +2,7 @@
 //! at load, the batch being evaluated. CPU implements it now; CUDA implements the same.
 
 use crate::tensor::Weight;
+use std::ops::Range;
 
 /// An activation buffer planned at load: `width` f32 values per token, room for the largest
 /// batch. The device owns the memory; model code only holds these handles.
@@ -100,6 +101,40 @@ impl Batch {
             embd: Vec::new(),
             non_causal: false,
             rope_pos: Vec::new(),
+        }
+    }
+
+    /// Refills the batch in place (its buffers kept: no allocation once they are large
+    /// enough) with `tokens` of sequence `seq` at positions `start..`, logits for the rows
+    /// in `logits`; token ids, causal, positions as slots.
+    pub fn refill(&mut self, tokens: &[u32], start: u32, seq: u32, logits: Range<u32>) {
+        self.refill_placeholders(tokens.len(), start, seq, logits);
+        self.tokens.copy_from_slice(tokens);
+    }
+
+    /// [`Batch::refill`] with `n` placeholder ids (0), for input rows the caller puts in
+    /// `embd`.
+    pub fn refill_placeholders(&mut self, n: usize, start: u32, seq: u32, logits: Range<u32>) {
+        self.tokens.clear();
+        self.tokens.resize(n, 0);
+        self.pos.clear();
+        self.pos.extend(start..start + n as u32);
+        self.seq.clear();
+        self.seq.resize(n, seq);
+        self.logits.clear();
+        self.logits.extend(logits);
+        self.embd.clear();
+        self.non_causal = false;
+        self.rope_pos.clear();
+    }
+
+    /// The logit rows `n - 1..n` when `last`, else none: the last token's.
+    pub fn last_row(n: usize, last: bool) -> Range<u32> {
+        let n = n as u32;
+        if last {
+            n.saturating_sub(1)..n
+        } else {
+            n..n
         }
     }
 

@@ -13,6 +13,12 @@ use crate::ops::DeltaNet;
 /// drafts).
 pub const ROLLBACK_TOKENS: usize = 8;
 
+/// Whether a pass keeps the recurrence inputs of a sequence given `n` tokens, so that it
+/// can be rolled back inside them.
+pub fn keeps_inputs(n: usize) -> bool {
+    n <= ROLLBACK_TOKENS
+}
+
 /// Floats kept per token for a rollback: the convolution's input and output, g and β.
 pub fn replay_width(net: &DeltaNet) -> usize {
     2 * net.conv_channels() + 2 * net.n_v_heads
@@ -58,7 +64,7 @@ impl Window {
             p0,
             n,
             reset: p0 == 0,
-            replayable: n as usize <= ROLLBACK_TOKENS,
+            replayable: keeps_inputs(n as usize),
         };
     }
 

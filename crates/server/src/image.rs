@@ -184,11 +184,8 @@ pub fn build_prompt(
         prompt.extend(run);
         if let Some(e) = rows.next() {
             let n = e.data.len() / n_embd.max(1);
-            let grid = if e.nx * e.ny == n {
-                [e.nx, e.ny]
-            } else {
-                [n, 1]
-            };
+            // The tower gives nx × ny rows; the engine refuses a grid that does not match.
+            let grid = [e.nx, e.ny];
             images.push(JobImage {
                 start: prompt.len(),
                 len: n,

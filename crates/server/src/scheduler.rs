@@ -516,8 +516,10 @@ pub fn run(
                     break;
                 }
                 budget = budget.saturating_sub(n);
-                let (start, last) = (im.start, im.start + n == len);
-                let r = engine.prefill_embeddings(i as u32, im.rows(), im.start, last);
+                let last = im.start + n == len;
+                // With MTP, the block's passes over the image rows follow the trunk's.
+                let r =
+                    engine.prefill_embeddings(i as u32, im.rows(), im.start, last, mtp.get_mut(i));
                 match r {
                     Ok(out) => {
                         metrics.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
@@ -526,16 +528,6 @@ pub fn run(
                             if !next_token(slot, l, len, n_ctx, &tok, &eog, &mut scratch, &metrics)
                             {
                                 slots[i] = None;
-                            }
-                        }
-                        // The MTP block's pass over the image rows.
-                        if let (Some(slot), Some(st)) = (slots[i].as_ref(), mtp.get_mut(i)) {
-                            let im = slot.job.images.iter().find(|im| im.start == start);
-                            let rows = im.map_or(&[][..], |im| &im.data[..]);
-                            if let Err(e) = engine.mtp_after_rows(i as u32, st, rows, start) {
-                                if let Some(slot) = slots[i].take() {
-                                    let _ = slot.job.events.send(Event::Error(e.to_string()));
-                                }
                             }
                         }
                     }

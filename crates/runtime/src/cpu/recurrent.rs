@@ -53,7 +53,7 @@ pub(crate) struct Group {
 
 impl Group {
     fn replayable(&self) -> bool {
-        self.n as usize <= ROLLBACK_TOKENS
+        crate::rollback::keeps_inputs(self.n as usize)
     }
 }
 

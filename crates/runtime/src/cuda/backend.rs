@@ -32,7 +32,7 @@ use super::gpu::CudaDevice;
 use crate::collect::{vector_key, weight_key, Collected, Key};
 use crate::cpu::{KvConfig, RecurrentConfig};
 use crate::ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rope, RopeMode};
-use crate::rollback::{replay_width, Window, ROLLBACK_TOKENS};
+use crate::rollback::{keeps_inputs, replay_width, Window, ROLLBACK_TOKENS};
 use crate::tensor::{Layout, Weight};
 
 /// Prompt chunks of this many tokens or more take the cuBLAS GEMM (as the CPU's
@@ -341,7 +341,7 @@ impl RecHost {
         for gi in 0..self.groups.len() {
             let seq = self.groups[gi][0] as u32;
             self.groups[gi][1] = self.order.len() as i32;
-            self.groups[gi][5] = (self.groups[gi][2] as usize <= ROLLBACK_TOKENS) as i32;
+            self.groups[gi][5] = keeps_inputs(self.groups[gi][2] as usize) as i32;
             self.order.extend(
                 seqs.iter()
                     .enumerate()
