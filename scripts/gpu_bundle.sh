@@ -14,9 +14,16 @@ list() { # cargo test --no-run prints "Executable ... (path)"
 rm -rf gpu-bundle && mkdir -p gpu-bundle/tests
 cp "$TARGET/release/surplus" gpu-bundle/surplus
 # Named by crate: several crates have a test called `golden`.
-for t in $(list -p surplus-runtime --lib); do cp "$t" gpu-bundle/tests/runtime-lib; done
+# A test binary that fails to build must stop the bundle, not leave it out quietly.
+one() { # name, cargo test args: copies the one executable cargo names
+  local name=$1 bins; shift
+  bins=$(list "$@")
+  [ -n "$bins" ] || { echo "gpu_bundle: no test binary for $*: see cargo test --no-run $*"; exit 1; }
+  for t in $bins; do cp "$t" "gpu-bundle/tests/$name"; done
+}
+one runtime-lib -p surplus-runtime --lib
 for name in cuda golden qwen35_golden; do
-  for t in $(list -p surplus-engine --test "$name"); do cp "$t" "gpu-bundle/tests/engine-$name"; done
+  one "engine-$name" -p surplus-engine --test "$name"
 done
 # Test binaries find tests/data through the source path they were built from
 # (CARGO_MANIFEST_DIR); gpu_check.sh links that path to the checkout it runs in.

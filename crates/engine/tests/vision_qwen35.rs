@@ -194,10 +194,12 @@ fn qwen35_with_our_image_embeddings_follows_llama_cpp() {
     let proj = vision::Projector::open(data().join("vision/qwen35-tiny-mmproj.gguf")).unwrap();
     assert_eq!(proj.n_embd_out(), engine.model.hp.n_embd);
     let mut errors = Vec::new();
+    let mut cases = 0;
     for case in g["cases"].as_array().unwrap() {
         if case["model"] != "qwen35-tiny" {
             continue;
         }
+        cases += 1;
         let (pre, post) = split(&engine, case);
         let image = case["image"].as_str().unwrap();
         // The pixels llama.cpp worked with (JPEG decoders differ by a level or two).
@@ -224,10 +226,14 @@ fn qwen35_with_our_image_embeddings_follows_llama_cpp() {
                 if worst > 0.01 {
                     errors.push(format!("{name}: |Δ logprob| {worst:.5}"));
                 }
+                if shared < 2 {
+                    errors.push(format!("{name}: only {shared} steps compared"));
+                }
             }
             Err(e) => errors.push(format!("{name}: {e}")),
         }
     }
+    assert_eq!(cases, 6);
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 
