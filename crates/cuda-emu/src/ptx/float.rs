@@ -323,7 +323,7 @@ pub fn f32_to_bf16(x: f32, r: Round) -> u16 {
     }
     // bf16 is the top half of an f32: step on f32 bits of the truncated value.
     let v = c.to_f32();
-    let stepped = match x.partial_cmp(&v).unwrap_or(Ordering::Equal) {
+    match x.partial_cmp(&v).unwrap_or(Ordering::Equal) {
         Ordering::Greater if r == Round::Rp || (r == Round::Rz && v < 0.0) => {
             if v < 0.0 {
                 c.to_bits() - 1
@@ -343,8 +343,7 @@ pub fn f32_to_bf16(x: f32, r: Round) -> u16 {
             }
         }
         _ => c.to_bits(),
-    };
-    stepped
+    }
 }
 
 /// bf16 bits to f32 (exact).

@@ -1,7 +1,7 @@
 //! The ALU operations, each a function over the lanes of a warp (monomorphised per width, so
 //! that the per-lane body is inlined into the lane loop).
 
-#![allow(unused_variables)]
+#![allow(unused_variables, clippy::manual_checked_ops)]
 
 use super::exec::{run, Alu, Regs};
 use super::float as fl;

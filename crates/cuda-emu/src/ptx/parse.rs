@@ -1646,10 +1646,7 @@ fn decode_inner(base: &str, m: &mut Mods, r: &RawInstr, k: &KernelCtx) -> Result
                     }
                 }
             };
-            if !ok
-                || (ftz && !(st == Ty::F32 || dt == Ty::F32))
-                || (sat && !df && dint && !sint && false)
-            {
+            if !ok || (ftz && !(st == Ty::F32 || dt == Ty::F32)) {
                 return Err(format!("unsupported cvt form (.{dt:?} from .{st:?})"));
             }
             let _ = sf;
@@ -1853,9 +1850,6 @@ fn decode_mem(base: &str, m: &mut Mods, r: &RawInstr, k: &KernelCtx) -> Result<O
         _ => 1,
     };
     let ty = one_ty(m, base)?;
-    if matches!(ty, Ty::Pred | Ty::F16x2 | Ty::BF16x2) && false {
-        return Err("unsupported type".into());
-    }
     let size = match ty {
         Ty::Pred => return Err(format!("{base}.pred")),
         t => (t.bits() / 8) as u8,

@@ -1,5 +1,7 @@
 //! Tests of the PTX interpreter on small kernels (hand-written or from NVRTC).
 
+#![allow(clippy::needless_range_loop)]
+
 use super::*;
 use crate::mem::Memory;
 
