@@ -240,6 +240,24 @@ impl Memory {
         new
     }
 
+    /// The bytes of allocation `i` and its sector bits of this launch for reads (or writes),
+    /// one bit per sector as [`Memory::mark_sectors`] keeps them (allocated on first use).
+    #[inline]
+    pub fn data_and_sectors(&mut self, i: usize, write: bool) -> (&mut [u8], &mut [u64]) {
+        let a = &mut self.allocs[i];
+        let bits = if write {
+            &mut a.sectors_w
+        } else {
+            &mut a.sectors_r
+        };
+        if bits.is_empty() {
+            let sectors = a.size.div_ceil(SECTOR).max(1);
+            *bits = vec![0; sectors.div_ceil(64) as usize];
+            self.touched.push(i);
+        }
+        (&mut a.data, bits)
+    }
+
     /// Forgets the sector bits of the launch that ended.
     pub fn clear_sectors(&mut self) {
         for i in self.touched.drain(..) {

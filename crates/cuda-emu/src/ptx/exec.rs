@@ -2,9 +2,12 @@
 //! counter per lane, "lowest PC first" scheduling (which reconverges structured code at its
 //! join points), block barriers, checked memory accesses.
 
+// Lane loops index several per-lane arrays at once.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
 use super::float::{Round, RoundInt};
 use super::{Fault, KernelStats, Launch, Param};
-use crate::mem::Memory;
+use crate::mem::{Memory, SECTOR};
 
 /// One warp's registers: `regs[reg][lane]`.
 pub type Regs = [[u64; 32]];
@@ -1064,6 +1067,13 @@ fn load_n<const N: usize>(
     x: &MemOp,
 ) -> Result<(), Fault> {
     let len = x.size as u64 * N as u64;
+    if matches!(x.space, Space::Global | Space::Generic) {
+        let addrs = addrs_of(w, x);
+        if let Some(i) = cached_global(ctx, pc, m, &addrs, len) {
+            load_fast::<N>(ctx, w, m, x, i, &addrs);
+            return Ok(());
+        }
+    }
     let mut vals = [[0u64; 32]; N];
     let mut allocs = [0u32; 32];
     let mut offs = [0u64; 32];
@@ -1137,6 +1147,13 @@ fn store_op(
     x: &MemOp,
 ) -> Result<(), Fault> {
     let len = x.size as u64 * x.n as u64;
+    if matches!(x.space, Space::Global | Space::Generic) {
+        let addrs = addrs_of(w, x);
+        if let Some(i) = cached_global(ctx, pc, m, &addrs, len) {
+            store_fast(ctx, w, m, x, i, &addrs);
+            return Ok(());
+        }
+    }
     let mut allocs = [0u32; 32];
     let mut offs = [0u64; 32];
     let mut gmask = 0u32;
@@ -1190,4 +1207,169 @@ fn store_op(
         mark(ctx, gmask, &allocs, &offs, len, true);
     }
     Ok(())
+}
+
+/// Every lane's address of a load or store (inactive lanes' too: harmless values).
+#[inline(always)]
+fn addrs_of(w: &Warp, x: &MemOp) -> [u64; 32] {
+    match x.base {
+        Some(r) => {
+            let c = &w.regs[r as usize];
+            let mut a = [0u64; 32];
+            for l in 0..32 {
+                a[l] = c[l].wrapping_add(x.off);
+            }
+            a
+        }
+        None => [x.off; 32],
+    }
+}
+
+/// The fast path of a global (or generic) access: when the address of every lane of `m` is
+/// aligned and inside the live allocation the instruction last used, that allocation's
+/// index. Such an access is global whatever the space (allocations lie outside the shared
+/// and local windows), and the lane-by-lane path would find the same allocation.
+#[inline(always)]
+fn cached_global(ctx: &Ctx, pc: usize, m: u32, addrs: &[u64; 32], len: u64) -> Option<usize> {
+    let c = ctx.cache[pc] as usize;
+    let al = ctx.mem.allocs.get(c)?;
+    if !al.live || al.size < len {
+        return None;
+    }
+    let span = al.size - len;
+    let align = if len.is_power_of_two() { len - 1 } else { 0 };
+    let mut bad = 0u32;
+    for l in 0..32 {
+        let a = addrs[l];
+        let b = (a.wrapping_sub(al.base) > span) | (a & align != 0);
+        bad |= (b as u32) << l;
+    }
+    if bad & m == 0 {
+        Some(c)
+    } else {
+        None
+    }
+}
+
+/// Marks the sectors of the lanes' accesses at `addrs` (all inside the allocation at `base`
+/// whose sector bits are `bits`); returns how many were not marked before.
+#[inline(always)]
+fn mark_fast(bits: &mut [u64], base: u64, addrs: &[u64; 32], m: u32, len: u64) -> u64 {
+    let mut new = 0;
+    let mut last = u64::MAX;
+    let mut mm = m;
+    while mm != 0 {
+        let l = mm.trailing_zeros() as usize;
+        mm &= mm - 1;
+        let o = addrs[l] - base;
+        let (first, end) = (o / SECTOR, (o + len - 1) / SECTOR);
+        if first == last && end == first {
+            continue;
+        }
+        for s in first..=end {
+            let (wd, b) = ((s / 64) as usize, 1u64 << (s % 64));
+            new += (bits[wd] & b == 0) as u64;
+            bits[wd] |= b;
+        }
+        last = end;
+    }
+    new
+}
+
+/// Reads `N` elements of `S` bytes per lane of `m` from `data` (the allocation at `base`).
+#[inline(always)]
+fn gather<const S: usize, const N: usize>(
+    data: &[u8],
+    base: u64,
+    addrs: &[u64; 32],
+    m: u32,
+    vals: &mut [[u64; 32]; N],
+) {
+    let mut one = |l: usize| {
+        let o = (addrs[l] - base) as usize;
+        let b = &data[o..o + S * N];
+        for k in 0..N {
+            let e = &b[k * S..k * S + S];
+            vals[k][l] = match S {
+                1 => e[0] as u64,
+                2 => u16::from_le_bytes([e[0], e[1]]) as u64,
+                4 => u32::from_le_bytes([e[0], e[1], e[2], e[3]]) as u64,
+                _ => u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]),
+            };
+        }
+    };
+    if m == u32::MAX {
+        for l in 0..32 {
+            one(l);
+        }
+    } else {
+        let mut mm = m;
+        while mm != 0 {
+            let l = mm.trailing_zeros() as usize;
+            mm &= mm - 1;
+            one(l);
+        }
+    }
+}
+
+/// A load whose lanes all hit allocation `i` (see [`cached_global`]).
+#[inline(always)]
+fn load_fast<const N: usize>(
+    ctx: &mut Ctx,
+    w: &mut Warp,
+    m: u32,
+    x: &MemOp,
+    i: usize,
+    addrs: &[u64; 32],
+) {
+    let len = x.size as u64 * N as u64;
+    let base = ctx.mem.allocs[i].base;
+    let (data, bits) = ctx.mem.data_and_sectors(i, false);
+    let mut vals = [[0u64; 32]; N];
+    match x.size {
+        1 => gather::<1, N>(data, base, addrs, m, &mut vals),
+        2 => gather::<2, N>(data, base, addrs, m, &mut vals),
+        4 => gather::<4, N>(data, base, addrs, m, &mut vals),
+        _ => gather::<8, N>(data, base, addrs, m, &mut vals),
+    }
+    if x.signed {
+        for v in vals.iter_mut() {
+            for e in v.iter_mut() {
+                *e = sext(*e, x.size);
+            }
+        }
+    }
+    let new = mark_fast(bits, base, addrs, m, len);
+    ctx.stats.sectors_read += new;
+    ctx.stats.bytes_requested += len * m.count_ones() as u64;
+    for k in 0..N {
+        if let Src::Reg(d) = x.regs[k] {
+            store(&mut w.regs, d, m, &vals[k]);
+        }
+    }
+}
+
+/// A store whose lanes all hit allocation `i` (see [`cached_global`]), lanes in order.
+#[inline(always)]
+fn store_fast(ctx: &mut Ctx, w: &Warp, m: u32, x: &MemOp, i: usize, addrs: &[u64; 32]) {
+    let len = x.size as u64 * x.n as u64;
+    let base = ctx.mem.allocs[i].base;
+    let (data, bits) = ctx.mem.data_and_sectors(i, true);
+    let size = x.size as usize;
+    let mut mm = m;
+    while mm != 0 {
+        let l = mm.trailing_zeros() as usize;
+        mm &= mm - 1;
+        let o = (addrs[l] - base) as usize;
+        for k in 0..x.n as usize {
+            write_le(
+                &mut data[o + k * size..],
+                x.size,
+                val(&w.regs, x.regs[k], l),
+            );
+        }
+    }
+    let new = mark_fast(bits, base, addrs, m, len);
+    ctx.stats.sectors_written += new;
+    ctx.stats.bytes_requested += len * m.count_ones() as u64;
 }
