@@ -907,6 +907,7 @@ fn classify(space: Space, addr: u64) -> (Space, u64) {
 }
 
 /// Resolves a shared/local/param access to a byte range in the context's buffers.
+#[inline(always)]
 fn small_space(
     ctx: &Ctx,
     pc: usize,
@@ -925,34 +926,53 @@ fn small_space(
         }
         _ => (ctx.launch.params.len() as u64, 0),
     };
-    if write && space == Space::Param {
-        return Err(ctx.fault(pc, wi, lane, Some(off), "store to the param space".into()));
-    }
     match off.checked_add(len) {
-        Some(e) if e <= limit => Ok((base + off) as usize),
-        _ => Err(ctx.fault(
-            pc,
-            wi,
-            lane,
-            Some(off),
-            format!(
-                "invalid {} {} of {} bytes at offset {:#x}: the {} space of this {} has {} bytes",
-                space.name(),
-                if write { "write" } else { "read" },
-                len,
-                off,
-                space.name(),
-                if space == Space::Local {
-                    "thread"
-                } else if space == Space::Shared {
-                    "block"
-                } else {
-                    "launch"
-                },
-                limit
-            ),
+        Some(e) if e <= limit && !(write && space == Space::Param) => Ok((base + off) as usize),
+        _ => Err(small_fault(
+            ctx, pc, wi, lane, space, off, len, write, limit,
         )),
     }
+}
+
+/// The fault of a shared/local/param access [`small_space`] refused.
+#[cold]
+#[inline(never)]
+fn small_fault(
+    ctx: &Ctx,
+    pc: usize,
+    wi: usize,
+    lane: usize,
+    space: Space,
+    off: u64,
+    len: u64,
+    write: bool,
+    limit: u64,
+) -> Fault {
+    if write && space == Space::Param {
+        return ctx.fault(pc, wi, lane, Some(off), "store to the param space".into());
+    }
+    ctx.fault(
+        pc,
+        wi,
+        lane,
+        Some(off),
+        format!(
+            "invalid {} {} of {} bytes at offset {:#x}: the {} space of this {} has {} bytes",
+            space.name(),
+            if write { "write" } else { "read" },
+            len,
+            off,
+            space.name(),
+            if space == Space::Local {
+                "thread"
+            } else if space == Space::Shared {
+                "block"
+            } else {
+                "launch"
+            },
+            limit
+        ),
+    )
 }
 
 #[inline(always)]
