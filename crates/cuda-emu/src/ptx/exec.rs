@@ -270,7 +270,11 @@ fn col<'a>(regs: &'a Regs, s: Src, tmp: &'a mut [u64; 32]) -> &'a [u64; 32] {
 fn store(regs: &mut Regs, d: u16, mask: u32, out: &[u64; 32]) {
     let dst = &mut regs[d as usize];
     if mask == u32::MAX {
-        *dst = *out;
+        // In two halves: small enough for the compiler to copy inline (a whole register is
+        // a call to memcpy).
+        let (dl, dh) = dst.split_at_mut(16);
+        dl.copy_from_slice(&out[..16]);
+        dh.copy_from_slice(&out[16..]);
     } else {
         let mut m = mask;
         while m != 0 {
