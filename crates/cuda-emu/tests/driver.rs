@@ -418,6 +418,7 @@ fn cubin_images() {
 
 // ---- cuBLAS
 
+#[allow(clippy::too_many_arguments)]
 fn gemm_ref(
     ta: bool,
     tb: bool,

@@ -45,8 +45,16 @@ const ATT_TOKENS: usize = 16;
 const ATT_MAX_SPLITS: usize = 32;
 /// Bytes of f16 weight tiles for the GEMM path.
 const TILE_BYTES: usize = 64 << 20;
-/// Bytes left free for the driver, cuBLAS's workspace and the kernels.
+/// The largest grid y and z of a launch (x goes to 2^31 - 1).
+const MAX_GRID_YZ: u32 = 65535;
+/// Bytes left free for the driver, cuBLAS's workspace and the kernels, on a large GPU.
 pub const RESERVE_BYTES: usize = 768 << 20;
+
+/// The reserve on a GPU of `total` bytes: [`RESERVE_BYTES`], but at most an eighth of a
+/// small card (at least 64 MiB), so that a few layers can still go on it.
+pub fn reserve_bytes(total: usize) -> usize {
+    RESERVE_BYTES.min((total / 8).max(64 << 20))
+}
 /// Graphs kept (decode of the trunk, of an MTP block, ...).
 const MAX_GRAPHS: usize = 8;
 
@@ -547,7 +555,7 @@ impl CudaBackend {
             recurrent: s.rec,
             activations: s.acts,
             scratch: s.scratch,
-            reserve: RESERVE_BYTES,
+            reserve: reserve_bytes(total),
             free,
             total,
         }
@@ -1414,7 +1422,8 @@ impl<'a> CudaOps<'a> {
             }
             return;
         }
-        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 || grid.1 > 65535 || grid.2 > 65535 {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 || grid.1 > MAX_GRID_YZ || grid.2 > MAX_GRID_YZ
+        {
             self.fail(name, format!("bad grid {grid:?} for {}", shapes()));
             return;
         }
@@ -1515,8 +1524,9 @@ impl<'a> CudaOps<'a> {
             self.halved.set(key);
         }
         let deq = &self.be.names.deq[&dw.ty];
-        // Tiles of a multiple of 64 rows keep the output columns 256-byte aligned for cuBLAS.
-        let fit = self.be.tile_elems / cols;
+        // Tiles of a multiple of 64 rows keep the output columns 256-byte aligned for cuBLAS;
+        // a tile's rows are the dequantizing launch's grid y, which stops at 65535.
+        let fit = (self.be.tile_elems / cols).min(MAX_GRID_YZ as usize);
         let tile_rows = if fit >= 64 { fit / 64 * 64 } else { fit }.clamp(1, rows);
         let o = self.act(out);
         self.used_blas.set(true);

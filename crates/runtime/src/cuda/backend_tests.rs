@@ -5,20 +5,11 @@ use quant::GgmlType;
 
 use super::backend::{AttnShape, CudaBackend};
 use super::gpu::CudaDevice;
+use super::gpu_tests::device;
 use crate::collect::Collect;
 use crate::cpu::{CpuBackend, KvConfig, RecurrentConfig};
 use crate::ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rollback, Rope, RopeMode};
 use crate::tensor::{Bytes, Weight};
-
-fn device() -> Option<CudaDevice> {
-    match CudaDevice::open(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped: no usable GPU: {e}");
-            None
-        }
-    }
-}
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed
@@ -43,6 +34,9 @@ fn weight(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Weight {
     Weight::new(ty, cols, rows, Bytes::from_vec(bytes)).unwrap()
 }
 
+/// Rows a pass may hold: more than one DeltaNet chunk (the recurrent test's 70-token prompt).
+const MAX_ROWS: usize = 96;
+
 /// Two backends over one plan and cache.
 struct Pair {
     cpu: CpuBackend,
@@ -63,7 +57,7 @@ impl Pair {
         let c = Collect::new(b);
         f(&c);
         let used = c.finish();
-        let mut cpu = CpuBackend::new(plan, 64, kv.clone(), 2);
+        let mut cpu = CpuBackend::new(plan, MAX_ROWS, kv.clone(), 2);
         if let Some(r) = &rec {
             cpu = cpu.with_recurrent(r.clone());
         }
@@ -71,7 +65,7 @@ impl Pair {
             max_heads: 8,
             max_head_dim: 128,
         };
-        let gpu = CudaBackend::new(dev, plan, 64, kv, rec, attn, &used)
+        let gpu = CudaBackend::new(dev, plan, MAX_ROWS, kv, rec, attn, &used)
             .unwrap_or_else(|e| panic!("CudaBackend::new: {e}"));
         Pair { cpu, gpu }
     }
@@ -224,6 +218,25 @@ fn matmul_matches_cpu_for_every_type() {
     }
 }
 
+/// A prompt through the GEMM path with a weight taller than a launch's grid y (65535): the
+/// LM head of a large vocabulary over a narrow model (the qwen35 fixture: 151936 × 64) is
+/// dequantized in several tiles. (It was one tile of 151936 rows, a launch the driver
+/// refuses.)
+#[test]
+fn gemm_of_a_weight_taller_than_the_grid() {
+    let Some(dev) = device() else { return };
+    let (rows, cols) = (70_000, 32);
+    let mut plan = Plan::new();
+    let (x, y) = (plan.act(cols), plan.act(rows));
+    let w = weight(GgmlType::Q8_0, rows, cols, 77);
+    let f = |o: &dyn Ops| o.matmul(o.batch().len(), &w, x, y);
+    let mut p = Pair::new(dev, &plan, kv(64, 32, 1, 1), None, &f);
+    let chunk = Batch::one_sequence(&(0..9).collect::<Vec<u32>>(), 0, 0, false);
+    p.write(x, &rand_vec(9 * cols, 78));
+    p.run(&chunk, 50, &f);
+    p.check(y, 9, 2e-2, "Q8_0 70000 × 32 chunk");
+}
+
 /// Attention through the ops: a prompt chunk (with RoPE and GQA), decode steps of two
 /// sequences, a window and a softcap, and a non-causal chunk.
 #[test]
@@ -357,7 +370,7 @@ fn recurrent_ops_match_cpu() {
             .collect();
         p.write(g, &gv);
         p.write(beta, &bv);
-        p.run(batch, 50, &f);
+        p.run(batch, 128, &f);
         p.check(conv, n, 1e-4, &format!("{what}: conv_silu"));
         p.check(out, n, 2e-3, &format!("{what}: gated_delta"));
     };

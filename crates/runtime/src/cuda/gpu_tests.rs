@@ -8,10 +8,15 @@ use super::gpu::CudaDevice;
 use crate::cpu::kernels as cpu;
 use crate::ops::{Rope, RopeMode};
 
-/// GPU 0, or `None` (with the reason printed) when there is none.
-fn device() -> Option<CudaDevice> {
+/// GPU 0, or `None` (with the reason printed) when there is none. With `SURPLUS_TEST_GPU`
+/// set (as `scripts/emu.sh` and `scripts/gpu_check.sh` do) a GPU that does not open fails
+/// the test instead: a skip there would hide a broken driver.
+pub(super) fn device() -> Option<CudaDevice> {
     match CudaDevice::open(0) {
         Ok(d) => Some(d),
+        Err(e) if std::env::var("SURPLUS_TEST_GPU").is_ok_and(|v| !v.is_empty() && v != "0") => {
+            panic!("SURPLUS_TEST_GPU is set but no GPU opened: {e}")
+        }
         Err(e) => {
             eprintln!("skipped: no usable GPU: {e}");
             None
