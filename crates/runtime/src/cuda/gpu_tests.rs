@@ -259,6 +259,65 @@ fn matvec_matches_cpu_for_every_type() {
     }
 }
 
+/// The dp4a path computes what the CPU's int8 path computes: activations rounded to 8 bits
+/// by the CPU's rule (`quant::rows16::quantize_act`: f16 scale, levels to nearest even),
+/// then exact products; so against the dequantized weights times the CPU-quantized
+/// activations it is within f32 summation error, far below the 8-bit bound above.
+#[test]
+fn matvec_dp4a_rounds_activations_as_the_cpu() {
+    let Some(dev) = device() else { return };
+    let (rows, cols, n) = (24usize, 256usize, 2usize);
+    let x = rand_vec(n * cols, 21);
+    let dx = up(&dev, &x);
+    // The CPU's 8-bit activations, dequantized: level × f16-rounded scale.
+    let mut xq = vec![0.0f32; n * cols];
+    for t in 0..n {
+        let mut a = vec![0u8; quant::rows16::act_bytes(cols)];
+        quant::rows16::quantize_act(&x[t * cols..][..cols], &mut a);
+        for b in 0..cols / 32 {
+            let o = cols + 4 * b;
+            let d = f32::from_le_bytes(a[o..o + 4].try_into().unwrap());
+            for i in 0..32 {
+                xq[t * cols + 32 * b + i] = a[32 * b + i] as i8 as f32 * d;
+            }
+        }
+    }
+    let nb = (cols / 32) as i32;
+    let mut q8 = dev.stream.alloc_zeros::<u8>(n * cols / 32 * 40).unwrap();
+    let (ci, ri, ni) = (cols as i32, rows as i32, n as i32);
+    let grid = ((cols as u32 / 32).div_ceil(8), n as u32, 1);
+    launch!(dev, "quantize_q8_1", cfg(grid, 256); &dx, &ci, &mut q8, &nb, &ci);
+    for &ty in TYPES {
+        let wf = rand_vec(rows * cols, 22);
+        let wq = quant::quantize_to_vec(ty, &wf).unwrap();
+        let wd = quant::dequantize_to_vec(ty, &wq).unwrap();
+        let row_bytes = (wq.len() / rows) as i64;
+        let dw = up(&dev, &wq);
+        let mut out = dev.stream.alloc_zeros::<f32>(n * rows).unwrap();
+        let kernel = format!("mmvq_{}", suffix(ty));
+        let grid = ((rows as u32).div_ceil(4), (n as u32).div_ceil(8), 1);
+        launch!(dev, &kernel, cfg(grid, 128);
+            &dw, &row_bytes, &q8, &nb, &mut out, &ri, &ci, &ri, &ni);
+        let got = down(&dev, &out);
+        for t in 0..n {
+            for r in 0..rows {
+                let (wr, xr) = (&wd[r * cols..][..cols], &xq[t * cols..][..cols]);
+                let want: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let bound: f64 = wr
+                    .iter()
+                    .zip(xr)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
+                let g = got[t * rows + r] as f64;
+                assert!(
+                    (g - want).abs() <= 1e-5 * bound + 1e-6,
+                    "{kernel} token {t} row {r}: gpu {g} cpu-rounded {want} (bound {bound})"
+                );
+            }
+        }
+    }
+}
+
 /// Embedding rows and f16 tiles dequantize exactly as the CPU does.
 #[test]
 fn dequantize_matches_cpu_for_every_type() {

@@ -20,8 +20,11 @@ extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, int x_stri
     if (ib * 32 >= ncols) return;
     const float v = x[(i64)t * x_stride + ib * 32 + lane];
     const float amax = warp_max(fabsf(v));
-    const float d = amax / 127.0f;
-    const int q = amax == 0.0f ? 0 : (int)roundf(v / d);
+    // As the CPU (quant::rows16::quantize_act) and ggml quantize activations: the scale
+    // max|x| / 127 rounded to f16, the levels x * (127 / max|x|) rounded to nearest even.
+    const float d = f16_to_f32(f32_to_f16(amax / 127.0f));
+    const float id = amax == 0.0f ? 0.0f : 127.0f / amax;
+    const int q = __float2int_rn(fminf(fmaxf(v * id, -127.0f), 127.0f));
     const int sum = warp_sum_int(q);
     bq8* b = out + (i64)t * out_stride + ib;
     ((i8*)b->qs)[lane] = (i8)q;
