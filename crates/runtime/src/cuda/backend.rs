@@ -43,8 +43,14 @@ const ATT_TOKENS: usize = 16;
 /// Keys per split of the decode attention are `n_ctx / splits`, with this many splits at
 /// most.
 const ATT_MAX_SPLITS: usize = 32;
-/// Bytes of f16 weight tiles for the GEMM path.
+/// Bytes of f16 weight tiles for the GEMM path, on a large GPU.
 const TILE_BYTES: usize = 64 << 20;
+
+/// The tile on a GPU of `total` bytes: [`TILE_BYTES`], but at most a sixteenth of a small
+/// card (at least 4 MiB; smaller tiles only mean more cuBLAS calls per prompt matmul).
+fn tile_bytes(total: usize) -> usize {
+    TILE_BYTES.min((total / 16).max(4 << 20))
+}
 /// The largest grid y and z of a launch (x goes to 2^31 - 1).
 const MAX_GRID_YZ: u32 = 65535;
 /// Bytes left free for the driver, cuBLAS's workspace and the kernels, on a large GPU.
@@ -476,12 +482,15 @@ struct Sizes {
     kv: usize,
     rec: usize,
     max_width: usize,
+    /// Bytes of the f16 weight tile of the GEMM path.
+    tile: usize,
     n_split: usize,
     split_len: usize,
     max_heads: usize,
     max_hd: usize,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn sizes(
     plan: &Plan,
     max_batch: usize,
@@ -489,8 +498,20 @@ fn sizes(
     rec: Option<&RecurrentConfig>,
     max_heads: usize,
     max_hd: usize,
+    total: usize,
 ) -> Sizes {
-    let max_width = plan.widths.iter().copied().max().unwrap_or(1).max(32);
+    let tile = tile_bytes(total);
+    // The widest per-token buffer bounds every matmul input (its f16 and 8-bit copies) and
+    // input row; the buffers of a few rows (the logits, vocabulary-wide) are outputs only.
+    let max_width = plan
+        .widths
+        .iter()
+        .zip(&plan.rows)
+        .filter(|(_, rows)| rows.is_none())
+        .map(|(&w, _)| w)
+        .max()
+        .unwrap_or(1)
+        .max(32);
     let acts = plan.bytes(max_batch);
     let n_split = kv.n_ctx.div_ceil(256).clamp(1, ATT_MAX_SPLITS);
     let split_len = kv.n_ctx.div_ceil(n_split).max(1);
@@ -499,7 +520,7 @@ fn sizes(
     let xh = max_batch * max_width * 2;
     let info = InfoLayout::new(max_batch).len * 4;
     let embd = max_batch * max_width * 4;
-    let scratch = part + q8 + xh + TILE_BYTES + info + embd;
+    let scratch = part + q8 + xh + tile + info + embd;
     let kvb = 2 * kv.n_layers * kv.n_seq * kv.n_ctx * kv.kv_dim * 2;
     let recb = rec.map_or(0, |r| {
         rec_bytes(r, kv.n_seq).iter().sum::<usize>()
@@ -512,6 +533,7 @@ fn sizes(
         kv: kvb,
         rec: recb,
         max_width,
+        tile,
         n_split,
         split_len,
         max_heads,
@@ -541,7 +563,15 @@ impl CudaBackend {
         attn: AttnShape,
         used: &Collected,
     ) -> MemoryPlan {
-        let s = sizes(plan, max_batch, kv, rec, attn.max_heads, attn.max_head_dim);
+        let s = sizes(
+            plan,
+            max_batch,
+            kv,
+            rec,
+            attn.max_heads,
+            attn.max_head_dim,
+            dev.gpu.memory_bytes as usize,
+        );
         let weights = used.weights.iter().map(|w| w.bytes().len()).sum::<usize>()
             + used.vectors.iter().map(|v| v.len() * 4).sum::<usize>();
         let (free, total) = dev.ctx.mem_get_info().unwrap_or((0, 0));
@@ -612,6 +642,7 @@ impl CudaBackend {
             rec.as_ref(),
             attn.max_heads,
             attn.max_head_dim,
+            dev.gpu.memory_bytes as usize,
         );
         let stream = dev.stream.cu_stream();
         // Weights, uploaded in their file layout.
@@ -734,8 +765,8 @@ impl CudaBackend {
                 stream,
             )?,
             xh: DevBuf::new(max_batch * s.max_width * 2, "f16 activations", stream)?,
-            tile: DevBuf::new(TILE_BYTES, "f16 weight tiles", stream)?,
-            tile_elems: TILE_BYTES / 2,
+            tile: DevBuf::new(s.tile, "f16 weight tiles", stream)?,
+            tile_elems: s.tile / 2,
             part: DevBuf::new(
                 ATT_TOKENS * s.max_heads * s.n_split * (s.max_hd + 2) * 4,
                 "attention partials",
@@ -1660,7 +1691,7 @@ impl Ops for CudaOps<'_> {
         if n == 0 {
             return;
         }
-        if w.cols > x.width || w.rows > out.width {
+        if w.cols > x.width || w.rows > out.width || w.cols > self.be.max_width {
             self.fail(
                 "matmul",
                 format!(
