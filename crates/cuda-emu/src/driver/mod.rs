@@ -60,6 +60,20 @@ use crate::mem::Memory;
 use crate::ptx::{Fault, Kernel, KernelStats, Launch, Module};
 use crate::stats::{DeviceInfo, Stats};
 
+mod config;
+mod elf;
+mod errors;
+mod stubs;
+
+pub use config::{
+    device_attribute, parse_gpus, DeviceConfig, BUS_WIDTH_BITS, DEFAULT_GPUS, GPUS_ENV, SM_COUNT,
+};
+use elf::elf_len;
+pub use elf::ptx_from_cubin;
+pub use errors::error_name;
+use errors::ERRORS;
+pub use stubs::*;
+
 /// `CUresult`.
 pub type CUresult = c_int;
 /// `CUdevice` (an ordinal).
@@ -107,93 +121,14 @@ pub const CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: CUresult = 901;
 /// `CUDA_ERROR_UNKNOWN`.
 pub const CUDA_ERROR_UNKNOWN: CUresult = 999;
 
-/// The environment variable describing the devices.
-pub const GPUS_ENV: &str = "SURPLUS_EMU_GPUS";
-/// The devices when [`GPUS_ENV`] is unset or empty.
-pub const DEFAULT_GPUS: &str = "surplus-emu:70:16:900";
 /// What `cuDriverGetVersion` reports.
 pub const DRIVER_VERSION: c_int = 12080;
-/// Streaming multiprocessors reported per device.
-pub const SM_COUNT: c_int = 80;
-/// Bus width reported (bits); the memory clock is chosen to match the bandwidth.
-pub const BUS_WIDTH_BITS: c_int = 4000;
 
 const CAPTURE_MODE_GLOBAL: c_int = 0;
 
 /// Writes one line to stderr prefixed `surplus-cuda-emu: ` (never panics).
 pub fn say(msg: &str) {
     let _ = writeln!(std::io::stderr(), "surplus-cuda-emu: {msg}");
-}
-
-// ---------------------------------------------------------------------------------------------
-// Configuration
-
-/// One configured device.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DeviceConfig {
-    /// Name (reported with " (emulated)" appended).
-    pub name: String,
-    /// Compute capability, `major * 10 + minor`.
-    pub sm: u32,
-    /// Memory in bytes.
-    pub memory: u64,
-    /// Bandwidth in GB/s (10^9 bytes per second).
-    pub bandwidth_gbps: f64,
-}
-
-/// Parses a [`GPUS_ENV`] value (`name:sm:memory_GiB:bandwidth_GBps,...`).
-pub fn parse_gpus(spec: &str) -> Result<Vec<DeviceConfig>, String> {
-    let mut out = Vec::new();
-    for item in spec.split(',') {
-        let item = item.trim();
-        let parts: Vec<&str> = item.split(':').collect();
-        if parts.len() != 4 {
-            return Err(format!("`{item}` does not have 4 `:`-separated fields"));
-        }
-        let name = parts[0].trim();
-        if name.is_empty() {
-            return Err(format!("`{item}` has an empty name"));
-        }
-        let sm: u32 = parts[1]
-            .trim()
-            .parse()
-            .ok()
-            .filter(|s| (10..=1000).contains(s))
-            .ok_or_else(|| format!("`{item}`: sm `{}` is not a number like 70", parts[1]))?;
-        let gib: f64 = parts[2]
-            .trim()
-            .parse()
-            .ok()
-            .filter(|g: &f64| g.is_finite() && *g > 0.0 && *g < 1e6)
-            .ok_or_else(|| {
-                format!(
-                    "`{item}`: memory `{}` is not a positive number of GiB",
-                    parts[2]
-                )
-            })?;
-        let bw: f64 = parts[3]
-            .trim()
-            .parse()
-            .ok()
-            .filter(|g: &f64| g.is_finite() && *g > 0.0 && *g < 1e6)
-            .ok_or_else(|| {
-                format!(
-                    "`{item}`: bandwidth `{}` is not a positive number of GB/s",
-                    parts[3]
-                )
-            })?;
-        let memory = (gib * (1u64 << 30) as f64).round() as u64;
-        if memory == 0 {
-            return Err(format!("`{item}`: memory rounds to 0 bytes"));
-        }
-        out.push(DeviceConfig {
-            name: name.to_string(),
-            sm,
-            memory,
-            bandwidth_gbps: bw,
-        });
-    }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -936,60 +871,6 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
     })
 }
 
-/// The value of device attribute `a` (`CUdevice_attribute`) for `cfg`; 0 for any attribute
-/// not in the table (a feature not offered).
-pub fn device_attribute(cfg: &DeviceConfig, ordinal: usize, a: c_int) -> c_int {
-    match a {
-        1 => 1024,                                            // MAX_THREADS_PER_BLOCK
-        2 | 3 => 1024,                                        // MAX_BLOCK_DIM_X/Y
-        4 => 64,                                              // MAX_BLOCK_DIM_Z
-        5 => i32::MAX,                                        // MAX_GRID_DIM_X
-        6 | 7 => 65535,                                       // MAX_GRID_DIM_Y/Z
-        8 => 49152,                                           // MAX_SHARED_MEMORY_PER_BLOCK
-        9 => 65536,                                           // TOTAL_CONSTANT_MEMORY
-        10 => 32,                                             // WARP_SIZE
-        11 => i32::MAX,                                       // MAX_PITCH
-        12 => 65536,                                          // MAX_REGISTERS_PER_BLOCK
-        13 => 1_530_000,                                      // CLOCK_RATE (kHz)
-        14 => 512,                                            // TEXTURE_ALIGNMENT
-        15 => 1,                                              // GPU_OVERLAP
-        16 => SM_COUNT,                                       // MULTIPROCESSOR_COUNT
-        17 => 0,                                              // KERNEL_EXEC_TIMEOUT
-        18 => 0,                                              // INTEGRATED
-        19 => 1,                                              // CAN_MAP_HOST_MEMORY
-        20 => 0,                                              // COMPUTE_MODE (default)
-        30 => 512,                                            // SURFACE_ALIGNMENT
-        31 => 1,                                              // CONCURRENT_KERNELS
-        32 => 0,                                              // ECC_ENABLED
-        33 => ordinal as c_int + 1,                           // PCI_BUS_ID
-        34 => 0,                                              // PCI_DEVICE_ID
-        35 => 0,                                              // TCC_DRIVER
-        36 => (cfg.bandwidth_gbps * 1000.0).round() as c_int, // MEMORY_CLOCK_RATE (kHz)
-        37 => BUS_WIDTH_BITS,                                 // GLOBAL_MEMORY_BUS_WIDTH
-        38 => 6 << 20,                                        // L2_CACHE_SIZE
-        39 => 2048,                                           // MAX_THREADS_PER_MULTIPROCESSOR
-        40 => 2,                                              // ASYNC_ENGINE_COUNT
-        41 => 1,                                              // UNIFIED_ADDRESSING
-        50 => 0,                                              // PCI_DOMAIN_ID
-        51 => 32,                                             // TEXTURE_PITCH_ALIGNMENT
-        75 => (cfg.sm / 10) as c_int,                         // COMPUTE_CAPABILITY_MAJOR
-        76 => (cfg.sm % 10) as c_int,                         // COMPUTE_CAPABILITY_MINOR
-        78 => 1,                                              // STREAM_PRIORITIES_SUPPORTED
-        79 | 80 => 1,                                         // GLOBAL/LOCAL_L1_CACHE_SUPPORTED
-        81 => 98304, // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
-        82 => 65536, // MAX_REGISTERS_PER_MULTIPROCESSOR
-        83 => 0,     // MANAGED_MEMORY (not emulated)
-        87 => 32,    // SINGLE_TO_DOUBLE_PRECISION_PERF_RATIO
-        90 => 1,     // COMPUTE_PREEMPTION_SUPPORTED
-        95 => 0,     // COOPERATIVE_LAUNCH (not emulated)
-        97 => 98304, // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
-        106 => 32,   // MAX_BLOCKS_PER_MULTIPROCESSOR
-        111 => 0,    // RESERVED_SHARED_MEMORY_PER_BLOCK
-        115 => 0,    // MEMORY_POOLS_SUPPORTED (cuMemAllocAsync not emulated)
-        _ => 0,
-    }
-}
-
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetAttribute(
     pi: *mut c_int,
@@ -1398,107 +1279,6 @@ pub unsafe extern "C" fn cuEventDestroy_v2(e: Handle) -> CUresult {
 
 // ---------------------------------------------------------------------------------------------
 // Modules and functions
-
-fn rd_u16(b: &[u8], o: usize) -> Option<u64> {
-    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?) as u64)
-}
-fn rd_u32(b: &[u8], o: usize) -> Option<u64> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?) as u64)
-}
-fn rd_u64(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
-}
-
-/// (name offset, type, file offset, size) of one ELF section.
-type SectionHeader = (u64, u64, u64, u64);
-
-/// Section headers of an ELF64 little-endian image: (name offset, type, offset, size), and
-/// the index of the section-name table. `image` needs only hold the parts read.
-fn elf_sections(image: &[u8]) -> Result<(Vec<SectionHeader>, usize), String> {
-    if image.len() < 64 || &image[..4] != b"\x7fELF" {
-        return Err("not an ELF image".into());
-    }
-    if image[4] != 2 || image[5] != 1 {
-        return Err("not a 64-bit little-endian ELF image".into());
-    }
-    let bad = || "truncated ELF header".to_string();
-    let shoff = rd_u64(image, 0x28).ok_or_else(bad)? as usize;
-    let shentsize = rd_u16(image, 0x3a).ok_or_else(bad)? as usize;
-    let shnum = rd_u16(image, 0x3c).ok_or_else(bad)? as usize;
-    let shstrndx = rd_u16(image, 0x3e).ok_or_else(bad)? as usize;
-    if shentsize < 64 {
-        return Err(format!("ELF section header size {shentsize} < 64"));
-    }
-    let mut out = Vec::with_capacity(shnum);
-    for i in 0..shnum {
-        let o = shoff + i * shentsize;
-        let sec = || format!("ELF section header {i} lies outside the image");
-        out.push((
-            rd_u32(image, o).ok_or_else(sec)?,
-            rd_u32(image, o + 4).ok_or_else(sec)?,
-            rd_u64(image, o + 24).ok_or_else(sec)?,
-            rd_u64(image, o + 32).ok_or_else(sec)?,
-        ));
-    }
-    Ok((out, shstrndx))
-}
-
-/// The bytes an ELF image spans (its header, section headers and sections).
-///
-/// # Safety
-/// `p` points to an ELF image (at least its 64-byte header, then as much as it declares).
-unsafe fn elf_len(p: *const u8) -> Result<usize, String> {
-    // SAFETY: an ELF header is 64 bytes.
-    let head = unsafe { std::slice::from_raw_parts(p, 64) };
-    let shoff = rd_u64(head, 0x28).unwrap_or(0) as usize;
-    let shentsize = rd_u16(head, 0x3a).unwrap_or(0) as usize;
-    let shnum = rd_u16(head, 0x3c).unwrap_or(0) as usize;
-    if shentsize < 64 || shnum == 0 || shoff > (1 << 32) {
-        return Err("the ELF image has no section headers".into());
-    }
-    let table_end = shoff + shentsize * shnum;
-    // SAFETY: the image declares its section header table up to `table_end`.
-    let img = unsafe { std::slice::from_raw_parts(p, table_end) };
-    let (secs, _) = elf_sections(img)?;
-    let mut end = table_end;
-    for &(_, ty, off, size) in &secs {
-        if ty != 8 {
-            // not SHT_NOBITS
-            end = end.max((off + size) as usize);
-        }
-    }
-    Ok(end)
-}
-
-/// The PTX a CUBIN carries in section `.nv_debug_ptx_txt` (present when compiled with
-/// `--generate-line-info`), its NUL line separators turned into newlines.
-pub fn ptx_from_cubin(image: &[u8]) -> Result<String, String> {
-    let (secs, strndx) = elf_sections(image)?;
-    let &(_, _, stroff, strsize) = secs
-        .get(strndx)
-        .ok_or("the ELF section-name table index is out of range")?;
-    let strtab = image
-        .get(stroff as usize..(stroff + strsize) as usize)
-        .ok_or("the ELF section-name table lies outside the image")?;
-    for &(name, _, off, size) in &secs {
-        let n = strtab.get(name as usize..).unwrap_or(&[]);
-        let n = &n[..n.iter().position(|&b| b == 0).unwrap_or(n.len())];
-        if n == b".nv_debug_ptx_txt" {
-            let data = image
-                .get(off as usize..(off + size) as usize)
-                .ok_or("section .nv_debug_ptx_txt lies outside the image")?;
-            let text: String = String::from_utf8_lossy(data)
-                .trim_end_matches('\0')
-                .replace('\0', "\n");
-            return Ok(text);
-        }
-    }
-    Err(
-        "the CUBIN has no .nv_debug_ptx_txt section: the emulator needs the PTX, so compile \
-         with --generate-line-info (or load PTX text)"
-            .into(),
-    )
-}
 
 #[no_mangle]
 pub unsafe extern "C" fn cuModuleLoadData(module: *mut Handle, image: *const c_void) -> CUresult {
@@ -2447,87 +2227,6 @@ pub unsafe extern "C" fn cuGraphDestroy(graph: Handle) -> CUresult {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-const ERRORS: &[(CUresult, &CStr, &CStr)] = &[
-    (0, c"CUDA_SUCCESS", c"no error"),
-    (1, c"CUDA_ERROR_INVALID_VALUE", c"invalid argument"),
-    (2, c"CUDA_ERROR_OUT_OF_MEMORY", c"out of memory"),
-    (3, c"CUDA_ERROR_NOT_INITIALIZED", c"initialization error"),
-    (4, c"CUDA_ERROR_DEINITIALIZED", c"driver shutting down"),
-    (
-        100,
-        c"CUDA_ERROR_NO_DEVICE",
-        c"no CUDA-capable device is detected",
-    ),
-    (101, c"CUDA_ERROR_INVALID_DEVICE", c"invalid device ordinal"),
-    (
-        200,
-        c"CUDA_ERROR_INVALID_IMAGE",
-        c"device kernel image is invalid",
-    ),
-    (
-        201,
-        c"CUDA_ERROR_INVALID_CONTEXT",
-        c"invalid device context",
-    ),
-    (
-        209,
-        c"CUDA_ERROR_NO_BINARY_FOR_GPU",
-        c"no kernel image is available for execution on the device",
-    ),
-    (
-        218,
-        c"CUDA_ERROR_INVALID_PTX",
-        c"a PTX JIT compilation failed",
-    ),
-    (
-        400,
-        c"CUDA_ERROR_INVALID_HANDLE",
-        c"invalid resource handle",
-    ),
-    (
-        401,
-        c"CUDA_ERROR_ILLEGAL_STATE",
-        c"the operation cannot be performed in the present state",
-    ),
-    (500, c"CUDA_ERROR_NOT_FOUND", c"named symbol not found"),
-    (600, c"CUDA_ERROR_NOT_READY", c"device not ready"),
-    (
-        700,
-        c"CUDA_ERROR_ILLEGAL_ADDRESS",
-        c"an illegal memory access was encountered",
-    ),
-    (
-        701,
-        c"CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES",
-        c"too many resources requested for launch",
-    ),
-    (
-        719,
-        c"CUDA_ERROR_LAUNCH_FAILED",
-        c"unspecified launch failure",
-    ),
-    (801, c"CUDA_ERROR_NOT_SUPPORTED", c"operation not supported"),
-    (
-        900,
-        c"CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
-        c"operation not permitted when stream is capturing",
-    ),
-    (
-        901,
-        c"CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
-        c"operation failed due to a previous error during capture",
-    ),
-    (999, c"CUDA_ERROR_UNKNOWN", c"unknown error"),
-];
-
-/// The name of a `CUresult` this driver returns.
-pub fn error_name(e: CUresult) -> Option<&'static str> {
-    ERRORS
-        .iter()
-        .find(|x| x.0 == e)
-        .and_then(|x| x.1.to_str().ok())
-}
-
 #[no_mangle]
 pub unsafe extern "C" fn cuGetErrorString(e: CUresult, p: *mut *const c_char) -> CUresult {
     guard("cuGetErrorString", || {
@@ -2561,114 +2260,3 @@ pub unsafe extern "C" fn cuProfilerStart() -> CUresult {
 pub unsafe extern "C" fn cuProfilerStop() -> CUresult {
     CUDA_SUCCESS
 }
-
-// ---------------------------------------------------------------------------------------------
-// Not emulated
-
-macro_rules! not_emulated {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[doc = concat!("`", stringify!($name), "`: not emulated (`CUDA_ERROR_NOT_SUPPORTED`).")]
-            #[no_mangle]
-            pub unsafe extern "C" fn $name() -> CUresult {
-                say(concat!(stringify!($name), " is not emulated"));
-                CUDA_ERROR_NOT_SUPPORTED
-            }
-        )*
-        /// The entry points that exist only to report that they are not emulated.
-        pub const NOT_EMULATED: &[&str] = &[$(stringify!($name)),*];
-    };
-}
-
-not_emulated!(
-    cuCtxCreate_v2,
-    cuCtxCreate_v3,
-    cuCtxCreate_v4,
-    cuCtxDestroy_v2,
-    cuCtxGetCacheConfig,
-    cuCtxSetCacheConfig,
-    cuCtxGetLimit,
-    cuCtxSetLimit,
-    cuCtxGetFlags,
-    cuCtxSetFlags,
-    cuDeviceGetUuid,
-    cuDeviceGetUuid_v2,
-    cuDeviceGetPCIBusId,
-    cuDeviceGetByPCIBusId,
-    cuDeviceGetDefaultMemPool,
-    cuDeviceGetMemPool,
-    cuDeviceSetMemPool,
-    cuDeviceCanAccessPeer,
-    cuCtxEnablePeerAccess,
-    cuCtxDisablePeerAccess,
-    cuImportExternalMemory,
-    cuDestroyExternalMemory,
-    cuExternalMemoryGetMappedBuffer,
-    cuGraphClone,
-    cuGraphUpload,
-    cuGraphGetNodes,
-    cuGraphCreate,
-    cuGraphAddKernelNode_v2,
-    cuGraphExecKernelNodeSetParams_v2,
-    cuGraphExecUpdate_v2,
-    cuGraphInstantiate_v2,
-    cuGraphInstantiateWithParams,
-    cuStreamGetCaptureInfo_v2,
-    cuStreamGetCaptureInfo_v3,
-    cuStreamAddCallback,
-    cuStreamAttachMemAsync,
-    cuStreamGetPriority,
-    cuStreamGetFlags,
-    cuStreamGetCtx,
-    cuLaunchHostFunc,
-    cuLaunchCooperativeKernel,
-    cuLaunchKernelEx,
-    cuMemAllocManaged,
-    cuMemAllocPitch_v2,
-    cuMemAllocAsync,
-    cuMemAllocFromPoolAsync,
-    cuMemFreeAsync,
-    cuMemPoolCreate,
-    cuMemPoolDestroy,
-    cuMemPoolGetAttribute,
-    cuMemPoolSetAttribute,
-    cuMemPoolTrimTo,
-    cuMemAdvise,
-    cuMemAdvise_v2,
-    cuMemPrefetchAsync,
-    cuMemPrefetchAsync_v2,
-    cuMemHostRegister_v2,
-    cuMemHostUnregister,
-    cuMemHostGetDevicePointer_v2,
-    cuMemHostGetFlags,
-    cuMemcpyPeer,
-    cuMemcpyPeerAsync,
-    cuMemcpy2D_v2,
-    cuMemcpy2DAsync_v2,
-    cuMemcpy2DUnaligned_v2,
-    cuMemcpy3D_v2,
-    cuMemcpy3DAsync_v2,
-    cuMemsetD2D8_v2,
-    cuMemsetD2D32_v2,
-    cuModuleLoad,
-    cuModuleLoadDataEx,
-    cuModuleLoadFatBinary,
-    cuModuleGetGlobal_v2,
-    cuLinkCreate_v2,
-    cuLinkAddData_v2,
-    cuLinkComplete,
-    cuLinkDestroy,
-    cuOccupancyMaxActiveBlocksPerMultiprocessor,
-    cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags,
-    cuOccupancyMaxPotentialBlockSize,
-    cuOccupancyMaxPotentialBlockSizeWithFlags,
-    cuOccupancyAvailableDynamicSMemPerBlock,
-    cuOccupancyMaxPotentialClusterSize,
-    cuOccupancyMaxActiveClusters,
-    cuPointerGetAttribute,
-    cuPointerGetAttributes,
-    cuPointerSetAttribute,
-    cuFuncGetModule,
-    cuFuncGetName,
-    cuGetProcAddress_v2,
-);
