@@ -143,12 +143,8 @@ fn a_small_device_refuses_all_and_auto_offloads_what_fits() {
     assert_eq!(ids.len(), 2);
     let placed = err
         .lines()
-        .find_map(|l| {
-            l.split(" of 24 layers on the GPU")
-                .next()
-                .filter(|_| l.contains(" of 24 layers on the GPU"))
-        })
-        .and_then(|s| s.rsplit(' ').next()?.parse::<usize>().ok())
+        .find_map(|l| l.split_once(" of 24 layers on the GPU"))
+        .and_then(|(before, _)| before.rsplit(' ').next()?.parse::<usize>().ok())
         .unwrap_or_else(|| panic!("a placement line: {err}"));
     assert!(
         0 < placed && placed < 24,

@@ -216,17 +216,7 @@ impl Memory {
     /// launch; returns how many of them were not marked before.
     #[inline]
     pub fn mark_sectors(&mut self, i: usize, off: u64, len: u64, write: bool) -> u64 {
-        let a = &mut self.allocs[i];
-        let bits = if write {
-            &mut a.sectors_w
-        } else {
-            &mut a.sectors_r
-        };
-        if bits.is_empty() {
-            let sectors = a.size.div_ceil(SECTOR).max(1);
-            *bits = vec![0; sectors.div_ceil(64) as usize];
-            self.touched.push(i);
-        }
+        let (_, bits) = self.data_and_sectors(i, write);
         let mut new = 0;
         let first = off / SECTOR;
         let last = (off + len.max(1) - 1) / SECTOR;
@@ -241,7 +231,7 @@ impl Memory {
     }
 
     /// The bytes of allocation `i` and its sector bits of this launch for reads (or writes),
-    /// one bit per sector as [`Memory::mark_sectors`] keeps them (allocated on first use).
+    /// one bit per 32-byte sector (allocated on first use in a launch).
     #[inline]
     pub fn data_and_sectors(&mut self, i: usize, write: bool) -> (&mut [u8], &mut [u64]) {
         let a = &mut self.allocs[i];

@@ -31,9 +31,10 @@ impl GpuLayers {
     /// For tests: every layer on the GPU when `SURPLUS_TEST_GPU=1`, else the CPU. The same
     /// tests then check either device.
     pub fn for_tests() -> GpuLayers {
-        match std::env::var("SURPLUS_TEST_GPU") {
-            Ok(v) if !v.is_empty() && v != "0" => GpuLayers::All,
-            _ => GpuLayers::Count(0),
+        if runtime::cuda::gpu_tests_required() {
+            GpuLayers::All
+        } else {
+            GpuLayers::Count(0)
         }
     }
 }

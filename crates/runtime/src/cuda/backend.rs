@@ -51,6 +51,7 @@ const TILE_BYTES: usize = 64 << 20;
 fn tile_bytes(total: usize) -> usize {
     TILE_BYTES.min((total / 16).max(4 << 20))
 }
+
 /// The largest grid y and z of a launch (x goes to 2^31 - 1).
 const MAX_GRID_YZ: u32 = 65535;
 /// Bytes left free for the driver, cuBLAS's workspace and the kernels, on a large GPU.
@@ -61,6 +62,7 @@ pub const RESERVE_BYTES: usize = 768 << 20;
 pub fn reserve_bytes(total: usize) -> usize {
     RESERVE_BYTES.min((total / 8).max(64 << 20))
 }
+
 /// Graphs kept (decode of the trunk, of an MTP block, ...).
 const MAX_GRAPHS: usize = 8;
 
@@ -563,6 +565,7 @@ impl CudaBackend {
         attn: AttnShape,
         used: &Collected,
     ) -> MemoryPlan {
+        let (free, total) = dev.ctx.mem_get_info().unwrap_or((0, 0));
         let s = sizes(
             plan,
             max_batch,
@@ -574,7 +577,6 @@ impl CudaBackend {
         );
         let weights = used.weights.iter().map(|w| w.bytes().len()).sum::<usize>()
             + used.vectors.iter().map(|v| v.len() * 4).sum::<usize>();
-        let (free, total) = dev.ctx.mem_get_info().unwrap_or((0, 0));
         MemoryPlan {
             device: format!(
                 "GPU {} ({}, sm_{})",
@@ -585,7 +587,7 @@ impl CudaBackend {
             recurrent: s.rec,
             activations: s.acts,
             scratch: s.scratch,
-            reserve: reserve_bytes(total),
+            reserve: reserve_bytes(dev.gpu.memory_bytes as usize),
             free,
             total,
         }

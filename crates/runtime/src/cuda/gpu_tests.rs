@@ -14,7 +14,7 @@ use crate::ops::{Rope, RopeMode};
 pub(super) fn device() -> Option<CudaDevice> {
     match CudaDevice::open(0) {
         Ok(d) => Some(d),
-        Err(e) if std::env::var("SURPLUS_TEST_GPU").is_ok_and(|v| !v.is_empty() && v != "0") => {
+        Err(e) if super::gpu_tests_required() => {
             panic!("SURPLUS_TEST_GPU is set but no GPU opened: {e}")
         }
         Err(e) => {

@@ -26,6 +26,13 @@ use std::time::Instant;
 
 use nvrtc::Nvrtc;
 
+/// Whether `SURPLUS_TEST_GPU` asks the tests for the GPU (set, not empty, not `0`; as
+/// `scripts/emu.sh` and `scripts/gpu_check.sh` set it): then they run on it, and a GPU that
+/// does not open fails them instead of skipping them.
+pub fn gpu_tests_required() -> bool {
+    std::env::var("SURPLUS_TEST_GPU").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
 /// The NVRTC to use for a GPU of architecture `sm` under a driver supporting CUDA
 /// `driver_major`: the first of `all` (override first, then newest) that can target `sm` and
 /// is not newer than the driver (a newer NVRTC's output may not load); failing that, the
