@@ -39,7 +39,7 @@ pub struct Common {
     /// In [-2, 2], subtracted from a token's logit once per time it occurs in the penalty
     /// window; `None`: 0 (off).
     pub frequency_penalty: Option<f64>,
-    /// Whether to answer with server-sent events, one per token; `None`: false.
+    /// Whether to answer with server-sent events as the text is generated; `None`: false.
     pub stream: Option<bool>,
     /// Options of a streamed answer; ignored unless `stream` is true.
     pub stream_options: Option<StreamOptions>,
@@ -58,7 +58,8 @@ pub struct Common {
     /// In (0, 10]: positive logits of the tokens in the penalty window are divided by it,
     /// negative ones multiplied; `None`: 1 (off).
     pub repeat_penalty: Option<f64>,
-    /// Keep generating past end-of-generation tokens, up to `max_tokens`; `None`: false.
+    /// Never pick an end-of-generation token (generate until `max_tokens` or a stop string);
+    /// `None`: false.
     pub ignore_eos: Option<bool>,
 }
 
@@ -129,7 +130,7 @@ pub struct Params {
     pub stream: bool,
     /// Streamed answers end with an event carrying the token counts.
     pub include_usage: bool,
-    /// Do not stop at end-of-generation tokens.
+    /// End-of-generation tokens are never picked.
     pub ignore_eos: bool,
 }
 

@@ -45,7 +45,7 @@ pub struct AppState {
     pub queue: SyncSender<Job>,
     /// Counters shared with the scheduler and served at `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// The model's tokenizer, for prompts and stop strings.
+    /// The model's tokenizer, for prompts and the token texts of log-probabilities.
     pub tokenizer: Arc<Tokenizer>,
     /// The model's chat template, for `/v1/chat/completions`.
     pub template: ChatTemplate,
