@@ -8,39 +8,91 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u32)]
 pub enum GgmlType {
+    /// 32-bit IEEE float, 4 bytes.
     F32 = 0,
+    /// 16-bit IEEE half float, 2 bytes.
     F16 = 1,
+    /// Blocks of 32 4-bit weights with one f16 scale (18 bytes, 4.5 bits per weight).
     Q4_0 = 2,
+    /// Blocks of 32 4-bit weights with an f16 scale and an f16 minimum (20 bytes).
     Q4_1 = 3,
+    /// Blocks of 32 5-bit weights (low nibbles and a 32-bit mask of high bits) with one f16
+    /// scale (22 bytes).
     Q5_0 = 6,
+    /// Blocks of 32 5-bit weights with an f16 scale and an f16 minimum (24 bytes).
     Q5_1 = 7,
+    /// Blocks of 32 8-bit weights with one f16 scale (34 bytes).
     Q8_0 = 8,
+    /// Blocks of 32 8-bit values with an f16 scale and an f16 scaled sum (36 bytes): the
+    /// activation format for dot products with the formats that have a minimum.
     Q8_1 = 9,
+    /// 256-weight super-blocks of 2-bit weights, 4-bit scales and minimums per 16 weights,
+    /// f16 super-scales (84 bytes, 2.625 bits per weight).
     Q2_K = 10,
+    /// 256-weight super-blocks of 3-bit weights (2 low bits and a high-bit mask), 6-bit
+    /// scales per 16 weights, one f16 super-scale (110 bytes, 3.4375 bits per weight).
     Q3_K = 11,
+    /// 256-weight super-blocks of 4-bit weights, 6-bit scales and minimums per 32 weights,
+    /// f16 super-scales (144 bytes, 4.5 bits per weight).
     Q4_K = 12,
+    /// 256-weight super-blocks of 5-bit weights, 6-bit scales and minimums per 32 weights,
+    /// f16 super-scales (176 bytes, 5.5 bits per weight).
     Q5_K = 13,
+    /// 256-weight super-blocks of 6-bit weights, 8-bit scales per 16 weights, one f16
+    /// super-scale (210 bytes, 6.5625 bits per weight).
     Q6_K = 14,
+    /// 256 8-bit values with an f32 scale and sums per 16 values (292 bytes); ggml quantizes
+    /// activations to it for dot products with the k-quants.
     Q8_K = 15,
+    /// 256-weight super-blocks of 8-weight groups indexed into a lattice codebook, with
+    /// signs and scales packed alongside (66 bytes, 2.0625 bits per weight).
     IQ2_XXS = 16,
+    /// Like `IQ2_XXS` with a larger codebook and 4-bit sub-block scales (74 bytes, 2.3125
+    /// bits per weight).
     IQ2_XS = 17,
+    /// 256-weight super-blocks of 4-weight groups indexed into a 3-bit codebook (98 bytes,
+    /// 3.0625 bits per weight).
     IQ3_XXS = 18,
+    /// 256-weight super-blocks of 1.5-bit codebook-indexed weights (50 bytes, 1.5625 bits per
+    /// weight).
     IQ1_S = 19,
+    /// Blocks of 32 4-bit indices into a fixed non-linear table of 16 values, one f16 scale
+    /// (18 bytes).
     IQ4_NL = 20,
+    /// 256-weight super-blocks of 3-bit codebook-indexed weights with explicit signs and
+    /// 4-bit scales (110 bytes, 3.4375 bits per weight).
     IQ3_S = 21,
+    /// 256-weight super-blocks of 2-bit codebook-indexed weights with explicit signs and
+    /// 4-bit scales (82 bytes, 2.5625 bits per weight).
     IQ2_S = 22,
+    /// 256-weight super-blocks of 4-bit indices into the `IQ4_NL` table, 6-bit scales per 32
+    /// weights, one f16 super-scale (136 bytes, 4.25 bits per weight).
     IQ4_XS = 23,
+    /// Signed 8-bit integer, 1 byte.
     I8 = 24,
+    /// Signed 16-bit integer, 2 bytes.
     I16 = 25,
+    /// Signed 32-bit integer, 4 bytes.
     I32 = 26,
+    /// Signed 64-bit integer, 8 bytes.
     I64 = 27,
+    /// 64-bit IEEE float, 8 bytes.
     F64 = 28,
+    /// 256-weight super-blocks of 1.75-bit codebook-indexed weights, scales packed in the
+    /// block (56 bytes, 1.75 bits per weight).
     IQ1_M = 29,
+    /// bfloat16: the top 16 bits of an f32, 2 bytes.
     BF16 = 30,
+    /// Ternary weights (-1, 0, 1) packed in base 3 (mostly five per byte), 256 per block
+    /// with one f16 scale (54 bytes, 1.6875 bits per weight).
     TQ1_0 = 34,
+    /// Ternary weights (-1, 0, 1) at 2 bits each, 256 per block with one f16 scale (66 bytes).
     TQ2_0 = 35,
+    /// Blocks of 32 4-bit E2M1 floats with one shared E8M0 power-of-two scale (17 bytes).
     MXFP4 = 39,
+    /// Blocks of 64 4-bit E2M1 floats with an 8-bit (E4M3) scale per 16 of them (36 bytes).
     NVFP4 = 40,
+    /// Blocks of 128 1-bit weights (a sign each) with one f16 scale (18 bytes).
     Q1_0 = 41,
 }
 

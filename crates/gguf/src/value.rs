@@ -8,18 +8,31 @@ use crate::error::{Error, Result};
 /// The type tag of a metadata value as stored in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueType {
+    /// Unsigned 8-bit integer.
     U8 = 0,
+    /// Signed 8-bit integer.
     I8 = 1,
+    /// Unsigned 16-bit integer.
     U16 = 2,
+    /// Signed 16-bit integer.
     I16 = 3,
+    /// Unsigned 32-bit integer.
     U32 = 4,
+    /// Signed 32-bit integer.
     I32 = 5,
+    /// 32-bit float.
     F32 = 6,
+    /// Boolean, one byte (0 is false, anything else true).
     Bool = 7,
+    /// UTF-8 string: a `u64` byte length, then the bytes.
     String = 8,
+    /// Array: an element type tag, a `u64` length, then the elements.
     Array = 9,
+    /// Unsigned 64-bit integer.
     U64 = 10,
+    /// Signed 64-bit integer.
     I64 = 11,
+    /// 64-bit float.
     F64 = 12,
 }
 
@@ -82,36 +95,62 @@ impl ValueType {
 /// One metadata value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// An unsigned 8-bit integer.
     U8(u8),
+    /// A signed 8-bit integer.
     I8(i8),
+    /// An unsigned 16-bit integer.
     U16(u16),
+    /// A signed 16-bit integer.
     I16(i16),
+    /// An unsigned 32-bit integer.
     U32(u32),
+    /// A signed 32-bit integer.
     I32(i32),
+    /// A 32-bit float.
     F32(f32),
+    /// A boolean.
     Bool(bool),
+    /// A string (invalid UTF-8 in the file is replaced by U+FFFD).
     String(String),
+    /// An array of values of one type.
     Array(Array),
+    /// An unsigned 64-bit integer.
     U64(u64),
+    /// A signed 64-bit integer.
     I64(i64),
+    /// A 64-bit float.
     F64(f64),
 }
 
 /// A metadata array: one element type, stored unboxed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Array {
+    /// Unsigned 8-bit integers.
     U8(Vec<u8>),
+    /// Signed 8-bit integers.
     I8(Vec<i8>),
+    /// Unsigned 16-bit integers.
     U16(Vec<u16>),
+    /// Signed 16-bit integers.
     I16(Vec<i16>),
+    /// Unsigned 32-bit integers.
     U32(Vec<u32>),
+    /// Signed 32-bit integers.
     I32(Vec<i32>),
+    /// 32-bit floats.
     F32(Vec<f32>),
+    /// Booleans.
     Bool(Vec<bool>),
+    /// Strings (invalid UTF-8 in the file is replaced by U+FFFD).
     String(Vec<String>),
+    /// Arrays, each with its own element type (nested at most [`MAX_ARRAY_DEPTH`](crate::MAX_ARRAY_DEPTH) deep).
     Array(Vec<Array>),
+    /// Unsigned 64-bit integers.
     U64(Vec<u64>),
+    /// Signed 64-bit integers.
     I64(Vec<i64>),
+    /// 64-bit floats.
     F64(Vec<f64>),
 }
 

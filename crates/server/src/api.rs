@@ -19,23 +19,47 @@ pub const MAX_TOP_LOGPROBS: usize = 20;
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct Common {
+    /// The model name; must be a string when given, otherwise ignored (one model is served).
     pub model: Option<Value>,
+    /// Most tokens to generate, at least 1; `None`: up to the end of the context (chat) or
+    /// 16 (completions).
     pub max_tokens: Option<i64>,
+    /// Sampling temperature in [0, 2], 0 meaning greedy; `None`: 1.
     pub temperature: Option<f64>,
+    /// Nucleus sampling mass in (0, 1]; `None`: 1 (off).
     pub top_p: Option<f64>,
+    /// A stop string or an array of at most 16, each at most 256 bytes.
     pub stop: Option<Value>,
+    /// Sampling seed (a negative one is taken as its two's-complement `u64`); `None`: drawn
+    /// from the clock.
     pub seed: Option<i64>,
+    /// In [-2, 2], subtracted once from the logit of each token in the penalty window (the
+    /// last 64 tokens); `None`: 0 (off).
     pub presence_penalty: Option<f64>,
+    /// In [-2, 2], subtracted from a token's logit once per time it occurs in the penalty
+    /// window; `None`: 0 (off).
     pub frequency_penalty: Option<f64>,
+    /// Whether to answer with server-sent events as the text is generated; `None`: false.
     pub stream: Option<bool>,
+    /// Options of a streamed answer; ignored unless `stream` is true.
     pub stream_options: Option<StreamOptions>,
+    /// Number of choices; only 1 is accepted.
     pub n: Option<i64>,
+    /// The end user's identifier; accepted and ignored.
     pub user: Option<Value>,
+    /// Per-token logit offsets; only an empty map is accepted.
     pub logit_bias: Option<Map<String, Value>>,
     // Extensions (llama.cpp names).
+    /// Keep only the `k` most likely tokens, in [0, 1000000], 0 meaning off; `None`: off.
     pub top_k: Option<i64>,
+    /// Drop tokens less likely than `min_p` times the most likely one, in [0, 1]; `None`: 0
+    /// (off).
     pub min_p: Option<f64>,
+    /// In (0, 10]: positive logits of the tokens in the penalty window are divided by it,
+    /// negative ones multiplied; `None`: 1 (off).
     pub repeat_penalty: Option<f64>,
+    /// Never pick an end-of-generation token (generate until `max_tokens` or a stop string);
+    /// `None`: false.
     pub ignore_eos: Option<bool>,
 }
 
@@ -43,18 +67,27 @@ pub struct Common {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct StreamOptions {
+    /// Whether a last event carries the token counts (`usage`); `None`: false.
     pub include_usage: Option<bool>,
 }
 
 /// `POST /v1/chat/completions`.
 #[derive(Deserialize)]
 pub struct ChatRequest {
+    /// The conversation: a non-empty array of `{role, content}` objects, checked by
+    /// [`ChatRequest::check`].
     pub messages: Value,
+    /// OpenAI's newer name for `max_tokens`; wins over it when both are given.
     pub max_completion_tokens: Option<i64>,
+    /// Whether to return the log-probability of each generated token.
     pub logprobs: Option<bool>,
+    /// How many most likely alternatives to return per token, in [0, 20]; needs `logprobs`.
     pub top_logprobs: Option<i64>,
+    /// The fields both endpoints share.
     #[serde(flatten)]
     pub common: Common,
+    /// Every other field: refused, except a few that OpenAI clients send and that are
+    /// harmless to ignore.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -62,31 +95,50 @@ pub struct ChatRequest {
 /// `POST /v1/completions`.
 #[derive(Deserialize)]
 pub struct CompletionRequest {
+    /// A string, an array of token ids, or a one-element array of either.
     pub prompt: Value,
+    /// How many most likely alternatives to return per token, in [0, 20]; when given, the
+    /// log-probability of each generated token is returned too.
     pub logprobs: Option<i64>,
+    /// Echo the prompt back; only false is accepted.
     pub echo: Option<bool>,
+    /// Candidates to generate server-side; only 1 is accepted.
     pub best_of: Option<i64>,
+    /// Text after the completion (fill-in-the-middle); only null is accepted.
     pub suffix: Option<Value>,
+    /// The fields both endpoints share.
     #[serde(flatten)]
     pub common: Common,
+    /// Every other field: refused, except a few that OpenAI clients send and that are
+    /// harmless to ignore.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// What a request asks for, checked (the prompt still to be tokenized).
 pub struct Params {
+    /// Most tokens to generate, at least 1; `None`: up to the end of the context.
     pub max_tokens: Option<usize>,
+    /// Temperature, top-k/p, min-p, penalties and seed, validated.
     pub sampling: SamplingParams,
+    /// Strings that end the answer when generated (not included in it); at most 16.
     pub stop: Vec<String>,
+    /// `None`: no log-probabilities; `Some(k)`: each token's, with its `k` (0 to 20) most
+    /// likely alternatives.
     pub logprobs: Option<usize>,
+    /// Answer with server-sent events.
     pub stream: bool,
+    /// Streamed answers end with an event carrying the token counts.
     pub include_usage: bool,
+    /// End-of-generation tokens are never picked.
     pub ignore_eos: bool,
 }
 
 /// A completion prompt: text or token ids.
 pub enum Prompt {
+    /// Text, to be tokenized.
     Text(String),
+    /// Token ids, each below the vocabulary size.
     Tokens(Vec<u32>),
 }
 
@@ -313,7 +365,10 @@ impl ChatRequest {
 
 /// An image of a chat request: its `url` and the parameter that named it (for errors).
 pub struct ImageRef {
+    /// The URL as sent: a base64 `data:` URL, or an http(s) URL where the server allows
+    /// them (see [`crate::image`]).
     pub url: String,
+    /// Where it was in the request, such as `messages[1].content[0]`.
     pub param: String,
 }
 

@@ -8,11 +8,19 @@ use serde_json::json;
 /// An error answered to the client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The HTTP status of the answer.
     pub status: StatusCode,
+    /// What went wrong, for a person to read (`error.message`).
     pub message: String,
+    /// The error class (`error.type`): `invalid_request_error`, `server_error`, ...
     pub kind: &'static str,
+    /// The request parameter at fault (`error.param`), such as `messages[2].content`;
+    /// `None` (JSON null) when the error is not about one parameter.
     pub param: Option<String>,
+    /// A machine-readable code (`error.code`), such as `context_length_exceeded`; `None`
+    /// (JSON null) when there is none.
     pub code: Option<&'static str>,
+    /// Seconds to put in a `Retry-After` header; `None`: no header.
     pub retry_after: Option<u32>,
 }
 

@@ -29,7 +29,9 @@ use crate::scheduler::{Event, Job, JobImage, TokenLogprob};
 
 /// Image input: the projector and the model's image tokens.
 pub struct Vision {
+    /// The loaded vision tower that turns an image into embedding rows.
     pub projector: vision::Projector,
+    /// The text model's image begin/end tokens and how image rows attend.
     pub tokens: engine::ImageTokens,
     /// The text model's width (the projector's output width).
     pub n_embd: usize,
@@ -39,13 +41,21 @@ pub struct Vision {
 
 /// What the handlers share.
 pub struct AppState {
+    /// The bounded queue to the scheduler thread; full means 429.
     pub queue: SyncSender<Job>,
+    /// Counters shared with the scheduler and served at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The model's tokenizer, for prompts and the token texts of log-probabilities.
     pub tokenizer: Arc<Tokenizer>,
+    /// The model's chat template, for `/v1/chat/completions`.
     pub template: ChatTemplate,
+    /// The model name answered in `/v1/models` and in every completion.
     pub model_id: String,
+    /// Context length in tokens: prompt plus answer must fit in it.
     pub n_ctx: usize,
+    /// Vocabulary size: token ids in a prompt must be below it.
     pub n_vocab: usize,
+    /// When the server started, in seconds since the Unix epoch (the model's `created`).
     pub created: u64,
     /// Image input, when a projector is loaded.
     pub vision: Option<Arc<Vision>>,

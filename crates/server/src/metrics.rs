@@ -16,13 +16,19 @@ const TTFT_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 pub struct Metrics {
     /// Requests answered, by (route, status).
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// Prompt tokens (and image rows) evaluated, in all.
     pub prompt_tokens: AtomicU64,
+    /// Tokens generated, in all.
     pub generated_tokens: AtomicU64,
     /// Microseconds spent in decode steps.
     pub decode_seconds: AtomicU64,
+    /// Generations cancelled because the client went away, in all.
     pub cancelled: AtomicU64,
+    /// Requests in the queue, not yet given a sequence slot.
     pub queue_depth: AtomicUsize,
+    /// Sequences being generated now.
     pub active: AtomicUsize,
+    /// Sequences that can run at once.
     pub slots: usize,
     /// Whether the scheduler thread is running.
     pub alive: AtomicBool,
@@ -36,6 +42,7 @@ pub struct Metrics {
     /// Speculative decoding: tokens drafted and drafted tokens kept, in all and by draft
     /// position (0: the first token after the last one kept).
     pub spec_drafted: AtomicU64,
+    /// Drafted tokens the model kept, in all (see `spec_drafted`).
     pub spec_accepted: AtomicU64,
     spec_drafted_at: [AtomicU64; MAX_DRAFT],
     spec_accepted_at: [AtomicU64; MAX_DRAFT],

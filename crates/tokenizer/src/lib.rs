@@ -22,15 +22,24 @@ pub use vocab::{attr, ModelKind, Vocab};
 /// Why a tokenizer could not be built from a file.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    /// A `tokenizer.ggml.*` key that is missing, ill-typed or inconsistent with the others.
     #[error("tokenizer metadata {key:?}: {reason}")]
-    Metadata { key: String, reason: String },
+    Metadata {
+        /// The metadata key.
+        key: String,
+        /// What is wrong with it, in words.
+        reason: String,
+    },
+    /// `tokenizer.ggml.model` names an algorithm other than `gpt2` or `llama`; holds the name.
     #[error("unsupported tokenizer model {0:?} (supported: gpt2, llama)")]
     UnsupportedModel(String),
+    /// `tokenizer.ggml.pre` names a pre-tokenizer this crate does not implement; holds the name.
     #[error(
         "unsupported pre-tokenizer {0:?} (tokenizer.ggml.pre); supported: default, gpt2, \
          llama3, llama-bpe, smollm, starcoder, qwen2, qwen35, deepseek-llm and a few aliases"
     )]
     UnsupportedPre(String),
+    /// A pre-tokenizer's regular expression did not compile; holds the regex crate's message.
     #[error("pre-tokenizer regex: {0}")]
     Regex(String),
 }

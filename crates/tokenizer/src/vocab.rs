@@ -11,11 +11,20 @@ use crate::TokenizerError;
 /// (`tokenizer.ggml.token_type`), plus CONTROL forced onto known end-of-turn and
 /// fill-in-the-middle markers whatever type the file gave them.
 pub mod attr {
+    /// The unknown-token placeholder (type 2): special, printed only when asked for.
     pub const UNKNOWN: u8 = 1;
+    /// A slot the vocabulary does not use (type 5): prints as nothing.
     pub const UNUSED: u8 = 2;
+    /// An ordinary token (type 1): its text is encoded byte-level (BPE) or with `▁` for
+    /// spaces (SentencePiece).
     pub const NORMAL: u8 = 4;
+    /// A control token such as BOS, EOS or an end-of-turn marker (type 3): special, matched
+    /// in input only when special parsing is on, printed only when asked for.
     pub const CONTROL: u8 = 8;
+    /// A token added by the model's authors (type 4): always matched whole in input text and
+    /// printed as its literal text.
     pub const USER_DEFINED: u8 = 16;
+    /// A byte-fallback token `<0xNN>` (type 6): stands for the single byte `NN`.
     pub const BYTE: u8 = 32;
 
     /// The attribute of a `tokenizer.ggml.token_type` value.

@@ -32,28 +32,51 @@ use weights::Tensors;
 /// Why a projector could not be loaded or an image not be encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum VisionError {
+    /// The file could not be opened or is not a valid GGUF file.
     #[error(transparent)]
     Gguf(#[from] gguf::Error),
+    /// The file is a GGUF model of another architecture; holds its `general.architecture`
+    /// (empty when the key is missing).
     #[error("not a vision projector: general.architecture is {0:?}, expected \"clip\"")]
     NotClip(String),
+    /// A `clip.projector_type` other than [`ProjectorType`]'s; holds the type's name.
     #[error("not yet supported: projector type {0}")]
     UnsupportedProjector(String),
+    /// A known projector with a feature this crate does not run (an audio-only encoder,
+    /// deepstack layers, ...); the text says which.
     #[error("not yet supported: {0}")]
     Unsupported(String),
+    /// A metadata key that is missing or holds an unusable value: the key, then what is wrong.
     #[error("metadata {0:?}: {1}")]
     Metadata(String, String),
+    /// A tensor the tower needs is not in the file; holds its name.
     #[error("the projector has no tensor {0:?}")]
     MissingTensor(String),
     #[error("tensor {tensor:?} has shape {found:?}, expected {expected:?}")]
+    /// A tensor whose dimensions are not those the hyper-parameters call for.
     BadShape {
+        /// The tensor's name.
         tensor: String,
+        /// Its dimensions in the file (ggml order, innermost first).
         found: Vec<u64>,
+        /// The dimensions expected, in the same order.
         expected: Vec<u64>,
     },
     #[error("tensor {tensor:?}: {reason}")]
-    BadTensor { tensor: String, reason: String },
+    /// A tensor that cannot be used (its type does not convert to f32, or its contents make
+    /// no sense, such as position embeddings that are not a square grid).
+    BadTensor {
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong with it, in words.
+        reason: String,
+    },
+    /// The image cannot be decoded or used: empty, an unknown format, corrupt, zero-sized,
+    /// bad token bounds, or an input the tower does not take. The text says why.
     #[error("cannot use the image: {0}")]
     Image(String),
+    /// The image exceeds [`DecodeLimits`] (encoded bytes, a side or the pixel count); the
+    /// text gives its size and the limit.
     #[error("image too large: {0}")]
     ImageTooLarge(String),
 }
@@ -81,7 +104,10 @@ impl ProjectorType {
 /// llama.cpp's defaults are 8 and 4096.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenLimits {
+    /// Fewest image tokens: smaller images are scaled up to reach it. Must be at least 1.
     pub min_tokens: usize,
+    /// Most image tokens: larger images are scaled down to fit. Must be at least
+    /// `min_tokens`.
     pub max_tokens: usize,
 }
 
@@ -97,11 +123,13 @@ impl Default for TokenLimits {
 /// An image as rows of the text model's input embeddings.
 #[derive(Clone, Debug)]
 pub struct ImageEmbeddings {
+    /// Number of image tokens (rows of `data`).
     pub n_tokens: usize,
     /// Values per token (the text model's width).
     pub n_embd: usize,
     /// The token grid: `nx` columns × `ny` rows, row-major (Gemma: its pooled square).
     pub nx: usize,
+    /// Rows of the token grid (see `nx`).
     pub ny: usize,
     /// `n_tokens × n_embd` values, token-major.
     pub data: Vec<f32>,
@@ -145,7 +173,10 @@ impl std::fmt::Display for VisionMemory {
 
 /// A loaded vision projector ("mmproj" file).
 pub struct Projector {
+    /// Which tower the file holds (from `clip.projector_type`).
     pub kind: ProjectorType,
+    /// Bounds on the image tokens of the Qwen tower (ignored by Gemma's fixed-size one);
+    /// llama.cpp's defaults when loaded; may be changed before encoding.
     pub limits: TokenLimits,
     tower: Tower,
     /// Keeps the memory map alive.

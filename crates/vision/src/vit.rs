@@ -10,15 +10,24 @@ use crate::VisionError;
 /// The `clip.vision.*` keys of a projector file.
 #[derive(Clone, Debug)]
 pub struct VisionHparams {
+    /// Side of the square input, in pixels (`clip.vision.image_size`): Gemma's fixed input
+    /// size; the Qwen tower takes any size.
     pub image_size: usize,
+    /// Side of a square patch, in pixels: one token before any merging or pooling.
     pub patch_size: usize,
     /// Width of the tower.
     pub n_embd: usize,
+    /// Width of the hidden layer of each block's MLP.
     pub n_ff: usize,
+    /// Number of ViT blocks.
     pub n_layer: usize,
+    /// Attention heads per block; divides `n_embd`.
     pub n_head: usize,
+    /// Epsilon of the LayerNorms (`1e-6` when the file has none).
     pub eps: f32,
+    /// Per-channel (R, G, B) mean subtracted from pixel values scaled to 0..=1.
     pub mean: [f32; 3],
+    /// Per-channel (R, G, B) divisor applied after the mean; never zero.
     pub std: [f32; 3],
     /// Attention as llama.cpp's default (flash attention on its CPU backend) computes it:
     /// queries, keys and values rounded to f16 and the weighted sum of values accumulated
@@ -53,6 +62,7 @@ impl VisionHparams {
         Ok(hp)
     }
 
+    /// Width of one attention head: `n_embd / n_head`.
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
     }
