@@ -195,60 +195,77 @@ unsafe fn async_op(func: &str, s: Handle, node: Node) -> Result<(), CUresult> {
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, v: u8, n: usize) -> CUresult {
+/// Runs `node` for the export `func`: synchronously when `s` is `None` ([`sync_op`]), else
+/// on stream `s` ([`async_op`]).
+///
+/// # Safety
+/// Host pointers in `node` are valid for its length (until it runs: now, or at each replay
+/// for pinned memory).
+unsafe fn issue(func: &str, s: Option<Handle>, node: Node) -> Result<(), CUresult> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match s {
+            None => sync_op(func, node),
+            Some(s) => async_op(func, s, node),
+        }
+    }
+}
+
+/// A memset of `count` elements of `elem` bytes set to `value` (see [`issue`]).
+fn memset(
+    func: &str,
+    s: Option<Handle>,
+    dst: CUdeviceptr,
+    value: u32,
+    elem: u32,
+    count: usize,
+) -> CUresult {
     let node = Node::Memset {
         dst,
-        value: v as u32,
-        elem: 1,
-        count: n as u64,
+        value,
+        elem,
+        count: count as u64,
     };
     // SAFETY: no host memory involved.
-    guard("cuMemsetD8_v2", || unsafe {
-        sync_op("cuMemsetD8_v2", node)
-    })
+    guard(func, || unsafe { issue(func, s, node) })
+}
+
+/// A copy of `n` bytes from host `src` to device `dst`.
+fn htod(dst: CUdeviceptr, src: usize, n: usize) -> Node {
+    let len = n as u64;
+    Node::HtoD { dst, src, len }
+}
+
+/// A copy of `n` bytes from device `src` to host `dst`.
+fn dtoh(dst: usize, src: CUdeviceptr, n: usize) -> Node {
+    let len = n as u64;
+    Node::DtoH { dst, src, len }
+}
+
+/// A copy of `n` bytes between device addresses.
+fn dtod(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> Node {
+    let len = n as u64;
+    Node::DtoD { dst, src, len }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, v: u8, n: usize) -> CUresult {
+    memset("cuMemsetD8_v2", None, dst, v as u32, 1, n)
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD16_v2(dst: CUdeviceptr, v: u16, n: usize) -> CUresult {
-    let node = Node::Memset {
-        dst,
-        value: v as u32,
-        elem: 2,
-        count: n as u64,
-    };
-    // SAFETY: no host memory involved.
-    guard("cuMemsetD16_v2", || unsafe {
-        sync_op("cuMemsetD16_v2", node)
-    })
+    memset("cuMemsetD16_v2", None, dst, v as u32, 2, n)
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, v: c_uint, n: usize) -> CUresult {
-    let node = Node::Memset {
-        dst,
-        value: v,
-        elem: 4,
-        count: n as u64,
-    };
-    // SAFETY: no host memory involved.
-    guard("cuMemsetD32_v2", || unsafe {
-        sync_op("cuMemsetD32_v2", node)
-    })
+    memset("cuMemsetD32_v2", None, dst, v, 4, n)
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD8Async(dst: CUdeviceptr, v: u8, n: usize, s: Handle) -> CUresult {
-    let node = Node::Memset {
-        dst,
-        value: v as u32,
-        elem: 1,
-        count: n as u64,
-    };
-    // SAFETY: no host memory involved.
-    guard("cuMemsetD8Async", || unsafe {
-        async_op("cuMemsetD8Async", s, node)
-    })
+    memset("cuMemsetD8Async", Some(s), dst, v as u32, 1, n)
 }
 
 #[no_mangle]
@@ -258,16 +275,7 @@ pub unsafe extern "C" fn cuMemsetD16Async(
     n: usize,
     s: Handle,
 ) -> CUresult {
-    let node = Node::Memset {
-        dst,
-        value: v as u32,
-        elem: 2,
-        count: n as u64,
-    };
-    // SAFETY: no host memory involved.
-    guard("cuMemsetD16Async", || unsafe {
-        async_op("cuMemsetD16Async", s, node)
-    })
+    memset("cuMemsetD16Async", Some(s), dst, v as u32, 2, n)
 }
 
 #[no_mangle]
@@ -277,16 +285,7 @@ pub unsafe extern "C" fn cuMemsetD32Async(
     n: usize,
     s: Handle,
 ) -> CUresult {
-    let node = Node::Memset {
-        dst,
-        value: v,
-        elem: 4,
-        count: n as u64,
-    };
-    // SAFETY: no host memory involved.
-    guard("cuMemsetD32Async", || unsafe {
-        async_op("cuMemsetD32Async", s, node)
-    })
+    memset("cuMemsetD32Async", Some(s), dst, v, 4, n)
 }
 
 #[no_mangle]
@@ -295,41 +294,23 @@ pub unsafe extern "C" fn cuMemcpyHtoD_v2(
     src: *const c_void,
     n: usize,
 ) -> CUresult {
-    let node = Node::HtoD {
-        dst,
-        src: src as usize,
-        len: n as u64,
-    };
+    let f = "cuMemcpyHtoD_v2";
     // SAFETY: CUDA's contract: `src` holds `n` bytes.
-    guard("cuMemcpyHtoD_v2", || unsafe {
-        sync_op("cuMemcpyHtoD_v2", node)
-    })
+    guard(f, || unsafe { issue(f, None, htod(dst, src as usize, n)) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoH_v2(dst: *mut c_void, src: CUdeviceptr, n: usize) -> CUresult {
-    let node = Node::DtoH {
-        dst: dst as usize,
-        src,
-        len: n as u64,
-    };
+    let f = "cuMemcpyDtoH_v2";
     // SAFETY: CUDA's contract: `dst` holds `n` bytes.
-    guard("cuMemcpyDtoH_v2", || unsafe {
-        sync_op("cuMemcpyDtoH_v2", node)
-    })
+    guard(f, || unsafe { issue(f, None, dtoh(dst as usize, src, n)) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
-    let node = Node::DtoD {
-        dst,
-        src,
-        len: n as u64,
-    };
+    let f = "cuMemcpyDtoD_v2";
     // SAFETY: no host memory involved.
-    guard("cuMemcpyDtoD_v2", || unsafe {
-        sync_op("cuMemcpyDtoD_v2", node)
-    })
+    guard(f, || unsafe { issue(f, None, dtod(dst, src, n)) })
 }
 
 #[no_mangle]
@@ -339,15 +320,11 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
     n: usize,
     s: Handle,
 ) -> CUresult {
-    let node = Node::HtoD {
-        dst,
-        src: src as usize,
-        len: n as u64,
-    };
+    let f = "cuMemcpyHtoDAsync_v2";
     // SAFETY: CUDA's contract: `src` holds `n` bytes (until the copy runs: now, or at each
     // replay for pinned memory).
-    guard("cuMemcpyHtoDAsync_v2", || unsafe {
-        async_op("cuMemcpyHtoDAsync_v2", s, node)
+    guard(f, || unsafe {
+        issue(f, Some(s), htod(dst, src as usize, n))
     })
 }
 
@@ -358,14 +335,10 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
     n: usize,
     s: Handle,
 ) -> CUresult {
-    let node = Node::DtoH {
-        dst: dst as usize,
-        src,
-        len: n as u64,
-    };
+    let f = "cuMemcpyDtoHAsync_v2";
     // SAFETY: CUDA's contract: `dst` holds `n` bytes.
-    guard("cuMemcpyDtoHAsync_v2", || unsafe {
-        async_op("cuMemcpyDtoHAsync_v2", s, node)
+    guard(f, || unsafe {
+        issue(f, Some(s), dtoh(dst as usize, src, n))
     })
 }
 
@@ -376,15 +349,9 @@ pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(
     n: usize,
     s: Handle,
 ) -> CUresult {
-    let node = Node::DtoD {
-        dst,
-        src,
-        len: n as u64,
-    };
+    let f = "cuMemcpyDtoDAsync_v2";
     // SAFETY: no host memory involved.
-    guard("cuMemcpyDtoDAsync_v2", || unsafe {
-        async_op("cuMemcpyDtoDAsync_v2", s, node)
-    })
+    guard(f, || unsafe { issue(f, Some(s), dtod(dst, src, n)) })
 }
 
 /// `cuMemcpy` / `cuMemcpyAsync` with unified addressing: the direction from the pointers.
@@ -400,21 +367,9 @@ unsafe fn memcpy_unified(
 ) -> Result<(), CUresult> {
     let is_dev = |p: u64| with_state(|st| Ok(st.mem.find(p, 1).is_ok())).unwrap_or(false);
     let node = match (is_dev(dst), is_dev(src)) {
-        (true, true) => Node::DtoD {
-            dst,
-            src,
-            len: n as u64,
-        },
-        (true, false) => Node::HtoD {
-            dst,
-            src: src as usize,
-            len: n as u64,
-        },
-        (false, true) => Node::DtoH {
-            dst: dst as usize,
-            src,
-            len: n as u64,
-        },
+        (true, true) => dtod(dst, src, n),
+        (true, false) => htod(dst, src as usize, n),
+        (false, true) => dtoh(dst as usize, src, n),
         (false, false) => {
             say(&format!(
                 "{func}: neither {dst:#x} nor {src:#x} is device memory"
@@ -423,12 +378,7 @@ unsafe fn memcpy_unified(
         }
     };
     // SAFETY: forwarded from the caller.
-    unsafe {
-        match s {
-            Some(s) => async_op(func, s, node),
-            None => sync_op(func, node),
-        }
-    }
+    unsafe { issue(func, s, node) }
 }
 
 #[no_mangle]

@@ -205,6 +205,53 @@ fn mark(ctx: &mut Ctx, m: u32, allocs: &[u32; 32], offs: &[u64; 32], len: u64, w
     ctx.stats.bytes_requested += len * m.count_ones() as u64;
 }
 
+/// Where one lane's access lands: (allocation index, offset) of a global access, or the
+/// space and offset of a shared, local or parameter one.
+enum Lands {
+    Global(usize, usize),
+    Small(Space, usize),
+}
+
+/// Lane `l`'s address of `x` (`len` bytes), checked for alignment and bounds, and where it
+/// lands (the instruction's cached allocation first, then a search that updates the cache).
+#[inline(always)]
+fn lane_access(
+    ctx: &mut Ctx,
+    w: &Warp,
+    wi: usize,
+    pc: usize,
+    l: usize,
+    x: &MemOp,
+    len: u64,
+    write: bool,
+) -> Result<Lands, Fault> {
+    let addr = match x.base {
+        Some(r) => w.regs[r as usize][l].wrapping_add(x.off),
+        None => x.off,
+    };
+    if addr & (len - 1) != 0 && len.is_power_of_two() {
+        return Err(misaligned(ctx, pc, wi, l, addr, len, x.space, write));
+    }
+    let (space, a) = classify(x.space, addr);
+    if space != Space::Global {
+        let o = small_space(ctx, pc, wi, l, space, a, len, write)?;
+        return Ok(Lands::Small(space, o));
+    }
+    let c = ctx.cache[pc] as usize;
+    let i = match ctx.mem.allocs.get(c) {
+        Some(al)
+            if al.live
+                && a >= al.base
+                && a.wrapping_add(len) <= al.base + al.size
+                && a.wrapping_add(len) > a =>
+        {
+            c
+        }
+        _ => global_slow(ctx, pc, wi, l, a, len, write)?,
+    };
+    Ok(Lands::Global(i, (a - ctx.mem.allocs[i].base) as usize))
+}
+
 pub(super) fn load(
     ctx: &mut Ctx,
     w: &mut Warp,
@@ -240,57 +287,30 @@ fn load_n<const N: usize>(
     let mut vals = [[0u64; 32]; N];
     let mut allocs = [0u32; 32];
     let mut offs = [0u64; 32];
-    let mut any_global = false;
-    let mut all_global = true;
     let mut gmask = 0u32;
     let mut mm = m;
     while mm != 0 {
         let l = mm.trailing_zeros() as usize;
         mm &= mm - 1;
-        let addr = match x.base {
-            Some(r) => w.regs[r as usize][l].wrapping_add(x.off),
-            None => x.off,
-        };
-        if addr & (len - 1) != 0 && len.is_power_of_two() {
-            return Err(misaligned(ctx, pc, wi, l, addr, len, x.space, false));
-        }
-        let (space, a) = classify(x.space, addr);
-        let bytes: &[u8] = if space == Space::Global {
-            any_global = true;
-            gmask |= 1 << l;
-            let c = ctx.cache[pc] as usize;
-            let i = match ctx.mem.allocs.get(c) {
-                Some(al)
-                    if al.live
-                        && a >= al.base
-                        && a.wrapping_add(len) <= al.base + al.size
-                        && a.wrapping_add(len) > a =>
-                {
-                    c
-                }
-                _ => global_slow(ctx, pc, wi, l, a, len, false)?,
-            };
-            let al = &ctx.mem.allocs[i];
-            let o = (a - al.base) as usize;
-            allocs[l] = i as u32;
-            offs[l] = o as u64;
-            &al.data[o..o + len as usize]
-        } else {
-            all_global = false;
-            let o = small_space(ctx, pc, wi, l, space, a, len, false)?;
-            match space {
+        let bytes: &[u8] = match lane_access(ctx, w, wi, pc, l, x, len, false)? {
+            Lands::Global(i, o) => {
+                gmask |= 1 << l;
+                allocs[l] = i as u32;
+                offs[l] = o as u64;
+                &ctx.mem.allocs[i].data[o..o + len as usize]
+            }
+            Lands::Small(space, o) => match space {
                 Space::Shared => &ctx.shared[o..o + len as usize],
                 Space::Local => &ctx.local[o..o + len as usize],
                 _ => &ctx.launch.params[o..o + len as usize],
-            }
+            },
         };
         for k in 0..N {
             let v = read_le(&bytes[k * x.size as usize..], x.size);
             vals[k][l] = if x.signed { sext(v, x.size) } else { v };
         }
     }
-    let _ = all_global;
-    if any_global {
+    if gmask != 0 {
         mark(ctx, gmask, &allocs, &offs, len, false);
     }
     for k in 0..N {
@@ -324,39 +344,17 @@ pub(super) fn store_op(
     while mm != 0 {
         let l = mm.trailing_zeros() as usize;
         mm &= mm - 1;
-        let addr = match x.base {
-            Some(r) => w.regs[r as usize][l].wrapping_add(x.off),
-            None => x.off,
-        };
-        if addr & (len - 1) != 0 && len.is_power_of_two() {
-            return Err(misaligned(ctx, pc, wi, l, addr, len, x.space, true));
-        }
-        let (space, a) = classify(x.space, addr);
-        let bytes: &mut [u8] = if space == Space::Global {
-            gmask |= 1 << l;
-            let c = ctx.cache[pc] as usize;
-            let i = match ctx.mem.allocs.get(c) {
-                Some(al)
-                    if al.live
-                        && a >= al.base
-                        && a.wrapping_add(len) <= al.base + al.size
-                        && a.wrapping_add(len) > a =>
-                {
-                    c
-                }
-                _ => global_slow(ctx, pc, wi, l, a, len, true)?,
-            };
-            let al = &mut ctx.mem.allocs[i];
-            let o = (a - al.base) as usize;
-            allocs[l] = i as u32;
-            offs[l] = o as u64;
-            &mut al.data[o..o + len as usize]
-        } else {
-            let o = small_space(ctx, pc, wi, l, space, a, len, true)?;
-            match space {
+        let bytes: &mut [u8] = match lane_access(ctx, w, wi, pc, l, x, len, true)? {
+            Lands::Global(i, o) => {
+                gmask |= 1 << l;
+                allocs[l] = i as u32;
+                offs[l] = o as u64;
+                &mut ctx.mem.allocs[i].data[o..o + len as usize]
+            }
+            Lands::Small(space, o) => match space {
                 Space::Shared => &mut ctx.shared[o..o + len as usize],
                 _ => &mut ctx.local[o..o + len as usize],
-            }
+            },
         };
         for k in 0..x.n as usize {
             write_le(
