@@ -37,25 +37,7 @@ use crate::formats::{
 /// The CPU must support AVX-512 F, BW, VL and VNNI, and AVX2, FMA and F16C: the returned
 /// functions use them.
 pub(super) unsafe fn kernel(w: GgmlType) -> Option<DotFn> {
-    use GgmlType as T;
-    Some(match w {
-        T::F32 => f32_f32,
-        T::F16 => f16_f32,
-        T::BF16 => bf16_f32,
-        T::Q4_0 => q4_0,
-        T::Q4_1 => q4_1,
-        T::Q5_0 => q5_0,
-        T::Q5_1 => q5_1,
-        T::Q8_0 => q8_0,
-        T::IQ4_NL => iq4_nl,
-        T::Q2_K => q2_k,
-        T::Q3_K => q3_k,
-        T::Q4_K => q4_k,
-        T::Q5_K => q5_k,
-        T::Q6_K => q6_k,
-        T::IQ4_XS => iq4_xs,
-        _ => return None,
-    })
+    kernel_table!(w)
 }
 
 /// The AVX-512 kernel dotting one weight row of type `w` with up to four activation rows
@@ -199,34 +181,6 @@ macro_rules! multi_fn {
 
 multi_fn!(q4_k_multi, q4_k_kn, 256, Q4_K_BYTES, Q8_K_BYTES);
 multi_fn!(q6_k_multi, q6_k_kn, 256, Q6_K_BYTES, Q8_K_BYTES);
-
-/// Defines the safe `DotFn` `$name`: checks the row, then calls the target-feature
-/// function `$imp` on the blocks.
-macro_rules! blocks_fn {
-    ($name:ident, $imp:ident, $block:expr, $wb:expr, $ab:expr) => {
-        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            row_blocks(n, w, a, $block, $wb, $ab);
-            let (w, _) = w.as_chunks::<$wb>();
-            let (a, _) = a.as_chunks::<$ab>();
-            // SAFETY: `kernel` hands this function out only to callers that checked the
-            // CPU has the AVX-512 tier's features, all that `$imp` needs; its reads go
-            // through the block slices.
-            unsafe { $imp(w, a) }
-        }
-    };
-}
-
-/// As `blocks_fn`, for float weights of `$wb` bytes and f32 activations.
-macro_rules! float_fn {
-    ($name:ident, $imp:ident, $wb:expr) => {
-        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            row_blocks(n, w, a, 1, $wb, 4);
-            // SAFETY: as in `blocks_fn`: handed out only after the AVX-512 tier's
-            // features were detected; `$imp` reads through the slices.
-            unsafe { $imp(w, a) }
-        }
-    };
-}
 
 blocks_fn!(q4_0, q4_0_k, 32, Q4_0_BYTES, Q8_0_BYTES);
 blocks_fn!(q4_1, q4_1_k, 32, Q4_1_BYTES, Q8_1_BYTES);
