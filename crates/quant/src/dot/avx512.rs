@@ -182,21 +182,7 @@ macro_rules! multi_fn {
 multi_fn!(q4_k_multi, q4_k_kn, 256, Q4_K_BYTES, Q8_K_BYTES);
 multi_fn!(q6_k_multi, q6_k_kn, 256, Q6_K_BYTES, Q8_K_BYTES);
 
-blocks_fn!(q4_0, q4_0_k, 32, Q4_0_BYTES, Q8_0_BYTES);
-blocks_fn!(q4_1, q4_1_k, 32, Q4_1_BYTES, Q8_1_BYTES);
-blocks_fn!(q5_0, q5_0_k, 32, Q5_0_BYTES, Q8_0_BYTES);
-blocks_fn!(q5_1, q5_1_k, 32, Q5_1_BYTES, Q8_1_BYTES);
-blocks_fn!(q8_0, q8_0_k, 32, Q8_0_BYTES, Q8_0_BYTES);
-blocks_fn!(iq4_nl, iq4_nl_k, 32, IQ4_NL_BYTES, Q8_0_BYTES);
-blocks_fn!(q2_k, q2_k_k, 256, Q2_K_BYTES, Q8_K_BYTES);
-blocks_fn!(q3_k, q3_k_k, 256, Q3_K_BYTES, Q8_K_BYTES);
-blocks_fn!(q4_k, q4_k_k, 256, Q4_K_BYTES, Q8_K_BYTES);
-blocks_fn!(q5_k, q5_k_k, 256, Q5_K_BYTES, Q8_K_BYTES);
-blocks_fn!(q6_k, q6_k_k, 256, Q6_K_BYTES, Q8_K_BYTES);
-blocks_fn!(iq4_xs, iq4_xs_k, 256, IQ4_XS_BYTES, Q8_K_BYTES);
-float_fn!(f32_f32, f32_k, 4);
-float_fn!(f16_f32, f16_k, 2);
-float_fn!(bf16_f32, bf16_k, 2);
+tier_fns!();
 
 // ---------------------------------------------------------------------------------------
 // Gathers within a group of four blocks.
