@@ -1,8 +1,9 @@
-//! Helpers shared by the workspace's tests (a dev-dependency only): paths below the
-//! repository's `tests/data`, golden files read as JSON, and skipping a test whose fixtures are missing.
+//! Helpers shared by the workspace's tests (a dev-dependency only): paths below `tests/data`,
+//! goldens read as JSON, skipping a test whose fixtures are missing, seeded random inputs.
 
 use std::path::{Path, PathBuf};
 
+use rand::Rng;
 use serde_json::Value;
 
 /// The `qwen35` fixtures (tests/data/synthetic/README.md): the F32 and Q8_0 files.
@@ -63,4 +64,30 @@ pub fn fixtures_missing(need: &[&str]) -> bool {
         }
         None => false,
     }
+}
+
+/// `n` standard normal samples (Box-Muller) times `sigma`.
+pub fn gaussian(rng: &mut impl Rng, n: usize, sigma: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1: f32 = rng.random::<f32>().max(1e-12);
+            let u2: f32 = rng.random();
+            sigma * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect()
+}
+
+/// `n` values uniform in -1..1 plus `offset`, with every 97th (from index 5) an outlier: the
+/// uniform value times 8, no offset. A spread of magnitudes, never all zero.
+pub fn spread_values(rng: &mut impl Rng, n: usize, offset: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let v: f32 = rng.random_range(-1.0..1.0);
+            if i % 97 == 5 {
+                v * 8.0
+            } else {
+                v + offset
+            }
+        })
+        .collect()
 }
