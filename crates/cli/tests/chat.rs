@@ -76,20 +76,5 @@ fn image_command_needs_a_projector() {
 /// fixtures.sh` copies them into tests/data. Without them a test that needs them is skipped
 /// and says so.
 fn fixtures_missing() -> bool {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
-    let need = [
-        "vision/gemma3-270m-mmproj.gguf",
-        "vision/qwen35-tiny-mmproj.gguf",
-        "vision/embd/gemma3-270m__photo-150x100.fa-off.bin",
-    ];
-    match need.iter().map(|f| dir.join(f)).find(|p| !p.exists()) {
-        Some(p) => {
-            eprintln!(
-                "skipped: {} is missing (run scripts/fixtures.sh)",
-                p.display()
-            );
-            true
-        }
-        None => false,
-    }
+    testkit::fixtures_missing(testkit::VISION)
 }

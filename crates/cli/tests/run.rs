@@ -3,6 +3,7 @@
 use std::process::Command;
 
 use serde_json::Value;
+use testkit::golden;
 
 fn surplus(args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_surplus"))
@@ -15,14 +16,6 @@ fn surplus(args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("one JSON object")
-}
-
-fn golden(file: &str) -> Value {
-    let path = format!(
-        "{}/../../tests/data/golden/{file}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[test]
@@ -309,19 +302,5 @@ fn synth_writes_models_that_run() {
 /// fixtures.sh` copies them into tests/data. Without them a test that needs them is skipped
 /// and says so.
 fn fixtures_missing() -> bool {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
-    let need = [
-        "synthetic/qwen35-tiny-f32.gguf",
-        "synthetic/qwen35-tiny-q8_0.gguf",
-    ];
-    match need.iter().map(|f| dir.join(f)).find(|p| !p.exists()) {
-        Some(p) => {
-            eprintln!(
-                "skipped: {} is missing (run scripts/fixtures.sh)",
-                p.display()
-            );
-            true
-        }
-        None => false,
-    }
+    testkit::fixtures_missing(testkit::QWEN35)
 }

@@ -485,27 +485,23 @@ pub unsafe extern "C" fn cublasGemmEx(
                 st.set_sticky(dev, CUDA_ERROR_ILLEGAL_ADDRESS);
                 return Err(CUBLAS_STATUS_EXECUTION_FAILED);
             }
-            // op(A) as m rows of k, op(B) as n rows of k (row-major, f32).
-            let mut arows = vec![0f32; m * k];
-            if k > 0 {
-                let ab = st.mem.bytes(a as u64, a_len).expect("checked");
-                for i in 0..m {
-                    for l in 0..k {
-                        let idx = if ta { l + i * lda } else { i + l * lda };
-                        arows[i * k + l] = at.load(ab, idx);
+            // op(A) as m rows of k, op(B) as n rows of k (row-major, f32): `count` vectors
+            // of k values, element l of vector i at `l + i * ld` (`i + l * ld` when `across`).
+            let gather = |p: u64, len: u64, t: Ty, count: usize, across: bool, ld: usize| {
+                let mut v = vec![0f32; count * k];
+                if k > 0 {
+                    let bytes = st.mem.bytes(p, len).expect("checked");
+                    for i in 0..count {
+                        for l in 0..k {
+                            let idx = if across { i + l * ld } else { l + i * ld };
+                            v[i * k + l] = t.load(bytes, idx);
+                        }
                     }
                 }
-            }
-            let mut bcols = vec![0f32; n * k];
-            if k > 0 {
-                let bb = st.mem.bytes(b as u64, b_len).expect("checked");
-                for j in 0..n {
-                    for l in 0..k {
-                        let idx = if tb { j + l * ldb } else { l + j * ldb };
-                        bcols[j * k + l] = bt.load(bb, idx);
-                    }
-                }
-            }
+                v
+            };
+            let arows = gather(a as u64, a_len, at, m, !ta, lda);
+            let bcols = gather(b as u64, b_len, bt, n, tb, ldb);
             // out[j * m + i] = dot(op(A) row i, op(B) column j).
             let mut out = vec![0f32; m * n];
             let threads = if m * n * k >= 1 << 22 {

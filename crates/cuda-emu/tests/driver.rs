@@ -492,27 +492,14 @@ fn gemm_f16_transposed_a_as_the_project_calls_it() {
             b16.as_ptr() as *const c_void,
             b16.len() * 2,
         ));
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let st = cublasGemmEx(
+        let st = gemm_ex(
             h,
-            CUBLAS_OP_T,
-            CUBLAS_OP_N,
-            m as c_int,
-            n as c_int,
-            k as c_int,
-            &alpha as *const f32 as *const c_void,
-            da as *const c_void,
-            CUDA_R_16F,
-            lda as c_int,
-            db as *const c_void,
-            CUDA_R_16F,
-            ldb as c_int,
-            &beta as *const f32 as *const c_void,
-            dc as *mut c_void,
-            CUDA_R_32F,
-            ldc as c_int,
-            CUBLAS_COMPUTE_32F,
-            -1,
+            (true, false),
+            (m, n, k),
+            (1.0, 0.0),
+            (da, CUDA_R_16F, lda),
+            (db, CUDA_R_16F, ldb),
+            (dc, CUDA_R_32F, ldc),
         );
         assert_eq!(st, 0);
     }
@@ -549,29 +536,16 @@ fn gemm_f32_every_transpose_with_beta() {
         let b: Vec<f32> = (0..ldb * bc).map(|i| val(i + 3)).collect();
         let c0: Vec<f32> = (0..ldc * n).map(|i| val(i + 7)).collect();
         let (da, db, dc) = (upload_f32(&a), upload_f32(&b), upload_f32(&c0));
-        let (alpha, beta) = (0.5f32, -2.0f32);
-        // SAFETY: operands in bounds; host scalars.
+        // SAFETY: operands in bounds.
         let st = unsafe {
-            cublasGemmEx(
+            gemm_ex(
                 h,
-                ta as c_int,
-                tb as c_int,
-                m as c_int,
-                n as c_int,
-                k as c_int,
-                &alpha as *const f32 as *const c_void,
-                da as *const c_void,
-                CUDA_R_32F,
-                lda as c_int,
-                db as *const c_void,
-                CUDA_R_32F,
-                ldb as c_int,
-                &beta as *const f32 as *const c_void,
-                dc as *mut c_void,
-                CUDA_R_32F,
-                ldc as c_int,
-                CUBLAS_COMPUTE_32F,
-                -1,
+                (ta, tb),
+                (m, n, k),
+                (0.5, -2.0),
+                (da, CUDA_R_32F, lda),
+                (db, CUDA_R_32F, ldb),
+                (dc, CUDA_R_32F, ldc),
             )
         };
         assert_eq!(st, 0);
@@ -593,30 +567,18 @@ fn gemm_f32_every_transpose_with_beta() {
         }
     }
     // Unsupported types.
-    let (alpha, beta) = (1.0f32, 0.0f32);
     let p = alloc(1024);
-    // SAFETY: host scalars; the type check comes first.
+    let f64_2 = (p, 1, 2); // CUDA_R_64F
+                           // SAFETY: the type check comes first.
     let st = unsafe {
-        cublasGemmEx(
+        gemm_ex(
             h,
-            0,
-            0,
-            2,
-            2,
-            2,
-            &alpha as *const f32 as *const c_void,
-            p as *const c_void,
-            1, // CUDA_R_64F
-            2,
-            p as *const c_void,
-            1,
-            2,
-            &beta as *const f32 as *const c_void,
-            p as *mut c_void,
-            1,
-            2,
-            CUBLAS_COMPUTE_32F,
-            -1,
+            (false, false),
+            (2, 2, 2),
+            (1.0, 0.0),
+            f64_2,
+            f64_2,
+            f64_2,
         )
     };
     assert_eq!(st, CUBLAS_STATUS_NOT_SUPPORTED);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::ffi::{c_int, c_void};
+use std::ffi::c_void;
 
 use common::*;
 use cuda_emu::cublas::*;
@@ -21,29 +21,16 @@ fn a_gemm_out_of_bounds_fails_and_poisons_the_context() {
     let a = alloc(m * k * 2);
     let b = alloc(n * k * 2 - 2); // one element short
     let c = alloc(m * n * 4);
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    // SAFETY: host scalars; B is too small on purpose (the emulator checks it).
+    // SAFETY: B is too small on purpose (the emulator checks it).
     let st = unsafe {
-        cublasGemmEx(
+        gemm_ex(
             h,
-            CUBLAS_OP_T,
-            CUBLAS_OP_N,
-            m as c_int,
-            n as c_int,
-            k as c_int,
-            &alpha as *const f32 as *const c_void,
-            a as *const c_void,
-            CUDA_R_16F,
-            k as c_int,
-            b as *const c_void,
-            CUDA_R_16F,
-            k as c_int,
-            &beta as *const f32 as *const c_void,
-            c as *mut c_void,
-            CUDA_R_32F,
-            m as c_int,
-            CUBLAS_COMPUTE_32F,
-            -1,
+            (true, false),
+            (m, n, k),
+            (1.0, 0.0),
+            (a, CUDA_R_16F, k),
+            (b, CUDA_R_16F, k),
+            (c, CUDA_R_32F, m),
         )
     };
     assert_eq!(st, CUBLAS_STATUS_EXECUTION_FAILED);

@@ -6,22 +6,7 @@
 use engine::sampling::SamplingParams;
 use engine::{Engine, EngineOptions, GenerateOptions};
 use serde_json::Value;
-
-fn golden(file: &str) -> Value {
-    let path = format!(
-        "{}/../../tests/data/golden/{file}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+use testkit::{golden, ids};
 
 fn load(name: &str, logit_rows: usize, n_ctx: usize) -> Engine {
     let opts = EngineOptions {

@@ -6,6 +6,7 @@
 use engine::sampling::SamplingParams;
 use engine::{Engine, EngineOptions, GenerateOptions};
 use serde_json::Value;
+use testkit::ids;
 
 fn data(file: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -16,14 +17,6 @@ fn data(file: &str) -> std::path::PathBuf {
 fn reference() -> Value {
     let text = std::fs::read_to_string(data("qwen35-tiny.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn load(file: &str, logit_rows: usize, n_ctx: usize, n_batch: usize) -> Engine {

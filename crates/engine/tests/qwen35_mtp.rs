@@ -8,19 +8,12 @@ use engine::sampling::SamplingParams;
 use engine::speculative::{Controller, MtpDrafter};
 use engine::{Engine, EngineOptions, GenerateOptions};
 use serde_json::Value;
+use testkit::ids;
 
 fn data(file: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/data/synthetic")
         .join(file)
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn check(file: &str, cases: &Value, tie: f64) {
@@ -142,19 +135,5 @@ fn q8_0_mtp_matches_plain_greedy_and_llama_cpp_drafts() {
 /// fixtures.sh` copies them into tests/data. Without them a test that needs them is skipped
 /// and says so.
 fn fixtures_missing() -> bool {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
-    let need = [
-        "synthetic/qwen35-tiny-f32.gguf",
-        "synthetic/qwen35-tiny-q8_0.gguf",
-    ];
-    match need.iter().map(|f| dir.join(f)).find(|p| !p.exists()) {
-        Some(p) => {
-            eprintln!(
-                "skipped: {} is missing (run scripts/fixtures.sh)",
-                p.display()
-            );
-            true
-        }
-        None => false,
-    }
+    testkit::fixtures_missing(testkit::QWEN35)
 }

@@ -6,15 +6,9 @@
 use engine::sampling::SamplingParams;
 use engine::speculative::{Controller, Drafter, ModelDrafter, NgramDrafter, SpecError, MAX_DRAFT};
 use engine::{Engine, EngineOptions, GenerateOptions};
-use serde_json::Value;
 
 fn golden_prompts(file: &str) -> Vec<String> {
-    let path = format!(
-        "{}/../../tests/data/golden/{file}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    v["greedy"]
+    testkit::golden(file)["greedy"]
         .as_array()
         .unwrap()
         .iter()

@@ -6,6 +6,7 @@
 use engine::sampling::SamplingParams;
 use engine::{Engine, EngineOptions, GenerateOptions, PromptPart};
 use serde_json::Value;
+use testkit::ids;
 
 /// llama.cpp's own flash-attention choice moves step-0 log-probs by up to 0.23 nats: steps
 /// whose top two are closer than this may part.
@@ -15,14 +16,6 @@ const MAX_DLOGPROB: f64 = 0.20;
 
 fn data() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/vision")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 #[test]
@@ -132,20 +125,5 @@ fn gemma3_with_an_image_follows_llama_cpp() {
 /// fixtures.sh` copies them into tests/data. Without them a test that needs them is skipped
 /// and says so.
 fn fixtures_missing() -> bool {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
-    let need = [
-        "vision/gemma3-270m-mmproj.gguf",
-        "vision/qwen35-tiny-mmproj.gguf",
-        "vision/embd/gemma3-270m__photo-150x100.fa-off.bin",
-    ];
-    match need.iter().map(|f| dir.join(f)).find(|p| !p.exists()) {
-        Some(p) => {
-            eprintln!(
-                "skipped: {} is missing (run scripts/fixtures.sh)",
-                p.display()
-            );
-            true
-        }
-        None => false,
-    }
+    testkit::fixtures_missing(testkit::VISION)
 }

@@ -7,6 +7,7 @@ use engine::sampling::SamplingParams;
 use engine::speculative::{Controller, MtpDrafter};
 use engine::{Engine, EngineOptions, GenerateOptions, Generation, ImageRows, PromptPart};
 use serde_json::Value;
+use testkit::ids;
 
 /// The README's tolerance on the Qwen log-probs.
 const MAX_DLOGPROB: f64 = 5e-3;
@@ -20,14 +21,6 @@ fn data() -> std::path::PathBuf {
 fn golden() -> Value {
     serde_json::from_str(&std::fs::read_to_string(data().join("vision/vision.json")).unwrap())
         .unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// llama.cpp's embedding dump: int32 n_tokens, int32 n_embd, then the f32 values.
@@ -357,19 +350,9 @@ fn an_image_larger_than_the_batch_goes_in_several_passes() {
 /// The fixture's model files are not in git: `scripts/fixtures.sh` copies them into
 /// tests/data. Without them a test that needs them is skipped and says so.
 fn fixtures_missing() -> bool {
-    let need = [
+    testkit::fixtures_missing(&[
         "synthetic/qwen35-tiny-f32.gguf",
         "vision/qwen35-tiny-mmproj.gguf",
         "vision/embd/qwen35-tiny__photo-150x100.bin",
-    ];
-    match need.iter().map(|f| data().join(f)).find(|p| !p.exists()) {
-        Some(p) => {
-            eprintln!(
-                "skipped: {} is missing (run scripts/fixtures.sh)",
-                p.display()
-            );
-            true
-        }
-        None => false,
-    }
+    ])
 }

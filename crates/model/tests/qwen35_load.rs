@@ -185,19 +185,5 @@ fn bad_files_are_refused_with_a_clear_error() {
 /// fixtures.sh` copies them into tests/data. Without them a test that needs them is skipped
 /// and says so.
 fn fixtures_missing() -> bool {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
-    let need = [
-        "synthetic/qwen35-tiny-f32.gguf",
-        "synthetic/qwen35-tiny-q8_0.gguf",
-    ];
-    match need.iter().map(|f| dir.join(f)).find(|p| !p.exists()) {
-        Some(p) => {
-            eprintln!(
-                "skipped: {} is missing (run scripts/fixtures.sh)",
-                p.display()
-            );
-            true
-        }
-        None => false,
-    }
+    testkit::fixtures_missing(testkit::QWEN35)
 }

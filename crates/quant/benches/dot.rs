@@ -12,7 +12,8 @@ use gguf::GgmlType;
 use quant::dot::quantize_activations_for;
 use quant::{activation_type, dot_fn_for, quantize_to_vec, Isa};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
+use testkit::gaussian;
 
 const ROWS: usize = 2048;
 const COLS: usize = 4096;
@@ -36,16 +37,6 @@ const WEIGHTS: &[GgmlType] = &[
     GgmlType::BF16,
     GgmlType::F32,
 ];
-
-fn gaussian(rng: &mut StdRng, n: usize, sigma: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let u1: f32 = rng.random::<f32>().max(1e-12);
-            let u2: f32 = rng.random();
-            sigma * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-        })
-        .collect()
-}
 
 fn matvec(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(7);

@@ -9,7 +9,8 @@ use quant::{
     quantize_activations, quantize_to_vec, Isa, Operation, QuantError,
 };
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
+use testkit::gaussian;
 
 /// Every type that can be a weight.
 const WEIGHTS: &[GgmlType] = &[
@@ -35,17 +36,6 @@ const SIMD_TOL: f64 = 1e-5;
 /// The reference's integer sums are exact; what is left is f32 rounding of the block
 /// scales' products and the running sum: |scalar - exact| <= this × sum|w a|.
 const REF_TOL: f64 = 1e-4;
-
-/// Standard normal samples (Box-Muller), times `sigma`.
-fn gaussian(rng: &mut StdRng, n: usize, sigma: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let u1: f32 = rng.random::<f32>().max(1e-12);
-            let u2: f32 = rng.random();
-            sigma * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-        })
-        .collect()
-}
 
 /// Row lengths to try for `w`: one block, two blocks, 4096 and 14336 (and, for the float
 /// types, lengths that leave SIMD tails).

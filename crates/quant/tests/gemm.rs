@@ -7,7 +7,7 @@ use gguf::GgmlType;
 use quant::gemm::{self, A_CHUNK, CHUNK};
 use quant::{dequantize_to_vec, quantize_to_vec, Isa};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 const TYPES: &[GgmlType] = &[
     GgmlType::Q4_0,
@@ -23,16 +23,7 @@ const TYPES: &[GgmlType] = &[
 
 /// Values with a spread of magnitudes (and some outliers), never all zero.
 fn values(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let v: f32 = rng.random_range(-1.0..1.0);
-            if i % 97 == 5 {
-                v * 8.0
-            } else {
-                v
-            }
-        })
-        .collect()
+    testkit::spread_values(rng, n, 0.0)
 }
 
 fn weights(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {

@@ -7,7 +7,7 @@ use gguf::GgmlType;
 use quant::rows16::{self, ROWS};
 use quant::{dequantize_to_vec, quantize_to_vec, Isa};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 const TYPES: &[GgmlType] = &[
     GgmlType::Q4_0,
@@ -30,16 +30,7 @@ fn widths(ty: GgmlType) -> &'static [usize] {
 
 /// Values with a spread of magnitudes (and some outliers), never all zero.
 fn values(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let v: f32 = rng.random_range(-1.0..1.0);
-            if i % 97 == 5 {
-                v * 8.0
-            } else {
-                v + 0.05
-            }
-        })
-        .collect()
+    testkit::spread_values(rng, n, 0.05)
 }
 
 /// A random `rows` × `cols` matrix of `ty`, repacked: (GGUF bytes, repacked bytes).

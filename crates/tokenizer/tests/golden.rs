@@ -1,7 +1,7 @@
 //! Token ids against llama.cpp's, for every `tokenize` entry of the three golden files, in
 //! all three modes; end-of-generation ids against the reference's list.
 
-use serde_json::Value;
+use testkit::{golden, ids};
 use tokenizer::Tokenizer;
 
 const MODELS: &[(&str, &str)] = &[
@@ -9,22 +9,6 @@ const MODELS: &[(&str, &str)] = &[
     ("gemma3-270m", "gemma3-270m-q4_k_m"),
     ("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4"),
 ];
-
-fn golden(file: &str) -> Value {
-    let path = format!(
-        "{}/../../tests/data/golden/{file}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 fn load(name: &str) -> Tokenizer {
     let g = gguf::Gguf::open(registry::test_model(name)).unwrap();

@@ -44,28 +44,22 @@ pub fn parse_gpus(spec: &str) -> Result<Vec<DeviceConfig>, String> {
             .ok()
             .filter(|s| (10..=1000).contains(s))
             .ok_or_else(|| format!("`{item}`: sm `{}` is not a number like 70", parts[1]))?;
-        let gib: f64 = parts[2]
-            .trim()
-            .parse()
-            .ok()
-            .filter(|g: &f64| g.is_finite() && *g > 0.0 && *g < 1e6)
-            .ok_or_else(|| {
-                format!(
-                    "`{item}`: memory `{}` is not a positive number of GiB",
-                    parts[2]
-                )
-            })?;
-        let bw: f64 = parts[3]
-            .trim()
-            .parse()
-            .ok()
-            .filter(|g: &f64| g.is_finite() && *g > 0.0 && *g < 1e6)
-            .ok_or_else(|| {
-                format!(
-                    "`{item}`: bandwidth `{}` is not a positive number of GB/s",
-                    parts[3]
-                )
-            })?;
+        // Field `i` as a positive finite number below 10^6 (`what`, in `unit`, for the error).
+        let positive = |i: usize, what: &str, unit: &str| {
+            parts[i]
+                .trim()
+                .parse()
+                .ok()
+                .filter(|g: &f64| g.is_finite() && *g > 0.0 && *g < 1e6)
+                .ok_or_else(|| {
+                    format!(
+                        "`{item}`: {what} `{}` is not a positive number of {unit}",
+                        parts[i]
+                    )
+                })
+        };
+        let gib = positive(2, "memory", "GiB")?;
+        let bw = positive(3, "bandwidth", "GB/s")?;
         let memory = (gib * (1u64 << 30) as f64).round() as u64;
         if memory == 0 {
             return Err(format!("`{item}`: memory rounds to 0 bytes"));

@@ -1,9 +1,9 @@
-//! The `CUresult` table: the names and descriptions `cuGetErrorName` and `cuGetErrorString`
-//! return, and [`error_name`].
+//! The `CUresult` table (names and descriptions), the exports that read it
+//! (`cuGetErrorName`, `cuGetErrorString`), and [`error_name`].
 
 use std::ffi::CStr;
 
-use super::CUresult;
+use super::*;
 
 pub(super) const ERRORS: &[(CUresult, &CStr, &CStr)] = &[
     (0, c"CUDA_SUCCESS", c"no error"),
@@ -84,4 +84,28 @@ pub fn error_name(e: CUresult) -> Option<&'static str> {
         .iter()
         .find(|x| x.0 == e)
         .and_then(|x| x.1.to_str().ok())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGetErrorString(e: CUresult, p: *mut *const c_char) -> CUresult {
+    guard("cuGetErrorString", || {
+        let found = ERRORS.iter().find(|x| x.0 == e);
+        // SAFETY: CUDA's contract: a valid out-pointer; the strings are static.
+        unsafe {
+            put(p, found.map_or(std::ptr::null(), |x| x.2.as_ptr()))?;
+        }
+        found.map(|_| ()).ok_or(CUDA_ERROR_INVALID_VALUE)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGetErrorName(e: CUresult, p: *mut *const c_char) -> CUresult {
+    guard("cuGetErrorName", || {
+        let found = ERRORS.iter().find(|x| x.0 == e);
+        // SAFETY: CUDA's contract: a valid out-pointer; the strings are static.
+        unsafe {
+            put(p, found.map_or(std::ptr::null(), |x| x.1.as_ptr()))?;
+        }
+        found.map(|_| ()).ok_or(CUDA_ERROR_INVALID_VALUE)
+    })
 }

@@ -30,45 +30,15 @@ pub enum RoundInt {
     Rpi,
 }
 
-fn next_up32(x: f32) -> f32 {
-    if x.is_nan() || x == f32::INFINITY {
-        return x;
-    }
-    if x == 0.0 {
-        return f32::from_bits(1);
-    }
-    let b = x.to_bits();
-    f32::from_bits(if x > 0.0 { b + 1 } else { b - 1 })
-}
-
-fn next_down32(x: f32) -> f32 {
-    -next_up32(-x)
-}
-
-fn next_up64(x: f64) -> f64 {
-    if x.is_nan() || x == f64::INFINITY {
-        return x;
-    }
-    if x == 0.0 {
-        return f64::from_bits(1);
-    }
-    let b = x.to_bits();
-    f64::from_bits(if x > 0.0 { b + 1 } else { b - 1 })
-}
-
-fn next_down64(x: f64) -> f64 {
-    -next_up64(-x)
-}
-
 /// Steps the nearest result `c` to the directed result, given how the exact value compares
 /// with `c`.
 fn direct32(c: f32, exact_vs_c: Ordering, r: Round) -> f32 {
     match (exact_vs_c, r) {
         (Ordering::Equal, _) | (_, Round::Rn) => c,
-        (Ordering::Greater, Round::Rp) => next_up32(c),
-        (Ordering::Greater, Round::Rz) if c < 0.0 => next_up32(c),
-        (Ordering::Less, Round::Rm) => next_down32(c),
-        (Ordering::Less, Round::Rz) if c > 0.0 => next_down32(c),
+        (Ordering::Greater, Round::Rp) => c.next_up(),
+        (Ordering::Greater, Round::Rz) if c < 0.0 => c.next_up(),
+        (Ordering::Less, Round::Rm) => c.next_down(),
+        (Ordering::Less, Round::Rz) if c > 0.0 => c.next_down(),
         _ => c,
     }
 }
@@ -76,10 +46,10 @@ fn direct32(c: f32, exact_vs_c: Ordering, r: Round) -> f32 {
 fn direct64(c: f64, exact_vs_c: Ordering, r: Round) -> f64 {
     match (exact_vs_c, r) {
         (Ordering::Equal, _) | (_, Round::Rn) => c,
-        (Ordering::Greater, Round::Rp) => next_up64(c),
-        (Ordering::Greater, Round::Rz) if c < 0.0 => next_up64(c),
-        (Ordering::Less, Round::Rm) => next_down64(c),
-        (Ordering::Less, Round::Rz) if c > 0.0 => next_down64(c),
+        (Ordering::Greater, Round::Rp) => c.next_up(),
+        (Ordering::Greater, Round::Rz) if c < 0.0 => c.next_up(),
+        (Ordering::Less, Round::Rm) => c.next_down(),
+        (Ordering::Less, Round::Rz) if c > 0.0 => c.next_down(),
         _ => c,
     }
 }
@@ -530,14 +500,14 @@ mod tests {
     fn check(got: f32, t: f64, r: Round) {
         let g = got as f64;
         match r {
-            Round::Rm => assert!(g <= t && (next_up32(got) as f64) > t, "{got} vs {t}"),
-            Round::Rp => assert!(g >= t && (next_down32(got) as f64) < t, "{got} vs {t}"),
+            Round::Rm => assert!(g <= t && (got.next_up() as f64) > t, "{got} vs {t}"),
+            Round::Rp => assert!(g >= t && (got.next_down() as f64) < t, "{got} vs {t}"),
             Round::Rz => {
                 assert!(g.abs() <= t.abs(), "{got} vs {t}");
                 let away = if t >= 0.0 {
-                    next_up32(got)
+                    got.next_up()
                 } else {
-                    next_down32(got)
+                    got.next_down()
                 };
                 assert!((away as f64).abs() > t.abs(), "{got} vs {t}");
             }
@@ -569,18 +539,18 @@ mod tests {
         // 1 + 2^-30: down and toward zero give 1, up gives the next float.
         let tiny = 2f32.powi(-30);
         assert_eq!(add_f32(1.0, tiny, Round::Rz), 1.0);
-        assert_eq!(add_f32(1.0, tiny, Round::Rp), next_up32(1.0));
-        assert_eq!(add_f32(-1.0, -tiny, Round::Rm), -next_up32(1.0));
+        assert_eq!(add_f32(1.0, tiny, Round::Rp), 1.0f32.next_up());
+        assert_eq!(add_f32(-1.0, -tiny, Round::Rm), -1.0f32.next_up());
         assert_eq!(add_f32(-1.0, -tiny, Round::Rz), -1.0);
         // roundf's add.rz of 0.49999997 + 0.5 stays below 1.
-        assert_eq!(add_f32(0.49999997, 0.5, Round::Rz), next_down32(1.0));
+        assert_eq!(add_f32(0.49999997, 0.5, Round::Rz), 1.0f32.next_down());
         assert_eq!(add_f32(0.49999997, 0.5, Round::Rn), 1.0);
         assert!(add_f32(1.0, -1.0, Round::Rm).is_sign_negative());
         assert!(add_f32(1.0, -1.0, Round::Rz).is_sign_positive());
         assert_eq!(mul_f32(f32::MAX, 2.0, Round::Rz), f32::MAX);
         assert_eq!(mul_f32(f32::MAX, 2.0, Round::Rp), f32::INFINITY);
         // 1/3 rounds up to nearest: toward zero is one ulp below.
-        assert_eq!(div_f32(1.0, 3.0, Round::Rz), next_down32(1.0 / 3.0));
+        assert_eq!(div_f32(1.0, 3.0, Round::Rz), (1.0f32 / 3.0).next_down());
         assert_eq!(div_f32(1.0, 3.0, Round::Rp), 1.0 / 3.0);
         assert!(div_f32(1.0, 3.0, Round::Rp) > div_f32(1.0, 3.0, Round::Rm));
     }
@@ -600,7 +570,7 @@ mod tests {
         assert_eq!(round_f32_integral(-2.5, RoundInt::Rni), -2.0);
         assert_eq!(int_to_f32(16_777_217, Round::Rz), 16_777_216.0);
         assert_eq!(int_to_f32(16_777_217, Round::Rp), 16_777_218.0);
-        assert_eq!(f64_to_f32(1.0 + 1e-12, Round::Rp), next_up32(1.0));
+        assert_eq!(f64_to_f32(1.0 + 1e-12, Round::Rp), 1.0f32.next_up());
         assert_eq!(f64_to_f32(1.0 + 1e-12, Round::Rn), 1.0);
         assert_eq!(
             f16_to_f32(f32_to_f16(1.0 + 1e-4, Round::Rp)),

@@ -232,22 +232,24 @@ op!(selp, 3, |x, a, b, c, e| if c & 1 != 0 {
     tr::<B>(b)
 });
 
+/// The low `bits` bits (8 or 16) of `v` as an i32, sign-extended when `signed`.
+#[inline(always)]
+fn widen(v: u64, bits: u32, signed: bool) -> i32 {
+    let sh = 32 - bits;
+    let v = (v as u32) << sh;
+    if signed {
+        (v as i32) >> sh
+    } else {
+        (v >> sh) as i32
+    }
+}
+
 // `dp4a`: `aux` bit 0 = a signed, bit 1 = b signed.
 op0!(dp4a, 3, |x, a, b, c, e| {
     let mut acc = c as u32;
     for k in 0..4 {
-        let ab = (a >> (8 * k)) as u8;
-        let bb = (b >> (8 * k)) as u8;
-        let av = if x.aux & 1 != 0 {
-            ab as i8 as i32
-        } else {
-            ab as i32
-        };
-        let bv = if x.aux & 2 != 0 {
-            bb as i8 as i32
-        } else {
-            bb as i32
-        };
+        let av = widen(a >> (8 * k), 8, x.aux & 1 != 0);
+        let bv = widen(b >> (8 * k), 8, x.aux & 2 != 0);
         acc = acc.wrapping_add(av.wrapping_mul(bv) as u32);
     }
     acc as u64
@@ -258,18 +260,8 @@ op0!(dp2a, 3, |x, a, b, c, e| {
     let mut acc = c as u32;
     let boff = if x.aux & 4 != 0 { 2 } else { 0 };
     for k in 0..2 {
-        let ah = (a >> (16 * k)) as u16;
-        let bb = (b >> (8 * (k + boff))) as u8;
-        let av = if x.aux & 1 != 0 {
-            ah as i16 as i32
-        } else {
-            ah as i32
-        };
-        let bv = if x.aux & 2 != 0 {
-            bb as i8 as i32
-        } else {
-            bb as i32
-        };
+        let av = widen(a >> (16 * k), 16, x.aux & 1 != 0);
+        let bv = widen(b >> (8 * (k + boff)), 8, x.aux & 2 != 0);
         acc = acc.wrapping_add(av.wrapping_mul(bv) as u32);
     }
     acc as u64

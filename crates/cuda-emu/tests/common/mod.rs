@@ -2,9 +2,10 @@
 //! a current context per test thread, NVRTC's PTX of two small kernels.
 #![allow(dead_code)]
 
-use std::ffi::{c_void, CStr};
+use std::ffi::{c_int, c_void, CStr};
 use std::sync::Once;
 
+use cuda_emu::cublas::{cublasGemmEx, CUBLAS_COMPUTE_32F};
 use cuda_emu::driver::*;
 
 /// NVRTC 12.9's PTX (compute_70, no line info) of:
@@ -219,6 +220,49 @@ pub fn launch_vadd(f: Handle, stream: Handle, a: u64, b: u64, c: u64, s: f32, n:
             stream,
             args.as_mut_ptr(),
             std::ptr::null_mut(),
+        )
+    }
+}
+
+/// One operand of [`gemm_ex`]: device address, CUDA data type, leading dimension.
+pub type Operand = (u64, c_int, usize);
+
+/// `cublasGemmEx(h, ta, tb, m, n, k, alpha, A, B, beta, C)` with host f32 scalars `(alpha, beta)`, f32
+/// compute and the default algorithm; `t` says which of A and B are transposed.
+///
+/// # Safety
+/// As `cublasGemmEx`: `h` is a handle (the emulator checks the operands' bounds itself).
+pub unsafe fn gemm_ex(
+    h: *mut c_void,
+    t: (bool, bool),
+    (m, n, k): (usize, usize, usize),
+    (alpha, beta): (f32, f32),
+    a: Operand,
+    b: Operand,
+    c: Operand,
+) -> c_int {
+    // SAFETY: forwarded from the caller; the scalars live on this stack frame for the call.
+    unsafe {
+        cublasGemmEx(
+            h,
+            t.0 as c_int,
+            t.1 as c_int,
+            m as c_int,
+            n as c_int,
+            k as c_int,
+            &alpha as *const f32 as *const c_void,
+            a.0 as *const c_void,
+            a.1,
+            a.2 as c_int,
+            b.0 as *const c_void,
+            b.1,
+            b.2 as c_int,
+            &beta as *const f32 as *const c_void,
+            c.0 as *mut c_void,
+            c.1,
+            c.2 as c_int,
+            CUBLAS_COMPUTE_32F,
+            -1,
         )
     }
 }

@@ -35,6 +35,7 @@ mod x86 {
     use gguf::GgmlType;
 
     use crate::dot::x86::{f16, to_f16};
+    use crate::formats::{Q8_0_BYTES, Q8_1_BYTES, Q8_K_BYTES};
 
     /// Quantizes `x` into `out` as `at` with AVX2 when that type has an AVX2 quantizer
     /// here; false (nothing written) when not. The lengths have been checked.
@@ -49,15 +50,15 @@ mod x86 {
             GgmlType::Q8_0 => {
                 // SAFETY: the CPU has AVX2, FMA and F16C (this function's contract);
                 // `q8_0` touches memory only through the slices.
-                unsafe { q8_0(x32, out.as_chunks_mut::<34>().0) }
+                unsafe { q8_0(x32, out.as_chunks_mut::<Q8_0_BYTES>().0) }
             }
             GgmlType::Q8_1 => {
                 // SAFETY: as for Q8_0.
-                unsafe { q8_1(x32, out.as_chunks_mut::<36>().0) }
+                unsafe { q8_1(x32, out.as_chunks_mut::<Q8_1_BYTES>().0) }
             }
             GgmlType::Q8_K => {
                 // SAFETY: as for Q8_0.
-                unsafe { q8_k(x256, out.as_chunks_mut::<292>().0) }
+                unsafe { q8_k(x256, out.as_chunks_mut::<Q8_K_BYTES>().0) }
             }
             _ => return false,
         }
@@ -151,7 +152,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn q8_0(x: &[[f32; 32]], out: &mut [[u8; 34]]) {
+    fn q8_0(x: &[[f32; 32]], out: &mut [[u8; Q8_0_BYTES]]) {
         for (x, o) in x.iter().zip(out) {
             let (d, _, q, _) = block32(x, true);
             let (head, tail) = o.split_first_chunk_mut::<2>().unwrap();
@@ -161,7 +162,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn q8_1(x: &[[f32; 32]], out: &mut [[u8; 36]]) {
+    fn q8_1(x: &[[f32; 32]], out: &mut [[u8; Q8_1_BYTES]]) {
         for (x, o) in x.iter().zip(out) {
             let (d, df, q, sum) = block32(x, false);
             let (head, tail) = o.split_first_chunk_mut::<4>().unwrap();
@@ -172,7 +173,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn q8_k(x: &[[f32; 256]], out: &mut [[u8; 292]]) {
+    fn q8_k(x: &[[f32; 256]], out: &mut [[u8; Q8_K_BYTES]]) {
         for (x, o) in x.iter().zip(out) {
             let (c, _) = x.as_chunks::<8>();
             let v: [__m256; 32] = std::array::from_fn(|k| ld(&c[k]));

@@ -14,6 +14,10 @@ use gguf::GgmlType;
 use super::x86::{f16, f16x4, f32_at, ld128, ld256, sub, u16_at, u32_at};
 use super::{row_blocks, DotFn};
 use crate::formats::iq4_nl::IQ4_LEVELS;
+use crate::formats::{
+    IQ4_NL_BYTES, IQ4_XS_BYTES, Q2_K_BYTES, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES,
+    Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, Q8_1_BYTES, Q8_K_BYTES,
+};
 
 /// The AVX2 kernel for weights of type `w`.
 ///
@@ -21,71 +25,10 @@ use crate::formats::iq4_nl::IQ4_LEVELS;
 ///
 /// The CPU must support AVX2, FMA and F16C: the returned functions use them.
 pub(super) unsafe fn kernel(w: GgmlType) -> Option<DotFn> {
-    use GgmlType as T;
-    Some(match w {
-        T::F32 => f32_f32,
-        T::F16 => f16_f32,
-        T::BF16 => bf16_f32,
-        T::Q4_0 => q4_0,
-        T::Q4_1 => q4_1,
-        T::Q5_0 => q5_0,
-        T::Q5_1 => q5_1,
-        T::Q8_0 => q8_0,
-        T::IQ4_NL => iq4_nl,
-        T::Q2_K => q2_k,
-        T::Q3_K => q3_k,
-        T::Q4_K => q4_k,
-        T::Q5_K => q5_k,
-        T::Q6_K => q6_k,
-        T::IQ4_XS => iq4_xs,
-        _ => return None,
-    })
+    kernel_table!(w)
 }
 
-/// Defines the safe `DotFn` `$name`, which checks the row and calls the target-feature
-/// function `$imp` on the blocks (weight blocks of `$wb` bytes, activation blocks of
-/// `$ab`, `$block` elements each).
-macro_rules! blocks_fn {
-    ($name:ident, $imp:ident, $block:expr, $wb:expr, $ab:expr) => {
-        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            row_blocks(n, w, a, $block, $wb, $ab);
-            let (w, _) = w.as_chunks::<$wb>();
-            let (a, _) = a.as_chunks::<$ab>();
-            // SAFETY: `kernel` hands this function out only to callers that checked the
-            // CPU has AVX2, FMA and F16C, all that `$imp` needs; its reads go through
-            // the block slices.
-            unsafe { $imp(w, a) }
-        }
-    };
-}
-
-/// As `blocks_fn`, for float weights of `$wb` bytes and f32 activations.
-macro_rules! float_fn {
-    ($name:ident, $imp:ident, $wb:expr) => {
-        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            row_blocks(n, w, a, 1, $wb, 4);
-            // SAFETY: as in `blocks_fn`: handed out only after AVX2, FMA and F16C were
-            // detected; `$imp` reads through the slices.
-            unsafe { $imp(w, a) }
-        }
-    };
-}
-
-blocks_fn!(q4_0, q4_0_k, 32, 18, 34);
-blocks_fn!(q4_1, q4_1_k, 32, 20, 36);
-blocks_fn!(q5_0, q5_0_k, 32, 22, 34);
-blocks_fn!(q5_1, q5_1_k, 32, 24, 36);
-blocks_fn!(q8_0, q8_0_k, 32, 34, 34);
-blocks_fn!(iq4_nl, iq4_nl_k, 32, 18, 34);
-blocks_fn!(q2_k, q2_k_k, 256, 84, 292);
-blocks_fn!(q3_k, q3_k_k, 256, 110, 292);
-blocks_fn!(q4_k, q4_k_k, 256, 144, 292);
-blocks_fn!(q5_k, q5_k_k, 256, 176, 292);
-blocks_fn!(q6_k, q6_k_k, 256, 210, 292);
-blocks_fn!(iq4_xs, iq4_xs_k, 256, 136, 292);
-float_fn!(f32_f32, f32_k, 4);
-float_fn!(f16_f32, f16_k, 2);
-float_fn!(bf16_f32, bf16_k, 2);
+tier_fns!();
 
 // ---------------------------------------------------------------------------------------
 // Small helpers
@@ -175,35 +118,37 @@ fn dup(v: __m128) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn blocks_q8_0<const WB: usize>(
     w: &[[u8; WB]],
-    a: &[[u8; 34]],
+    a: &[[u8; Q8_0_BYTES]],
     dot: impl Fn(&[u8; WB], &[u8; 32]) -> __m256i,
 ) -> f32 {
     let (w4, wt) = w.as_chunks::<4>();
     let (a4, at) = a.as_chunks::<4>();
     let mut acc = _mm256_setzero_ps();
     for (x, y) in w4.iter().zip(a4) {
-        let p = std::array::from_fn(|k| dot(&x[k], sub::<2, 32, 34>(&y[k])));
-        let d = _mm_mul_ps(f16_lanes::<0, WB>(x), f16_lanes::<0, 34>(y));
+        let p = std::array::from_fn(|k| dot(&x[k], sub::<2, 32, Q8_0_BYTES>(&y[k])));
+        let d = _mm_mul_ps(f16_lanes::<0, WB>(x), f16_lanes::<0, Q8_0_BYTES>(y));
         acc = _mm256_fmadd_ps(fold4(p), dup(d), acc);
     }
     for (x, y) in wt.iter().zip(at) {
-        let p = _mm256_cvtepi32_ps(dot(x, sub::<2, 32, 34>(y)));
-        let d = f16(u16_at::<0, WB>(x)) * f16(u16_at::<0, 34>(y));
+        let p = _mm256_cvtepi32_ps(dot(x, sub::<2, 32, Q8_0_BYTES>(y)));
+        let d = f16(u16_at::<0, WB>(x)) * f16(u16_at::<0, Q8_0_BYTES>(y));
         acc = _mm256_fmadd_ps(p, _mm256_set1_ps(d), acc);
     }
     hsum(acc)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q8_0_k(w: &[[u8; 34]], a: &[[u8; 34]]) -> f32 {
-    blocks_q8_0(w, a, |x, y| dot_i8(ld256(sub::<2, 32, 34>(x)), ld256(y)))
+pub(super) fn q8_0_k(w: &[[u8; Q8_0_BYTES]], a: &[[u8; Q8_0_BYTES]]) -> f32 {
+    blocks_q8_0(w, a, |x, y| {
+        dot_i8(ld256(sub::<2, 32, Q8_0_BYTES>(x)), ld256(y))
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q4_0_k(w: &[[u8; 18]], a: &[[u8; 34]]) -> f32 {
+pub(super) fn q4_0_k(w: &[[u8; Q4_0_BYTES]], a: &[[u8; Q8_0_BYTES]]) -> f32 {
     blocks_q8_0(w, a, |x, y| {
         // sum((q - 8) y) = sum(q y) - sum(8 y), both in i16 pairs without overflow.
-        let q = nibbles(sub::<2, 16, 18>(x));
+        let q = nibbles(sub::<2, 16, Q4_0_BYTES>(x));
         let y = ld256(y);
         let p = _mm256_sub_epi16(
             _mm256_maddubs_epi16(q, y),
@@ -214,12 +159,12 @@ pub(super) fn q4_0_k(w: &[[u8; 18]], a: &[[u8; 34]]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q5_0_k(w: &[[u8; 22]], a: &[[u8; 34]]) -> f32 {
+pub(super) fn q5_0_k(w: &[[u8; Q5_0_BYTES]], a: &[[u8; Q8_0_BYTES]]) -> f32 {
     blocks_q8_0(w, a, |x, y| {
         // q - 16 as a signed byte: the nibble, with 0xF0 or-ed in where the fifth bit is 0.
-        let high = bit_bytes(u32_at::<2, 22>(x));
+        let high = bit_bytes(u32_at::<2, Q5_0_BYTES>(x));
         let q = _mm256_or_si256(
-            nibbles(sub::<6, 16, 22>(x)),
+            nibbles(sub::<6, 16, Q5_0_BYTES>(x)),
             _mm256_andnot_si256(high, _mm256_set1_epi8(0xF0u8 as i8)),
         );
         dot_i8(q, ld256(y))
@@ -227,10 +172,10 @@ pub(super) fn q5_0_k(w: &[[u8; 22]], a: &[[u8; 34]]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn iq4_nl_k(w: &[[u8; 18]], a: &[[u8; 34]]) -> f32 {
+pub(super) fn iq4_nl_k(w: &[[u8; IQ4_NL_BYTES]], a: &[[u8; Q8_0_BYTES]]) -> f32 {
     let table = levels_table();
     blocks_q8_0(w, a, |x, y| {
-        let q = _mm256_shuffle_epi8(table, nibbles(sub::<2, 16, 18>(x)));
+        let q = _mm256_shuffle_epi8(table, nibbles(sub::<2, 16, IQ4_NL_BYTES>(x)));
         dot_i8(q, ld256(y))
     })
 }
@@ -253,7 +198,7 @@ pub(super) fn levels_table() -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn blocks_q8_1<const WB: usize>(
     w: &[[u8; WB]],
-    a: &[[u8; 36]],
+    a: &[[u8; Q8_1_BYTES]],
     dot: impl Fn(&[u8; WB], __m256i) -> __m256i,
 ) -> f32 {
     let ones = _mm256_set1_epi8(1);
@@ -261,20 +206,20 @@ fn blocks_q8_1<const WB: usize>(
     let (a4, at) = a.as_chunks::<4>();
     let mut acc = _mm256_setzero_ps();
     for (x, y) in w4.iter().zip(a4) {
-        let ys: [__m256i; 4] = std::array::from_fn(|k| ld256(sub::<4, 32, 36>(&y[k])));
+        let ys: [__m256i; 4] = std::array::from_fn(|k| ld256(sub::<4, 32, Q8_1_BYTES>(&y[k])));
         let p = std::array::from_fn(|k| dot(&x[k], ys[k]));
         let s = ys.map(|y| dot_u8(ones, y));
-        let dy = f16_lanes::<0, 36>(y);
+        let dy = f16_lanes::<0, Q8_1_BYTES>(y);
         let d = _mm_mul_ps(f16_lanes::<0, WB>(x), dy);
         let m = _mm_mul_ps(f16_lanes::<2, WB>(x), dy);
         acc = _mm256_fmadd_ps(fold4(p), dup(d), acc);
         acc = _mm256_fmadd_ps(fold4(s), dup(m), acc);
     }
     for (x, y) in wt.iter().zip(at) {
-        let ys = ld256(sub::<4, 32, 36>(y));
+        let ys = ld256(sub::<4, 32, Q8_1_BYTES>(y));
         let p = _mm256_cvtepi32_ps(dot(x, ys));
         let s = _mm256_cvtepi32_ps(dot_u8(ones, ys));
-        let dy = f16(u16_at::<0, 36>(y));
+        let dy = f16(u16_at::<0, Q8_1_BYTES>(y));
         acc = _mm256_fmadd_ps(p, _mm256_set1_ps(f16(u16_at::<0, WB>(x)) * dy), acc);
         acc = _mm256_fmadd_ps(s, _mm256_set1_ps(f16(u16_at::<2, WB>(x)) * dy), acc);
     }
@@ -282,15 +227,21 @@ fn blocks_q8_1<const WB: usize>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q4_1_k(w: &[[u8; 20]], a: &[[u8; 36]]) -> f32 {
-    blocks_q8_1(w, a, |x, y| dot_u8(nibbles(sub::<4, 16, 20>(x)), y))
+pub(super) fn q4_1_k(w: &[[u8; Q4_1_BYTES]], a: &[[u8; Q8_1_BYTES]]) -> f32 {
+    blocks_q8_1(w, a, |x, y| dot_u8(nibbles(sub::<4, 16, Q4_1_BYTES>(x)), y))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q5_1_k(w: &[[u8; 24]], a: &[[u8; 36]]) -> f32 {
+pub(super) fn q5_1_k(w: &[[u8; Q5_1_BYTES]], a: &[[u8; Q8_1_BYTES]]) -> f32 {
     blocks_q8_1(w, a, |x, y| {
-        let high = _mm256_and_si256(bit_bytes(u32_at::<4, 24>(x)), _mm256_set1_epi8(0x10));
-        dot_u8(_mm256_or_si256(nibbles(sub::<8, 16, 24>(x)), high), y)
+        let high = _mm256_and_si256(
+            bit_bytes(u32_at::<4, Q5_1_BYTES>(x)),
+            _mm256_set1_epi8(0x10),
+        );
+        dot_u8(
+            _mm256_or_si256(nibbles(sub::<8, 16, Q5_1_BYTES>(x)), high),
+            y,
+        )
     })
 }
 
@@ -299,8 +250,8 @@ pub(super) fn q5_1_k(w: &[[u8; 24]], a: &[[u8; 36]]) -> f32 {
 
 /// The 256 activation levels of a Q8_K block in 32-byte pieces.
 #[inline(always)]
-pub(super) fn q8k_levels(y: &[u8; 292]) -> &[[u8; 32]; 8] {
-    sub::<4, 256, 292>(y)
+pub(super) fn q8k_levels(y: &[u8; Q8_K_BYTES]) -> &[[u8; 32]; 8] {
+    sub::<4, 256, Q8_K_BYTES>(y)
         .as_chunks::<32>()
         .0
         .try_into()
@@ -341,7 +292,7 @@ pub(super) fn halves(sc16: __m256i) -> [__m256i; 2] {
 /// 128-bit lanes, and `d d_y`. The 6-bit fields are unpacked with byte shuffles.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn k_head(h: &[u8; 20], y: &[u8; 292], acc_m: &mut __m256) -> (__m256i, f32) {
+pub(super) fn k_head(h: &[u8; 20], y: &[u8; Q8_K_BYTES], acc_m: &mut __m256) -> (__m256i, f32) {
     let r = k_scales(h);
     k_head_with(h, r, y, acc_m)
 }
@@ -384,17 +335,17 @@ pub(super) fn k_scales(h: &[u8; 20]) -> __m128i {
 pub(super) fn k_head_with(
     h: &[u8; 20],
     r: __m128i,
-    y: &[u8; 292],
+    y: &[u8; Q8_K_BYTES],
     acc_m: &mut __m256,
 ) -> (__m256i, f32) {
     // [d d_y, dmin d_y].
     let dd = _mm_mul_ps(
         _mm_cvtph_ps(_mm_cvtsi32_si128(u32_at::<0, 20>(h) as i32)),
-        _mm_set1_ps(f32_at::<0, 292>(y)),
+        _mm_set1_ps(f32_at::<0, Q8_K_BYTES>(y)),
     );
     // Each minimum twice, against the 16 sums of 16 levels.
     let mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(r, r));
-    let msum = _mm256_madd_epi16(mins, ld256(sub::<260, 32, 292>(y)));
+    let msum = _mm256_madd_epi16(mins, ld256(sub::<260, 32, Q8_K_BYTES>(y)));
     *acc_m = _mm256_fmadd_ps(
         _mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
         _mm256_cvtepi32_ps(msum),
@@ -426,13 +377,13 @@ pub(super) fn q3_scales(s: &[u8; 12]) -> __m128i {
 /// eight i16.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn bsums32(y: &[u8; 292]) -> __m128i {
-    let b = ld256(sub::<260, 32, 292>(y));
+pub(super) fn bsums32(y: &[u8; Q8_K_BYTES]) -> __m128i {
+    let b = ld256(sub::<260, 32, Q8_K_BYTES>(y));
     _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q4_k_k(w: &[[u8; 144]], a: &[[u8; 292]]) -> f32 {
+pub(super) fn q4_k_k(w: &[[u8; Q4_K_BYTES]], a: &[[u8; Q8_K_BYTES]]) -> f32 {
     q4_k_with(w, a, |acc, p, s| {
         _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
     })
@@ -441,16 +392,16 @@ pub(super) fn q4_k_k(w: &[[u8; 144]], a: &[[u8; 292]]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q4_k_with(
-    w: &[[u8; 144]],
-    a: &[[u8; 292]],
+    w: &[[u8; Q4_K_BYTES]],
+    a: &[[u8; Q8_K_BYTES]],
     macc: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
     let mut acc_m = _mm256_setzero_ps();
     for (x, y) in w.iter().zip(a) {
-        let (scales, d) = k_head(sub::<0, 20, 144>(x), y, &mut acc_m);
-        let qs = sub::<16, 128, 144>(x).as_chunks::<32>().0;
+        let (scales, d) = k_head(sub::<0, 20, Q4_K_BYTES>(x), y, &mut acc_m);
+        let qs = sub::<16, 128, Q4_K_BYTES>(x).as_chunks::<32>().0;
         let ys = q8k_levels(y);
         let mut sumi = [_mm256_setzero_si256(); 2];
         for (c, q) in qs.iter().enumerate() {
@@ -471,7 +422,7 @@ pub(super) fn q4_k_with(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q5_k_k(w: &[[u8; 176]], a: &[[u8; 292]]) -> f32 {
+pub(super) fn q5_k_k(w: &[[u8; Q5_K_BYTES]], a: &[[u8; Q8_K_BYTES]]) -> f32 {
     q5_k_with(w, a, |acc, p, s| {
         _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
     })
@@ -480,8 +431,8 @@ pub(super) fn q5_k_k(w: &[[u8; 176]], a: &[[u8; 292]]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q5_k_with(
-    w: &[[u8; 176]],
-    a: &[[u8; 292]],
+    w: &[[u8; Q5_K_BYTES]],
+    a: &[[u8; Q8_K_BYTES]],
     macc: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
@@ -489,11 +440,11 @@ pub(super) fn q5_k_with(
     let mut acc = _mm256_setzero_ps();
     let mut acc_m = _mm256_setzero_ps();
     for (x, y) in w.iter().zip(a) {
-        let (scales, d) = k_head(sub::<0, 20, 176>(x), y, &mut acc_m);
+        let (scales, d) = k_head(sub::<0, 20, Q5_K_BYTES>(x), y, &mut acc_m);
         // Bit 2c of qh[l] is the fifth bit of element 64c + l, bit 2c + 1 that of
         // element 64c + 32 + l; `qh` is shifted right by 2 after each 64 elements.
-        let mut qh = ld256(sub::<16, 32, 176>(x));
-        let qs = sub::<48, 128, 176>(x).as_chunks::<32>().0;
+        let mut qh = ld256(sub::<16, 32, Q5_K_BYTES>(x));
+        let qs = sub::<48, 128, Q5_K_BYTES>(x).as_chunks::<32>().0;
         let ys = q8k_levels(y);
         let mut sumi = [_mm256_setzero_si256(); 2];
         for (c, q) in qs.iter().enumerate() {
@@ -521,7 +472,7 @@ pub(super) fn q5_k_with(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q6_k_k(w: &[[u8; 210]], a: &[[u8; 292]]) -> f32 {
+pub(super) fn q6_k_k(w: &[[u8; Q6_K_BYTES]], a: &[[u8; Q8_K_BYTES]]) -> f32 {
     q6_k_with(w, a, |acc, p, s| {
         _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
     })
@@ -530,8 +481,8 @@ pub(super) fn q6_k_k(w: &[[u8; 210]], a: &[[u8; 292]]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q6_k_with(
-    w: &[[u8; 210]],
-    a: &[[u8; 292]],
+    w: &[[u8; Q6_K_BYTES]],
+    a: &[[u8; Q8_K_BYTES]],
     macc: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) -> f32 {
     q6_k_with_n::<1>(w, [a], macc)[0]
@@ -542,17 +493,17 @@ pub(super) fn q6_k_with(
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q6_k_with_n<const N: usize>(
-    w: &[[u8; 210]],
-    a: [&[[u8; 292]]; N],
+    w: &[[u8; Q6_K_BYTES]],
+    a: [&[[u8; Q8_K_BYTES]]; N],
     macc: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) -> [f32; N] {
     let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); N];
     for (i, x) in w.iter().enumerate() {
-        let sc16 = _mm256_cvtepi8_epi16(ld128(sub::<192, 16, 210>(x)));
+        let sc16 = _mm256_cvtepi8_epi16(ld128(sub::<192, 16, Q6_K_BYTES>(x)));
         let scales = halves(sc16);
-        let ql = sub::<0, 128, 210>(x).as_chunks::<32>().0;
-        let qh = sub::<128, 64, 210>(x).as_chunks::<32>().0;
+        let ql = sub::<0, 128, Q6_K_BYTES>(x).as_chunks::<32>().0;
+        let qh = sub::<128, 64, Q6_K_BYTES>(x).as_chunks::<32>().0;
         // Element 128h + 32r + l: low 4 bits from l0 (r = 0, 2) or l1 (r = 1, 3), low or
         // high nibble; high 2 bits from bits 2r of hb.
         let q: [[__m256i; 4]; 2] = std::array::from_fn(|h| {
@@ -584,7 +535,7 @@ pub(super) fn q6_k_with_n<const N: usize>(
         for t in 0..N {
             let y = &a[t][i];
             // sum_j sc_j sum((q - 32) y) = sum_j sc_j sum(q y) - 32 sum_j sc_j bsum_j.
-            let bsums = ld256(sub::<260, 32, 292>(y));
+            let bsums = ld256(sub::<260, 32, Q8_K_BYTES>(y));
             let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc16));
             let ys = q8k_levels(y);
             let mut sumi = [_mm256_setzero_si256(); 2];
@@ -594,7 +545,7 @@ pub(super) fn q6_k_with_n<const N: usize>(
                     sumi[r & 1] = macc(sumi[r & 1], p, s[h][r]);
                 }
             }
-            let d = f16(u16_at::<208, 210>(x)) * f32_at::<0, 292>(y);
+            let d = f16(u16_at::<208, Q6_K_BYTES>(x)) * f32_at::<0, Q8_K_BYTES>(y);
             let sumi = _mm256_sub_epi32(_mm256_add_epi32(sumi[0], sumi[1]), offset);
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
         }
@@ -603,7 +554,7 @@ pub(super) fn q6_k_with_n<const N: usize>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q2_k_k(w: &[[u8; 84]], a: &[[u8; 292]]) -> f32 {
+pub(super) fn q2_k_k(w: &[[u8; Q2_K_BYTES]], a: &[[u8; Q8_K_BYTES]]) -> f32 {
     q2_k_with(w, a, |acc, p, s| {
         _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
     })
@@ -612,16 +563,16 @@ pub(super) fn q2_k_k(w: &[[u8; 84]], a: &[[u8; 292]]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q2_k_with(
-    w: &[[u8; 84]],
-    a: &[[u8; 292]],
+    w: &[[u8; Q2_K_BYTES]],
+    a: &[[u8; Q8_K_BYTES]],
     macc: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let mut acc = _mm256_setzero_ps();
     let mut acc_m = _mm256_setzero_ps();
     for (x, y) in w.iter().zip(a) {
-        let dy = f32_at::<0, 292>(y);
-        let packed = ld128(sub::<0, 16, 84>(x));
+        let dy = f32_at::<0, Q8_K_BYTES>(y);
+        let packed = ld128(sub::<0, 16, Q2_K_BYTES>(x));
         let scales = halves(_mm256_cvtepu8_epi16(_mm_and_si128(
             packed,
             _mm_set1_epi8(0x0F),
@@ -630,13 +581,13 @@ pub(super) fn q2_k_with(
             _mm_srli_epi16::<4>(packed),
             _mm_set1_epi8(0x0F),
         ));
-        let msum = _mm256_madd_epi16(mins, ld256(sub::<260, 32, 292>(y)));
+        let msum = _mm256_madd_epi16(mins, ld256(sub::<260, 32, Q8_K_BYTES>(y)));
         acc_m = _mm256_fmadd_ps(
-            _mm256_set1_ps(f16(u16_at::<82, 84>(x)) * dy),
+            _mm256_set1_ps(f16(u16_at::<82, Q2_K_BYTES>(x)) * dy),
             _mm256_cvtepi32_ps(msum),
             acc_m,
         );
-        let qs = sub::<16, 64, 84>(x).as_chunks::<32>().0;
+        let qs = sub::<16, 64, Q2_K_BYTES>(x).as_chunks::<32>().0;
         let ys = q8k_levels(y);
         let mut sumi = [_mm256_setzero_si256(); 2];
         for h in 0..2 {
@@ -650,7 +601,7 @@ pub(super) fn q2_k_with(
                 sumi[s & 1] = macc(sumi[s & 1], p, sv);
             }
         }
-        let d = f16(u16_at::<80, 84>(x)) * dy;
+        let d = f16(u16_at::<80, Q2_K_BYTES>(x)) * dy;
         let sumi = _mm256_add_epi32(sumi[0], sumi[1]);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
@@ -658,7 +609,7 @@ pub(super) fn q2_k_with(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q3_k_k(w: &[[u8; 110]], a: &[[u8; 292]]) -> f32 {
+pub(super) fn q3_k_k(w: &[[u8; Q3_K_BYTES]], a: &[[u8; Q8_K_BYTES]]) -> f32 {
     q3_k_with(w, a, |acc, p, s| {
         _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
     })
@@ -667,24 +618,24 @@ pub(super) fn q3_k_k(w: &[[u8; 110]], a: &[[u8; 292]]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q3_k_with(
-    w: &[[u8; 110]],
-    a: &[[u8; 292]],
+    w: &[[u8; Q3_K_BYTES]],
+    a: &[[u8; Q8_K_BYTES]],
     macc: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let b2 = _mm256_set1_epi8(4);
     let mut acc = _mm256_setzero_ps();
     for (x, y) in w.iter().zip(a) {
-        let sc16 = _mm256_cvtepi8_epi16(q3_scales(sub::<96, 12, 110>(x)));
+        let sc16 = _mm256_cvtepi8_epi16(q3_scales(sub::<96, 12, Q3_K_BYTES>(x)));
         // Levels are u - 4 with u = low 2 bits + 4 * high bit in 0..8:
         // sum_j sc_j sum((u - 4) y) = sum_j sc_j sum(u y) - 4 sum_j sc_j bsum_j.
-        let bsums = ld256(sub::<260, 32, 292>(y));
+        let bsums = ld256(sub::<260, 32, Q8_K_BYTES>(y));
         let offset = _mm256_slli_epi32::<2>(_mm256_madd_epi16(bsums, sc16));
         let scales = halves(sc16);
-        let qs = sub::<32, 64, 110>(x).as_chunks::<32>().0;
+        let qs = sub::<32, 64, Q3_K_BYTES>(x).as_chunks::<32>().0;
         // Bit 4h + s of hmask[l] is the high bit of element 128h + 32s + l; `hm` is
         // shifted right by one after each 32 elements.
-        let mut hm = ld256(sub::<0, 32, 110>(x));
+        let mut hm = ld256(sub::<0, 32, Q3_K_BYTES>(x));
         let ys = q8k_levels(y);
         let mut sumi = [_mm256_setzero_si256(); 2];
         for h in 0..2 {
@@ -701,7 +652,7 @@ pub(super) fn q3_k_with(
                 sumi[s & 1] = macc(sumi[s & 1], p, sv);
             }
         }
-        let d = f16(u16_at::<108, 110>(x)) * f32_at::<0, 292>(y);
+        let d = f16(u16_at::<108, Q3_K_BYTES>(x)) * f32_at::<0, Q8_K_BYTES>(y);
         let sumi = _mm256_sub_epi32(_mm256_add_epi32(sumi[0], sumi[1]), offset);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
@@ -710,14 +661,14 @@ pub(super) fn q3_k_with(
 
 /// The 6-bit scale of IQ4_XS sub-block `j` minus 32.
 #[inline(always)]
-pub(super) fn iq4_xs_scale(x: &[u8; 136], j: usize) -> i32 {
-    let high = (u16_at::<2, 136>(x) >> (2 * j)) & 3;
+pub(super) fn iq4_xs_scale(x: &[u8; IQ4_XS_BYTES], j: usize) -> i32 {
+    let high = (u16_at::<2, IQ4_XS_BYTES>(x) >> (2 * j)) & 3;
     let low = (x[4 + j / 2] >> (4 * (j % 2))) & 0x0F;
     (i32::from(low) | i32::from(high) << 4) - 32
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn iq4_xs_k(w: &[[u8; 136]], a: &[[u8; 292]]) -> f32 {
+pub(super) fn iq4_xs_k(w: &[[u8; IQ4_XS_BYTES]], a: &[[u8; Q8_K_BYTES]]) -> f32 {
     iq4_xs_with(w, a, |acc, p, s| {
         _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
     })
@@ -726,14 +677,14 @@ pub(super) fn iq4_xs_k(w: &[[u8; 136]], a: &[[u8; 292]]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn iq4_xs_with(
-    w: &[[u8; 136]],
-    a: &[[u8; 292]],
+    w: &[[u8; IQ4_XS_BYTES]],
+    a: &[[u8; Q8_K_BYTES]],
     macc: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) -> f32 {
     let table = levels_table();
     let mut acc = _mm256_setzero_ps();
     for (x, y) in w.iter().zip(a) {
-        let qs = sub::<8, 128, 136>(x).as_chunks::<16>().0;
+        let qs = sub::<8, 128, IQ4_XS_BYTES>(x).as_chunks::<16>().0;
         let ys = q8k_levels(y);
         let mut sumi = [_mm256_setzero_si256(); 2];
         for (j, q) in qs.iter().enumerate() {
@@ -743,7 +694,7 @@ pub(super) fn iq4_xs_with(
             let s = _mm256_set1_epi16(iq4_xs_scale(x, j) as i16);
             sumi[j & 1] = macc(sumi[j & 1], p, s);
         }
-        let d = f16(u16_at::<0, 136>(x)) * f32_at::<0, 292>(y);
+        let d = f16(u16_at::<0, IQ4_XS_BYTES>(x)) * f32_at::<0, Q8_K_BYTES>(y);
         let sumi = _mm256_add_epi32(sumi[0], sumi[1]);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }

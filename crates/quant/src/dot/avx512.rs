@@ -25,6 +25,10 @@ use super::avx2::iq4_xs_scale;
 use super::x86::{f16, f32_at, ld128, ld256, ld512, sub, u16_at};
 use super::{row_blocks, DotFn, DotMultiFn};
 use crate::formats::iq4_nl::IQ4_LEVELS;
+use crate::formats::{
+    IQ4_NL_BYTES, IQ4_XS_BYTES, Q2_K_BYTES, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES,
+    Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, Q8_1_BYTES, Q8_K_BYTES,
+};
 
 /// The AVX-512 kernel for weights of type `w`.
 ///
@@ -33,25 +37,7 @@ use crate::formats::iq4_nl::IQ4_LEVELS;
 /// The CPU must support AVX-512 F, BW, VL and VNNI, and AVX2, FMA and F16C: the returned
 /// functions use them.
 pub(super) unsafe fn kernel(w: GgmlType) -> Option<DotFn> {
-    use GgmlType as T;
-    Some(match w {
-        T::F32 => f32_f32,
-        T::F16 => f16_f32,
-        T::BF16 => bf16_f32,
-        T::Q4_0 => q4_0,
-        T::Q4_1 => q4_1,
-        T::Q5_0 => q5_0,
-        T::Q5_1 => q5_1,
-        T::Q8_0 => q8_0,
-        T::IQ4_NL => iq4_nl,
-        T::Q2_K => q2_k,
-        T::Q3_K => q3_k,
-        T::Q4_K => q4_k,
-        T::Q5_K => q5_k,
-        T::Q6_K => q6_k,
-        T::IQ4_XS => iq4_xs,
-        _ => return None,
-    })
+    kernel_table!(w)
 }
 
 /// The AVX-512 kernel dotting one weight row of type `w` with up to four activation rows
@@ -78,10 +64,26 @@ pub(super) unsafe fn multi_kernel(w: GgmlType) -> Option<DotMultiFn> {
 pub(super) unsafe fn prepared_kernel(w: GgmlType) -> Option<super::Prepared> {
     use GgmlType as T;
     let (len, prepare, multi): (fn(usize) -> usize, super::PrepareFn, DotMultiFn) = match w {
-        T::Q4_0 => (|n| prepared_len(n / 32, 34), prepare_q8_0, q4_0_prep),
-        T::Q5_0 => (|n| prepared_len(n / 32, 34), prepare_q8_0, q5_0_prep),
-        T::Q4_1 => (|n| prepared_len(n / 32, 36), prepare_q8_1, q4_1_prep),
-        T::Q5_1 => (|n| prepared_len(n / 32, 36), prepare_q8_1, q5_1_prep),
+        T::Q4_0 => (
+            |n| prepared_len(n / 32, Q8_0_BYTES),
+            prepare_q8_0,
+            q4_0_prep,
+        ),
+        T::Q5_0 => (
+            |n| prepared_len(n / 32, Q8_0_BYTES),
+            prepare_q8_0,
+            q5_0_prep,
+        ),
+        T::Q4_1 => (
+            |n| prepared_len(n / 32, Q8_1_BYTES),
+            prepare_q8_1,
+            q4_1_prep,
+        ),
+        T::Q5_1 => (
+            |n| prepared_len(n / 32, Q8_1_BYTES),
+            prepare_q8_1,
+            q5_1_prep,
+        ),
         _ => return None,
     };
     Some(super::Prepared {
@@ -93,19 +95,23 @@ pub(super) unsafe fn prepared_kernel(w: GgmlType) -> Option<super::Prepared> {
 
 fn prepare_q8_0(n: usize, a: &[u8], out: &mut [u8]) {
     assert!(
-        n.is_multiple_of(32) && a.len() == n / 32 * 34 && out.len() >= prepared_len(n / 32, 34)
+        n.is_multiple_of(32)
+            && a.len() == n / 32 * Q8_0_BYTES
+            && out.len() >= prepared_len(n / 32, Q8_0_BYTES)
     );
     // SAFETY: handed out only after the AVX-512 tier's features were detected; `prepare`
     // reads and writes through the slices.
-    unsafe { prepare::<34, 2>(a.as_chunks::<34>().0, out) }
+    unsafe { prepare::<Q8_0_BYTES, 2>(a.as_chunks::<Q8_0_BYTES>().0, out) }
 }
 
 fn prepare_q8_1(n: usize, a: &[u8], out: &mut [u8]) {
     assert!(
-        n.is_multiple_of(32) && a.len() == n / 32 * 36 && out.len() >= prepared_len(n / 32, 36)
+        n.is_multiple_of(32)
+            && a.len() == n / 32 * Q8_1_BYTES
+            && out.len() >= prepared_len(n / 32, Q8_1_BYTES)
     );
     // SAFETY: as for `prepare_q8_0`.
-    unsafe { prepare::<36, 4>(a.as_chunks::<36>().0, out) }
+    unsafe { prepare::<Q8_1_BYTES, 4>(a.as_chunks::<Q8_1_BYTES>().0, out) }
 }
 
 /// Defines the safe `DotMultiFn` `$name` over prepared activation rows and the
@@ -140,10 +146,10 @@ macro_rules! prep_fn {
     };
 }
 
-prep_fn!(q4_0_prep, q4_0_kp, 18, 34);
-prep_fn!(q5_0_prep, q5_0_kp, 22, 34);
-prep_fn!(q4_1_prep, q4_1_kp, 20, 36);
-prep_fn!(q5_1_prep, q5_1_kp, 24, 36);
+prep_fn!(q4_0_prep, q4_0_kp, Q4_0_BYTES, Q8_0_BYTES);
+prep_fn!(q5_0_prep, q5_0_kp, Q5_0_BYTES, Q8_0_BYTES);
+prep_fn!(q4_1_prep, q4_1_kp, Q4_1_BYTES, Q8_1_BYTES);
+prep_fn!(q5_1_prep, q5_1_kp, Q5_1_BYTES, Q8_1_BYTES);
 
 /// Defines the safe `DotMultiFn` `$name` over the const-generic `$imp`.
 macro_rules! multi_fn {
@@ -173,52 +179,10 @@ macro_rules! multi_fn {
     };
 }
 
-multi_fn!(q4_k_multi, q4_k_kn, 256, 144, 292);
-multi_fn!(q6_k_multi, q6_k_kn, 256, 210, 292);
+multi_fn!(q4_k_multi, q4_k_kn, 256, Q4_K_BYTES, Q8_K_BYTES);
+multi_fn!(q6_k_multi, q6_k_kn, 256, Q6_K_BYTES, Q8_K_BYTES);
 
-/// Defines the safe `DotFn` `$name`: checks the row, then calls the target-feature
-/// function `$imp` on the blocks.
-macro_rules! blocks_fn {
-    ($name:ident, $imp:ident, $block:expr, $wb:expr, $ab:expr) => {
-        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            row_blocks(n, w, a, $block, $wb, $ab);
-            let (w, _) = w.as_chunks::<$wb>();
-            let (a, _) = a.as_chunks::<$ab>();
-            // SAFETY: `kernel` hands this function out only to callers that checked the
-            // CPU has the AVX-512 tier's features, all that `$imp` needs; its reads go
-            // through the block slices.
-            unsafe { $imp(w, a) }
-        }
-    };
-}
-
-/// As `blocks_fn`, for float weights of `$wb` bytes and f32 activations.
-macro_rules! float_fn {
-    ($name:ident, $imp:ident, $wb:expr) => {
-        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            row_blocks(n, w, a, 1, $wb, 4);
-            // SAFETY: as in `blocks_fn`: handed out only after the AVX-512 tier's
-            // features were detected; `$imp` reads through the slices.
-            unsafe { $imp(w, a) }
-        }
-    };
-}
-
-blocks_fn!(q4_0, q4_0_k, 32, 18, 34);
-blocks_fn!(q4_1, q4_1_k, 32, 20, 36);
-blocks_fn!(q5_0, q5_0_k, 32, 22, 34);
-blocks_fn!(q5_1, q5_1_k, 32, 24, 36);
-blocks_fn!(q8_0, q8_0_k, 32, 34, 34);
-blocks_fn!(iq4_nl, iq4_nl_k, 32, 18, 34);
-blocks_fn!(q2_k, q2_k_k, 256, 84, 292);
-blocks_fn!(q3_k, q3_k_k, 256, 110, 292);
-blocks_fn!(q4_k, q4_k_k, 256, 144, 292);
-blocks_fn!(q5_k, q5_k_k, 256, 176, 292);
-blocks_fn!(q6_k, q6_k_k, 256, 210, 292);
-blocks_fn!(iq4_xs, iq4_xs_k, 256, 136, 292);
-float_fn!(f32_f32, f32_k, 4);
-float_fn!(f16_f32, f16_k, 2);
-float_fn!(bf16_f32, bf16_k, 2);
+tier_fns!();
 
 // ---------------------------------------------------------------------------------------
 // Gathers within a group of four blocks.
@@ -481,37 +445,39 @@ fn split(q: __m512i) -> (__m512i, __m512i) {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q4_0_with<const N: usize>(
-    w: &[[u8; 18]],
+    w: &[[u8; Q4_0_BYTES]],
     act: impl Fn(usize, usize) -> Quad,
 ) -> ([f32; N], usize) {
-    let qi = index(&const { lanes16(18, 2) });
-    quad_q8_0::<18, N, 3>(w, act, |ga, gb| {
+    let qi = index(&const { lanes16(Q4_0_BYTES, 2) });
+    quad_q8_0::<Q4_0_BYTES, N, 3>(w, act, |ga, gb| {
         split(_mm512_permutex2var_epi16(ga, qi, gb))
     })
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_0_k(w: &[[u8; 18]], a: &[[u8; 34]]) -> f32 {
-    let ad_idx = index(&const { fields(34, 0, 0) });
+fn q4_0_k(w: &[[u8; Q4_0_BYTES]], a: &[[u8; Q8_0_BYTES]]) -> f32 {
+    let ad_idx = index(&const { fields(Q8_0_BYTES, 0, 0) });
     let a4 = &a.as_chunks::<4>().0[..w.len() / 4];
-    let (sum, done) = q4_0_with::<1>(w, |_, i| raw_quad::<34, 2>(&a4[i], ad_idx));
+    let (sum, done) = q4_0_with::<1>(w, |_, i| raw_quad::<Q8_0_BYTES, 2>(&a4[i], ad_idx));
     sum[0] + avx2::q4_0_k(&w[done..], &a[done..])
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_0_kp<const N: usize>(w: &[[u8; 18]], p: [&[u8]; N]) -> [f32; N] {
+fn q4_0_kp<const N: usize>(w: &[[u8; Q4_0_BYTES]], p: [&[u8]; N]) -> [f32; N] {
     let (sum, done) = q4_0_with::<N>(w, |t, i| prepared_group(p[t], i));
     let nb = w.len();
-    std::array::from_fn(|t| sum[t] + avx2::q4_0_k(&w[done..], prepared_tail::<34>(p[t], nb)))
+    std::array::from_fn(|t| {
+        sum[t] + avx2::q4_0_k(&w[done..], prepared_tail::<Q8_0_BYTES>(p[t], nb))
+    })
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn iq4_nl_k(w: &[[u8; 18]], a: &[[u8; 34]]) -> f32 {
+fn iq4_nl_k(w: &[[u8; IQ4_NL_BYTES]], a: &[[u8; Q8_0_BYTES]]) -> f32 {
     // The AVX2 kernel's structure with 256-bit VNNI (faster here than the 512-bit
     // gather of `quad_q8_0`, which needs two extra table lookups per four blocks).
     let table = avx2::levels_table();
     avx2::blocks_q8_0(w, a, |x, y| {
-        let q = _mm256_shuffle_epi8(table, avx2::nibbles(sub::<2, 16, 18>(x)));
+        let q = _mm256_shuffle_epi8(table, avx2::nibbles(sub::<2, 16, IQ4_NL_BYTES>(x)));
         let y = _mm256_sign_epi8(ld256(y), q);
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(q), y)
     })
@@ -531,14 +497,14 @@ fn fifth_bits(ga: __m512i, gb: __m512i, idx: __m512i) -> (__mmask64, __mmask64) 
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q5_0_with<const N: usize>(
-    w: &[[u8; 22]],
+    w: &[[u8; Q5_0_BYTES]],
     act: impl Fn(usize, usize) -> Quad,
 ) -> ([f32; N], usize) {
-    let qi = index(&const { lanes16(22, 6) });
-    let hi_idx = index(&const { fields(22, 2, 4) });
+    let qi = index(&const { lanes16(Q5_0_BYTES, 6) });
+    let hi_idx = index(&const { fields(Q5_0_BYTES, 2, 4) });
     let b4 = _mm512_set1_epi8(0x10);
     // Unsigned levels q in 0..32; the -16 comes off as 16 * sum(y).
-    quad_q8_0::<22, N, 4>(w, act, |ga, gb| {
+    quad_q8_0::<Q5_0_BYTES, N, 4>(w, act, |ga, gb| {
         let (lo, hi) = split(_mm512_permutex2var_epi16(ga, qi, gb));
         let (klo, khi) = fifth_bits(ga, gb, hi_idx);
         (
@@ -549,55 +515,59 @@ fn q5_0_with<const N: usize>(
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q5_0_k(w: &[[u8; 22]], a: &[[u8; 34]]) -> f32 {
-    let ad_idx = index(&const { fields(34, 0, 0) });
+fn q5_0_k(w: &[[u8; Q5_0_BYTES]], a: &[[u8; Q8_0_BYTES]]) -> f32 {
+    let ad_idx = index(&const { fields(Q8_0_BYTES, 0, 0) });
     let a4 = &a.as_chunks::<4>().0[..w.len() / 4];
-    let (sum, done) = q5_0_with::<1>(w, |_, i| raw_quad::<34, 2>(&a4[i], ad_idx));
+    let (sum, done) = q5_0_with::<1>(w, |_, i| raw_quad::<Q8_0_BYTES, 2>(&a4[i], ad_idx));
     sum[0] + avx2::q5_0_k(&w[done..], &a[done..])
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q5_0_kp<const N: usize>(w: &[[u8; 22]], p: [&[u8]; N]) -> [f32; N] {
+fn q5_0_kp<const N: usize>(w: &[[u8; Q5_0_BYTES]], p: [&[u8]; N]) -> [f32; N] {
     let (sum, done) = q5_0_with::<N>(w, |t, i| prepared_group(p[t], i));
     let nb = w.len();
-    std::array::from_fn(|t| sum[t] + avx2::q5_0_k(&w[done..], prepared_tail::<34>(p[t], nb)))
+    std::array::from_fn(|t| {
+        sum[t] + avx2::q5_0_k(&w[done..], prepared_tail::<Q8_0_BYTES>(p[t], nb))
+    })
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q4_1_with<const N: usize>(
-    w: &[[u8; 20]],
+    w: &[[u8; Q4_1_BYTES]],
     act: impl Fn(usize, usize) -> Quad,
 ) -> ([f32; N], usize) {
-    let qi = index(&const { lanes16(20, 4) });
-    quad_q8_1::<20, N>(w, act, |ga, gb| {
+    let qi = index(&const { lanes16(Q4_1_BYTES, 4) });
+    quad_q8_1::<Q4_1_BYTES, N>(w, act, |ga, gb| {
         split(_mm512_permutex2var_epi16(ga, qi, gb))
     })
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_1_k(w: &[[u8; 20]], a: &[[u8; 36]]) -> f32 {
-    let ad_idx = index(&const { fields(36, 0, 0) });
+fn q4_1_k(w: &[[u8; Q4_1_BYTES]], a: &[[u8; Q8_1_BYTES]]) -> f32 {
+    let ad_idx = index(&const { fields(Q8_1_BYTES, 0, 0) });
     let a4 = &a.as_chunks::<4>().0[..w.len() / 4];
-    let (sum, done) = q4_1_with::<1>(w, |_, i| raw_quad::<36, 4>(&a4[i], ad_idx));
+    let (sum, done) = q4_1_with::<1>(w, |_, i| raw_quad::<Q8_1_BYTES, 4>(&a4[i], ad_idx));
     sum[0] + avx2::q4_1_k(&w[done..], &a[done..])
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_1_kp<const N: usize>(w: &[[u8; 20]], p: [&[u8]; N]) -> [f32; N] {
+fn q4_1_kp<const N: usize>(w: &[[u8; Q4_1_BYTES]], p: [&[u8]; N]) -> [f32; N] {
     let (sum, done) = q4_1_with::<N>(w, |t, i| prepared_group(p[t], i));
     let nb = w.len();
-    std::array::from_fn(|t| sum[t] + avx2::q4_1_k(&w[done..], prepared_tail::<36>(p[t], nb)))
+    std::array::from_fn(|t| {
+        sum[t] + avx2::q4_1_k(&w[done..], prepared_tail::<Q8_1_BYTES>(p[t], nb))
+    })
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q5_1_with<const N: usize>(
-    w: &[[u8; 24]],
+    w: &[[u8; Q5_1_BYTES]],
     act: impl Fn(usize, usize) -> Quad,
 ) -> ([f32; N], usize) {
-    let qi = index(&const { lanes16(24, 8) });
-    let hi_idx = index(&const { fields(24, 4, 6) });
+    let qi = index(&const { lanes16(Q5_1_BYTES, 8) });
+    let hi_idx = index(&const { fields(Q5_1_BYTES, 4, 6) });
     let b4 = _mm512_set1_epi8(0x10);
-    quad_q8_1::<24, N>(w, act, |ga, gb| {
+    quad_q8_1::<Q5_1_BYTES, N>(w, act, |ga, gb| {
         let (lo, hi) = split(_mm512_permutex2var_epi16(ga, qi, gb));
         let (klo, khi) = fifth_bits(ga, gb, hi_idx);
         (
@@ -608,25 +578,27 @@ fn q5_1_with<const N: usize>(
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q5_1_k(w: &[[u8; 24]], a: &[[u8; 36]]) -> f32 {
-    let ad_idx = index(&const { fields(36, 0, 0) });
+fn q5_1_k(w: &[[u8; Q5_1_BYTES]], a: &[[u8; Q8_1_BYTES]]) -> f32 {
+    let ad_idx = index(&const { fields(Q8_1_BYTES, 0, 0) });
     let a4 = &a.as_chunks::<4>().0[..w.len() / 4];
-    let (sum, done) = q5_1_with::<1>(w, |_, i| raw_quad::<36, 4>(&a4[i], ad_idx));
+    let (sum, done) = q5_1_with::<1>(w, |_, i| raw_quad::<Q8_1_BYTES, 4>(&a4[i], ad_idx));
     sum[0] + avx2::q5_1_k(&w[done..], &a[done..])
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q5_1_kp<const N: usize>(w: &[[u8; 24]], p: [&[u8]; N]) -> [f32; N] {
+fn q5_1_kp<const N: usize>(w: &[[u8; Q5_1_BYTES]], p: [&[u8]; N]) -> [f32; N] {
     let (sum, done) = q5_1_with::<N>(w, |t, i| prepared_group(p[t], i));
     let nb = w.len();
-    std::array::from_fn(|t| sum[t] + avx2::q5_1_k(&w[done..], prepared_tail::<36>(p[t], nb)))
+    std::array::from_fn(|t| {
+        sum[t] + avx2::q5_1_k(&w[done..], prepared_tail::<Q8_1_BYTES>(p[t], nb))
+    })
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q8_0_k(w: &[[u8; 34]], a: &[[u8; 34]]) -> f32 {
+fn q8_0_k(w: &[[u8; Q8_0_BYTES]], a: &[[u8; Q8_0_BYTES]]) -> f32 {
     // The AVX2 kernel's structure with 256-bit VNNI: x * y as |x| * (y with x's sign).
     avx2::blocks_q8_0(w, a, |x, y| {
-        let x = ld256(sub::<2, 32, 34>(x));
+        let x = ld256(sub::<2, 32, Q8_0_BYTES>(x));
         let y = _mm256_sign_epi8(ld256(y), x);
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(x), y)
     })
@@ -637,8 +609,8 @@ fn q8_0_k(w: &[[u8; 34]], a: &[[u8; 34]]) -> f32 {
 
 /// The 256 activation levels of a Q8_K block in 64-byte pieces.
 #[inline(always)]
-fn q8k_levels64(y: &[u8; 292]) -> &[[u8; 64]; 4] {
-    sub::<4, 256, 292>(y)
+fn q8k_levels64(y: &[u8; Q8_K_BYTES]) -> &[[u8; 64]; 4] {
+    sub::<4, 256, Q8_K_BYTES>(y)
         .as_chunks::<64>()
         .0
         .try_into()
@@ -658,24 +630,24 @@ fn twice(p: &[u8; 32]) -> __m512i {
 macro_rules! vnni256 {
     ($name:ident, $with:ident, $wb:expr) => {
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-        fn $name(w: &[[u8; $wb]], a: &[[u8; 292]]) -> f32 {
+        fn $name(w: &[[u8; $wb]], a: &[[u8; Q8_K_BYTES]]) -> f32 {
             avx2::$with(w, a, |acc, p, s| _mm256_dpwssd_epi32(acc, p, s))
         }
     };
 }
 
-vnni256!(q2_k_k, q2_k_with, 84);
-vnni256!(q3_k_k, q3_k_with, 110);
-vnni256!(q5_k_k, q5_k_with, 176);
-vnni256!(q6_k_k, q6_k_with, 210);
+vnni256!(q2_k_k, q2_k_with, Q2_K_BYTES);
+vnni256!(q3_k_k, q3_k_with, Q3_K_BYTES);
+vnni256!(q5_k_k, q5_k_with, Q5_K_BYTES);
+vnni256!(q6_k_k, q6_k_with, Q6_K_BYTES);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q6_k_kn<const N: usize>(w: &[[u8; 210]], a: [&[[u8; 292]]; N]) -> [f32; N] {
+fn q6_k_kn<const N: usize>(w: &[[u8; Q6_K_BYTES]], a: [&[[u8; Q8_K_BYTES]]; N]) -> [f32; N] {
     avx2::q6_k_with_n(w, a, |acc, p, s| _mm256_dpwssd_epi32(acc, p, s))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn iq4_xs_k(w: &[[u8; 136]], a: &[[u8; 292]]) -> f32 {
+fn iq4_xs_k(w: &[[u8; IQ4_XS_BYTES]], a: &[[u8; Q8_K_BYTES]]) -> f32 {
     // Levels biased by +128 (unsigned); the bias comes off with the block sums:
     // 128 sum_j s_j (bsum_2j + bsum_2j+1).
     let table = _mm512_broadcast_i32x4(ld128(&IQ4_LEVELS.map(|v| (v as u8) ^ 0x80)));
@@ -695,7 +667,7 @@ fn iq4_xs_k(w: &[[u8; 136]], a: &[[u8; 292]]) -> f32 {
             _mm_setr_epi32(ls[4], ls[5], ls[6], ls[7]),
         );
         let bias = _mm_slli_epi32::<7>(_mm_madd_epi16(ls16, avx2::bsums32(y)));
-        let qs = sub::<8, 128, 136>(x).as_chunks::<64>().0;
+        let qs = sub::<8, 128, IQ4_XS_BYTES>(x).as_chunks::<64>().0;
         let ys = q8k_levels64(y);
         let mut sumi = [_mm512_setzero_si512(); 2];
         for k in 0..2 {
@@ -712,7 +684,7 @@ fn iq4_xs_k(w: &[[u8; 136]], a: &[[u8; 292]]) -> f32 {
             let s = _mm512_permutexvar_epi32(spread[k], ls_v);
             sumi[k] = _mm512_add_epi32(sumi[k], _mm512_mullo_epi32(p, s));
         }
-        let d = f16(u16_at::<0, 136>(x)) * f32_at::<0, 292>(y);
+        let d = f16(u16_at::<0, IQ4_XS_BYTES>(x)) * f32_at::<0, Q8_K_BYTES>(y);
         let sumi = _mm512_sub_epi32(
             _mm512_add_epi32(sumi[0], sumi[1]),
             _mm512_zextsi128_si512(bias),
@@ -723,12 +695,12 @@ fn iq4_xs_k(w: &[[u8; 136]], a: &[[u8; 292]]) -> f32 {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_k_k(w: &[[u8; 144]], a: &[[u8; 292]]) -> f32 {
+fn q4_k_k(w: &[[u8; Q4_K_BYTES]], a: &[[u8; Q8_K_BYTES]]) -> f32 {
     q4_k_kn::<1>(w, [a])[0]
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_k_kn<const N: usize>(w: &[[u8; 144]], a: [&[[u8; 292]]; N]) -> [f32; N] {
+fn q4_k_kn<const N: usize>(w: &[[u8; Q4_K_BYTES]], a: [&[[u8; Q8_K_BYTES]]; N]) -> [f32; N] {
     // Elements 64c..64c+64 from the 32 bytes of chunk c in both halves: the low nibbles
     // masked in place (sub-block 2c), the high nibbles masked in place too, so 16 times
     // their value (sub-block 2c + 1). `dpbusd` sums four products per i32 lane with no
@@ -752,11 +724,11 @@ fn q4_k_kn<const N: usize>(w: &[[u8; 144]], a: [&[[u8; 292]]; N]) -> [f32; N] {
     let mut acc = [_mm512_setzero_ps(); N];
     let mut acc_m = [_mm256_setzero_ps(); N];
     for (i, x) in w.iter().enumerate() {
-        let h = sub::<0, 20, 144>(x);
+        let h = sub::<0, 20, Q4_K_BYTES>(x);
         let r = avx2::k_scales(h);
         let sc32 = _mm256_cvtepu16_epi32(_mm_cvtepu8_epi16(r));
         let sc32 = _mm512_castsi256_si512(_mm256_sllv_epi32(sc32, times16));
-        let qs = sub::<16, 128, 144>(x).as_chunks::<32>().0;
+        let qs = sub::<16, 128, Q4_K_BYTES>(x).as_chunks::<32>().0;
         let q: [__m512i; 4] = std::array::from_fn(|c| _mm512_and_si512(twice(&qs[c]), mask));
         let s: [__m512i; 4] = std::array::from_fn(|c| _mm512_permutexvar_epi32(pick[c], sc32));
         for t in 0..N {

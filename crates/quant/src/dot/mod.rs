@@ -8,6 +8,87 @@ use gguf::GgmlType;
 
 use crate::{Operation, QuantError};
 
+/// The [`DotFn`] of one tier for weights of type `$w`: the functions its module names after
+/// the types (`f32_f32`, `q4_0`, ..., `iq4_xs`); `None` for a type it has no kernel for.
+macro_rules! kernel_table {
+    ($w:expr) => {{
+        use gguf::GgmlType as T;
+        Some(match $w {
+            T::F32 => f32_f32,
+            T::F16 => f16_f32,
+            T::BF16 => bf16_f32,
+            T::Q4_0 => q4_0,
+            T::Q4_1 => q4_1,
+            T::Q5_0 => q5_0,
+            T::Q5_1 => q5_1,
+            T::Q8_0 => q8_0,
+            T::IQ4_NL => iq4_nl,
+            T::Q2_K => q2_k,
+            T::Q3_K => q3_k,
+            T::Q4_K => q4_k,
+            T::Q5_K => q5_k,
+            T::Q6_K => q6_k,
+            T::IQ4_XS => iq4_xs,
+            _ => return None,
+        })
+    }};
+}
+
+/// Defines the safe `DotFn` `$name` of a SIMD tier, which checks the row and calls the
+/// tier's target-feature function `$imp` on the blocks (weight blocks of `$wb` bytes,
+/// activation blocks of `$ab`, `$block` elements each).
+#[cfg(target_arch = "x86_64")]
+macro_rules! blocks_fn {
+    ($name:ident, $imp:ident, $block:expr, $wb:expr, $ab:expr) => {
+        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            row_blocks(n, w, a, $block, $wb, $ab);
+            let (w, _) = w.as_chunks::<$wb>();
+            let (a, _) = a.as_chunks::<$ab>();
+            // SAFETY: the tier's `kernel` hands this function out only to callers that
+            // checked the CPU has the tier's features, all that `$imp` needs; its reads go
+            // through the block slices.
+            unsafe { $imp(w, a) }
+        }
+    };
+}
+
+/// As `blocks_fn`, for float weights of `$wb` bytes and f32 activations.
+#[cfg(target_arch = "x86_64")]
+macro_rules! float_fn {
+    ($name:ident, $imp:ident, $wb:expr) => {
+        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            row_blocks(n, w, a, 1, $wb, 4);
+            // SAFETY: as in `blocks_fn`: handed out only after the tier's features were
+            // detected; `$imp` reads through the slices.
+            unsafe { $imp(w, a) }
+        }
+    };
+}
+
+/// The safe `DotFn`s of a SIMD tier, the names [`kernel_table`] dispatches to: each checks
+/// the row and calls the tier's target-feature kernel `<name>_k` on whole blocks (the tier
+/// imports the `formats::*_BYTES` sizes).
+#[cfg(target_arch = "x86_64")]
+macro_rules! tier_fns {
+    () => {
+        blocks_fn!(q4_0, q4_0_k, 32, Q4_0_BYTES, Q8_0_BYTES);
+        blocks_fn!(q4_1, q4_1_k, 32, Q4_1_BYTES, Q8_1_BYTES);
+        blocks_fn!(q5_0, q5_0_k, 32, Q5_0_BYTES, Q8_0_BYTES);
+        blocks_fn!(q5_1, q5_1_k, 32, Q5_1_BYTES, Q8_1_BYTES);
+        blocks_fn!(q8_0, q8_0_k, 32, Q8_0_BYTES, Q8_0_BYTES);
+        blocks_fn!(iq4_nl, iq4_nl_k, 32, IQ4_NL_BYTES, Q8_0_BYTES);
+        blocks_fn!(q2_k, q2_k_k, 256, Q2_K_BYTES, Q8_K_BYTES);
+        blocks_fn!(q3_k, q3_k_k, 256, Q3_K_BYTES, Q8_K_BYTES);
+        blocks_fn!(q4_k, q4_k_k, 256, Q4_K_BYTES, Q8_K_BYTES);
+        blocks_fn!(q5_k, q5_k_k, 256, Q5_K_BYTES, Q8_K_BYTES);
+        blocks_fn!(q6_k, q6_k_k, 256, Q6_K_BYTES, Q8_K_BYTES);
+        blocks_fn!(iq4_xs, iq4_xs_k, 256, IQ4_XS_BYTES, Q8_K_BYTES);
+        float_fn!(f32_f32, f32_k, 4);
+        float_fn!(f16_f32, f16_k, 2);
+        float_fn!(bf16_f32, bf16_k, 2);
+    };
+}
+
 mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;

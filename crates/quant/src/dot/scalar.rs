@@ -16,25 +16,7 @@ use crate::formats::{
 
 /// The reference kernel for weights of type `w`.
 pub(super) fn kernel(w: GgmlType) -> Option<DotFn> {
-    use GgmlType as T;
-    Some(match w {
-        T::F32 => f32_f32,
-        T::F16 => f16_f32,
-        T::BF16 => bf16_f32,
-        T::Q4_0 => q4_0,
-        T::Q4_1 => q4_1,
-        T::Q5_0 => q5_0,
-        T::Q5_1 => q5_1,
-        T::Q8_0 => q8_0,
-        T::Q2_K => q2_k,
-        T::Q3_K => q3_k,
-        T::Q4_K => q4_k,
-        T::Q5_K => q5_k,
-        T::Q6_K => q6_k,
-        T::IQ4_NL => iq4_nl,
-        T::IQ4_XS => iq4_xs,
-        _ => return None,
-    })
+    kernel_table!(w)
 }
 
 /// The row's blocks in pairs (weight, activation), after checking the lengths. The bytes

@@ -48,6 +48,37 @@ pub use q8_k::BlockQ8_K;
 /// Elements in a K-quant super-block (ggml's `QK_K`).
 pub const QK_K: usize = 256;
 
+// Bytes of one block of each format (`size_of` of its struct, ggml's type size): the one
+// definition the SIMD kernels, which read blocks as byte arrays, are sized by.
+/// Bytes of one Q4_0 block.
+pub const Q4_0_BYTES: usize = size_of::<BlockQ4_0>();
+/// Bytes of one Q4_1 block.
+pub const Q4_1_BYTES: usize = size_of::<BlockQ4_1>();
+/// Bytes of one Q5_0 block.
+pub const Q5_0_BYTES: usize = size_of::<BlockQ5_0>();
+/// Bytes of one Q5_1 block.
+pub const Q5_1_BYTES: usize = size_of::<BlockQ5_1>();
+/// Bytes of one Q8_0 block.
+pub const Q8_0_BYTES: usize = size_of::<BlockQ8_0>();
+/// Bytes of one Q8_1 block.
+pub const Q8_1_BYTES: usize = size_of::<BlockQ8_1>();
+/// Bytes of one IQ4_NL block.
+pub const IQ4_NL_BYTES: usize = size_of::<BlockIQ4_NL>();
+/// Bytes of one Q2_K block.
+pub const Q2_K_BYTES: usize = size_of::<BlockQ2_K>();
+/// Bytes of one Q3_K block.
+pub const Q3_K_BYTES: usize = size_of::<BlockQ3_K>();
+/// Bytes of one Q4_K block.
+pub const Q4_K_BYTES: usize = size_of::<BlockQ4_K>();
+/// Bytes of one Q5_K block.
+pub const Q5_K_BYTES: usize = size_of::<BlockQ5_K>();
+/// Bytes of one Q6_K block.
+pub const Q6_K_BYTES: usize = size_of::<BlockQ6_K>();
+/// Bytes of one Q8_K block.
+pub const Q8_K_BYTES: usize = size_of::<BlockQ8_K>();
+/// Bytes of one IQ4_XS block.
+pub const IQ4_XS_BYTES: usize = size_of::<BlockIQ4_XS>();
+
 /// A quantized block type: its ggml type and how many elements one block holds.
 /// `size_of::<Self>()` equals `Self::TYPE.type_size()`.
 pub trait Block: Pod {

@@ -89,6 +89,7 @@ pub(super) unsafe fn kernel<const SHIFT: u32, const NT: usize>(
 /// exactly `q.len()` weights.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn unpack_levels(ty: gguf::GgmlType, row: &[u8], q: &mut [u8]) {
+    use crate::formats::{Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES, Q8_0_BYTES};
     use gguf::GgmlType;
     let (rp, qp) = (row.as_ptr(), q.as_mut_ptr());
     let nib = _mm256_set1_epi8(0x0F);
@@ -98,7 +99,7 @@ pub(super) unsafe fn unpack_levels(ty: gguf::GgmlType, row: &[u8], q: &mut [u8])
         GgmlType::Q5_0 => {
             for i in 0..q.len() / 32 {
                 unsafe {
-                    let b = rp.add(22 * i);
+                    let b = rp.add(Q5_0_BYTES * i);
                     let qh = u32::from_le_bytes([*b.add(2), *b.add(3), *b.add(4), *b.add(5)]);
                     let x = _mm_loadu_si128(b.add(6).cast());
                     let lo = _mm_and_si128(x, _mm256_castsi256_si128(nib));
@@ -112,7 +113,7 @@ pub(super) unsafe fn unpack_levels(ty: gguf::GgmlType, row: &[u8], q: &mut [u8])
         GgmlType::Q8_0 => {
             for i in 0..q.len() / 32 {
                 unsafe {
-                    let x = _mm256_loadu_si256(rp.add(34 * i + 2).cast());
+                    let x = _mm256_loadu_si256(rp.add(Q8_0_BYTES * i + 2).cast());
                     let v = _mm256_xor_si256(x, _mm256_set1_epi8(-128));
                     _mm256_storeu_si256(qp.add(32 * i).cast(), v);
                 }
@@ -122,7 +123,7 @@ pub(super) unsafe fn unpack_levels(ty: gguf::GgmlType, row: &[u8], q: &mut [u8])
             for i in 0..q.len() / 256 {
                 for c in 0..4 {
                     unsafe {
-                        let x = _mm256_loadu_si256(rp.add(144 * i + 16 + 32 * c).cast());
+                        let x = _mm256_loadu_si256(rp.add(Q4_K_BYTES * i + 16 + 32 * c).cast());
                         let lo = _mm256_and_si256(x, nib);
                         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(x), nib);
                         _mm256_storeu_si256(qp.add(256 * i + 64 * c).cast(), lo);
@@ -136,7 +137,7 @@ pub(super) unsafe fn unpack_levels(ty: gguf::GgmlType, row: &[u8], q: &mut [u8])
             for i in 0..q.len() / 256 {
                 for h in 0..2 {
                     unsafe {
-                        let b = rp.add(210 * i);
+                        let b = rp.add(Q6_K_BYTES * i);
                         let ql0 = _mm256_loadu_si256(b.add(64 * h).cast());
                         let ql1 = _mm256_loadu_si256(b.add(64 * h + 32).cast());
                         let qh = _mm256_loadu_si256(b.add(128 + 32 * h).cast());

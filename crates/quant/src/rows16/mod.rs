@@ -36,6 +36,7 @@ use gguf::GgmlType;
 
 use crate::formats::q4_k::{pack_scale_min, unpack_scale_min};
 use crate::formats::q6_k::q6_position;
+use crate::formats::{Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES};
 use crate::Isa;
 
 #[cfg(target_arch = "x86_64")]
@@ -179,20 +180,20 @@ fn decode(ty: GgmlType, b: &[u8], out: &mut [Piece; 8]) {
     let qh = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     match ty {
         GgmlType::Q4_0 => {
-            nibbles(&b[2..18], &mut p.q);
+            nibbles(&b[2..Q4_0_BYTES], &mut p.q);
             p.d = h(0);
         }
         GgmlType::Q4_1 => {
-            nibbles(&b[4..20], &mut p.q);
+            nibbles(&b[4..Q4_1_BYTES], &mut p.q);
             (p.d, p.m) = (h(0), h(2));
         }
         GgmlType::Q5_0 => {
-            nibbles(&b[6..22], &mut p.q);
+            nibbles(&b[6..Q5_0_BYTES], &mut p.q);
             fifth(qh(2), &mut p.q);
             p.d = h(0);
         }
         GgmlType::Q5_1 => {
-            nibbles(&b[8..24], &mut p.q);
+            nibbles(&b[8..Q5_1_BYTES], &mut p.q);
             fifth(qh(4), &mut p.q);
             (p.d, p.m) = (h(0), h(2));
         }
@@ -239,23 +240,23 @@ fn encode(ty: GgmlType, pieces: &[Piece; 8], out: &mut [u8]) {
     match ty {
         GgmlType::Q4_0 => {
             out[0..2].copy_from_slice(&d.to_le_bytes());
-            nibbles(&mut out[2..18]);
+            nibbles(&mut out[2..Q4_0_BYTES]);
         }
         GgmlType::Q4_1 => {
             out[0..2].copy_from_slice(&d.to_le_bytes());
             out[2..4].copy_from_slice(&m.to_le_bytes());
-            nibbles(&mut out[4..20]);
+            nibbles(&mut out[4..Q4_1_BYTES]);
         }
         GgmlType::Q5_0 => {
             out[0..2].copy_from_slice(&d.to_le_bytes());
             out[2..6].copy_from_slice(&qh().to_le_bytes());
-            nibbles(&mut out[6..22]);
+            nibbles(&mut out[6..Q5_0_BYTES]);
         }
         GgmlType::Q5_1 => {
             out[0..2].copy_from_slice(&d.to_le_bytes());
             out[2..4].copy_from_slice(&m.to_le_bytes());
             out[4..8].copy_from_slice(&qh().to_le_bytes());
-            nibbles(&mut out[8..24]);
+            nibbles(&mut out[8..Q5_1_BYTES]);
         }
         GgmlType::Q8_0 => {
             out[0..2].copy_from_slice(&d.to_le_bytes());
