@@ -17,7 +17,6 @@ pub mod preprocess;
 mod qwen3vl;
 pub mod resize;
 mod vit;
-mod weights;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,7 +26,6 @@ pub use preprocess::Preprocessed;
 pub use vit::VisionHparams;
 
 use resize::Filter;
-use weights::Tensors;
 
 /// Why a projector could not be loaded or an image not be encoded.
 #[derive(Debug, thiserror::Error)]
@@ -42,16 +40,8 @@ pub enum VisionError {
     Unsupported(String),
     #[error("metadata {0:?}: {1}")]
     Metadata(String, String),
-    #[error("the projector has no tensor {0:?}")]
-    MissingTensor(String),
-    #[error("tensor {tensor:?} has shape {found:?}, expected {expected:?}")]
-    BadShape {
-        tensor: String,
-        found: Vec<u64>,
-        expected: Vec<u64>,
-    },
-    #[error("tensor {tensor:?}: {reason}")]
-    BadTensor { tensor: String, reason: String },
+    #[error(transparent)]
+    Weight(#[from] model::WeightError),
     #[error("cannot use the image: {0}")]
     Image(String),
     #[error("image too large: {0}")]
@@ -164,7 +154,8 @@ impl Projector {
         if arch != "clip" {
             return Err(VisionError::NotClip(arch));
         }
-        let t = Tensors::new(file.clone());
+        // The tower's matrices keep the file's layout (no repacking for the CPU's kernels).
+        let t = model::Loader::with_repack(file.clone(), false);
         let m = t.metadata();
         if m.get_bool("clip.has_vision_encoder") == Some(false) {
             return Err(VisionError::Unsupported(
@@ -176,7 +167,7 @@ impl Projector {
             .or_else(|| m.get_str("clip.projector_type"))
             .ok_or_else(|| VisionError::Metadata("clip.projector_type".into(), "missing".into()))?
             .to_string();
-        let hp = VisionHparams::read(&t)?;
+        let hp = VisionHparams::read(m)?;
         let (kind, tower) = match ptype.as_str() {
             "qwen3vl_merger" => (
                 ProjectorType::Qwen3VlMerger,

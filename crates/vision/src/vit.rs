@@ -4,8 +4,8 @@
 use runtime::Weight;
 
 use crate::nn::{self, f16_round};
-use crate::weights::Tensors;
 use crate::VisionError;
+use model::Loader;
 
 /// The `clip.vision.*` keys of a projector file.
 #[derive(Clone, Debug)]
@@ -27,18 +27,18 @@ pub struct VisionHparams {
 }
 
 impl VisionHparams {
-    pub(crate) fn read(t: &Tensors) -> Result<VisionHparams, VisionError> {
+    pub(crate) fn read(m: &gguf::Metadata) -> Result<VisionHparams, VisionError> {
         let k = |s: &str| format!("clip.vision.{s}");
         let hp = VisionHparams {
-            image_size: t.count(&k("image_size"))?,
-            patch_size: t.count(&k("patch_size"))?,
-            n_embd: t.count(&k("embedding_length"))?,
-            n_ff: t.count(&k("feed_forward_length"))?,
-            n_layer: t.count(&k("block_count"))?,
-            n_head: t.count(&k("attention.head_count"))?,
-            eps: t.f32_or(&k("attention.layer_norm_epsilon"), 1e-6)?,
-            mean: t.rgb(&k("image_mean"))?,
-            std: t.rgb(&k("image_std"))?,
+            image_size: count(m, &k("image_size"))?,
+            patch_size: count(m, &k("patch_size"))?,
+            n_embd: count(m, &k("embedding_length"))?,
+            n_ff: count(m, &k("feed_forward_length"))?,
+            n_layer: count(m, &k("block_count"))?,
+            n_head: count(m, &k("attention.head_count"))?,
+            eps: f32_or(m, &k("attention.layer_norm_epsilon"), 1e-6)?,
+            mean: rgb(m, &k("image_mean"))?,
+            std: rgb(m, &k("image_std"))?,
             f16_attention: true,
         };
         if !hp.n_embd.is_multiple_of(hp.n_head) {
@@ -58,6 +58,45 @@ impl VisionHparams {
     }
 }
 
+/// A required unsigned key, at least 1.
+fn count(m: &gguf::Metadata, key: &str) -> Result<usize, VisionError> {
+    let v = m
+        .get_u64(key)
+        .ok_or_else(|| VisionError::Metadata(key.into(), "missing or not an integer".into()))?;
+    if v == 0 || v > 1 << 20 {
+        return Err(VisionError::Metadata(
+            key.into(),
+            format!("{v} is out of range"),
+        ));
+    }
+    Ok(v as usize)
+}
+
+/// An f32 key, or `default` when absent.
+fn f32_or(m: &gguf::Metadata, key: &str, default: f32) -> Result<f32, VisionError> {
+    match m.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_f32()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| VisionError::Metadata(key.into(), "not a finite number".into())),
+    }
+}
+
+/// A required array of three f32 values (image mean or std).
+fn rgb(m: &gguf::Metadata, key: &str) -> Result<[f32; 3], VisionError> {
+    let bad = || VisionError::Metadata(key.into(), "expected 3 numbers".into());
+    let a = m.get_array(key).ok_or_else(bad)?;
+    if a.len() != 3 {
+        return Err(bad());
+    }
+    let mut out = [0.0f32; 3];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = a.get(i).and_then(|v| v.as_f32()).ok_or_else(bad)?;
+    }
+    Ok(out)
+}
+
 /// A patch-embedding kernel `[p, p, 3, n_embd]`, its values rounded to f16 as llama.cpp's
 /// convolution does.
 pub(crate) struct PatchKernel {
@@ -66,7 +105,7 @@ pub(crate) struct PatchKernel {
 }
 
 impl PatchKernel {
-    pub fn load(t: &Tensors, name: &str, hp: &VisionHparams) -> Result<PatchKernel, VisionError> {
+    pub fn load(t: &Loader, name: &str, hp: &VisionHparams) -> Result<PatchKernel, VisionError> {
         let p = hp.patch_size as u64;
         let mut w = t.values(name, &[p, p, 3, hp.n_embd as u64])?;
         for v in &mut w {
@@ -141,7 +180,7 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    pub fn load(t: &Tensors, hp: &VisionHparams, il: usize) -> Result<Block, VisionError> {
+    pub fn load(t: &Loader, hp: &VisionHparams, il: usize) -> Result<Block, VisionError> {
         let p = |s: &str| format!("v.blk.{il}.{s}");
         let (d, ff) = (hp.n_embd as u64, hp.n_ff as u64);
         let linear = |name: &str, n_in: u64, n_out: u64| -> Result<_, VisionError> {
