@@ -27,32 +27,44 @@ pub use weights::{Loader, WeightError};
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// `general.architecture` names a family surplus does not run.
     #[error("unsupported architecture {0:?}: surplus runs llama, qwen2, qwen3, gemma3 and qwen35")]
     UnsupportedArchitecture(String),
+    /// A feature of the file surplus does not run yet.
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// A tensor is missing or malformed.
     #[error(transparent)]
     Weight(#[from] WeightError),
+    /// A metadata key (named) is missing or malformed.
     #[error("metadata {0:?}: {1}")]
     BadMetadata(String, String),
 }
 
-/// The architecture family, which picks the forward pass.
+/// The architecture family, which picks the loader (and the engine's image tokens).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
+    /// Llama and every `llama` GGUF (SmolLM2, ...).
     Llama,
+    /// Qwen2 / Qwen2.5.
     Qwen2,
+    /// Qwen3 dense.
     Qwen3,
+    /// Gemma 3.
     Gemma3,
-    /// Qwen3.5/3.6 dense: Gated DeltaNet and gated attention ([`qwen35`]).
+    /// Qwen3.5/3.6 dense: Gated DeltaNet and gated attention, MTP blocks.
     Qwen35,
 }
 
 /// A loaded model: hyper-parameters, weights over the memory-mapped file, buffer plan.
 pub struct Model {
+    /// The architecture family.
     pub family: Family,
+    /// Hyper-parameters (`n_layer`: the trunk's blocks, MTP blocks not counted).
     pub hp: Hparams,
+    /// The token embeddings.
     pub tok_embd: Weight,
+    /// RMSNorm weight of the final hidden state.
     pub output_norm: Vec<f32>,
     /// The LM head (the embedding matrix itself when tied).
     pub output: Weight,
@@ -65,6 +77,7 @@ pub struct Model {
     pub embd_scale: Option<f32>,
     /// `cap × tanh(logit / cap)` on the final logits.
     pub final_softcap: Option<f32>,
+    /// The activation buffers of a pass.
     pub acts: Acts,
     plan: Plan,
     /// Keeps the memory map alive for the weights.

@@ -171,15 +171,17 @@ pub(crate) fn load(ld: &Loader) -> Result<Parts, ModelError> {
     let mut blocks = Vec::new();
     for il in 0..hp.n_layer {
         let p = format!("blk.{il}");
-        blocks.push(if recurrent(il) {
+        let b = if recurrent(il) {
+            let rs = n_rs;
             n_rs += 1;
-            block(ld, &hp, &p, || {
-                DeltaNetMixer::load(ld, &hp, &p, &net, n_rs - 1).map(Mixer::DeltaNet)
-            })?
+            let mixer = || DeltaNetMixer::load(ld, &hp, &p, &net, rs).map(Mixer::DeltaNet);
+            block(ld, &hp, &p, mixer)?
         } else {
+            let kv = n_kv;
             n_kv += 1;
-            block(ld, &hp, &p, || attention(ld, &hp, &p, &rope, n_kv - 1))?
-        });
+            block(ld, &hp, &p, || attention(ld, &hp, &p, &rope, kv))?
+        };
+        blocks.push(b);
     }
     let mut parts = Parts::new(ld, hp, blocks)?;
     let hp = &parts.hp;

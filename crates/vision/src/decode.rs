@@ -29,8 +29,11 @@ impl Default for DecodeLimits {
 /// An 8-bit RGB image, row-major, 3 bytes a pixel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RgbImage {
+    /// Pixels per row.
     pub width: u32,
+    /// Rows.
     pub height: u32,
+    /// `width × height × 3` bytes.
     pub pixels: Vec<u8>,
 }
 

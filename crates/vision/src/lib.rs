@@ -30,20 +30,28 @@ use resize::Filter;
 /// Why a projector could not be loaded or an image not be encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum VisionError {
+    /// The file is not a readable GGUF.
     #[error(transparent)]
     Gguf(#[from] gguf::Error),
+    /// The file is a GGUF of another architecture.
     #[error("not a vision projector: general.architecture is {0:?}, expected \"clip\"")]
     NotClip(String),
+    /// A projector type surplus does not run yet.
     #[error("not yet supported: projector type {0}")]
     UnsupportedProjector(String),
+    /// A feature of the file surplus does not run yet.
     #[error("not yet supported: {0}")]
     Unsupported(String),
+    /// A metadata key (named) is missing or malformed.
     #[error("metadata {0:?}: {1}")]
     Metadata(String, String),
+    /// A tensor is missing or malformed.
     #[error(transparent)]
     Weight(#[from] model::WeightError),
+    /// The image cannot be decoded.
     #[error("cannot use the image: {0}")]
     Image(String),
+    /// The image exceeds the decode limits.
     #[error("image too large: {0}")]
     ImageTooLarge(String),
 }
@@ -71,7 +79,9 @@ impl ProjectorType {
 /// llama.cpp's defaults are 8 and 4096.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenLimits {
+    /// Fewest tokens per image.
     pub min_tokens: usize,
+    /// Most tokens per image.
     pub max_tokens: usize,
 }
 
@@ -87,11 +97,13 @@ impl Default for TokenLimits {
 /// An image as rows of the text model's input embeddings.
 #[derive(Clone, Debug)]
 pub struct ImageEmbeddings {
+    /// Tokens (rows).
     pub n_tokens: usize,
     /// Values per token (the text model's width).
     pub n_embd: usize,
     /// The token grid: `nx` columns × `ny` rows, row-major (Gemma: its pooled square).
     pub nx: usize,
+    /// Rows of the token grid.
     pub ny: usize,
     /// `n_tokens × n_embd` values, token-major.
     pub data: Vec<f32>,
@@ -135,7 +147,9 @@ impl std::fmt::Display for VisionMemory {
 
 /// A loaded vision projector ("mmproj" file).
 pub struct Projector {
+    /// Which tower the file holds.
     pub kind: ProjectorType,
+    /// Bounds on the tokens per image (Qwen).
     pub limits: TokenLimits,
     tower: Tower,
     /// Keeps the memory map alive.

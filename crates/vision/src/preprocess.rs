@@ -9,7 +9,9 @@ use crate::VisionError;
 /// (channel, row, column), and where the image content sits on the (black-padded) canvas.
 #[derive(Clone, Debug)]
 pub struct Preprocessed {
+    /// Canvas width.
     pub width: u32,
+    /// Canvas height.
     pub height: u32,
     /// (x, y, w, h) of the resampled image on the canvas.
     pub content: [u32; 4],

@@ -10,15 +10,23 @@ use model::Loader;
 /// The `clip.vision.*` keys of a projector file.
 #[derive(Clone, Debug)]
 pub struct VisionHparams {
+    /// Side of the square image the tower was trained on.
     pub image_size: usize,
+    /// Side of a patch, in pixels.
     pub patch_size: usize,
     /// Width of the tower.
     pub n_embd: usize,
+    /// Hidden width of the MLP.
     pub n_ff: usize,
+    /// ViT blocks.
     pub n_layer: usize,
+    /// Attention heads.
     pub n_head: usize,
+    /// LayerNorm epsilon.
     pub eps: f32,
+    /// Per-channel mean subtracted from the pixels (0..1).
     pub mean: [f32; 3],
+    /// Per-channel standard deviation the pixels are divided by.
     pub std: [f32; 3],
     /// Attention as llama.cpp's default (flash attention on its CPU backend) computes it:
     /// queries, keys and values rounded to f16 and the weighted sum of values accumulated
@@ -53,6 +61,7 @@ impl VisionHparams {
         Ok(hp)
     }
 
+    /// Values per attention head.
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
     }
