@@ -3,7 +3,7 @@
 
 use runtime::{Attention, Ops, Rope, Weight};
 
-use crate::mixer::{AttentionMixer, Mixer};
+use crate::mixer::{AttentionMixer, DeltaNetMixer, Mixer};
 use crate::{Hparams, Loader, Model, ModelError};
 
 /// One block: `x += post_mix_norm(mixer(norm(x)))`, then `x += post_ffn_norm(ffn(norm(x)))`.
@@ -103,6 +103,14 @@ impl Block {
         match &self.mixer {
             Mixer::Attention(a) => Some(a),
             Mixer::DeltaNet(_) => None,
+        }
+    }
+
+    /// The DeltaNet mixer, if that is what the block has.
+    pub fn delta_net(&self) -> Option<&DeltaNetMixer> {
+        match &self.mixer {
+            Mixer::DeltaNet(d) => Some(d),
+            Mixer::Attention(_) => None,
         }
     }
 

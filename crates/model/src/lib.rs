@@ -135,10 +135,7 @@ impl Model {
         };
         let needs = acts::Needs {
             gated: all().any(|b| b.attention().is_some_and(|a| a.gated)),
-            delta: all().find_map(|b| match &b.mixer {
-                Mixer::DeltaNet(d) => Some(d.net.clone()),
-                Mixer::Attention(_) => None,
-            }),
+            delta: all().find_map(|b| Some(b.delta_net()?.net.clone())),
             hidden: parts.keep_hidden || !parts.mtp.is_empty(),
             mtp: !parts.mtp.is_empty(),
         };
@@ -211,11 +208,8 @@ impl Model {
     /// The recurrent layers whose state the device must keep per sequence: how many, and
     /// their shape (`None` when the model has none).
     pub fn recurrent(&self) -> Option<(usize, DeltaNet)> {
-        let mut nets = self.blocks.iter().filter_map(|b| match &b.mixer {
-            Mixer::DeltaNet(d) => Some(&d.net),
-            Mixer::Attention(_) => None,
-        });
-        let net = nets.next()?.clone();
+        let mut nets = self.blocks.iter().filter_map(Block::delta_net);
+        let net = nets.next()?.net.clone();
         Some((1 + nets.count(), net))
     }
 
