@@ -1,6 +1,7 @@
 //! Hyper-parameters read from `{architecture}.*` metadata keys, with llama.cpp's defaults.
 
 use gguf::Metadata;
+use runtime::Attention;
 
 use crate::ModelError;
 
@@ -89,9 +90,14 @@ impl<'a> Keys<'a> {
 }
 
 impl Hparams {
-    /// The common hyper-parameters of a decoder-only transformer.
-    pub fn read(m: &Metadata, arch: &str, n_vocab: usize) -> Result<Hparams, ModelError> {
+    /// The common hyper-parameters of a decoder-only transformer. The vocabulary size is
+    /// the tokenizer's token count, else `{arch}.vocab_size`.
+    pub fn read(m: &Metadata, arch: &str) -> Result<Hparams, ModelError> {
         let k = Keys::new(m, arch);
+        let n_vocab = match m.get_array("tokenizer.ggml.tokens").map_or(0, |a| a.len()) {
+            0 => m.get_u64(&format!("{arch}.vocab_size")).unwrap_or(0) as usize,
+            n => n,
+        };
         let n_embd = k.usize("embedding_length")?;
         let n_head = k.usize("attention.head_count")?;
         let n_head_kv = k.usize_or("attention.head_count_kv", n_head)?;
@@ -136,6 +142,18 @@ impl Hparams {
                 .get_u32(&format!("{arch}.attention.sliding_window"))
                 .filter(|&w| w > 0),
         })
+    }
+
+    /// The attention shape of these heads, scaled by 1/√head_dim, with this sliding window.
+    pub fn attention(&self, window: Option<u32>) -> Attention {
+        Attention {
+            n_heads: self.n_head,
+            n_kv_heads: self.n_head_kv,
+            head_dim: self.head_dim,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+            window,
+            softcap: None,
+        }
     }
 
     /// Values per token in K (and in V).

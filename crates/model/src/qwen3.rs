@@ -1,21 +1,16 @@
-//! Qwen3 (dense): the llama forward pass ([`crate::llama::forward`]) with per-head RMSNorm
-//! of queries and keys before NeoX RoPE, and no biases.
+//! Qwen3 (dense): llama's blocks ([`crate::llama::uniform`]) with per-head RMSNorm of
+//! queries and keys before NeoX RoPE, and no biases.
 
 use runtime::RopeMode;
 
-use crate::{blocks, Loader, ModelError, Parts};
+use crate::{llama, Loader, ModelError, Parts};
 
 /// Loads a `qwen3` model; its Q/K norms are required.
 pub(crate) fn load(ld: &Loader) -> Result<Parts, ModelError> {
-    let parts = blocks::load_uniform(ld, "qwen3", RopeMode::Neox)?;
-    if let Some(il) = parts
-        .layers
-        .iter()
-        .position(|l| l.q_norm.is_none() || l.k_norm.is_none())
-    {
-        return Err(ModelError::MissingTensor(format!(
-            "blk.{il}.attn_q_norm.weight (or k)"
-        )));
-    }
-    Ok(parts)
+    let parts = llama::uniform(ld, "qwen3", RopeMode::Neox)?;
+    let normed = |a: &crate::AttentionMixer| a.q_norm.is_some() && a.k_norm.is_some();
+    parts.require(
+        |b| b.attention().is_some_and(normed),
+        "attn_q_norm.weight (or k)",
+    )
 }

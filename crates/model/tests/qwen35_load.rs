@@ -91,21 +91,19 @@ fn the_fixture_loads_with_its_layer_pattern_and_mtp_block() {
         return;
     }
     let m = load(&rewrite(|_, _| {})).unwrap();
-    let h = m.hybrid.as_ref().unwrap();
     assert_eq!(m.hp.n_layer, 4);
-    let kinds: Vec<bool> = h
+    let kinds: Vec<bool> = m
         .blocks
         .iter()
-        .map(|b| matches!(b, model::qwen35::Block::DeltaNet { .. }))
+        .map(|b| matches!(b.mixer, model::Mixer::DeltaNet(_)))
         .collect();
     assert_eq!(kinds, [true, true, true, false]);
-    assert_eq!((h.n_recurrent, h.n_kv, h.mtp.len()), (3, 2, 1));
-    assert_eq!(h.mtp[0].kv, 1);
+    let n_recurrent = m.recurrent().unwrap().0;
+    assert_eq!((n_recurrent, m.kv_layers(), m.mtp.len()), (3, 2, 1));
+    assert_eq!(m.mtp[0].block.attention().unwrap().kv, 1);
     assert_eq!(m.recurrent().unwrap().1.conv_channels(), 256);
     // RoPE: 8 rotated pairs, all covered by the sections [3, 3, 2, 0].
-    let model::qwen35::Block::Attention { layer, .. } = &h.blocks[3] else {
-        unreachable!()
-    };
+    let layer = m.blocks[3].attention().unwrap();
     assert_eq!(layer.rope.n_rot, 16);
     assert!(layer.rope.inv_freq.iter().all(|&f| f > 0.0));
 }

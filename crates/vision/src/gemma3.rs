@@ -4,8 +4,8 @@
 use crate::nn;
 use crate::preprocess::Preprocessed;
 use crate::vit::{self, Block, PatchKernel, VisionHparams};
-use crate::weights::Tensors;
 use crate::{ImageEmbeddings, VisionError};
+use model::{Loader, WeightError};
 
 /// Pooling window when the file has no `clip.vision.projector.scale_factor`.
 const DEFAULT_POOL: usize = 4;
@@ -27,7 +27,7 @@ pub(crate) struct Gemma3 {
 }
 
 impl Gemma3 {
-    pub fn load(t: &Tensors, hp: VisionHparams) -> Result<Gemma3, VisionError> {
+    pub fn load(t: &Loader, hp: VisionHparams) -> Result<Gemma3, VisionError> {
         let d = hp.n_embd as u64;
         let side = hp.image_size / hp.patch_size;
         if side * hp.patch_size != hp.image_size {
@@ -55,7 +55,7 @@ impl Gemma3 {
         };
         let n_out = t
             .dims("mm.input_projection.weight")
-            .ok_or_else(|| VisionError::MissingTensor("mm.input_projection.weight".into()))?[0];
+            .ok_or_else(|| WeightError::MissingTensor("mm.input_projection.weight".into()))?[0];
         Ok(Gemma3 {
             kernel: PatchKernel::load(t, "v.patch_embd.weight", &hp)?,
             patch_bias: t.vector("v.patch_embd.bias", hp.n_embd)?,

@@ -17,7 +17,6 @@ pub mod preprocess;
 mod qwen3vl;
 pub mod resize;
 mod vit;
-mod weights;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,56 +26,32 @@ pub use preprocess::Preprocessed;
 pub use vit::VisionHparams;
 
 use resize::Filter;
-use weights::Tensors;
 
 /// Why a projector could not be loaded or an image not be encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum VisionError {
-    /// The file could not be opened or is not a valid GGUF file.
+    /// The file is not a readable GGUF.
     #[error(transparent)]
     Gguf(#[from] gguf::Error),
-    /// The file is a GGUF model of another architecture; holds its `general.architecture`
-    /// (empty when the key is missing).
+    /// The file is a GGUF of another architecture.
     #[error("not a vision projector: general.architecture is {0:?}, expected \"clip\"")]
     NotClip(String),
-    /// A `clip.projector_type` other than [`ProjectorType`]'s; holds the type's name.
+    /// A projector type surplus does not run yet.
     #[error("not yet supported: projector type {0}")]
     UnsupportedProjector(String),
-    /// A known projector with a feature this crate does not run (an audio-only encoder,
-    /// deepstack layers, ...); the text says which.
+    /// A feature of the file surplus does not run yet.
     #[error("not yet supported: {0}")]
     Unsupported(String),
-    /// A metadata key that is missing or holds an unusable value: the key, then what is wrong.
+    /// A metadata key (named) is missing or malformed.
     #[error("metadata {0:?}: {1}")]
     Metadata(String, String),
-    /// A tensor the tower needs is not in the file; holds its name.
-    #[error("the projector has no tensor {0:?}")]
-    MissingTensor(String),
-    #[error("tensor {tensor:?} has shape {found:?}, expected {expected:?}")]
-    /// A tensor whose dimensions are not those the hyper-parameters call for.
-    BadShape {
-        /// The tensor's name.
-        tensor: String,
-        /// Its dimensions in the file (ggml order, innermost first).
-        found: Vec<u64>,
-        /// The dimensions expected, in the same order.
-        expected: Vec<u64>,
-    },
-    #[error("tensor {tensor:?}: {reason}")]
-    /// A tensor that cannot be used (its type does not convert to f32, or its contents make
-    /// no sense, such as position embeddings that are not a square grid).
-    BadTensor {
-        /// The tensor's name.
-        tensor: String,
-        /// What is wrong with it, in words.
-        reason: String,
-    },
-    /// The image cannot be decoded or used: empty, an unknown format, corrupt, zero-sized,
-    /// bad token bounds, or an input the tower does not take. The text says why.
+    /// A tensor is missing or malformed.
+    #[error(transparent)]
+    Weight(#[from] model::WeightError),
+    /// The image cannot be decoded.
     #[error("cannot use the image: {0}")]
     Image(String),
-    /// The image exceeds [`DecodeLimits`] (encoded bytes, a side or the pixel count); the
-    /// text gives its size and the limit.
+    /// The image exceeds the decode limits.
     #[error("image too large: {0}")]
     ImageTooLarge(String),
 }
@@ -195,7 +170,8 @@ impl Projector {
         if arch != "clip" {
             return Err(VisionError::NotClip(arch));
         }
-        let t = Tensors::new(file.clone());
+        // The tower's matrices keep the file's layout (no repacking for the CPU's kernels).
+        let t = model::Loader::with_repack(file.clone(), false);
         let m = t.metadata();
         if m.get_bool("clip.has_vision_encoder") == Some(false) {
             return Err(VisionError::Unsupported(
@@ -207,7 +183,7 @@ impl Projector {
             .or_else(|| m.get_str("clip.projector_type"))
             .ok_or_else(|| VisionError::Metadata("clip.projector_type".into(), "missing".into()))?
             .to_string();
-        let hp = VisionHparams::read(&t)?;
+        let hp = VisionHparams::read(m)?;
         let (kind, tower) = match ptype.as_str() {
             "qwen3vl_merger" => (
                 ProjectorType::Qwen3VlMerger,

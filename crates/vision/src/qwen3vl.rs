@@ -4,8 +4,8 @@
 use crate::nn;
 use crate::preprocess::Preprocessed;
 use crate::vit::{self, Block, PatchKernel, VisionHparams};
-use crate::weights::Tensors;
 use crate::{ImageEmbeddings, VisionError};
+use model::{Loader, WeightError};
 
 /// Patches merged into one token along each side.
 pub const MERGE: usize = 2;
@@ -28,7 +28,7 @@ pub(crate) struct Qwen3Vl {
 }
 
 impl Qwen3Vl {
-    pub fn load(t: &Tensors, hp: VisionHparams) -> Result<Qwen3Vl, VisionError> {
+    pub fn load(t: &Loader, hp: VisionHparams) -> Result<Qwen3Vl, VisionError> {
         let merge = t
             .metadata()
             .get_u64("clip.vision.spatial_merge_size")
@@ -60,13 +60,14 @@ impl Qwen3Vl {
         let n_pos = t
             .dims("v.position_embd.weight")
             .and_then(|dm| dm.get(1).copied())
-            .ok_or_else(|| VisionError::MissingTensor("v.position_embd.weight".into()))?;
+            .ok_or_else(|| WeightError::MissingTensor("v.position_embd.weight".into()))?;
         let grid = (n_pos as f64).sqrt().round() as usize;
         if grid * grid != n_pos as usize || grid < 2 {
-            return Err(VisionError::BadTensor {
+            return Err(WeightError::BadTensor {
                 tensor: "v.position_embd.weight".into(),
                 reason: format!("{n_pos} positions are not a square grid"),
-            });
+            }
+            .into());
         }
         let pos = t.values("v.position_embd.weight", &[d, n_pos])?;
         let norm = |name: &str| -> Result<_, VisionError> {
@@ -87,7 +88,7 @@ impl Qwen3Vl {
         let m = d * (MERGE * MERGE) as u64;
         let n_out = t
             .dims("mm.2.bias")
-            .ok_or_else(|| VisionError::MissingTensor("mm.2.bias".into()))?[0];
+            .ok_or_else(|| WeightError::MissingTensor("mm.2.bias".into()))?[0];
         let fc1 = (
             t.weight("mm.0.weight", &[m, m])?,
             t.vector("mm.0.bias", m as usize)?,
