@@ -23,7 +23,7 @@ pub struct CudaDevice {
     pub gpu: device::Gpu,
     /// The NVRTC that built the kernels.
     pub nvrtc: Nvrtc,
-    functions: HashMap<&'static str, CudaFunction>,
+    functions: HashMap<&'static str, (CudaFunction, &'static kernels::Kernel)>,
     _modules: Vec<Arc<CudaModule>>,
 }
 
@@ -62,11 +62,11 @@ impl CudaDevice {
             let module = ctx
                 .load_module(Ptx::from_binary(built.cubin))
                 .map_err(|e| format!("loading {} for sm_{}: {e}", m.name, gpu.sm))?;
-            for &k in m.kernels {
+            for k in m.kernels {
                 let f = module
-                    .load_function(k)
-                    .map_err(|e| format!("kernel {k} of {}: {e}", m.name))?;
-                functions.insert(k, f);
+                    .load_function(k.name)
+                    .map_err(|e| format!("kernel {} of {}: {e}", k.name, m.name))?;
+                functions.insert(k.name, (f, k));
             }
             modules.push(module);
         }
@@ -82,8 +82,14 @@ impl CudaDevice {
 
     /// The kernel named `name` (one of [`kernels::MODULES`]' entry points).
     pub fn function(&self, name: &str) -> Result<&CudaFunction, String> {
+        self.kernel(name).map(|(f, _)| f)
+    }
+
+    /// The kernel named `name` and its declaration (its parameter list).
+    pub fn kernel(&self, name: &str) -> Result<(&CudaFunction, &'static kernels::Kernel), String> {
         self.functions
             .get(name)
+            .map(|(f, k)| (f, *k))
             .ok_or_else(|| format!("no kernel named {name}"))
     }
 }

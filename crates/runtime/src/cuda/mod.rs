@@ -105,7 +105,7 @@ pub fn compile_check(all: &[Nvrtc], archs: &[u32]) -> Vec<KernelCheck> {
                         let missing: Vec<&str> = m
                             .kernels
                             .iter()
-                            .copied()
+                            .map(|k| k.name)
                             .filter(|k| !kernels::cubin_defines(&b.cubin, k))
                             .collect();
                         check.ok = missing.is_empty();

@@ -9,28 +9,30 @@ use cudarc::driver::{result, sys};
 use super::weights::DevWeight;
 use super::{CudaBackend, CudaError, GEMM_MIN_TOKENS};
 use crate::collect::{vector_key, weight_key};
+use crate::cuda::kernels::{Kernel, Param, MAX_PARAMS};
 use crate::ops::{Act, Batch};
 use crate::tensor::Weight;
 
 /// The largest grid y and z of a launch (x goes to 2^31 - 1).
 pub(super) const MAX_GRID_YZ: u32 = 65535;
 
-/// A kernel argument: a device pointer, an int, a float or a 64-bit int.
+/// A kernel argument: a device pointer, an int, an unsigned int, a float or a 64-bit int
+/// (the kinds of [`Param`], in the same order).
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Arg {
     P(u64),
     I(i32),
+    U(u32),
     F(f32),
     L(i64),
 }
-
-pub(super) const MAX_ARGS: usize = 24;
 
 impl Arg {
     pub(super) fn ptr(&self) -> *mut c_void {
         match self {
             Arg::P(v) => v as *const u64 as *mut c_void,
             Arg::I(v) => v as *const i32 as *mut c_void,
+            Arg::U(v) => v as *const u32 as *mut c_void,
             Arg::F(v) => v as *const f32 as *mut c_void,
             Arg::L(v) => v as *const i64 as *mut c_void,
         }
@@ -40,10 +42,34 @@ impl Arg {
         match *self {
             Arg::P(v) => v,
             Arg::I(v) => v as u32 as u64 | 1 << 40,
+            Arg::U(v) => v as u64 | 4 << 40,
             Arg::F(v) => v.to_bits() as u64 | 2 << 40,
             Arg::L(v) => v as u64 ^ 3 << 60,
         }
     }
+
+    /// The parameter kind this argument fills.
+    pub(super) fn kind(&self) -> Param {
+        match self {
+            Arg::P(_) => Param::Ptr,
+            Arg::I(_) => Param::I32,
+            Arg::U(_) => Param::U32,
+            Arg::F(_) => Param::F32,
+            Arg::L(_) => Param::I64,
+        }
+    }
+}
+
+/// Checks `args` against the declared parameters of `kernel`: as many, each of its kind.
+pub(super) fn check_args(kernel: &Kernel, args: &[Arg]) -> Result<(), String> {
+    let kinds: Vec<Param> = args.iter().map(Arg::kind).collect();
+    if kinds != kernel.params {
+        return Err(format!(
+            "arguments {kinds:?} do not match the kernel's parameters {:?}",
+            kernel.params
+        ));
+    }
+    Ok(())
 }
 
 /// What a pass does with its launches.
@@ -205,8 +231,9 @@ impl<'a> CudaOps<'a> {
                 h = fnv(h, a.bits());
             }
             self.hash.set(h);
-            // Still check the kernel exists, so a dry run fails as the real one would.
-            if let Err(e) = self.be.func(name) {
+            // Still check the kernel and its arguments, so a dry run fails as the real one
+            // would.
+            if let Err(e) = self.be.func(name, args) {
                 *self.err.borrow_mut() = Some(e);
             }
             return;
@@ -216,31 +243,17 @@ impl<'a> CudaOps<'a> {
             self.fail(name, format!("bad grid {grid:?} for {}", shapes()));
             return;
         }
-        let f = match self.be.func(name) {
+        let f = match self.be.func(name, args) {
             Ok(f) => f,
             Err(e) => {
                 *self.err.borrow_mut() = Some(e);
                 return;
             }
         };
-        let mut ptrs = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
-        for (p, a) in ptrs.iter_mut().zip(args) {
-            *p = a.ptr();
-        }
-        // SAFETY: each op passes `args` in the order and types of the kernel's parameter
-        // list in its .cu file, with device addresses of buffers allocated for the largest
-        // batch and checked shapes, so the grid stays inside them; `args` outlives the call
-        // (cuLaunchKernel copies the values).
-        let r = unsafe {
-            result::launch_kernel(
-                f,
-                grid,
-                (block, 1, 1),
-                0,
-                self.be.dev.stream.cu_stream(),
-                &mut ptrs[..args.len()],
-            )
-        };
+        // SAFETY: `args` were checked against the kernel's declared parameters (which a test
+        // checks against its .cu signature); each op passes device addresses of buffers
+        // allocated for the largest batch and checked shapes, so the grid stays inside them.
+        let r = unsafe { self.be.launch_checked(f, grid, block, args) };
         if let Err(e) = r {
             self.fail(
                 name,
@@ -273,14 +286,45 @@ impl<'a> CudaOps<'a> {
 }
 
 impl CudaBackend {
-    pub(super) fn func(&self, name: &str) -> Result<sys::CUfunction, CudaError> {
-        self.dev
-            .function(name)
-            .map(|f| f.cu_function())
-            .map_err(|e| CudaError::Op {
-                op: name.into(),
-                reason: e,
-            })
+    /// Kernel `name`, once `args` are checked against its declaration.
+    pub(super) fn func(&self, name: &str, args: &[Arg]) -> Result<sys::CUfunction, CudaError> {
+        let op = |reason| CudaError::Op {
+            op: name.into(),
+            reason,
+        };
+        let (f, kernel) = self.dev.kernel(name).map_err(op)?;
+        check_args(kernel, args).map_err(op)?;
+        Ok(f.cu_function())
+    }
+
+    /// Launches `f` on the backend's stream with `args` (copied by the driver before it
+    /// returns).
+    ///
+    /// # Safety
+    /// `args` must match `f`'s parameters (see [`CudaBackend::func`]), and the grid must
+    /// stay inside the buffers they point to.
+    pub(super) unsafe fn launch_checked(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[Arg],
+    ) -> Result<(), result::DriverError> {
+        let mut ptrs = [std::ptr::null_mut::<c_void>(); MAX_PARAMS];
+        for (p, a) in ptrs.iter_mut().zip(args) {
+            *p = a.ptr();
+        }
+        // SAFETY: as the caller promises; `ptrs` points at `args`, alive for the call.
+        unsafe {
+            result::launch_kernel(
+                f,
+                grid,
+                (block, 1, 1),
+                0,
+                self.dev.stream.cu_stream(),
+                &mut ptrs[..args.len().min(MAX_PARAMS)],
+            )
+        }
     }
 
     /// A launch outside a pass (rollback).
@@ -291,27 +335,32 @@ impl CudaBackend {
         block: u32,
         args: &[Arg],
     ) -> Result<(), CudaError> {
-        let f = self.func(name)?;
-        let mut ptrs = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
-        for (p, a) in ptrs.iter_mut().zip(args) {
-            *p = a.ptr();
-        }
-        // SAFETY: `args` match the kernel's parameter list in its .cu file (each caller
-        // passes them in order, with device pointers into buffers sized for `grid`), and
-        // they outlive the call (cuLaunchKernel copies them).
-        unsafe {
-            result::launch_kernel(
-                f,
-                grid,
-                (block, 1, 1),
-                0,
-                self.dev.stream.cu_stream(),
-                &mut ptrs[..args.len()],
-            )
-        }
-        .map_err(|e| CudaError::Op {
+        let f = self.func(name, args)?;
+        // SAFETY: `args` checked against the kernel's declaration; each caller passes device
+        // pointers into buffers sized for `grid`.
+        unsafe { self.launch_checked(f, grid, block, args) }.map_err(|e| CudaError::Op {
             op: name.into(),
             reason: format!("launch failed: {e}"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::kernels::kernel;
+
+    /// A launch with the wrong arity or a wrong kind is refused before the driver sees it.
+    #[test]
+    fn launch_arguments_are_checked_against_the_declaration() {
+        let k = kernel("scale").expect("declared");
+        let good = [Arg::P(0), Arg::I(4), Arg::F(0.5), Arg::I(4)];
+        assert!(check_args(k, &good).is_ok());
+        assert!(check_args(k, &good[..3]).is_err());
+        let swapped = [Arg::P(0), Arg::I(4), Arg::I(1), Arg::I(4)];
+        assert!(check_args(k, &swapped).is_err());
+        let rope = kernel("rope").expect("declared");
+        assert_eq!(rope.params[10], Param::U32);
+        assert!(kernel("no_such_kernel").is_none());
     }
 }
