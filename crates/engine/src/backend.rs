@@ -8,7 +8,7 @@ use model::Model;
 use runtime::collect::Collect;
 use runtime::cpu::{CpuBackend, KvConfig, RecurrentConfig};
 use runtime::cuda::backend::{AttnShape, CudaBackend};
-use runtime::cuda::gpu::CudaDevice;
+use runtime::cuda::gpu::GpuContext;
 use runtime::{Act, Batch, Ops, Rollback};
 
 use crate::EngineError;
@@ -189,7 +189,7 @@ pub(crate) fn place(
     if layers == GpuLayers::Count(0) {
         return cpu(file, "--gpu-layers 0".into());
     }
-    let dev = match CudaDevice::open(0) {
+    let dev = match GpuContext::open(0) {
         Ok(d) => d,
         Err(reason) if !explicit => return cpu(file, format!("CUDA is off: {reason}")),
         Err(reason) => {

@@ -4,7 +4,7 @@
 use quant::GgmlType;
 
 use super::backend::{AttnShape, CudaBackend};
-use super::gpu::CudaDevice;
+use super::gpu::GpuContext;
 use super::gpu_tests::device;
 use crate::collect::Collect;
 use crate::cpu::{CpuBackend, KvConfig, RecurrentConfig};
@@ -46,7 +46,7 @@ struct Pair {
 impl Pair {
     /// Backends for `plan`, with the weights and vectors `f` uses uploaded to the GPU.
     fn new(
-        dev: CudaDevice,
+        dev: GpuContext,
         plan: &Plan,
         kv: KvConfig,
         rec: Option<RecurrentConfig>,

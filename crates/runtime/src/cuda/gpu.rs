@@ -13,24 +13,25 @@ use cudarc::nvrtc::Ptx;
 use super::nvrtc::Nvrtc;
 use super::{device, kernels, pick_nvrtc};
 
-/// A GPU with the kernels loaded.
-pub struct CudaDevice {
+/// An opened GPU: its driver context and stream, with every kernel loaded (what the probe
+/// only describes, [`device::GpuInfo`], this can run work on).
+pub struct GpuContext {
     /// The driver context (the device's primary context).
     pub ctx: Arc<CudaContext>,
     /// The stream every kernel is launched on.
     pub stream: Arc<CudaStream>,
     /// The GPU as probed.
-    pub gpu: device::Gpu,
+    pub info: device::GpuInfo,
     /// The NVRTC that built the kernels.
     pub nvrtc: Nvrtc,
     functions: HashMap<&'static str, (CudaFunction, &'static kernels::Kernel)>,
     _modules: Vec<Arc<CudaModule>>,
 }
 
-impl CudaDevice {
+impl GpuContext {
     /// Opens GPU `ordinal` and loads every kernel (compiled for its exact architecture, or
     /// read from the kernel cache).
-    pub fn open(ordinal: usize) -> Result<CudaDevice, String> {
+    pub fn open(ordinal: usize) -> Result<GpuContext, String> {
         let info = device::probe()?;
         let gpu = info
             .gpus
@@ -70,10 +71,10 @@ impl CudaDevice {
             }
             modules.push(module);
         }
-        Ok(CudaDevice {
+        Ok(GpuContext {
             ctx,
             stream,
-            gpu,
+            info: gpu,
             nvrtc,
             functions,
             _modules: modules,
@@ -94,7 +95,7 @@ impl CudaDevice {
     }
 }
 
-impl CudaDevice {
+impl GpuContext {
     /// Device-to-device copy bandwidth in bytes/s (bytes read plus bytes written, as
     /// copy benchmarks count): `reps` copies of a `bytes` buffer, timed after a warm-up.
     pub fn copy_bandwidth(&self, bytes: usize, reps: usize) -> Result<f64, String> {

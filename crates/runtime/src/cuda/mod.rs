@@ -8,7 +8,8 @@
 //! - [`device`]: the driver (through cudarc, after our own lookup) and its GPUs.
 //! - [`nvrtc`], [`cublas`]: our bindings, loaded by full path (CUDA 12 or 13).
 //! - [`kernels`]: the `.cu` sources, compiled per architecture and cached on disk.
-//! - [`gpu`]: one GPU with every kernel loaded (tests compare each kernel with the CPU).
+//! - [`gpu`]: [`gpu::GpuContext`], one GPU opened with every kernel loaded (tests compare each
+//!   kernel with the CPU); [`device::GpuInfo`] only describes a GPU.
 
 pub mod backend;
 #[cfg(test)]

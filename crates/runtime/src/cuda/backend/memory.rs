@@ -9,7 +9,7 @@ use super::recurrent::rec_bytes;
 use super::{drv, CudaBackend, CudaError, InfoLayout};
 use crate::collect::Collected;
 use crate::cpu::{KvConfig, RecurrentConfig};
-use crate::cuda::gpu::CudaDevice;
+use crate::cuda::gpu::GpuContext;
 use crate::ops::Plan;
 use crate::rollback::ROLLBACK_TOKENS;
 
@@ -209,7 +209,7 @@ impl CudaBackend {
     /// What loading a model with these buffers and weights would take on `dev`'s GPU (free
     /// memory read now).
     pub fn plan_memory(
-        dev: &CudaDevice,
+        dev: &GpuContext,
         plan: &Plan,
         max_batch: usize,
         kv: &KvConfig,
@@ -225,21 +225,21 @@ impl CudaBackend {
             rec,
             attn.max_heads,
             attn.max_head_dim,
-            dev.gpu.memory_bytes as usize,
+            dev.info.memory_bytes as usize,
         );
         let weights = used.weights.iter().map(|w| w.bytes().len()).sum::<usize>()
             + used.vectors.iter().map(|v| v.len() * 4).sum::<usize>();
         MemoryPlan {
             device: format!(
                 "GPU {} ({}, sm_{})",
-                dev.gpu.ordinal, dev.gpu.name, dev.gpu.sm
+                dev.info.ordinal, dev.info.name, dev.info.sm
             ),
             weights,
             kv_cache: s.kv,
             recurrent: s.rec,
             activations: s.acts,
             scratch: s.scratch,
-            reserve: reserve_bytes(dev.gpu.memory_bytes as usize),
+            reserve: reserve_bytes(dev.info.memory_bytes as usize),
             free,
             total,
         }

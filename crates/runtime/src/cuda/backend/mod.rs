@@ -25,7 +25,7 @@ use std::ffi::c_void;
 use cudarc::driver::result;
 
 use super::cublas::{Cublas, Gemm};
-use super::gpu::CudaDevice;
+use super::gpu::GpuContext;
 use crate::collect::{Collected, Key};
 use crate::cpu::{KvConfig, RecurrentConfig};
 use crate::ops::{Act, Batch, Plan};
@@ -158,7 +158,7 @@ pub struct CudaBackend {
     plan: MemoryPlan,
     /// Last: fields drop in order, and the buffers, graphs and cuBLAS handle above must go
     /// while the context (held by the device) is alive.
-    dev: CudaDevice,
+    dev: GpuContext,
 }
 
 // SAFETY: the raw device pointers and the cuBLAS handle are only used by the backend's
@@ -174,7 +174,7 @@ impl CudaBackend {
     /// before anything runs.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        dev: CudaDevice,
+        dev: GpuContext,
         plan: &Plan,
         max_batch: usize,
         kv: KvConfig,
@@ -219,7 +219,7 @@ impl CudaBackend {
             rec.as_ref(),
             attn.max_heads,
             attn.max_head_dim,
-            dev.gpu.memory_bytes as usize,
+            dev.info.memory_bytes as usize,
         );
         let stream = dev.stream.cu_stream();
         // Weights, uploaded in their file layout.
@@ -324,7 +324,7 @@ impl CudaBackend {
     }
 
     /// The GPU.
-    pub fn device(&self) -> &CudaDevice {
+    pub fn device(&self) -> &GpuContext {
         &self.dev
     }
 
