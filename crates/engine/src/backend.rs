@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use model::Model;
 use runtime::collect::Collect;
-use runtime::cpu::{CpuBackend, KvConfig, RecurrentConfig};
+use runtime::cpu::CpuBackend;
 use runtime::cuda::backend::{AttnShape, CudaBackend};
 use runtime::cuda::gpu::GpuContext;
 use runtime::{Act, Batch, Ops, Rollback};
+use runtime::{KvConfig, RecurrentConfig};
 
 use crate::EngineError;
 

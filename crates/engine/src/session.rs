@@ -29,9 +29,7 @@ pub enum EngineError {
     #[error(transparent)]
     Template(#[from] tokenizer::TemplateError),
     #[error(transparent)]
-    Device(#[from] runtime::cpu::CpuError),
-    #[error(transparent)]
-    Cuda(#[from] runtime::cuda::backend::CudaError),
+    Device(#[from] runtime::BackendError),
     #[error("{0}")]
     Placement(String),
     #[error("the prompt has {prompt} tokens; with {generate} to generate that exceeds the context of {n_ctx} (raise --ctx-size)")]

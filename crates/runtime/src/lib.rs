@@ -4,10 +4,18 @@
 pub mod collect;
 pub mod cpu;
 pub mod cuda;
+pub mod error;
+pub mod limits;
 pub mod ops;
 pub mod pool;
+pub mod recurrent;
 pub mod rollback;
 pub mod tensor;
 
-pub use ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rollback, Rope, RopeMode};
+pub use error::BackendError;
+pub use limits::{KvConfig, Limits};
+pub use ops::{
+    Act, Attention, Batch, DeltaNet, Ops, Plan, Rollback, Rope, RopeMode, GEMM_MIN_TOKENS,
+};
+pub use recurrent::RecurrentConfig;
 pub use tensor::{ByteSource, Bytes, Layout, Weight};

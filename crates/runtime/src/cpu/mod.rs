@@ -11,72 +11,22 @@ use std::sync::Arc;
 use quant::dot::{activation_type, dot_fn, dot_multi_fn, prepared_fn, quantize_activations, DotFn};
 use quant::{gemm as int8, rows16, GgmlType};
 
+use crate::error::BackendError;
+use crate::limits::Limits;
 use crate::ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rope};
 use crate::pool::{ThreadPool, Worker};
 use crate::tensor::{Layout, Weight};
 use recurrent::Recurrent;
-pub use recurrent::{RecurrentConfig, DELTA_CHUNK, ROLLBACK_TOKENS};
+pub use recurrent::DELTA_CHUNK;
+// Re-exported for callers of the former paths: defined at the runtime's top level.
+pub use crate::limits::KvConfig;
+pub use crate::ops::GEMM_MIN_TOKENS;
+pub use crate::recurrent::RecurrentConfig;
+pub use crate::rollback::ROLLBACK_TOKENS;
 pub use shared::Shared;
 
-/// Weights repacked at load ([`Layout::Rows16`]) take one kernel for any batch. For the
-/// others, a prompt chunk (consecutive positions of one sequence) of this many tokens or more
-/// is multiplied by the int8 GEMM or by dequantizing blocks of weight rows to f32 and running
-/// a GEMM; every other
-/// batch (decode, speculative verification, several sequences at once) dots each weight row
-/// with each token's 8-bit activations, so that a token's result never depends on what else
-/// shares its batch.
-pub const GEMM_MIN_TOKENS: usize = 8;
 /// Weight rows dequantized at a time for the GEMM path.
 const GEMM_ROWS: usize = 64;
-
-/// Shape of a KV cache.
-#[derive(Clone, Debug)]
-pub struct KvConfig {
-    /// Layers (each with its own keys and values).
-    pub n_layers: usize,
-    /// Values per token per layer for K (and for V): kv heads × head size.
-    pub kv_dim: usize,
-    /// Positions per sequence.
-    pub n_ctx: usize,
-    /// Sequences held at once.
-    pub n_seq: usize,
-}
-
-impl KvConfig {
-    /// Bytes for keys and values (f32).
-    pub fn bytes(&self) -> usize {
-        2 * self.n_layers * self.n_seq * self.n_ctx * self.kv_dim * 4
-    }
-}
-
-/// Errors of the CPU backend.
-#[derive(Debug, thiserror::Error)]
-pub enum CpuError {
-    #[error("batch of {0} tokens is larger than the {1} planned at load")]
-    BatchTooLarge(usize, usize),
-    #[error("token {index}: position {pos} of sequence {seq} is outside the context ({n_ctx} positions, {n_seq} sequences)")]
-    OutOfContext {
-        index: usize,
-        pos: u32,
-        seq: u32,
-        n_ctx: usize,
-        n_seq: usize,
-    },
-    #[error("{0} logit rows asked for; at most {1}, each naming a token of the batch")]
-    BadLogits(usize, usize),
-    #[error("token id {0} is outside the vocabulary")]
-    BadToken(u32),
-    #[error("sequence {seq}: token at position {pos}, but its recurrent state is at position {expected} (a sequence starts at 0 or continues where it is; roll back first to go back)")]
-    RecurrentPosition { seq: u32, pos: u32, expected: u32 },
-    #[error("sequence {seq}: cannot roll back to {len} positions: {reason}")]
-    Rollback {
-        seq: u32,
-        len: usize,
-        reason: String,
-    },
-    #[error("{0} input values given for a batch of {1} tokens (one row per token)")]
-    BadEmbeddings(usize, usize),
-}
 
 /// Memory and threads of the CPU backend.
 pub struct CpuBackend {
@@ -87,6 +37,8 @@ pub struct CpuBackend {
     acts: Vec<Shared<f32>>,
     max_batch: usize,
     max_logit_rows: usize,
+    /// The widest input row ([`Plan::max_token_width`]).
+    max_width: usize,
     /// Activations quantized for the current matmul (one row per token).
     qbuf: Shared<u8>,
     qrow_cap: usize,
@@ -132,6 +84,7 @@ impl CpuBackend {
                 .map(|(w, r)| Shared::new(w * r.unwrap_or(max_batch)))
                 .collect(),
             max_logit_rows: plan.min_fixed_rows().unwrap_or(max_batch),
+            max_width: plan.max_token_width(),
             max_batch,
             // Rows quantized for dot products, or panels of four tokens for the int8 GEMM.
             qbuf: Shared::new((qrow_cap * max_batch).max(
@@ -179,36 +132,23 @@ impl CpuBackend {
         self.max_batch
     }
 
+    /// The bounds every batch is checked against.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_batch: self.max_batch,
+            max_logit_rows: self.max_logit_rows,
+            max_width: self.max_width,
+            n_ctx: self.kv.n_ctx,
+            n_seq: self.kv.n_seq,
+        }
+    }
+
     /// Runs one forward pass: `f` (the model) runs on every thread with a [`CpuOps`].
-    pub fn forward<F>(&mut self, batch: &Batch, vocab: usize, f: F) -> Result<(), CpuError>
+    pub fn forward<F>(&mut self, batch: &Batch, vocab: usize, f: F) -> Result<(), BackendError>
     where
         F: Fn(&CpuOps) + Sync,
     {
-        if batch.len() > self.max_batch {
-            return Err(CpuError::BatchTooLarge(batch.len(), self.max_batch));
-        }
-        if batch.logits.len() > self.max_logit_rows
-            || batch.logits.iter().any(|&i| i as usize >= batch.len())
-        {
-            return Err(CpuError::BadLogits(batch.logits.len(), self.max_logit_rows));
-        }
-        for (i, (&pos, &seq)) in batch.pos.iter().zip(&batch.seq).enumerate() {
-            if pos as usize >= self.kv.n_ctx || seq as usize >= self.kv.n_seq {
-                return Err(CpuError::OutOfContext {
-                    index: i,
-                    pos,
-                    seq,
-                    n_ctx: self.kv.n_ctx,
-                    n_seq: self.kv.n_seq,
-                });
-            }
-        }
-        if let Some(&t) = batch.tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(CpuError::BadToken(t));
-        }
-        if !batch.embd.is_empty() && !batch.embd.len().is_multiple_of(batch.len().max(1)) {
-            return Err(CpuError::BadEmbeddings(batch.embd.len(), batch.len()));
-        }
+        self.limits().check(batch, vocab)?;
         if let Some(rec) = &mut self.rec {
             rec.prepare(&batch.seq, &batch.pos);
         }
@@ -554,12 +494,7 @@ impl Ops for CpuOps<'_> {
             let (t, h) = (r / spec.n_heads, r % spec.n_heads);
             let pos = self.batch.pos[t] as usize;
             // A non-causal batch: up to its last position in this token's sequence.
-            let n_pos = if b.non_causal {
-                let same = b.seq.iter().zip(&b.pos).filter(|(&s, _)| s == b.seq[t]);
-                same.map(|(_, &p)| p as usize).max().unwrap_or(pos) + 1
-            } else {
-                pos + 1
-            };
+            let n_pos = b.key_end(t) as usize;
             let first = match spec.window {
                 Some(win) => (pos + 1).saturating_sub(win as usize),
                 None => 0,

@@ -7,9 +7,10 @@ use super::backend::{AttnShape, CudaBackend};
 use super::gpu::GpuContext;
 use super::gpu_tests::device;
 use crate::collect::Collect;
-use crate::cpu::{CpuBackend, KvConfig, RecurrentConfig};
+use crate::cpu::CpuBackend;
 use crate::ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rollback, Rope, RopeMode};
 use crate::tensor::{Bytes, Weight};
+use crate::{KvConfig, RecurrentConfig};
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed

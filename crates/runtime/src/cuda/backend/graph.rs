@@ -4,7 +4,7 @@
 use cudarc::driver::sys;
 
 use super::launch::{CudaOps, Mode};
-use super::{drv, CudaBackend, CudaError};
+use super::{drv, BackendError, CudaBackend};
 use crate::ops::Batch;
 
 /// Graphs kept (decode of the trunk, of an MTP block, ...).
@@ -19,7 +19,7 @@ pub(super) struct Graph {
 impl CudaBackend {
     /// A one-token pass through a graph: hashes the launches of a dry run, replays the graph
     /// captured for that hash or captures one. Returns whether a recurrent op ran.
-    pub(super) fn forward_graph<F>(&mut self, batch: &Batch, f: &F) -> Result<bool, CudaError>
+    pub(super) fn forward_graph<F>(&mut self, batch: &Batch, f: &F) -> Result<bool, BackendError>
     where
         F: Fn(&CudaOps),
     {

@@ -7,9 +7,10 @@ use std::ffi::c_void;
 use cudarc::driver::{result, sys};
 
 use super::weights::DevWeight;
-use super::{CudaBackend, CudaError, GEMM_MIN_TOKENS};
+use super::{BackendError, CudaBackend};
 use crate::collect::{vector_key, weight_key};
 use crate::cuda::kernels::{Kernel, Param, MAX_PARAMS};
+use crate::ops::GEMM_MIN_TOKENS;
 use crate::ops::{Act, Batch};
 use crate::tensor::Weight;
 
@@ -90,7 +91,7 @@ pub struct CudaOps<'a> {
     pub(super) mode: Mode,
     pub(super) hash: Cell<u64>,
     pub(super) used_blas: Cell<bool>,
-    pub(super) err: RefCell<Option<CudaError>>,
+    pub(super) err: RefCell<Option<BackendError>>,
     /// The activation buffer (and rows) `q8` holds quantized, and the one `xh` holds as f16.
     /// Which activation (id, rows, cols) the q8 / f16 scratch holds.
     pub(super) quantized: Cell<Option<(u32, usize, usize)>>,
@@ -128,7 +129,7 @@ impl<'a> CudaOps<'a> {
     }
 
     /// The pass's outcome: its first error, or whether a recurrent op ran.
-    pub(super) fn result(self) -> Result<bool, CudaError> {
+    pub(super) fn result(self) -> Result<bool, BackendError> {
         match self.err.into_inner() {
             Some(e) => Err(e),
             None => Ok(self.touched.get()),
@@ -142,7 +143,7 @@ impl<'a> CudaOps<'a> {
     pub(super) fn fail(&self, op: &str, reason: String) {
         let mut e = self.err.borrow_mut();
         if e.is_none() {
-            *e = Some(CudaError::Op {
+            *e = Some(BackendError::Op {
                 op: op.to_string(),
                 reason,
             });
@@ -287,8 +288,8 @@ impl<'a> CudaOps<'a> {
 
 impl CudaBackend {
     /// Kernel `name`, once `args` are checked against its declaration.
-    pub(super) fn func(&self, name: &str, args: &[Arg]) -> Result<sys::CUfunction, CudaError> {
-        let op = |reason| CudaError::Op {
+    pub(super) fn func(&self, name: &str, args: &[Arg]) -> Result<sys::CUfunction, BackendError> {
+        let op = |reason| BackendError::Op {
             op: name.into(),
             reason,
         };
@@ -334,11 +335,11 @@ impl CudaBackend {
         grid: (u32, u32, u32),
         block: u32,
         args: &[Arg],
-    ) -> Result<(), CudaError> {
+    ) -> Result<(), BackendError> {
         let f = self.func(name, args)?;
         // SAFETY: `args` checked against the kernel's declaration; each caller passes device
         // pointers into buffers sized for `grid`.
-        unsafe { self.launch_checked(f, grid, block, args) }.map_err(|e| CudaError::Op {
+        unsafe { self.launch_checked(f, grid, block, args) }.map_err(|e| BackendError::Op {
             op: name.into(),
             reason: format!("launch failed: {e}"),
         })

@@ -5,12 +5,12 @@ use std::fmt;
 
 use cudarc::driver::{result, sys};
 
-use super::recurrent::rec_bytes;
-use super::{drv, CudaBackend, CudaError, InfoLayout};
+use super::{drv, BackendError, CudaBackend, InfoLayout};
 use crate::collect::Collected;
-use crate::cpu::{KvConfig, RecurrentConfig};
 use crate::cuda::gpu::GpuContext;
+use crate::limits::KvConfig;
 use crate::ops::Plan;
+use crate::recurrent::RecurrentConfig;
 use crate::rollback::ROLLBACK_TOKENS;
 
 /// Tokens per launch of the decode attention (bounds its partials buffer).
@@ -107,11 +107,11 @@ impl DevBuf {
         bytes: usize,
         what: &str,
         stream: sys::CUstream,
-    ) -> Result<DevBuf, CudaError> {
+    ) -> Result<DevBuf, BackendError> {
         let bytes = bytes.max(256);
         // SAFETY: the backend's context is current on this thread (bound by the caller).
         let ptr = unsafe { result::malloc_sync(bytes) }
-            .map_err(|e| CudaError::OutOfMemory(format!("{what} ({bytes} bytes): {e}")))?;
+            .map_err(|e| BackendError::OutOfMemory(format!("{what} ({bytes} bytes): {e}")))?;
         let b = DevBuf { ptr, bytes };
         // SAFETY: `ptr` holds `bytes` bytes just allocated; `stream` is a live stream of the
         // current context.
@@ -157,15 +157,7 @@ pub(super) fn sizes(
     let tile = tile_bytes(total);
     // The widest per-token buffer bounds every matmul input (its f16 and 8-bit copies) and
     // input row; the buffers of a few rows (the logits, vocabulary-wide) are outputs only.
-    let max_width = plan
-        .widths
-        .iter()
-        .zip(&plan.rows)
-        .filter(|(_, rows)| rows.is_none())
-        .map(|(&w, _)| w)
-        .max()
-        .unwrap_or(1)
-        .max(32);
+    let max_width = plan.max_token_width();
     let acts = plan.bytes(max_batch);
     let n_split = kv.n_ctx.div_ceil(256).clamp(1, ATT_MAX_SPLITS);
     let split_len = kv.n_ctx.div_ceil(n_split).max(1);
@@ -177,9 +169,7 @@ pub(super) fn sizes(
     let scratch = part + q8 + xh + tile + info + embd;
     let kvb = 2 * kv.n_layers * kv.n_seq * kv.n_ctx * kv.kv_dim * 2;
     let recb = rec.map_or(0, |r| {
-        rec_bytes(r, kv.n_seq).iter().sum::<usize>()
-            + ROLLBACK_TOKENS * r.net.value_dim() * 4
-            + 64 * 4
+        r.bytes(kv.n_seq) + ROLLBACK_TOKENS * r.net.value_dim() * 4 + 64 * 4
     });
     Sizes {
         acts,

@@ -9,7 +9,7 @@
 //! - Matmul: batches that are not prompt chunks (decode, verification, several sequences)
 //!   take the dp4a matrix × vector kernels (activations quantized to 8 bits per 32), token
 //!   by token, so a token's result never depends on its batch; prompt chunks of
-//!   [`GEMM_MIN_TOKENS`] or more dequantize weight rows to f16 tiles and run cuBLAS.
+//!   [`crate::GEMM_MIN_TOKENS`] or more dequantize weight rows to f16 tiles and run cuBLAS.
 //! - Attention: split-K flash decoding over a fixed grid of splits (any position, the same
 //!   launches: graph-friendly), a tiled kernel for prompt chunks.
 //! - Decode steps (one token) are captured once into a CUDA graph and replayed while the
@@ -27,8 +27,11 @@ use cudarc::driver::result;
 use super::cublas::{Cublas, Gemm};
 use super::gpu::GpuContext;
 use crate::collect::{Collected, Key};
-use crate::cpu::{KvConfig, RecurrentConfig};
+use crate::error::BackendError;
+use crate::limits::KvConfig;
+use crate::limits::Limits;
 use crate::ops::{Act, Batch, Plan};
+use crate::recurrent::RecurrentConfig;
 use graph::Graph;
 use launch::Mode;
 use memory::{sizes, DevBuf, ATT_TOKENS};
@@ -46,49 +49,9 @@ pub use launch::CudaOps;
 pub use memory::{reserve_bytes, AttnShape, MemoryPlan, RESERVE_BYTES};
 pub use weights::check_weight;
 
-/// Prompt chunks of this many tokens or more take the cuBLAS GEMM (as the CPU's
-/// `GEMM_MIN_TOKENS`).
-pub const GEMM_MIN_TOKENS: usize = 8;
-
-/// Errors of the CUDA backend.
-#[derive(Debug, thiserror::Error)]
-pub enum CudaError {
-    #[error("CUDA: {0}")]
-    Device(String),
-    #[error("not enough GPU memory: {0}")]
-    OutOfMemory(String),
-    #[error("{0}")]
-    Unsupported(String),
-    #[error("batch of {0} tokens is larger than the {1} planned at load")]
-    BatchTooLarge(usize, usize),
-    #[error("token {index}: position {pos} of sequence {seq} is outside the context ({n_ctx} positions, {n_seq} sequences)")]
-    OutOfContext {
-        index: usize,
-        pos: u32,
-        seq: u32,
-        n_ctx: usize,
-        n_seq: usize,
-    },
-    #[error("{0} logit rows asked for; at most {1}, each naming a token of the batch")]
-    BadLogits(usize, usize),
-    #[error("token id {0} is outside the vocabulary")]
-    BadToken(u32),
-    #[error("{0} input values given for a batch of {1} tokens (one row per token, at most {2} values each)")]
-    BadEmbeddings(usize, usize, usize),
-    #[error("sequence {seq}: token at position {pos}, but its recurrent state is at position {expected} (a sequence starts at 0 or continues where it is; roll back first to go back)")]
-    RecurrentPosition { seq: u32, pos: u32, expected: u32 },
-    #[error("sequence {seq}: cannot roll back to {len} positions: {reason}")]
-    Rollback {
-        seq: u32,
-        len: usize,
-        reason: String,
-    },
-    #[error("{op}: {reason}")]
-    Op { op: String, reason: String },
-}
-
-fn drv(what: &str) -> impl Fn(result::DriverError) -> CudaError + '_ {
-    move |e| CudaError::Device(format!("{what}: {e}"))
+/// A driver error as a [`BackendError::Device`] naming what failed.
+fn drv(what: &str) -> impl Fn(result::DriverError) -> BackendError + '_ {
+    move |e| BackendError::Device(format!("{what}: {e}"))
 }
 
 /// Offsets (in u32) of the batch data in the one buffer uploaded per pass.
@@ -181,31 +144,31 @@ impl CudaBackend {
         rec: Option<RecurrentConfig>,
         attn: AttnShape,
         used: &Collected,
-    ) -> Result<CudaBackend, CudaError> {
+    ) -> Result<CudaBackend, BackendError> {
         dev.ctx
             .bind_to_thread()
             .map_err(drv("binding the context"))?;
         let max_batch = max_batch.max(1);
         let mem = CudaBackend::plan_memory(&dev, plan, max_batch, &kv, rec.as_ref(), attn, used);
         if !mem.fits() {
-            return Err(CudaError::OutOfMemory(format!(
+            return Err(BackendError::OutOfMemory(format!(
                 "{mem}; lower --ctx-size, --parallel or --batch-size, or run on the CPU \
                  (--gpu-layers 0)"
             )));
         }
         for w in &used.weights {
-            check_weight(w).map_err(CudaError::Unsupported)?;
+            check_weight(w).map_err(BackendError::Unsupported)?;
         }
         if let Some(r) = &rec {
             let net = &r.net;
             if net.conv_kernel.max(1) - 1 > 7 {
-                return Err(CudaError::Unsupported(format!(
+                return Err(BackendError::Unsupported(format!(
                     "a convolution of {} taps (the CUDA kernel takes up to 8)",
                     net.conv_kernel
                 )));
             }
             if !net.head_k.is_multiple_of(32) || net.head_k > 256 {
-                return Err(CudaError::Unsupported(format!(
+                return Err(BackendError::Unsupported(format!(
                     "Gated DeltaNet key heads of {} values (the CUDA kernel takes multiples of \
                      32 up to 256)",
                     net.head_k
@@ -348,59 +311,20 @@ impl CudaBackend {
         self.gemm.is_some()
     }
 
-    fn check_batch(&self, batch: &Batch, vocab: usize) -> Result<(), CudaError> {
-        if batch.len() > self.max_batch {
-            return Err(CudaError::BatchTooLarge(batch.len(), self.max_batch));
+    /// The bounds every batch is checked against.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_batch: self.max_batch,
+            max_logit_rows: self.max_logit_rows,
+            max_width: self.max_width,
+            n_ctx: self.kv.n_ctx,
+            n_seq: self.kv.n_seq,
         }
-        if batch.logits.len() > self.max_logit_rows
-            || batch.logits.iter().any(|&i| i as usize >= batch.len())
-        {
-            return Err(CudaError::BadLogits(
-                batch.logits.len(),
-                self.max_logit_rows,
-            ));
-        }
-        for (i, (&pos, &seq)) in batch.pos.iter().zip(&batch.seq).enumerate() {
-            if pos as usize >= self.kv.n_ctx || seq as usize >= self.kv.n_seq {
-                return Err(CudaError::OutOfContext {
-                    index: i,
-                    pos,
-                    seq,
-                    n_ctx: self.kv.n_ctx,
-                    n_seq: self.kv.n_seq,
-                });
-            }
-        }
-        if let Some(&t) = batch.tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(CudaError::BadToken(t));
-        }
-        if batch.pos.len() != batch.len() || batch.seq.len() != batch.len() {
-            return Err(CudaError::Op {
-                op: "forward".into(),
-                reason: format!(
-                    "{} tokens with {} positions and {} sequence ids",
-                    batch.len(),
-                    batch.pos.len(),
-                    batch.seq.len()
-                ),
-            });
-        }
-        if !batch.embd.is_empty() {
-            let n = batch.len().max(1);
-            if !batch.embd.len().is_multiple_of(n) || batch.embd.len() / n > self.max_width {
-                return Err(CudaError::BadEmbeddings(
-                    batch.embd.len(),
-                    batch.len(),
-                    self.max_width,
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// Uploads the batch's tokens, positions, sequences, key ends, logit rows and recurrent
     /// groups (one copy), and its input rows if any.
-    fn upload_batch(&mut self, batch: &Batch) -> Result<(), CudaError> {
+    fn upload_batch(&mut self, batch: &Batch) -> Result<(), BackendError> {
         let l = self.layout;
         let n = batch.len();
         let h = &mut self.info_host;
@@ -408,20 +332,7 @@ impl CudaBackend {
         h[l.pos..l.pos + n].copy_from_slice(&batch.pos);
         h[l.seq..l.seq + n].copy_from_slice(&batch.seq);
         for t in 0..n {
-            h[l.kend + t] = if batch.non_causal {
-                let s = batch.seq[t];
-                let last = batch
-                    .seq
-                    .iter()
-                    .zip(&batch.pos)
-                    .filter(|(&q, _)| q == s)
-                    .map(|(_, &p)| p)
-                    .max()
-                    .unwrap_or(batch.pos[t]);
-                last + 1
-            } else {
-                batch.pos[t] + 1
-            };
+            h[l.kend + t] = batch.key_end(t);
         }
         h[l.logits..l.logits + batch.logits.len()].copy_from_slice(&batch.logits);
         for t in 0..n {
@@ -429,8 +340,8 @@ impl CudaBackend {
             h[l.rope3 + 3 * t..l.rope3 + 3 * t + 3].copy_from_slice(&p);
         }
         if let Some(rec) = &self.rec {
-            h[l.order..l.order + rec.order.len()].copy_from_slice(&rec.order);
-            for (i, g) in rec.groups.iter().enumerate() {
+            h[l.order..l.order + rec.t.order.len()].copy_from_slice(&rec.t.order);
+            for (i, g) in rec.device_groups().enumerate() {
                 for (j, &v) in g.iter().enumerate() {
                     h[l.groups + 6 * i + j] = v as u32;
                 }
@@ -451,7 +362,7 @@ impl CudaBackend {
 
     /// Runs one forward pass: `f` (the model) issues the ops of a [`CudaOps`]. A pass of one
     /// token replays a CUDA graph when it launches what an earlier captured pass launched.
-    pub fn forward<F>(&mut self, batch: &Batch, vocab: usize, f: F) -> Result<(), CudaError>
+    pub fn forward<F>(&mut self, batch: &Batch, vocab: usize, f: F) -> Result<(), BackendError>
     where
         F: Fn(&CudaOps),
     {
@@ -459,9 +370,9 @@ impl CudaBackend {
             .ctx
             .bind_to_thread()
             .map_err(drv("binding the context"))?;
-        self.check_batch(batch, vocab)?;
+        self.limits().check(batch, vocab)?;
         if let Some(rec) = &mut self.rec {
-            rec.prepare(&batch.seq, &batch.pos);
+            rec.t.prepare(&batch.seq, &batch.pos);
         }
         self.upload_batch(batch)?;
         let graphable = self.graphs_on && batch.len() == 1 && batch.embd.is_empty();
@@ -473,25 +384,25 @@ impl CudaBackend {
             ops.result()?
         };
         if let Some(rec) = &mut self.rec {
-            rec.finish(touched)?;
+            rec.t.finish(touched)?;
         }
         Ok(())
     }
 
     /// Waits for the stream; a kernel fault since the last wait is reported here.
-    pub fn synchronize(&self) -> Result<(), CudaError> {
+    pub fn synchronize(&self) -> Result<(), BackendError> {
         self.dev.stream.synchronize().map_err(|e| {
-            CudaError::Device(format!(
+            BackendError::Device(format!(
                 "a kernel failed: {e} (run with SURPLUS_CUDA_SYNC=1 to find which)"
             ))
         })
     }
 
     /// Writes `data` (whole rows) into the first rows of an activation buffer.
-    pub fn write(&mut self, act: Act, data: &[f32]) -> Result<(), CudaError> {
+    pub fn write(&mut self, act: Act, data: &[f32]) -> Result<(), BackendError> {
         let b = &self.acts[act.id as usize];
         if !data.len().is_multiple_of(act.width) || data.len() * 4 > b.bytes {
-            return Err(CudaError::Op {
+            return Err(BackendError::Op {
                 op: "write".into(),
                 reason: format!(
                     "{} values into a buffer of {} per row and {} bytes",
@@ -511,11 +422,11 @@ impl CudaBackend {
     }
 
     /// The first `rows` rows of an activation buffer, after the passes so far (waits).
-    pub fn read(&mut self, act: Act, rows: usize) -> Result<&[f32], CudaError> {
+    pub fn read(&mut self, act: Act, rows: usize) -> Result<&[f32], BackendError> {
         let b = &self.acts[act.id as usize];
         let n = rows * act.width;
         if n * 4 > b.bytes {
-            return Err(CudaError::Op {
+            return Err(BackendError::Op {
                 op: "read".into(),
                 reason: format!("{rows} rows of {} from {} bytes", act.width, b.bytes),
             });
@@ -536,10 +447,10 @@ impl CudaBackend {
     }
 
     /// Copies the cache of sequence `src` up to `len` positions into sequence `dst`.
-    pub fn kv_copy(&mut self, src: usize, dst: usize, len: usize) -> Result<(), CudaError> {
+    pub fn kv_copy(&mut self, src: usize, dst: usize, len: usize) -> Result<(), BackendError> {
         let c = &self.kv;
         if src >= c.n_seq || dst >= c.n_seq {
-            return Err(CudaError::Op {
+            return Err(BackendError::Op {
                 op: "kv_copy".into(),
                 reason: format!("sequences {src} -> {dst} of {}", c.n_seq),
             });
@@ -562,9 +473,7 @@ impl CudaBackend {
 
     /// Positions the recurrent state of `seq` covers (`None` without recurrent layers).
     pub fn recurrent_len(&self, seq: u32) -> Option<usize> {
-        self.rec
-            .as_ref()
-            .and_then(|r| r.win.get(seq as usize).map(|w| w.len() as usize))
+        self.rec.as_ref().and_then(|r| r.t.seq_len(seq))
     }
 }
 

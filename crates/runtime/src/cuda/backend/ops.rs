@@ -4,7 +4,7 @@
 use super::launch::{fnv, grid1, Arg, CudaOps, Mode, MAX_GRID_YZ};
 use super::memory::ATT_TOKENS;
 use super::weights::DevWeight;
-use super::GEMM_MIN_TOKENS;
+use crate::ops::GEMM_MIN_TOKENS;
 use crate::ops::{Act, Attention, Batch, DeltaNet, Ops, Rope, RopeMode};
 use crate::rollback::ROLLBACK_TOKENS;
 use crate::tensor::Weight;
@@ -671,7 +671,7 @@ impl Ops for CudaOps<'_> {
         let l = self.be.layout;
         self.launch(
             "conv_silu",
-            (grid1(ch, 128), rec.groups.len() as u32, 1),
+            (grid1(ch, 128), rec.t.groups.len() as u32, 1),
             128,
             &[
                 Arg::P(self.act(x)),
@@ -684,7 +684,7 @@ impl Ops for CudaOps<'_> {
                 Arg::P(self.info(l.groups)),
                 Arg::P(self.info(l.order)),
                 Arg::I(layer as i32),
-                Arg::I(rec.win.len() as i32),
+                Arg::I(rec.t.n_seq() as i32),
                 Arg::I(ch as i32),
                 Arg::I(k as i32),
                 Arg::I(net.n_v_heads as i32),
@@ -693,7 +693,7 @@ impl Ops for CudaOps<'_> {
             || {
                 format!(
                     "recurrent layer {layer}, {ch} channels, {} sequences",
-                    rec.groups.len()
+                    rec.t.groups.len()
                 )
             },
         );
@@ -718,7 +718,7 @@ impl Ops for CudaOps<'_> {
         let l = self.be.layout;
         self.launch(
             "gated_delta",
-            (grid1(hv, 16), nv as u32, rec.groups.len() as u32),
+            (grid1(hv, 16), nv as u32, rec.t.groups.len() as u32),
             128,
             &[
                 Arg::P(self.act(qkv)),
@@ -734,7 +734,7 @@ impl Ops for CudaOps<'_> {
                 Arg::P(self.info(l.groups)),
                 Arg::P(self.info(l.order)),
                 Arg::I(layer as i32),
-                Arg::I(rec.win.len() as i32),
+                Arg::I(rec.t.n_seq() as i32),
                 Arg::I(nk as i32),
                 Arg::I(nv as i32),
                 Arg::I(hk as i32),

@@ -5,23 +5,17 @@ use cudarc::driver::{result, sys};
 
 use super::launch::{Arg, CudaOps};
 use super::memory::DevBuf;
-use super::{drv, CudaBackend, CudaError};
-use crate::cpu::RecurrentConfig;
+use super::{drv, BackendError, CudaBackend};
 use crate::ops::DeltaNet;
-use crate::rollback::{keeps_inputs, replay_width, Window, ROLLBACK_TOKENS};
+use crate::recurrent::{RecurrentConfig, Tracker};
+use crate::rollback::{replay_width, ROLLBACK_TOKENS};
 
-/// Host-side bookkeeping of the recurrent state (the device holds the state itself): which
-/// copy is current, how far each sequence is, and its latest batch for rollbacks. Follows
-/// the CPU backend's rules (see `cpu::recurrent`).
+/// The recurrent state on the device and its host bookkeeping (the rules shared with the
+/// CPU backend: [`Tracker`]).
 pub(super) struct RecHost {
     pub(super) cfg: RecurrentConfig,
-    pub(super) cur: Vec<u8>,
-    /// Positions each sequence's state covers and its latest batch.
-    pub(super) win: Vec<Window>,
-    /// Per group: seq, start, n, p0, src copy, keep.
-    pub(super) groups: Vec<[i32; 6]>,
-    pub(super) order: Vec<u32>,
-    pub(super) invalid: Option<CudaError>,
+    /// Which copy is current, the positions each sequence covers, the batch's groups.
+    pub(super) t: Tracker,
     pub(super) conv: DevBuf,
     pub(super) ssm: DevBuf,
     pub(super) replay: DevBuf,
@@ -32,109 +26,36 @@ pub(super) struct RecHost {
     pub(super) rb_group: DevBuf,
 }
 
-pub(super) fn rec_bytes(cfg: &RecurrentConfig, n_seq: usize) -> [usize; 3] {
-    let net = &cfg.net;
-    let per = |len: usize| cfg.n_layers * n_seq * len * 4;
-    [
-        per(2 * net.conv_state_len()),
-        per(2 * net.state_len()),
-        per(ROLLBACK_TOKENS * replay_width(net)),
-    ]
-}
-
 impl RecHost {
-    pub(super) fn group(&mut self, seqs: &[u32], pos: &[u32]) -> Result<(), CudaError> {
-        self.groups.clear();
-        self.order.clear();
-        for (&s, &p) in seqs.iter().zip(pos) {
-            match self.groups.iter_mut().find(|g| g[0] as u32 == s) {
-                Some(g) => {
-                    let next = (g[3] + g[2]) as u32;
-                    if p != next {
-                        return Err(CudaError::RecurrentPosition {
-                            seq: s,
-                            pos: p,
-                            expected: next,
-                        });
-                    }
-                    g[2] += 1;
-                }
-                None => {
-                    let expected = self.win[s as usize].len();
-                    if p != 0 && p != expected {
-                        return Err(CudaError::RecurrentPosition {
-                            seq: s,
-                            pos: p,
-                            expected,
-                        });
-                    }
-                    let src = self.cur[s as usize] as i32;
-                    self.groups.push([s as i32, 0, 1, p as i32, src, 0]);
-                }
-            }
-        }
-        for gi in 0..self.groups.len() {
-            let seq = self.groups[gi][0] as u32;
-            self.groups[gi][1] = self.order.len() as i32;
-            self.groups[gi][5] = keeps_inputs(self.groups[gi][2] as usize) as i32;
-            self.order.extend(
-                seqs.iter()
-                    .enumerate()
-                    .filter(|&(_, &s)| s == seq)
-                    .map(|(t, _)| t as u32),
-            );
-        }
-        Ok(())
-    }
-
-    pub(super) fn prepare(&mut self, seqs: &[u32], pos: &[u32]) {
-        self.invalid = self.group(seqs, pos).err();
-        if self.invalid.is_some() {
-            self.groups.clear();
-            self.order.clear();
-        }
-    }
-
-    pub(super) fn finish(&mut self, touched: bool) -> Result<(), CudaError> {
-        if !touched {
-            self.groups.clear();
-            self.invalid = None;
-            return Ok(());
-        }
-        if let Some(e) = self.invalid.take() {
-            return Err(e);
-        }
-        for g in &self.groups {
-            let s = g[0] as usize;
-            self.cur[s] ^= 1;
-            self.win[s].advance(g[3] as u32, g[2] as u32);
-        }
-        self.groups.clear();
-        Ok(())
+    /// The groups of the batch as the kernels read them, six ints each: sequence, first
+    /// index in the order, tokens, first position, the copy to read, whether to keep the
+    /// inputs.
+    pub(super) fn device_groups(&self) -> impl Iterator<Item = [i32; 6]> + '_ {
+        self.t.groups.iter().map(|g| {
+            [
+                g.seq as i32,
+                g.start as i32,
+                g.n as i32,
+                g.p0 as i32,
+                self.t.cur[g.seq as usize] as i32,
+                g.keeps_inputs() as i32,
+            ]
+        })
     }
 }
 
 impl crate::ops::Rollback for CudaBackend {
-    type Error = CudaError;
+    type Error = BackendError;
 
     /// As the CPU backend: the recurrent state can return to any position of the sequence's
     /// latest batch of up to [`ROLLBACK_TOKENS`] tokens; the KV cache needs nothing.
-    fn rollback(&mut self, seq: u32, len: usize) -> Result<(), CudaError> {
+    fn rollback(&mut self, seq: u32, len: usize) -> Result<(), BackendError> {
         let Some(rec) = &self.rec else {
             return Ok(());
         };
         let s = seq as usize;
-        if s >= rec.win.len() {
-            return Err(CudaError::Rollback {
-                seq,
-                len,
-                reason: format!("there are {} sequences", rec.win.len()),
-            });
-        }
-        let replay = match rec.win[s].plan(len) {
-            Ok(None) => return Ok(()),
-            Ok(Some(r)) => r,
-            Err(reason) => return Err(CudaError::Rollback { seq, len, reason }),
+        let Some(replay) = rec.t.plan_rollback(seq, len)? else {
+            return Ok(());
         };
         self.dev
             .ctx
@@ -142,7 +63,7 @@ impl crate::ops::Rollback for CudaBackend {
             .map_err(drv("binding the context"))?;
         // Replay from the snapshot (the copy the latest batch read) into the current copy.
         let m = replay.tokens;
-        let snapshot = (rec.cur[s] ^ 1) as i32;
+        let snapshot = (rec.t.cur[s] ^ 1) as i32;
         let group = [
             seq as i32,
             0,
@@ -165,7 +86,7 @@ impl crate::ops::Rollback for CudaBackend {
             net.n_k_heads,
         );
         let rw = replay_width(net);
-        let n_seq = rec.win.len();
+        let n_seq = rec.t.n_seq();
         for layer in 0..rec.cfg.n_layers {
             let base = rec.replay.ptr + (((layer * n_seq + s) * ROLLBACK_TOKENS) * rw * 4) as u64;
             self.launch_now(
@@ -213,7 +134,7 @@ impl crate::ops::Rollback for CudaBackend {
             )?;
         }
         let rec = self.rec.as_mut().expect("checked above");
-        rec.win[s].rolled_back(replay);
+        rec.t.win[s].rolled_back(replay);
         self.synchronize()
     }
 }
@@ -238,7 +159,7 @@ impl CudaOps<'_> {
             );
             return None;
         }
-        if rec.invalid.is_some() || rec.groups.is_empty() {
+        if rec.t.invalid.is_some() || rec.t.groups.is_empty() {
             return None;
         }
         Some(rec)
@@ -253,8 +174,8 @@ impl RecHost {
         n_seq: usize,
         max_batch: usize,
         stream: sys::CUstream,
-    ) -> Result<RecHost, CudaError> {
-        let [c, m, r] = rec_bytes(&cfg, n_seq);
+    ) -> Result<RecHost, BackendError> {
+        let lens = cfg.state_lens(n_seq);
         let ident: Vec<u32> = (0..ROLLBACK_TOKENS as u32).collect();
         let ib = DevBuf::new(ROLLBACK_TOKENS * 4, "recurrent scratch", stream)?;
         // SAFETY: `ib` holds ROLLBACK_TOKENS u32; the copy from pageable memory is
@@ -262,14 +183,10 @@ impl RecHost {
         unsafe { result::memcpy_htod_async(ib.ptr, &ident[..], stream) }
             .map_err(drv("uploading the rollback order"))?;
         Ok(RecHost {
-            cur: vec![0; n_seq],
-            win: vec![Window::default(); n_seq],
-            groups: Vec::with_capacity(max_batch),
-            order: Vec::with_capacity(max_batch),
-            invalid: None,
-            conv: DevBuf::new(c, "the convolution state", stream)?,
-            ssm: DevBuf::new(m, "the delta-rule state", stream)?,
-            replay: DevBuf::new(r, "the rollback inputs", stream)?,
+            t: Tracker::new(n_seq, max_batch),
+            conv: DevBuf::new(lens.conv * 4, "the convolution state", stream)?,
+            ssm: DevBuf::new(lens.ssm * 4, "the delta-rule state", stream)?,
+            replay: DevBuf::new(lens.replay * 4, "the rollback inputs", stream)?,
             scratch: DevBuf::new(
                 ROLLBACK_TOKENS * cfg.net.value_dim() * 4,
                 "recurrent scratch",

@@ -7,7 +7,7 @@ use cudarc::driver::{result, sys};
 use quant::GgmlType;
 
 use super::memory::DevBuf;
-use super::{drv, CudaError};
+use super::{drv, BackendError};
 use crate::collect::{weight_key, Collected, Key};
 use crate::tensor::{Layout, Weight};
 
@@ -112,7 +112,7 @@ pub fn check_weight(w: &Weight) -> Result<(), String> {
 pub(super) type Uploaded = (HashMap<Key, DevWeight>, HashMap<Key, u64>, Vec<DevBuf>);
 
 /// Uploads every weight matrix and vector `used` (see [`Uploaded`]).
-pub(super) fn upload(used: &Collected, stream: sys::CUstream) -> Result<Uploaded, CudaError> {
+pub(super) fn upload(used: &Collected, stream: sys::CUstream) -> Result<Uploaded, BackendError> {
     let mut weights = HashMap::new();
     let mut bufs = Vec::new();
     for w in &used.weights {
