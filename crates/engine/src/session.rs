@@ -267,7 +267,7 @@ impl Engine {
 
     /// Whether the model runs on a GPU.
     pub fn on_gpu(&self) -> bool {
-        matches!(self.backend, Backend::Cuda(_) | Backend::Split { .. })
+        self.backend.on_gpu()
     }
 
     /// Evaluates `tokens` of sequence `seq` from position `start`, in chunks of at most

@@ -1,9 +1,10 @@
 //! The runtime: weights over memory-mapped bytes, the operations a forward pass needs
-//! ([`ops::Ops`]), and the devices that run them (the CPU; CUDA: libraries, probing and kernels so far).
+//! ([`Ops`]), and the devices that run them ([`Device`]: the CPU, a CUDA GPU) by shared rules.
 
 pub mod collect;
 pub mod cpu;
 pub mod cuda;
+pub mod device;
 pub mod error;
 pub mod limits;
 pub mod ops;
@@ -12,6 +13,7 @@ pub mod recurrent;
 pub mod rollback;
 pub mod tensor;
 
+pub use device::{Device, Pass, Program};
 pub use error::BackendError;
 pub use limits::{KvConfig, Limits};
 pub use ops::{
