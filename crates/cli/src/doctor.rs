@@ -27,17 +27,17 @@ pub fn run(args: Args) -> Result<()> {
         return compile_kernels(list, args.json);
     }
     if args.bandwidth {
-        let dev = cuda::gpu::CudaDevice::open(0).map_err(anyhow::Error::msg)?;
+        let dev = cuda::gpu::GpuContext::open(0).map_err(anyhow::Error::msg)?;
         let bw = dev
             .copy_bandwidth(1 << 30, 20)
             .map_err(anyhow::Error::msg)?;
         if args.json {
             println!(
                 "{}",
-                json!({"gpu": dev.gpu.name, "copy_bandwidth_bytes_per_s": bw})
+                json!({"gpu": dev.info.name, "copy_bandwidth_bytes_per_s": bw})
             );
         } else {
-            println!("{}: copy bandwidth {:.0} GB/s", dev.gpu.name, bw / 1e9);
+            println!("{}: copy bandwidth {:.0} GB/s", dev.info.name, bw / 1e9);
         }
         return Ok(());
     }

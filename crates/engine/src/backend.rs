@@ -1,15 +1,17 @@
 //! Where a model runs: the CPU, or one GPU through CUDA, picked at load
 //! ([`GpuLayers`]), behind one type the rest of the engine drives.
 
+use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use model::Model;
 use runtime::collect::Collect;
-use runtime::cpu::{CpuBackend, KvConfig, RecurrentConfig};
+use runtime::cpu::CpuBackend;
 use runtime::cuda::backend::{AttnShape, CudaBackend};
-use runtime::cuda::gpu::CudaDevice;
-use runtime::{Act, Batch, Ops, Rollback};
+use runtime::cuda::gpu::GpuContext;
+use runtime::{Act, Batch, Device, Ops, Program, Rollback};
+use runtime::{KvConfig, RecurrentConfig};
 
 use crate::EngineError;
 
@@ -62,30 +64,52 @@ pub(crate) enum Pass {
     Mtp(usize),
 }
 
-fn run<O: Ops>(m: &Model, pass: Pass, o: &O) {
-    match pass {
-        Pass::Trunk => m.forward(o),
-        Pass::Mtp(k) => m.mtp_forward(o, k),
+/// Part of a model's pass, as a device runs it: blocks `layers` of the trunk (with the
+/// embeddings from block 0, the head at the last block), or an MTP block.
+struct Part<'a> {
+    model: &'a Model,
+    pass: Pass,
+    layers: Range<usize>,
+}
+
+impl Program for Part<'_> {
+    fn run<O: Ops>(&self, o: &O) {
+        match self.pass {
+            Pass::Trunk => self.model.forward_layers(o, self.layers.clone()),
+            Pass::Mtp(k) => self.model.mtp_forward(o, k),
+        }
     }
 }
 
-/// A loaded model's device (the CPU's buffers are few and live as long as the engine; the
-/// size difference of the variants does not matter).
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Backend {
-    Cpu(CpuBackend),
-    Cuda(Box<CudaBackend>),
-    /// The first `n_gpu` blocks (and the embeddings) on the GPU, the residual stream copied
-    /// to the CPU, which runs the other blocks, the head and the MTP blocks. Reads and writes
-    /// of activations go to the CPU side.
-    Split {
-        gpu: Box<CudaBackend>,
-        cpu: CpuBackend,
-        n_gpu: usize,
-    },
+/// One device of a loaded model and the blocks it runs.
+struct Stage {
+    dev: Box<dyn Device>,
+    layers: Range<usize>,
+}
+
+/// A loaded model's devices, in order: the first runs the embeddings, each a range of
+/// blocks, the residual stream (`acts.x`) copied from one to the next; the last runs the
+/// head and the MTP blocks, and holds the activations the engine reads and writes.
+pub(crate) struct Backend {
+    stages: Vec<Stage>,
 }
 
 impl Backend {
+    /// The model on one device.
+    fn one(dev: Box<dyn Device>, n_layers: usize) -> Backend {
+        Backend {
+            stages: vec![Stage {
+                dev,
+                layers: 0..n_layers,
+            }],
+        }
+    }
+
+    /// The device the engine reads and writes.
+    fn last(&mut self) -> &mut dyn Device {
+        &mut *self.stages.last_mut().expect("a backend has a device").dev
+    }
+
     pub(crate) fn forward(
         &mut self,
         batch: &Batch,
@@ -93,52 +117,51 @@ impl Backend {
         pass: Pass,
     ) -> Result<(), EngineError> {
         let vocab = model.hp.n_vocab;
-        match self {
-            Backend::Cpu(b) => Ok(b.forward(batch, vocab, |o| run(model, pass, o))?),
-            Backend::Cuda(b) => Ok(b.forward(batch, vocab, |o| run(model, pass, o))?),
-            Backend::Split { gpu, cpu, n_gpu } => match pass {
-                Pass::Trunk => {
-                    let (k, n) = (*n_gpu, model.hp.n_layer);
-                    gpu.forward(batch, vocab, |o| model.forward_layers(o, 0..k))?;
-                    let x = gpu.read(model.acts.x, batch.len())?;
-                    cpu.write(model.acts.x, x);
-                    Ok(cpu.forward(batch, vocab, |o| model.forward_layers(o, k..n))?)
-                }
-                Pass::Mtp(_) => Ok(cpu.forward(batch, vocab, |o| run(model, pass, o))?),
-            },
+        if let Pass::Mtp(_) = pass {
+            let part = Part {
+                model,
+                pass,
+                layers: 0..0,
+            };
+            return Ok(self.last().forward(batch, vocab, &part)?);
         }
+        for i in 0..self.stages.len() {
+            let (done, rest) = self.stages.split_at_mut(i);
+            if let Some(prev) = done.last_mut() {
+                let x = prev.dev.read(model.acts.x, batch.len())?;
+                rest[0].dev.write(model.acts.x, x)?;
+            }
+            let part = Part {
+                model,
+                pass,
+                layers: rest[0].layers.clone(),
+            };
+            rest[0].dev.forward(batch, vocab, &part)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn read(&mut self, act: Act, rows: usize) -> Result<&[f32], EngineError> {
-        match self {
-            Backend::Cpu(b) | Backend::Split { cpu: b, .. } => Ok(b.read(act, rows)),
-            Backend::Cuda(b) => Ok(b.read(act, rows)?),
-        }
+        Ok(self.last().read(act, rows)?)
     }
 
     pub(crate) fn write(&mut self, act: Act, data: &[f32]) -> Result<(), EngineError> {
-        match self {
-            Backend::Cpu(b) | Backend::Split { cpu: b, .. } => {
-                b.write(act, data);
-                Ok(())
-            }
-            Backend::Cuda(b) => Ok(b.write(act, data)?),
-        }
+        Ok(self.last().write(act, data)?)
     }
 
     pub(crate) fn n_threads(&self) -> usize {
-        match self {
-            Backend::Cpu(b) | Backend::Split { cpu: b, .. } => b.n_threads(),
-            Backend::Cuda(_) => 1,
-        }
+        self.stages.last().map_or(1, |s| s.dev.n_threads())
+    }
+
+    /// Whether any part of the model runs on a GPU.
+    pub(crate) fn on_gpu(&self) -> bool {
+        self.stages.iter().any(|s| s.dev.is_gpu())
     }
 
     pub(crate) fn share_pool(&mut self, other: &Backend) -> bool {
-        match (self, other) {
-            (
-                Backend::Cpu(a) | Backend::Split { cpu: a, .. },
-                Backend::Cpu(b) | Backend::Split { cpu: b, .. },
-            ) => a.share_pool(b),
+        let theirs = other.stages.last().and_then(|s| s.dev.as_cpu());
+        match (self.last().as_cpu_mut(), theirs) {
+            (Some(a), Some(b)) => a.share_pool(b),
             _ => false,
         }
     }
@@ -148,14 +171,10 @@ impl Rollback for Backend {
     type Error = EngineError;
 
     fn rollback(&mut self, seq: u32, len: usize) -> Result<(), EngineError> {
-        match self {
-            Backend::Cpu(b) => Ok(b.rollback(seq, len)?),
-            Backend::Cuda(b) => Ok(b.rollback(seq, len)?),
-            Backend::Split { gpu, cpu, .. } => {
-                gpu.rollback(seq, len)?;
-                Ok(cpu.rollback(seq, len)?)
-            }
+        for s in &mut self.stages {
+            s.dev.rollback(seq, len)?;
         }
+        Ok(())
     }
 }
 
@@ -184,12 +203,13 @@ pub(crate) fn place(
             be = be.with_recurrent(RecurrentConfig { n_layers, net });
         }
         let line = format!("CPU ({} threads): {why}", be.n_threads());
-        Ok((model, Backend::Cpu(be), line))
+        let n_layers = model.hp.n_layer;
+        Ok((model, Backend::one(Box::new(be), n_layers), line))
     };
     if layers == GpuLayers::Count(0) {
         return cpu(file, "--gpu-layers 0".into());
     }
-    let dev = match CudaDevice::open(0) {
+    let dev = match GpuContext::open(0) {
         Ok(d) => d,
         Err(reason) if !explicit => return cpu(file, format!("CUDA is off: {reason}")),
         Err(reason) => {
@@ -313,12 +333,19 @@ pub(crate) fn place(
         if let Some(r) = full_rec {
             cpu = cpu.with_recurrent(r);
         }
-        let be = Backend::Split {
-            gpu: Box::new(be),
-            cpu,
-            n_gpu,
+        let be = Backend {
+            stages: vec![
+                Stage {
+                    dev: Box::new(be),
+                    layers: 0..n_gpu,
+                },
+                Stage {
+                    dev: Box::new(cpu),
+                    layers: n_gpu..n_layers,
+                },
+            ],
         };
         return Ok((model, be, line));
     }
-    Ok((model, Backend::Cuda(Box::new(be)), line))
+    Ok((model, Backend::one(Box::new(be), n_layers), line))
 }

@@ -29,9 +29,7 @@ pub enum EngineError {
     #[error(transparent)]
     Template(#[from] tokenizer::TemplateError),
     #[error(transparent)]
-    Device(#[from] runtime::cpu::CpuError),
-    #[error(transparent)]
-    Cuda(#[from] runtime::cuda::backend::CudaError),
+    Device(#[from] runtime::BackendError),
     #[error("{0}")]
     Placement(String),
     #[error("the prompt has {prompt} tokens; with {generate} to generate that exceeds the context of {n_ctx} (raise --ctx-size)")]
@@ -269,7 +267,7 @@ impl Engine {
 
     /// Whether the model runs on a GPU.
     pub fn on_gpu(&self) -> bool {
-        matches!(self.backend, Backend::Cuda(_) | Backend::Split { .. })
+        self.backend.on_gpu()
     }
 
     /// Evaluates `tokens` of sequence `seq` from position `start`, in chunks of at most

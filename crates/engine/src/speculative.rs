@@ -14,7 +14,7 @@
 //! - [`Controller`]: picks k every step from the measured acceptance and the measured cost
 //!   of a step and of a draft, and drafts nothing when speculation does not pay.
 //!
-//! Verification batches stay below [`runtime::cpu::GEMM_MIN_TOKENS`] tokens, so every token
+//! Verification batches stay below [`runtime::GEMM_MIN_TOKENS`] tokens, so every token
 //! is computed exactly as a lone decode step would compute it: greedy output is identical
 //! with and without speculation.
 
@@ -28,7 +28,7 @@ use crate::session::{
 
 /// Most tokens drafted per step: with the last token, a verification batch stays below the
 /// size at which the CPU backend switches to its prompt GEMM (different rounding).
-pub const MAX_DRAFT: usize = runtime::cpu::GEMM_MIN_TOKENS - 2;
+pub const MAX_DRAFT: usize = runtime::GEMM_MIN_TOKENS - 2;
 
 /// Why speculative decoding could not start or run.
 #[derive(Debug, thiserror::Error)]

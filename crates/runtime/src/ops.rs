@@ -4,6 +4,15 @@
 use crate::tensor::Weight;
 use std::ops::Range;
 
+/// Weights repacked at load ([`crate::Layout::Rows16`]) take one kernel for any batch. For
+/// the others, a prompt chunk (consecutive positions of one sequence, see
+/// [`Batch::prompt_chunk`]) of this many tokens or more is multiplied by a GEMM (the CPU's
+/// int8 GEMM or dequantized blocks, cuBLAS on f16 tiles on the GPU); every other batch
+/// (decode, speculative verification, several sequences at once) dots each weight row with
+/// each token's 8-bit activations, so that a token's result never depends on what else
+/// shares its batch.
+pub const GEMM_MIN_TOKENS: usize = 8;
+
 /// An activation buffer planned at load: `width` f32 values per token, room for the largest
 /// batch. The device owns the memory; model code only holds these handles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +62,19 @@ impl Plan {
             .map(|(w, r)| w * r.unwrap_or(max_batch))
             .sum::<usize>()
             * 4
+    }
+
+    /// The widest buffer of one row per token (at least 32): it bounds every matmul's input
+    /// and a batch's input rows; the buffers of a few rows (the logits) are outputs only.
+    pub fn max_token_width(&self) -> usize {
+        self.widths
+            .iter()
+            .zip(&self.rows)
+            .filter(|(_, rows)| rows.is_none())
+            .map(|(&w, _)| w)
+            .max()
+            .unwrap_or(1)
+            .max(32)
     }
 
     /// The fewest rows any fixed-size buffer has (how many logit rows a batch may ask for).
@@ -163,6 +185,18 @@ impl Batch {
             .enumerate()
             .all(|(i, (&s, &p))| s == seq && p == p0 + i as u32);
         consecutive.then_some((seq, p0))
+    }
+
+    /// The end (exclusive) of the positions token `t` attends to: its own position and the
+    /// earlier ones, or in a [`Batch::non_causal`] batch every position of its sequence up
+    /// to the batch's last one.
+    pub fn key_end(&self, t: usize) -> u32 {
+        if !self.non_causal {
+            return self.pos[t] + 1;
+        }
+        let s = self.seq[t];
+        let same = self.seq.iter().zip(&self.pos).filter(|(&q, _)| q == s);
+        same.map(|(_, &p)| p).max().unwrap_or(self.pos[t]) + 1
     }
 }
 

@@ -5,8 +5,9 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use runtime::cpu::{CpuBackend, KvConfig, GEMM_MIN_TOKENS};
+use runtime::cpu::CpuBackend;
 use runtime::{Attention, Batch, Bytes, Ops, Plan, Weight};
+use runtime::{KvConfig, GEMM_MIN_TOKENS};
 
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()

@@ -4,8 +4,9 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use runtime::cpu::{kernels, CpuBackend, KvConfig, RecurrentConfig, GEMM_MIN_TOKENS};
+use runtime::cpu::{kernels, CpuBackend};
 use runtime::{Act, Batch, DeltaNet, Ops, Plan, Rollback, Weight};
+use runtime::{KvConfig, RecurrentConfig, GEMM_MIN_TOKENS};
 
 fn uniform(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(lo..hi)).collect()
@@ -233,7 +234,7 @@ impl Rig {
         self.try_run(toks).unwrap()
     }
 
-    fn try_run(&mut self, toks: &[(u32, u32, u32)]) -> Result<Vec<f32>, runtime::cpu::CpuError> {
+    fn try_run(&mut self, toks: &[(u32, u32, u32)]) -> Result<Vec<f32>, runtime::BackendError> {
         let batch = Batch {
             tokens: toks.iter().map(|t| t.0).collect(),
             seq: toks.iter().map(|t| t.1).collect(),

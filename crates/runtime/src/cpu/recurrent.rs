@@ -13,49 +13,16 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{kernels, CpuBackend, CpuError, CpuOps, Shared};
+use super::{kernels, CpuBackend, CpuOps, Shared};
+use crate::error::BackendError;
 use crate::ops::{Act, DeltaNet};
 use crate::pool::ThreadPool;
+use crate::recurrent::{RecurrentConfig, Tracker};
+use crate::rollback::replay_width;
 pub use crate::rollback::ROLLBACK_TOKENS;
-use crate::rollback::{replay_width, Window};
 
 /// Tokens per chunk of the chunk-parallel delta rule used for prompt chunks.
 pub const DELTA_CHUNK: usize = 64;
-
-/// Which layers of a model are recurrent and their shape (all alike).
-#[derive(Clone, Debug)]
-pub struct RecurrentConfig {
-    /// Recurrent layers; the model numbers them `0..n_layers` in its recurrent ops.
-    pub n_layers: usize,
-    /// Shape of every recurrent layer.
-    pub net: DeltaNet,
-}
-
-impl RecurrentConfig {
-    /// Bytes of state for `n_seq` sequences (both copies and the rollback inputs).
-    pub fn bytes(&self, n_seq: usize) -> usize {
-        let per = 2 * (self.net.conv_state_len() + self.net.state_len())
-            + ROLLBACK_TOKENS * replay_width(&self.net);
-        self.n_layers * n_seq * per * 4
-    }
-}
-
-/// The tokens of one sequence in the batch being evaluated.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Group {
-    seq: u32,
-    /// Index of its first token in `order`.
-    start: u32,
-    n: u32,
-    /// Position of its first token.
-    p0: u32,
-}
-
-impl Group {
-    fn replayable(&self) -> bool {
-        crate::rollback::keeps_inputs(self.n as usize)
-    }
-}
 
 /// State of every recurrent layer for every sequence.
 pub(crate) struct Recurrent {
@@ -67,20 +34,12 @@ pub(crate) struct Recurrent {
     ssm: Shared<f32>,
     /// `[layer][seq][token of the latest batch][replay_width]`.
     replay: Shared<f32>,
-    /// Current copy of each sequence's state.
-    cur: Vec<u8>,
-    /// Positions each sequence's state covers and its latest batch.
-    win: Vec<Window>,
-    /// The batch's sequences, in order of first appearance.
-    groups: Vec<Group>,
-    /// Token indices of the batch grouped by sequence (batch order within a group).
-    order: Vec<u32>,
+    /// Which copy is current, the positions each sequence covers, the batch's groups.
+    t: Tracker,
     scratch: Shared<f32>,
     scratch_per_thread: usize,
     /// Whether the current pass ran a recurrent op.
     touched: AtomicBool,
-    /// Why the current batch cannot advance the state, if it cannot.
-    invalid: Option<CpuError>,
 }
 
 impl Recurrent {
@@ -91,23 +50,19 @@ impl Recurrent {
         n_threads: usize,
     ) -> Recurrent {
         let net = &cfg.net;
-        let per = |len: usize| cfg.n_layers * n_seq * len;
         let (hk, hv, c) = (net.head_k, net.head_v, DELTA_CHUNK);
         let scratch_per_thread = (c * (2 * hk + 2 * hv + 2) + kernels::delta_chunk_scratch(c, hv))
             .max(net.conv_channels() + 2 * hk + hv)
             + 16;
+        let lens = cfg.state_lens(n_seq);
         Recurrent {
-            conv: Shared::new(per(2 * net.conv_state_len())),
-            ssm: Shared::new(per(2 * net.state_len())),
-            replay: Shared::new(per(ROLLBACK_TOKENS * replay_width(net))),
-            cur: vec![0; n_seq],
-            win: vec![Window::default(); n_seq],
-            groups: Vec::with_capacity(max_batch.min(n_seq)),
-            order: Vec::with_capacity(max_batch),
+            conv: Shared::new(lens.conv),
+            ssm: Shared::new(lens.ssm),
+            replay: Shared::new(lens.replay),
+            t: Tracker::new(n_seq, max_batch),
             scratch: Shared::new(scratch_per_thread * n_threads),
             scratch_per_thread,
             touched: AtomicBool::new(false),
-            invalid: None,
             n_seq,
             cfg,
         }
@@ -119,7 +74,7 @@ impl Recurrent {
 
     /// Positions the state of `seq` covers.
     pub(crate) fn seq_len(&self, seq: u32) -> Option<usize> {
-        self.win.get(seq as usize).map(|w| w.len() as usize)
+        self.t.seq_len(seq)
     }
 
     fn conv_at(&self, layer: usize, seq: u32, copy: u8) -> usize {
@@ -140,77 +95,13 @@ impl Recurrent {
     /// starts over at position 0) at consecutive positions.
     pub(crate) fn prepare(&mut self, seqs: &[u32], pos: &[u32]) {
         *self.touched.get_mut() = false;
-        self.invalid = self.group(seqs, pos).err();
-        if self.invalid.is_some() {
-            // The recurrent ops then touch no state.
-            self.groups.clear();
-            self.order.clear();
-        }
-    }
-
-    fn group(&mut self, seqs: &[u32], pos: &[u32]) -> Result<(), CpuError> {
-        self.groups.clear();
-        self.order.clear();
-        for (&s, &p) in seqs.iter().zip(pos) {
-            match self.groups.iter_mut().find(|g| g.seq == s) {
-                Some(g) => {
-                    if p != g.p0 + g.n {
-                        return Err(CpuError::RecurrentPosition {
-                            seq: s,
-                            pos: p,
-                            expected: g.p0 + g.n,
-                        });
-                    }
-                    g.n += 1;
-                }
-                None => {
-                    let expected = self.win[s as usize].len();
-                    if p != 0 && p != expected {
-                        return Err(CpuError::RecurrentPosition {
-                            seq: s,
-                            pos: p,
-                            expected,
-                        });
-                    }
-                    self.groups.push(Group {
-                        seq: s,
-                        start: 0,
-                        n: 1,
-                        p0: p,
-                    });
-                }
-            }
-        }
-        for gi in 0..self.groups.len() {
-            let seq = self.groups[gi].seq;
-            self.groups[gi].start = self.order.len() as u32;
-            self.order.extend(
-                seqs.iter()
-                    .enumerate()
-                    .filter(|&(_, &s)| s == seq)
-                    .map(|(t, _)| t as u32),
-            );
-        }
-        Ok(())
+        self.t.prepare(seqs, pos);
     }
 
     /// After a pass: the copies it wrote become current. A pass that ran no recurrent op (a
     /// multi-token-prediction block alone) leaves the state as it was.
-    pub(crate) fn finish(&mut self) -> Result<(), CpuError> {
-        if !*self.touched.get_mut() {
-            self.groups.clear();
-            return Ok(());
-        }
-        if let Some(e) = self.invalid.take() {
-            return Err(e);
-        }
-        for g in &self.groups {
-            let s = g.seq as usize;
-            self.cur[s] ^= 1;
-            self.win[s].advance(g.p0, g.n);
-        }
-        self.groups.clear();
-        Ok(())
+    pub(crate) fn finish(&mut self) -> Result<(), BackendError> {
+        self.t.finish(*self.touched.get_mut())
     }
 
     /// Brings `seq` back to its state after `len` positions (see the module doc).
@@ -219,22 +110,13 @@ impl Recurrent {
         pool: &ThreadPool,
         seq: u32,
         len: usize,
-    ) -> Result<(), CpuError> {
+    ) -> Result<(), BackendError> {
         let s = seq as usize;
-        if s >= self.n_seq {
-            return Err(CpuError::Rollback {
-                seq,
-                len,
-                reason: format!("there are {} sequences", self.n_seq),
-            });
-        }
-        let replay = match self.win[s].plan(len) {
-            Ok(None) => return Ok(()),
-            Ok(Some(r)) => r,
-            Err(reason) => return Err(CpuError::Rollback { seq, len, reason }),
+        let Some(replay) = self.t.plan_rollback(seq, len)? else {
+            return Ok(());
         };
-        self.cur[s] ^= 1;
-        let copy = self.cur[s];
+        self.t.cur[s] ^= 1;
+        let copy = self.t.cur[s];
         let m = replay.tokens;
         let this = &*self;
         let net = &this.cfg.net;
@@ -287,7 +169,7 @@ impl Recurrent {
                 }
             }
         });
-        self.win[s].rolled_back(replay);
+        self.t.win[s].rolled_back(replay);
         Ok(())
     }
 }
@@ -318,12 +200,12 @@ impl CpuBackend {
 }
 
 impl crate::ops::Rollback for CpuBackend {
-    type Error = CpuError;
+    type Error = BackendError;
 
     /// KV-cache entries past `len` are never read before being written again, so only the
     /// recurrent state needs work; it can return to any position of the sequence's latest
     /// batch of up to [`ROLLBACK_TOKENS`] tokens.
-    fn rollback(&mut self, seq: u32, len: usize) -> Result<(), CpuError> {
+    fn rollback(&mut self, seq: u32, len: usize) -> Result<(), BackendError> {
         match &mut self.rec {
             None => Ok(()),
             Some(rec) => rec.rollback(&self.pool, seq, len),
@@ -362,8 +244,8 @@ impl CpuOps<'_> {
         let k1 = k - 1;
         let mine = self.w.split(ch);
         let (c0, nc) = (mine.start, mine.len());
-        for g in &r.groups {
-            let cur = r.cur[g.seq as usize];
+        for g in &r.t.groups {
+            let cur = r.t.cur[g.seq as usize];
             // SAFETY: this thread alone writes channels c0..c0+nc of the sequence's other
             // copy, of the kept inputs and of `out`; the current copy and x are only read.
             unsafe {
@@ -378,7 +260,7 @@ impl CpuOps<'_> {
                     );
                 }
                 for i in 0..g.n as usize {
-                    let t = r.order[g.start as usize + i] as usize;
+                    let t = r.t.order[g.start as usize + i] as usize;
                     let xr = xs.get(t * x.width + c0, nc);
                     let or = os.get_mut(t * out.width + c0, nc);
                     for (j, (o, &xv)) in or.iter_mut().zip(xr).enumerate() {
@@ -390,7 +272,7 @@ impl CpuOps<'_> {
                         );
                         *o = kernels::silu(y);
                     }
-                    if g.replayable() {
+                    if g.keeps_inputs() {
                         let at = r.replay_at(layer, g.seq, i);
                         r.replay.get_mut(at + c0, nc).copy_from_slice(xr);
                         r.replay.get_mut(at + ch + c0, nc).copy_from_slice(or);
@@ -423,10 +305,10 @@ impl CpuOps<'_> {
         let scale = 1.0 / (hk as f32).sqrt();
         let scratch = self.rec_scratch();
         let chunked = self.chunk.is_some();
-        self.rows(r.groups.len() * nv, |item| {
-            let (grp, h) = (&r.groups[item / nv], item % nv);
+        self.rows(r.t.groups.len() * nv, |item| {
+            let (grp, h) = (&r.t.groups[item / nv], item % nv);
             let kh = h % nk;
-            let cur = r.cur[grp.seq as usize];
+            let cur = r.t.cur[grp.seq as usize];
             let sl = hv * hk;
             // SAFETY: this thread alone owns head h of the group's sequence: its state in
             // the other copy, its columns of `out`, its g and β among the kept inputs. The
@@ -440,8 +322,8 @@ impl CpuOps<'_> {
                 } else {
                     st.copy_from_slice(r.ssm.get(r.ssm_at(layer, grp.seq, cur) + h * sl, sl));
                 }
-                let tok = |i: usize| r.order[grp.start as usize + i] as usize;
-                if grp.replayable() {
+                let tok = |i: usize| r.t.order[grp.start as usize + i] as usize;
+                if grp.keeps_inputs() {
                     for i in 0..grp.n as usize {
                         let at = r.replay_at(layer, grp.seq, i) + 2 * ch;
                         r.replay.set(at + h, gs.get(tok(i) * g.width + h, 1)[0]);

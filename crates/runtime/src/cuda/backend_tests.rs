@@ -4,12 +4,13 @@
 use quant::GgmlType;
 
 use super::backend::{AttnShape, CudaBackend};
-use super::gpu::CudaDevice;
+use super::gpu::GpuContext;
 use super::gpu_tests::device;
 use crate::collect::Collect;
-use crate::cpu::{CpuBackend, KvConfig, RecurrentConfig};
+use crate::cpu::CpuBackend;
 use crate::ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rollback, Rope, RopeMode};
 use crate::tensor::{Bytes, Weight};
+use crate::{KvConfig, RecurrentConfig};
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed
@@ -46,7 +47,7 @@ struct Pair {
 impl Pair {
     /// Backends for `plan`, with the weights and vectors `f` uses uploaded to the GPU.
     fn new(
-        dev: CudaDevice,
+        dev: GpuContext,
         plan: &Plan,
         kv: KvConfig,
         rec: Option<RecurrentConfig>,

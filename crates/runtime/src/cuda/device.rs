@@ -7,9 +7,10 @@ use cudarc::driver::{result, sys};
 
 use super::libs::{self, Found, Lib};
 
-/// One GPU as the driver reports it.
+/// One GPU as the driver reports it: a description, nothing opened (see
+/// [`super::gpu::GpuContext`] for a GPU ready to run kernels).
 #[derive(Clone, Debug)]
-pub struct Gpu {
+pub struct GpuInfo {
     /// Driver ordinal.
     pub ordinal: usize,
     /// Marketing name.
@@ -33,7 +34,7 @@ pub struct DriverInfo {
     /// CUDA version the driver supports, as (major, minor) (12080 → (12, 8)).
     pub cuda_version: (u32, u32),
     /// The GPUs.
-    pub gpus: Vec<Gpu>,
+    pub gpus: Vec<GpuInfo>,
 }
 
 /// Probes the driver once per process: `Err` holds why CUDA cannot be used.
@@ -91,7 +92,7 @@ fn probe_uncached() -> Result<DriverInfo, String> {
     })
 }
 
-fn gpu(i: i32) -> Result<Gpu, result::DriverError> {
+fn gpu(i: i32) -> Result<GpuInfo, result::DriverError> {
     use sys::CUdevice_attribute::*;
     let dev = result::device::get(i)?;
     // SAFETY: `dev` came from cuDeviceGet.
@@ -106,7 +107,7 @@ fn gpu(i: i32) -> Result<Gpu, result::DriverError> {
         (clock > 0 && bus > 0).then(|| 2.0 * clock as f64 * 1e3 * bus as f64 / 8.0);
     // SAFETY: `dev` came from cuDeviceGet.
     let memory_bytes = unsafe { result::device::total_mem(dev)? } as u64;
-    Ok(Gpu {
+    Ok(GpuInfo {
         ordinal: i as usize,
         name: result::device::get_name(dev)?,
         sm: (major * 10 + minor) as u32,

@@ -13,24 +13,25 @@ use cudarc::nvrtc::Ptx;
 use super::nvrtc::Nvrtc;
 use super::{device, kernels, pick_nvrtc};
 
-/// A GPU with the kernels loaded.
-pub struct CudaDevice {
+/// An opened GPU: its driver context and stream, with every kernel loaded (what the probe
+/// only describes, [`device::GpuInfo`], this can run work on).
+pub struct GpuContext {
     /// The driver context (the device's primary context).
     pub ctx: Arc<CudaContext>,
     /// The stream every kernel is launched on.
     pub stream: Arc<CudaStream>,
     /// The GPU as probed.
-    pub gpu: device::Gpu,
+    pub info: device::GpuInfo,
     /// The NVRTC that built the kernels.
     pub nvrtc: Nvrtc,
-    functions: HashMap<&'static str, CudaFunction>,
+    functions: HashMap<&'static str, (CudaFunction, &'static kernels::Kernel)>,
     _modules: Vec<Arc<CudaModule>>,
 }
 
-impl CudaDevice {
+impl GpuContext {
     /// Opens GPU `ordinal` and loads every kernel (compiled for its exact architecture, or
     /// read from the kernel cache).
-    pub fn open(ordinal: usize) -> Result<CudaDevice, String> {
+    pub fn open(ordinal: usize) -> Result<GpuContext, String> {
         let info = device::probe()?;
         let gpu = info
             .gpus
@@ -62,18 +63,18 @@ impl CudaDevice {
             let module = ctx
                 .load_module(Ptx::from_binary(built.cubin))
                 .map_err(|e| format!("loading {} for sm_{}: {e}", m.name, gpu.sm))?;
-            for &k in m.kernels {
+            for k in m.kernels {
                 let f = module
-                    .load_function(k)
-                    .map_err(|e| format!("kernel {k} of {}: {e}", m.name))?;
-                functions.insert(k, f);
+                    .load_function(k.name)
+                    .map_err(|e| format!("kernel {} of {}: {e}", k.name, m.name))?;
+                functions.insert(k.name, (f, k));
             }
             modules.push(module);
         }
-        Ok(CudaDevice {
+        Ok(GpuContext {
             ctx,
             stream,
-            gpu,
+            info: gpu,
             nvrtc,
             functions,
             _modules: modules,
@@ -82,13 +83,19 @@ impl CudaDevice {
 
     /// The kernel named `name` (one of [`kernels::MODULES`]' entry points).
     pub fn function(&self, name: &str) -> Result<&CudaFunction, String> {
+        self.kernel(name).map(|(f, _)| f)
+    }
+
+    /// The kernel named `name` and its declaration (its parameter list).
+    pub fn kernel(&self, name: &str) -> Result<(&CudaFunction, &'static kernels::Kernel), String> {
         self.functions
             .get(name)
+            .map(|(f, k)| (f, *k))
             .ok_or_else(|| format!("no kernel named {name}"))
     }
 }
 
-impl CudaDevice {
+impl GpuContext {
     /// Device-to-device copy bandwidth in bytes/s (bytes read plus bytes written, as
     /// copy benchmarks count): `reps` copies of a `bytes` buffer, timed after a warm-up.
     pub fn copy_bandwidth(&self, bytes: usize, reps: usize) -> Result<f64, String> {

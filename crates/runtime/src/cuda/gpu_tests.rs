@@ -4,15 +4,15 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use quant::GgmlType;
 
-use super::gpu::CudaDevice;
+use super::gpu::GpuContext;
 use crate::cpu::kernels as cpu;
 use crate::ops::{Rope, RopeMode};
 
 /// GPU 0, or `None` (with the reason printed) when there is none. With `SURPLUS_TEST_GPU`
 /// set (as `scripts/emu.sh` and `scripts/gpu_check.sh` do) a GPU that does not open fails
 /// the test instead: a skip there would hide a broken driver.
-pub(super) fn device() -> Option<CudaDevice> {
-    match CudaDevice::open(0) {
+pub(super) fn device() -> Option<GpuContext> {
+    match GpuContext::open(0) {
         Ok(d) => Some(d),
         Err(e) if super::gpu_tests_required() => {
             panic!("SURPLUS_TEST_GPU is set but no GPU opened: {e}")
@@ -59,11 +59,11 @@ macro_rules! launch {
     }};
 }
 
-fn up<T: cudarc::driver::DeviceRepr>(dev: &CudaDevice, v: &[T]) -> CudaSlice<T> {
+fn up<T: cudarc::driver::DeviceRepr>(dev: &GpuContext, v: &[T]) -> CudaSlice<T> {
     dev.stream.clone_htod(v).unwrap()
 }
 
-fn down(dev: &CudaDevice, s: &CudaSlice<f32>) -> Vec<f32> {
+fn down(dev: &GpuContext, s: &CudaSlice<f32>) -> Vec<f32> {
     dev.stream.clone_dtoh(s).unwrap()
 }
 

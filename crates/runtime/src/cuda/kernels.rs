@@ -21,8 +21,65 @@ pub struct Module {
     body: &'static str,
     /// Whether it needs the block formats (`quant.cuh`).
     quant: bool,
-    /// Kernel entry points it defines (`extern "C" __global__`), for loading and checks.
-    pub kernels: &'static [&'static str],
+    /// Kernel entry points it defines (`extern "C" __global__`), with their parameters: for
+    /// loading, and for checking every launch's arguments.
+    pub kernels: &'static [Kernel],
+}
+
+/// The kind of a kernel parameter, as its `.cu` signature declares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Param {
+    /// A device pointer (`T*` of any `T`).
+    Ptr,
+    /// `int`.
+    I32,
+    /// `u32`.
+    U32,
+    /// `i64`.
+    I64,
+    /// `float`.
+    F32,
+}
+
+/// A kernel entry point and its parameter list: declared once here, checked against the
+/// `.cu` signature by a test and against the arguments of every launch.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    /// Its name (`extern "C"`, so unmangled).
+    pub name: &'static str,
+    /// Its parameters, in order.
+    pub params: &'static [Param],
+}
+
+const P: Param = Param::Ptr;
+const I: Param = Param::I32;
+const U: Param = Param::U32;
+const L: Param = Param::I64;
+const F: Param = Param::F32;
+
+const fn k(name: &'static str, params: &'static [Param]) -> Kernel {
+    Kernel { name, params }
+}
+
+/// Matrix × vector (`mmvq_*` on 8-bit activations, `mmv_*` on floats): weights, row bytes,
+/// input, its stride, output, its stride, columns, rows, tokens.
+const MATVEC: &[Param] = &[P, L, P, I, P, I, I, I, I];
+/// Dequantize rows to f16: weights, row bytes, output, columns, first row.
+const DEQ: &[Param] = &[P, L, P, I, I];
+/// Gather rows by id: weights, row bytes, ids, output, its stride, columns.
+const GET_ROWS: &[Param] = &[P, L, P, P, I, I];
+/// `out = f(a, b)` row by row: a, stride, b, stride, out, stride, width.
+const ZIP: &[Param] = &[P, I, P, I, P, I, I];
+
+/// The most parameters a kernel takes (the launch passes them from a fixed array).
+pub const MAX_PARAMS: usize = 24;
+
+/// The kernel `name` of any module.
+pub fn kernel(name: &str) -> Option<&'static Kernel> {
+    MODULES
+        .iter()
+        .flat_map(|m| m.kernels)
+        .find(|k| k.name == name)
 }
 
 impl Module {
@@ -47,26 +104,26 @@ pub const MODULES: &[Module] = &[
         body: include_str!("kernels/matvec.cu"),
         quant: true,
         kernels: &[
-            "quantize_q8_1",
-            "mmvq_q4_0",
-            "mmvq_q4_1",
-            "mmvq_q5_0",
-            "mmvq_q5_1",
-            "mmvq_q8_0",
-            "mmvq_q4_k",
-            "mmvq_q5_k",
-            "mmvq_q6_k",
-            "mmv_q4_0",
-            "mmv_q4_1",
-            "mmv_q5_0",
-            "mmv_q5_1",
-            "mmv_q8_0",
-            "mmv_q4_k",
-            "mmv_q5_k",
-            "mmv_q6_k",
-            "mmv_f32",
-            "mmv_f16",
-            "mmv_bf16",
+            k("quantize_q8_1", &[P, I, P, I, I]),
+            k("mmvq_q4_0", MATVEC),
+            k("mmvq_q4_1", MATVEC),
+            k("mmvq_q5_0", MATVEC),
+            k("mmvq_q5_1", MATVEC),
+            k("mmvq_q8_0", MATVEC),
+            k("mmvq_q4_k", MATVEC),
+            k("mmvq_q5_k", MATVEC),
+            k("mmvq_q6_k", MATVEC),
+            k("mmv_q4_0", MATVEC),
+            k("mmv_q4_1", MATVEC),
+            k("mmv_q5_0", MATVEC),
+            k("mmv_q5_1", MATVEC),
+            k("mmv_q8_0", MATVEC),
+            k("mmv_q4_k", MATVEC),
+            k("mmv_q5_k", MATVEC),
+            k("mmv_q6_k", MATVEC),
+            k("mmv_f32", MATVEC),
+            k("mmv_f16", MATVEC),
+            k("mmv_bf16", MATVEC),
         ],
     },
     Module {
@@ -74,73 +131,97 @@ pub const MODULES: &[Module] = &[
         body: include_str!("kernels/dequant.cu"),
         quant: true,
         kernels: &[
-            "deq_f16_q4_0",
-            "deq_f16_q4_1",
-            "deq_f16_q5_0",
-            "deq_f16_q5_1",
-            "deq_f16_q8_0",
-            "deq_f16_q4_k",
-            "deq_f16_q5_k",
-            "deq_f16_q6_k",
-            "deq_f16_f32",
-            "deq_f16_f16",
-            "deq_f16_bf16",
-            "get_rows_q4_0",
-            "get_rows_q4_1",
-            "get_rows_q5_0",
-            "get_rows_q5_1",
-            "get_rows_q8_0",
-            "get_rows_q4_k",
-            "get_rows_q5_k",
-            "get_rows_q6_k",
-            "get_rows_f32",
-            "get_rows_f16",
-            "get_rows_bf16",
-            "f32_to_f16",
+            k("deq_f16_q4_0", DEQ),
+            k("deq_f16_q4_1", DEQ),
+            k("deq_f16_q5_0", DEQ),
+            k("deq_f16_q5_1", DEQ),
+            k("deq_f16_q8_0", DEQ),
+            k("deq_f16_q4_k", DEQ),
+            k("deq_f16_q5_k", DEQ),
+            k("deq_f16_q6_k", DEQ),
+            k("deq_f16_f32", DEQ),
+            k("deq_f16_f16", DEQ),
+            k("deq_f16_bf16", DEQ),
+            k("get_rows_q4_0", GET_ROWS),
+            k("get_rows_q4_1", GET_ROWS),
+            k("get_rows_q5_0", GET_ROWS),
+            k("get_rows_q5_1", GET_ROWS),
+            k("get_rows_q8_0", GET_ROWS),
+            k("get_rows_q4_k", GET_ROWS),
+            k("get_rows_q5_k", GET_ROWS),
+            k("get_rows_q6_k", GET_ROWS),
+            k("get_rows_f32", GET_ROWS),
+            k("get_rows_f16", GET_ROWS),
+            k("get_rows_bf16", GET_ROWS),
+            k("f32_to_f16", &[P, I, P, I]),
         ],
     },
     Module {
         name: "norm",
         body: include_str!("kernels/norm.cu"),
         quant: false,
-        kernels: &["rms_norm", "softmax", "gated_rms_norm"],
+        kernels: &[
+            k("rms_norm", &[P, I, P, P, I, I, I, F]),
+            k("softmax", &[P, I, I]),
+            k("gated_rms_norm", &[P, I, P, I, P, P, I, I, I, F]),
+        ],
     },
     Module {
         name: "elementwise",
         body: include_str!("kernels/elementwise.cu"),
         quant: false,
         kernels: &[
-            "swiglu",
-            "geglu",
-            "add",
-            "add_bias",
-            "scale",
-            "softcap",
-            "copy_rows",
-            "sigmoid_mul",
-            "embd_rows",
-            "unzip",
-            "concat",
-            "delta_gates",
+            k("swiglu", ZIP),
+            k("geglu", ZIP),
+            k("add", ZIP),
+            k("add_bias", &[P, I, P, I]),
+            k("scale", &[P, I, F, I]),
+            k("softcap", &[P, I, F, I]),
+            k("copy_rows", &[P, I, P, P, I, I]),
+            k("sigmoid_mul", ZIP),
+            k("embd_rows", &[P, I, P, I, I]),
+            k("unzip", &[P, I, P, I, P, I, I, I]),
+            k("concat", &[P, I, I, P, I, P, I, I]),
+            k("delta_gates", &[P, I, P, I, P, P, I]),
         ],
     },
     Module {
         name: "rope",
         body: include_str!("kernels/rope.cu"),
         quant: false,
-        kernels: &["rope"],
+        kernels: &[k("rope", &[P, I, P, P, I, I, I, F, I, P, U, U, U, U])],
     },
     Module {
         name: "attention",
         body: include_str!("kernels/attention.cu"),
         quant: false,
-        kernels: &["kv_write", "attn_decode", "attn_combine", "attn_prefill"],
+        kernels: &[
+            k("kv_write", &[P, I, P, I, P, P, P, P, I, I, L]),
+            k(
+                "attn_decode",
+                &[P, I, P, P, P, P, P, P, I, I, I, I, L, F, F, I, I],
+            ),
+            k("attn_combine", &[P, P, I, I, I, I]),
+            k(
+                "attn_prefill",
+                &[P, I, P, P, P, I, I, I, I, I, I, I, I, L, F, F, I, I],
+            ),
+        ],
     },
     Module {
         name: "recurrent",
         body: include_str!("kernels/recurrent.cu"),
         quant: false,
-        kernels: &["conv_silu", "gated_delta", "conv_shift"],
+        kernels: &[
+            k("conv_silu", &[P, I, P, P, I, P, P, P, P, I, I, I, I, I, I]),
+            k(
+                "gated_delta",
+                &[
+                    P, I, P, I, P, I, P, I, P, P, P, P, I, I, I, I, I, I, F, F, I,
+                ],
+            ),
+            k("conv_shift", &[P, I, P, P, I, I, I, I]),
+        ],
     },
 ];
 
@@ -274,6 +355,123 @@ pub fn parse_archs(list: &str) -> Result<Vec<u32>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `extern "C" __global__` signatures of a `.cu` text, macro instances expanded:
+    /// (name, parameter kinds), or the parameter it could not read.
+    fn signatures(text: &str) -> Vec<(String, Result<Vec<Param>, String>)> {
+        const HEAD: &str = "extern \"C\" __global__ void ";
+        let text = text.replace("\\\n", " ");
+        let mut plain = String::new();
+        let mut macros = Vec::new();
+        for line in text.lines() {
+            match line.trim_start().strip_prefix("#define ") {
+                Some(def) if def.contains(HEAD) => {
+                    let (head, body) = def.split_once(')').expect("a macro with parameters");
+                    let (name, args) = head.split_once('(').expect("a macro with parameters");
+                    let args: Vec<String> = args.split(',').map(|a| a.trim().into()).collect();
+                    macros.push((name.trim().to_string(), args, body.to_string()));
+                }
+                _ => {
+                    plain.push_str(line);
+                    plain.push('\n');
+                }
+            }
+        }
+        let mut expanded = plain.clone();
+        for (name, args, body) in &macros {
+            for line in plain.lines() {
+                let Some(call) = line.trim().strip_prefix(&format!("{name}(")) else {
+                    continue;
+                };
+                let vals: Vec<&str> = call
+                    .trim_end_matches(')')
+                    .split(',')
+                    .map(str::trim)
+                    .collect();
+                let mut b = body.clone();
+                for (a, v) in args.iter().zip(&vals) {
+                    b = b.replace(&format!("##{a}"), v);
+                }
+                expanded.push_str(&b);
+                expanded.push('\n');
+            }
+        }
+        let mut out = Vec::new();
+        for part in expanded.split(HEAD).skip(1) {
+            let (name, rest) = part.split_once('(').expect("a parameter list");
+            let (params, _) = rest.split_once(')').expect("a parameter list");
+            let kinds = params
+                .split(',')
+                .map(|p| {
+                    let p = p.replace("__restrict__", " ").replace("const ", " ");
+                    let words: Vec<&str> = p.split_whitespace().collect();
+                    match words.as_slice() {
+                        _ if p.contains('*') => Ok(Param::Ptr),
+                        ["int", _] => Ok(Param::I32),
+                        ["u32", _] | ["unsigned", _] => Ok(Param::U32),
+                        ["i64", _] => Ok(Param::I64),
+                        ["float", _] => Ok(Param::F32),
+                        _ => Err(p.trim().to_string()),
+                    }
+                })
+                .collect();
+            out.push((name.trim().to_string(), kinds));
+        }
+        out
+    }
+
+    /// Every `__global__` kernel of each `.cu` file is declared in its module with the same
+    /// parameters (count and kinds), and every declared kernel is defined: a launch checked
+    /// against the declarations matches what the GPU runs.
+    #[test]
+    fn declared_kernels_match_the_cu_signatures() {
+        let mut errors = Vec::new();
+        for m in MODULES {
+            let found = signatures(m.body);
+            for (name, params) in &found {
+                match (m.kernels.iter().find(|k| k.name == *name), params) {
+                    (_, Err(p)) => errors.push(format!("{}.cu: {name}: cannot read {p:?}", m.name)),
+                    (None, _) => errors.push(format!("{}.cu: {name} is not declared", m.name)),
+                    (Some(k), Ok(p)) if k.params != p.as_slice() => errors.push(format!(
+                        "{}.cu: {name} takes {p:?}, declared {:?}",
+                        m.name, k.params
+                    )),
+                    _ => {}
+                }
+            }
+            for k in m.kernels {
+                if !found.iter().any(|(n, _)| n == k.name) {
+                    errors.push(format!(
+                        "{}: {} is declared but not in {}.cu",
+                        m.name, k.name, m.name
+                    ));
+                }
+                assert!(
+                    k.params.len() <= MAX_PARAMS,
+                    "{} has too many parameters",
+                    k.name
+                );
+            }
+        }
+        assert!(errors.is_empty(), "{}", errors.join("\n"));
+    }
+
+    /// The parser sees through a macro and reads each kind, and a wrong declaration would
+    /// show.
+    #[test]
+    fn signatures_are_parsed() {
+        let src = "#define K(NAME, T) \\\n extern \"C\" __global__ void k_##NAME(const T* x, \\\n i64 n) {}\nK(a, float)\nK(b, int)\nextern \"C\" __global__ void g(float* __restrict__ o, int n, u32 m, float s) {}\n";
+        let got = signatures(src);
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["g", "k_a", "k_b"]);
+        assert_eq!(
+            got[0].1,
+            Ok(vec![Param::Ptr, Param::I32, Param::U32, Param::F32])
+        );
+        assert_eq!(got[1].1, Ok(vec![Param::Ptr, Param::I64]));
+        let bad = signatures("extern \"C\" __global__ void h(double d) {}");
+        assert!(bad[0].1.is_err());
+    }
 
     #[test]
     fn sources_include_no_toolkit_header() {

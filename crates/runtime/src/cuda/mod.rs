@@ -8,7 +8,8 @@
 //! - [`device`]: the driver (through cudarc, after our own lookup) and its GPUs.
 //! - [`nvrtc`], [`cublas`]: our bindings, loaded by full path (CUDA 12 or 13).
 //! - [`kernels`]: the `.cu` sources, compiled per architecture and cached on disk.
-//! - [`gpu`]: one GPU with every kernel loaded (tests compare each kernel with the CPU).
+//! - [`gpu`]: [`gpu::GpuContext`], one GPU opened with every kernel loaded (tests compare each
+//!   kernel with the CPU); [`device::GpuInfo`] only describes a GPU.
 
 pub mod backend;
 #[cfg(test)]
@@ -105,7 +106,7 @@ pub fn compile_check(all: &[Nvrtc], archs: &[u32]) -> Vec<KernelCheck> {
                         let missing: Vec<&str> = m
                             .kernels
                             .iter()
-                            .copied()
+                            .map(|k| k.name)
                             .filter(|k| !kernels::cubin_defines(&b.cubin, k))
                             .collect();
                         check.ok = missing.is_empty();

@@ -1,0 +1,237 @@
+//! How much device memory a model takes: the [`MemoryPlan`] shown before loading, the
+//! size of every buffer, and the reserve left for the driver.
+
+use std::fmt;
+
+use cudarc::driver::{result, sys};
+
+use super::{drv, BackendError, CudaBackend, InfoLayout};
+use crate::collect::Collected;
+use crate::cuda::gpu::GpuContext;
+use crate::limits::KvConfig;
+use crate::ops::Plan;
+use crate::recurrent::RecurrentConfig;
+use crate::rollback::ROLLBACK_TOKENS;
+
+/// Tokens per launch of the decode attention (bounds its partials buffer).
+pub(super) const ATT_TOKENS: usize = 16;
+/// Keys per split of the decode attention are `n_ctx / splits`, with this many splits at
+/// most.
+pub(super) const ATT_MAX_SPLITS: usize = 32;
+/// Bytes of f16 weight tiles for the GEMM path, on a large GPU.
+pub(super) const TILE_BYTES: usize = 64 << 20;
+
+/// The tile on a GPU of `total` bytes: [`TILE_BYTES`], but at most a sixteenth of a small
+/// card (at least 4 MiB; smaller tiles only mean more cuBLAS calls per prompt matmul).
+pub(super) fn tile_bytes(total: usize) -> usize {
+    TILE_BYTES.min((total / 16).max(4 << 20))
+}
+
+/// Bytes left free for the driver, cuBLAS's workspace and the kernels, on a large GPU.
+pub const RESERVE_BYTES: usize = 768 << 20;
+
+/// The reserve on a GPU of `total` bytes: [`RESERVE_BYTES`], but at most an eighth of a
+/// small card (at least 64 MiB), so that a few layers can still go on it.
+pub fn reserve_bytes(total: usize) -> usize {
+    RESERVE_BYTES.min((total / 8).max(64 << 20))
+}
+
+/// What the GPU's memory holds for a model, planned before anything is allocated.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryPlan {
+    /// The GPU's name.
+    pub device: String,
+    /// Weight matrices and vectors, in their file formats.
+    pub weights: usize,
+    /// Keys and values (f16).
+    pub kv_cache: usize,
+    /// Recurrent state (both copies and the rollback inputs).
+    pub recurrent: usize,
+    /// Activation buffers.
+    pub activations: usize,
+    /// Quantized activations, f16 tiles, attention partials, batch data.
+    pub scratch: usize,
+    /// Kept free for the driver and cuBLAS.
+    pub reserve: usize,
+    /// Free memory on the GPU before loading.
+    pub free: usize,
+    /// The GPU's memory.
+    pub total: usize,
+}
+
+impl MemoryPlan {
+    /// Bytes the plan allocates.
+    pub fn needed(&self) -> usize {
+        self.weights + self.kv_cache + self.recurrent + self.activations + self.scratch
+    }
+
+    /// Whether it fits in the free memory with the reserve left.
+    pub fn fits(&self) -> bool {
+        self.needed() + self.reserve <= self.free
+    }
+}
+
+impl fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+        write!(
+            f,
+            "{}: weights {:.0} MiB, KV cache {:.0} MiB, recurrent {:.0} MiB, activations {:.0} \
+             MiB, scratch {:.0} MiB = {:.0} MiB (+{:.0} MiB reserve) of {:.0} MiB free ({:.0} \
+             MiB total)",
+            self.device,
+            mib(self.weights),
+            mib(self.kv_cache),
+            mib(self.recurrent),
+            mib(self.activations),
+            mib(self.scratch),
+            mib(self.needed()),
+            mib(self.reserve),
+            mib(self.free),
+            mib(self.total)
+        )
+    }
+}
+
+/// Device memory freed on drop (the owning backend makes its context current first).
+pub(super) struct DevBuf {
+    pub(super) ptr: u64,
+    pub(super) bytes: usize,
+}
+
+impl DevBuf {
+    /// `bytes` of device memory, zeroed on `stream` (ordered before anything later on it:
+    /// a plain `cuMemset` would run on the legacy stream, which our non-blocking stream does
+    /// not wait for).
+    pub(super) fn new(
+        bytes: usize,
+        what: &str,
+        stream: sys::CUstream,
+    ) -> Result<DevBuf, BackendError> {
+        let bytes = bytes.max(256);
+        // SAFETY: the backend's context is current on this thread (bound by the caller).
+        let ptr = unsafe { result::malloc_sync(bytes) }
+            .map_err(|e| BackendError::OutOfMemory(format!("{what} ({bytes} bytes): {e}")))?;
+        let b = DevBuf { ptr, bytes };
+        // SAFETY: `ptr` holds `bytes` bytes just allocated; `stream` is a live stream of the
+        // current context.
+        unsafe { result::memset_d8_async(ptr, 0, bytes, stream) }
+            .map_err(drv("clearing device memory"))?;
+        Ok(b)
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemAlloc and freed once; a failure (no current context at
+        // process exit) only leaks.
+        let _ = unsafe { result::free_sync(self.ptr) };
+    }
+}
+
+/// Sizes every buffer of a backend would allocate.
+pub(super) struct Sizes {
+    pub(super) acts: usize,
+    pub(super) scratch: usize,
+    pub(super) kv: usize,
+    pub(super) rec: usize,
+    pub(super) max_width: usize,
+    /// Bytes of the f16 weight tile of the GEMM path.
+    pub(super) tile: usize,
+    pub(super) n_split: usize,
+    pub(super) split_len: usize,
+    pub(super) max_heads: usize,
+    pub(super) max_hd: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn sizes(
+    plan: &Plan,
+    max_batch: usize,
+    kv: &KvConfig,
+    rec: Option<&RecurrentConfig>,
+    max_heads: usize,
+    max_hd: usize,
+    total: usize,
+) -> Sizes {
+    let tile = tile_bytes(total);
+    // The widest per-token buffer bounds every matmul input (its f16 and 8-bit copies) and
+    // input row; the buffers of a few rows (the logits, vocabulary-wide) are outputs only.
+    let max_width = plan.max_token_width();
+    let acts = plan.bytes(max_batch);
+    let n_split = kv.n_ctx.div_ceil(256).clamp(1, ATT_MAX_SPLITS);
+    let split_len = kv.n_ctx.div_ceil(n_split).max(1);
+    let part = ATT_TOKENS * max_heads * n_split * (max_hd + 2) * 4;
+    let q8 = max_batch * (max_width / 32 + 1) * 40;
+    let xh = max_batch * max_width * 2;
+    let info = InfoLayout::new(max_batch).len * 4;
+    let embd = max_batch * max_width * 4;
+    let scratch = part + q8 + xh + tile + info + embd;
+    let kvb = 2 * kv.n_layers * kv.n_seq * kv.n_ctx * kv.kv_dim * 2;
+    let recb = rec.map_or(0, |r| {
+        r.bytes(kv.n_seq) + ROLLBACK_TOKENS * r.net.value_dim() * 4 + 64 * 4
+    });
+    Sizes {
+        acts,
+        scratch,
+        kv: kvb,
+        rec: recb,
+        max_width,
+        tile,
+        n_split,
+        split_len,
+        max_heads,
+        max_hd,
+    }
+}
+
+/// The largest (query heads, head size) of the attention a pass uses, for sizing the
+/// decode partials: from the KV shape and what the model says.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    /// Most query heads of any layer.
+    pub max_heads: usize,
+    /// Largest head size.
+    pub max_head_dim: usize,
+}
+
+impl CudaBackend {
+    /// What loading a model with these buffers and weights would take on `dev`'s GPU (free
+    /// memory read now).
+    pub fn plan_memory(
+        dev: &GpuContext,
+        plan: &Plan,
+        max_batch: usize,
+        kv: &KvConfig,
+        rec: Option<&RecurrentConfig>,
+        attn: AttnShape,
+        used: &Collected,
+    ) -> MemoryPlan {
+        let (free, total) = dev.ctx.mem_get_info().unwrap_or((0, 0));
+        let s = sizes(
+            plan,
+            max_batch,
+            kv,
+            rec,
+            attn.max_heads,
+            attn.max_head_dim,
+            dev.info.memory_bytes as usize,
+        );
+        let weights = used.weights.iter().map(|w| w.bytes().len()).sum::<usize>()
+            + used.vectors.iter().map(|v| v.len() * 4).sum::<usize>();
+        MemoryPlan {
+            device: format!(
+                "GPU {} ({}, sm_{})",
+                dev.info.ordinal, dev.info.name, dev.info.sm
+            ),
+            weights,
+            kv_cache: s.kv,
+            recurrent: s.rec,
+            activations: s.acts,
+            scratch: s.scratch,
+            reserve: reserve_bytes(dev.info.memory_bytes as usize),
+            free,
+            total,
+        }
+    }
+}

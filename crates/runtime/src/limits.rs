@@ -1,0 +1,132 @@
+//! What a backend is sized for (the KV cache's shape, the largest batch, the widest row) and
+//! the one check every batch passes against it before a pass, on every device.
+
+use crate::error::BackendError;
+use crate::ops::Batch;
+
+/// Shape of a KV cache.
+#[derive(Clone, Debug)]
+pub struct KvConfig {
+    /// Layers (each with its own keys and values).
+    pub n_layers: usize,
+    /// Values per token per layer for K (and for V): kv heads × head size.
+    pub kv_dim: usize,
+    /// Positions per sequence.
+    pub n_ctx: usize,
+    /// Sequences held at once.
+    pub n_seq: usize,
+}
+
+impl KvConfig {
+    /// Bytes for keys and values (f32).
+    pub fn bytes(&self) -> usize {
+        2 * self.n_layers * self.n_seq * self.n_ctx * self.kv_dim * 4
+    }
+}
+
+/// The bounds of a backend's buffers, which every batch must fit.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most tokens in a batch.
+    pub max_batch: usize,
+    /// Most logit rows a batch may ask for.
+    pub max_logit_rows: usize,
+    /// The widest input row (see [`crate::Plan::max_token_width`]).
+    pub max_width: usize,
+    /// Positions per sequence.
+    pub n_ctx: usize,
+    /// Sequences.
+    pub n_seq: usize,
+}
+
+impl Limits {
+    /// Checks `batch` (tokens of a vocabulary of `vocab`) against these bounds: its size,
+    /// logit rows, positions and sequences, token ids, one position and sequence id per
+    /// token, and input rows (one per token, none wider than `max_width`).
+    pub fn check(&self, batch: &Batch, vocab: usize) -> Result<(), BackendError> {
+        if batch.len() > self.max_batch {
+            return Err(BackendError::BatchTooLarge(batch.len(), self.max_batch));
+        }
+        if batch.logits.len() > self.max_logit_rows
+            || batch.logits.iter().any(|&i| i as usize >= batch.len())
+        {
+            return Err(BackendError::BadLogits(
+                batch.logits.len(),
+                self.max_logit_rows,
+            ));
+        }
+        for (i, (&pos, &seq)) in batch.pos.iter().zip(&batch.seq).enumerate() {
+            if pos as usize >= self.n_ctx || seq as usize >= self.n_seq {
+                return Err(BackendError::OutOfContext {
+                    index: i,
+                    pos,
+                    seq,
+                    n_ctx: self.n_ctx,
+                    n_seq: self.n_seq,
+                });
+            }
+        }
+        if let Some(&t) = batch.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(BackendError::BadToken(t));
+        }
+        if batch.pos.len() != batch.len() || batch.seq.len() != batch.len() {
+            return Err(BackendError::BadBatch {
+                tokens: batch.len(),
+                pos: batch.pos.len(),
+                seq: batch.seq.len(),
+            });
+        }
+        if !batch.embd.is_empty() {
+            let n = batch.len().max(1);
+            if !batch.embd.len().is_multiple_of(n) || batch.embd.len() / n > self.max_width {
+                return Err(BackendError::BadEmbeddings(
+                    batch.embd.len(),
+                    batch.len(),
+                    self.max_width,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_batch: 4,
+            max_logit_rows: 2,
+            max_width: 64,
+            n_ctx: 16,
+            n_seq: 2,
+        }
+    }
+
+    #[test]
+    fn batches_outside_the_bounds_are_refused() {
+        let l = limits();
+        let ok = Batch::one_sequence(&[1, 2, 3], 0, 1, false);
+        assert!(l.check(&ok, 10).is_ok());
+        let e = |b: &Batch| l.check(b, 10).unwrap_err().to_string();
+        assert!(e(&Batch::one_sequence(&[1; 5], 0, 0, false)).contains("larger than the 4"));
+        assert!(e(&Batch::one_sequence(&[1; 3], 0, 0, true)).contains("3 logit rows"));
+        assert!(e(&Batch::one_sequence(&[1; 3], 14, 0, false)).contains("position 16"));
+        assert!(e(&Batch::one_sequence(&[1; 3], 0, 2, false)).contains("sequence 2"));
+        assert!(e(&Batch::one_sequence(&[10], 0, 0, false)).contains("token id 10"));
+        let mut short = ok.clone();
+        short.pos.pop();
+        assert_eq!(
+            e(&short),
+            "forward: 3 tokens with 2 positions and 3 sequence ids"
+        );
+        let mut wide = ok.clone();
+        wide.embd = vec![0.0; 3 * 65];
+        assert!(e(&wide).contains("at most 64 values each"));
+        wide.embd = vec![0.0; 7];
+        assert!(e(&wide).contains("7 input values"));
+        wide.embd = vec![0.0; 3 * 64];
+        assert!(l.check(&wide, 10).is_ok());
+    }
+}
