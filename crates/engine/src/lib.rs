@@ -6,10 +6,12 @@ pub mod image;
 pub mod mtp;
 pub mod multi;
 pub mod perplexity;
+pub mod pick;
 mod positions;
 pub mod sampling;
 pub mod session;
 pub mod speculative;
+pub mod stop;
 
 pub use backend::GpuLayers;
 pub use image::{image_prompt, image_runs, image_tokens, split_rendered, ImagePrompt, ImageTokens};
