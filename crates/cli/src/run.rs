@@ -220,7 +220,7 @@ impl SpecArgs {
                 let engine = model.load_other(name, 1)?;
                 let d = ModelDrafter::new(engine, target, sampling)
                     .with_context(|| format!("draft model {name}"))?;
-                Ok(Some(DraftSource::Model(d)))
+                Ok(Some(DraftSource::Model(Box::new(d))))
             }
         }
     }

@@ -38,9 +38,9 @@ fn load(name: &str, logit_rows: usize) -> Engine {
 
 fn check(name: &str, file: &str) {
     let mut target = load(name, MAX_DRAFT + 1);
-    let mut by_model = DraftSource::Model(
+    let mut by_model = DraftSource::Model(Box::new(
         ModelDrafter::new(load(name, 1), &target, &SamplingParams::greedy()).unwrap(),
-    );
+    ));
     let mut ngram = DraftSource::Ngram(NgramDrafter::default());
     let (mut ngram_drafted, mut self_drafted, mut self_accepted) = (0, 0, 0);
     for prompt in golden_prompts(file) {
@@ -201,8 +201,9 @@ fn sampling_with_speculation_follows_the_target_distribution() {
         temperature: 2.0,
         ..params(7)
     };
-    let mut drafter =
-        DraftSource::Model(ModelDrafter::new(load("smollm2-135m", 1), &target, &flat).unwrap());
+    let mut drafter = DraftSource::Model(Box::new(
+        ModelDrafter::new(load("smollm2-135m", 1), &target, &flat).unwrap(),
+    ));
     for seed in 0..n as u64 {
         target.clear_cache();
         let mut ctl = Controller::fixed(2);

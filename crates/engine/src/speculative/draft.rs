@@ -63,7 +63,7 @@ pub enum DraftSource {
     Ngram(NgramDrafter),
     /// A small model sharing the target's tokenizer (a sequence of its own per target
     /// sequence).
-    Model(ModelDrafter),
+    Model(Box<ModelDrafter>),
     /// The target's own MTP block (it needs the target's hidden states: the engine's
     /// prompt and verification passes feed it, see [`DraftSource::mtp_state`]).
     Mtp(MtpDrafter),

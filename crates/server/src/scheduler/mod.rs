@@ -200,7 +200,7 @@ impl Scheduler {
         let source = match cfg.spec {
             Speculation::Off => None,
             Speculation::Ngram { .. } => Some(DraftSource::Ngram(NgramDrafter::default())),
-            Speculation::Draft { .. } => cfg.draft.map(DraftSource::Model),
+            Speculation::Draft { .. } => cfg.draft.map(|d| DraftSource::Model(Box::new(d))),
             Speculation::Mtp { .. } if engine.has_mtp() => {
                 Some(DraftSource::Mtp(MtpDrafter::default()))
             }
