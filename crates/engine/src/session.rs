@@ -503,22 +503,7 @@ impl Engine {
                 n_ctx: self.n_ctx,
             });
         }
-        let vocab = self.model.hp.n_vocab;
-        let eog: Vec<u32> = self.tokenizer.eog_ids().to_vec();
-        let mut picker = Picker::new(&opts.sampling, vocab, opts.ignore_eos, &eog);
-        for p in &parts {
-            if let PromptPart::Tokens(t) = p {
-                for &t in *t {
-                    picker.accept(t);
-                }
-            }
-        }
-        let mut out = Generation {
-            finish_reason: "length",
-            ..Generation::default()
-        };
-        out.tokens.reserve(opts.max_tokens);
-        let mut emit = Emitter::new(opts);
+        let (mut picker, mut out, mut emit) = self.start_generation(&parts, opts);
         let mut top = Vec::with_capacity(opts.logprobs);
 
         let t0 = Instant::now();
@@ -574,6 +559,33 @@ impl Engine {
         emit.finish(&mut out);
         out.timings.generation_time = t1.elapsed();
         Ok(out)
+    }
+}
+
+impl Engine {
+    /// What a generation after `parts` starts with: its picker (which has seen the prompt's
+    /// tokens), its empty output and its emitter. Shared by plain and speculative generation.
+    pub(crate) fn start_generation(
+        &self,
+        parts: &[PromptPart],
+        opts: &GenerateOptions,
+    ) -> (Picker, Generation, Emitter) {
+        let vocab = self.model.hp.n_vocab;
+        let eog = self.tokenizer.eog_ids();
+        let mut picker = Picker::new(&opts.sampling, vocab, opts.ignore_eos, eog);
+        for p in parts {
+            if let PromptPart::Tokens(t) = p {
+                for &t in *t {
+                    picker.accept(t);
+                }
+            }
+        }
+        let mut out = Generation {
+            finish_reason: "length",
+            ..Generation::default()
+        };
+        out.tokens.reserve(opts.max_tokens);
+        (picker, out, Emitter::new(opts))
     }
 }
 

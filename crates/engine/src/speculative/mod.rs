@@ -22,9 +22,8 @@
 
 use std::time::Instant;
 
-use crate::pick::Picker;
 use crate::sampling::top_logprobs;
-use crate::session::{Emitter, Engine, EngineError, GenerateOptions, Generation, PromptPart};
+use crate::session::{Engine, EngineError, GenerateOptions, Generation, PromptPart};
 
 mod controller;
 mod draft;
@@ -143,21 +142,7 @@ impl Engine {
         }
         let vocab = self.model.hp.n_vocab;
         let max_draft = MAX_DRAFT.min(self.max_logit_rows.saturating_sub(1));
-        let eog: Vec<u32> = self.tokenizer.eog_ids().to_vec();
-        let mut picker = Picker::new(&opts.sampling, vocab, opts.ignore_eos, &eog);
-        for p in parts {
-            if let PromptPart::Tokens(t) = p {
-                for &t in *t {
-                    picker.accept(t);
-                }
-            }
-        }
-        let mut out = Generation {
-            finish_reason: "length",
-            ..Generation::default()
-        };
-        out.tokens.reserve(opts.max_tokens);
-        let mut emit = Emitter::new(opts);
+        let (mut picker, mut out, mut emit) = self.start_generation(parts, opts);
         let mut top = Vec::with_capacity(opts.logprobs);
 
         // The prompt, as `generate` evaluates it (the cached prefix reused); with the MTP
