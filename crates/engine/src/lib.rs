@@ -1,5 +1,5 @@
-//! Sequences, the sampling chain, generation and perplexity over a loaded model; later the
-//! speculative decoding and the batching scheduler.
+//! Running a loaded model: generation (plain and speculative, one per-sequence round the
+//! server's scheduler drives too), the sampling chain, stop strings, batching and perplexity.
 
 pub mod backend;
 pub mod image;

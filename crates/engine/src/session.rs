@@ -1,5 +1,5 @@
-//! One model loaded for inference on the CPU: tokenizer, chat template, KV cache, and the
-//! loop that evaluates prompts and generates tokens with a sampler.
+//! One model loaded for inference (CPU or GPU): tokenizer, chat template, KV cache, and the
+//! loop that evaluates prompts and generates tokens, picked by [`crate::pick::Picker`].
 
 use std::path::Path;
 use std::sync::Arc;

@@ -43,20 +43,34 @@ pub const MAX_DRAFT: usize = runtime::cpu::GEMM_MIN_TOKENS - 2;
 /// Why speculative decoding could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    /// The target (or draft) engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The MTP drafter lost track of the sequence.
     #[error("MTP drafting: {0}")]
     Mtp(&'static str),
+    /// MTP drafting was asked of a model without the block.
     #[error("the model has no multi-token-prediction block: use --spec ngram or --spec draft")]
     NoMtp,
+    /// A drafter that cannot see images was asked to draft after a prompt with some.
     #[error("with images in the prompt only the MTP drafter speculates (a draft model or n-grams cannot see the image): use --spec mtp or --spec none")]
     ImagesNeedMtp,
+    /// The draft model's vocabulary is not the target's.
     #[error("the draft model's vocabulary ({draft} tokens) differs from the target's ({target}); a draft model must share the target's tokenizer")]
-    Vocabulary { draft: usize, target: usize },
+    Vocabulary {
+        /// The draft model's vocabulary size.
+        draft: usize,
+        /// The target's.
+        target: usize,
+    },
+    /// The draft model spells a token differently from the target.
     #[error("the draft model's tokenizer disagrees with the target's on token {id} ({draft:?} vs {target:?}); a draft model must share the target's tokenizer")]
     Tokenizer {
+        /// The token.
         id: u32,
+        /// The draft model's spelling.
         draft: String,
+        /// The target's.
         target: String,
     },
 }
