@@ -187,8 +187,10 @@ pub fn run(args: Args) -> Result<()> {
             continue;
         }
         let stdout = std::io::stdout();
+        let mut printed = 0;
         let on_token = |_: u32, piece: &str| {
             let mut out = stdout.lock();
+            printed += piece.len();
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
             !stop.load(Ordering::SeqCst)
@@ -211,7 +213,8 @@ pub fn run(args: Args) -> Result<()> {
             }
             _ => engine.generate(&prompt, &opts, on_token)?,
         };
-        println!();
+        // What generation held back and released at its end.
+        println!("{}", gen.text.get(printed..).unwrap_or(""));
         if gen.finish_reason == "cancelled" {
             eprintln!("[stopped]");
         }

@@ -4,7 +4,9 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use engine::sampling::SamplingParams;
-use engine::speculative::{Controller, Drafter, ModelDrafter, MtpDrafter, NgramDrafter, MAX_DRAFT};
+use engine::speculative::{
+    Controller, DraftSource, ModelDrafter, MtpDrafter, NgramDrafter, MAX_DRAFT,
+};
 use engine::{Engine, EngineOptions, GenerateOptions, PromptPart};
 use serde_json::json;
 
@@ -188,7 +190,7 @@ impl SpecArgs {
         model: &ModelArgs,
         target: &Engine,
         sampling: &SamplingParams,
-    ) -> Result<Option<Box<dyn Drafter>>> {
+    ) -> Result<Option<DraftSource>> {
         let mode = self.spec.unwrap_or(if self.draft_model.is_some() {
             SpecMode::Draft
         } else if target.has_mtp() {
@@ -204,12 +206,12 @@ impl SpecArgs {
         }
         match mode {
             SpecMode::None => Ok(None),
-            SpecMode::Ngram => Ok(Some(Box::new(NgramDrafter::default()))),
+            SpecMode::Ngram => Ok(Some(DraftSource::Ngram(NgramDrafter::default()))),
             SpecMode::Mtp => {
                 if !target.has_mtp() {
                     anyhow::bail!("--spec mtp: this model has no multi-token-prediction block (use --spec ngram or --spec draft)");
                 }
-                Ok(Some(Box::new(MtpDrafter::default())))
+                Ok(Some(DraftSource::Mtp(MtpDrafter::default())))
             }
             SpecMode::Draft => {
                 let Some(name) = &self.draft_model else {
@@ -218,7 +220,7 @@ impl SpecArgs {
                 let engine = model.load_other(name, 1)?;
                 let d = ModelDrafter::new(engine, target, sampling)
                     .with_context(|| format!("draft model {name}"))?;
-                Ok(Some(Box::new(d)))
+                Ok(Some(DraftSource::Model(Box::new(d))))
             }
         }
     }
@@ -257,6 +259,10 @@ pub struct Args {
     /// Do not stop at end-of-generation tokens (they are never picked).
     #[arg(long)]
     ignore_eos: bool,
+    /// Stop when the text contains TEXT (repeatable); the text is cut before it, and what
+    /// could still begin it is not printed until it is known not to.
+    #[arg(long, value_name = "TEXT")]
+    stop: Vec<String>,
     /// Record the K most likely tokens and their log-probabilities at every step (--json).
     #[arg(long, value_name = "K", default_value_t = 0)]
     logprobs: usize,
@@ -341,12 +347,14 @@ pub fn run(args: Args) -> Result<()> {
         sampling: args.sampling.params(),
         ignore_eos: args.ignore_eos,
         logprobs: args.logprobs,
-        stop: Vec::new(),
+        stop: args.stop.clone(),
     };
     let stdout = std::io::stdout();
     let json = args.json;
     // The prompt is echoed with the first generated piece, so errors come alone.
     let mut echoed = false;
+    // Bytes of the generated text printed (text that may begin a stop string comes later).
+    let mut printed = 0;
     let on_token = |_: u32, piece: &str| {
         if !json {
             let mut out = stdout.lock();
@@ -354,12 +362,13 @@ pub fn run(args: Args) -> Result<()> {
                 let _ = out.write_all(args.prompt.as_bytes());
                 echoed = true;
             }
+            printed += piece.len();
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
         }
         true
     };
-    let (gen, spec) = match drafter.as_deref_mut() {
+    let (gen, spec) = match drafter.as_mut() {
         Some(d) => {
             let mut ctl = if args.spec.draft_fixed {
                 Controller::fixed(args.spec.draft_max)
@@ -393,6 +402,10 @@ pub fn run(args: Args) -> Result<()> {
     };
     if !json && !echoed {
         print!("{}", args.prompt);
+    }
+    if !json {
+        // What generation held back and released at its end.
+        print!("{}", gen.text.get(printed..).unwrap_or(""));
     }
     let t = &gen.timings;
     if json {

@@ -304,3 +304,42 @@ fn synth_writes_models_that_run() {
 fn fixtures_missing() -> bool {
     testkit::fixtures_missing(testkit::QWEN35)
 }
+
+/// `--stop` cuts the text before the stop string, and the streamed text never shows the
+/// start of a stop string that then appears (it is held back until known).
+#[test]
+fn run_stops_at_a_stop_string_without_printing_its_start() {
+    let model = registry::test_model("smollm2-135m");
+    let m = model.to_str().unwrap();
+    let args = |json: bool| {
+        let mut a = vec![
+            "run",
+            "-m",
+            m,
+            "-p",
+            "1, 2, 3, 4, 5,",
+            "-n",
+            "20",
+            "--temp",
+            "0",
+            "--ignore-eos",
+            "-t",
+            "2",
+            "--stop",
+            " 7, 8",
+        ];
+        if json {
+            a.push("--json");
+        }
+        a
+    };
+    let j = surplus(&args(true));
+    assert_eq!(j["finish_reason"], "stop");
+    assert_eq!(j["text"], " 6,");
+    let out = Command::new(env!("CARGO_BIN_EXE_surplus"))
+        .args(args(false))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1, 2, 3, 4, 5, 6,\n");
+}

@@ -1,15 +1,17 @@
-//! Sequences, the sampling chain, generation and perplexity over a loaded model; later the
-//! speculative decoding and the batching scheduler.
+//! Running a loaded model: generation (plain and speculative, one per-sequence round the
+//! server's scheduler drives too), the sampling chain, stop strings, batching and perplexity.
 
 pub mod backend;
 pub mod image;
 pub mod mtp;
 pub mod multi;
 pub mod perplexity;
+pub mod pick;
 mod positions;
 pub mod sampling;
 pub mod session;
 pub mod speculative;
+pub mod stop;
 
 pub use backend::GpuLayers;
 pub use image::{image_prompt, image_runs, image_tokens, split_rendered, ImagePrompt, ImageTokens};

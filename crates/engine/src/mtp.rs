@@ -252,21 +252,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Catches the MTP cache up with `history` (whose last token is the next to verify) and
-    /// proposes up to `k` greedy drafts. Returns the seconds spent catching up on positions
-    /// before the last token (left out of the draft cost).
-    pub(crate) fn mtp_propose(
-        &mut self,
-        st: &mut MtpState,
-        history: &[u32],
-        k: usize,
-        draft: &mut Draft,
-    ) -> Result<f64, SpecError> {
-        self.mtp_propose_seq(0, st, history, k, draft)
-    }
-
-    /// [`Engine::mtp_propose`] for sequence `seq`, whose hidden states of its last trunk
-    /// pass `st` kept ([`Engine::mtp_keep_hidden_rows`]).
+    /// Catches sequence `seq`'s MTP cache up with `history` (whose last token is the next
+    /// to verify; `st` kept the hidden states of the sequence's last trunk pass, see
+    /// [`Engine::mtp_keep_hidden_rows`]) and proposes up to `k` greedy drafts. Returns the
+    /// seconds spent catching up on positions before the last token (left out of the draft
+    /// cost).
     pub fn mtp_propose_seq(
         &mut self,
         seq: u32,

@@ -58,7 +58,7 @@ impl Engine {
     ///
     /// A token's logits do not depend on the other items: the batch goes through the
     /// per-token (8-bit activation) matmul path, unless it is a single sequence of
-    /// [`runtime::cpu::GEMM_MIN_TOKENS`] or more consecutive tokens (a prompt chunk, computed
+    /// [`runtime::GEMM_MIN_TOKENS`] or more consecutive tokens (a prompt chunk, computed
     /// with different rounding): callers keep one sequence's items in a step below that
     /// (at most [`crate::speculative::MAX_DRAFT`] drafts and the last token).
     pub fn decode_step(&mut self, items: &[DecodeItem]) -> Result<&[f32], EngineError> {
@@ -189,78 +189,6 @@ pub fn prefill_chunks(done: usize, len: usize, chunk: usize) -> std::ops::Range<
     done..end.min(len)
 }
 
-/// Finds stop strings in streamed text and says how much of it is safe to emit: text that
-/// could still become the start of a stop string is held back.
-#[derive(Clone, Debug, Default)]
-pub struct StopScanner {
-    stops: Vec<String>,
-    /// All text generated so far.
-    text: String,
-    /// Bytes of `text` already handed out.
-    emitted: usize,
-}
-
-impl StopScanner {
-    /// A scanner for these stop strings (empty ones are ignored).
-    pub fn new(stops: Vec<String>) -> StopScanner {
-        StopScanner {
-            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
-            text: String::new(),
-            emitted: 0,
-        }
-    }
-
-    /// Adds a piece of text. Returns `(safe, stopped)`: the text that may be emitted now,
-    /// and whether a stop string was found (the text is then cut before it).
-    pub fn push(&mut self, piece: &str) -> (&str, bool) {
-        let from = self.text.len();
-        self.text.push_str(piece);
-        // Only look where a match could end in the new text.
-        let longest = self.stops.iter().map(|s| s.len()).max().unwrap_or(0);
-        let mut scan = from.saturating_sub(longest);
-        while !self.text.is_char_boundary(scan) {
-            scan -= 1;
-        }
-        let hit = self
-            .stops
-            .iter()
-            .filter_map(|s| self.text[scan..].find(s.as_str()).map(|i| scan + i))
-            .min();
-        if let Some(at) = hit {
-            let at = at.max(self.emitted);
-            self.text.truncate(at);
-            let start = self.emitted;
-            self.emitted = at;
-            return (&self.text[start..at], true);
-        }
-        // Hold back the longest suffix that is a prefix of some stop string.
-        let mut keep = self.text.len();
-        for s in &self.stops {
-            for (i, _) in s.char_indices().skip(1) {
-                if self.text.ends_with(&s[..i]) {
-                    keep = keep.min(self.text.len() - i);
-                }
-            }
-        }
-        let keep = keep.max(self.emitted);
-        let start = self.emitted;
-        self.emitted = keep;
-        (&self.text[start..keep], false)
-    }
-
-    /// Releases what was held back (at the end of generation).
-    pub fn finish(&mut self) -> &str {
-        let start = self.emitted;
-        self.emitted = self.text.len();
-        &self.text[start..]
-    }
-
-    /// All text so far (cut before a stop string once one was found).
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-}
-
 /// Engines move to the scheduler's thread.
 #[allow(dead_code)]
 fn assert_send() {
@@ -278,24 +206,5 @@ mod tests {
         assert_eq!(prefill_chunks(128, 300, 128), 128..256);
         assert_eq!(prefill_chunks(256, 300, 128), 256..300);
         assert_eq!(prefill_chunks(0, 5, 128), 0..5);
-    }
-
-    #[test]
-    fn stop_strings_are_held_back_and_cut() {
-        let mut s = StopScanner::new(vec!["END".into()]);
-        assert_eq!(s.push("hello E"), ("hello ", false));
-        assert_eq!(s.push("N"), ("", false));
-        assert_eq!(s.push("D and more"), ("", true));
-        assert_eq!(s.text(), "hello ");
-        let mut s = StopScanner::new(vec!["END".into()]);
-        assert_eq!(s.push("hello E"), ("hello ", false));
-        assert_eq!(s.push("x"), ("Ex", false));
-        assert_eq!(s.finish(), "");
-        let mut s = StopScanner::new(vec!["\n\n".into(), "é!".into()]);
-        assert_eq!(s.push("aé"), ("a", false));
-        assert_eq!(s.push("b\n"), ("éb", false));
-        assert_eq!(s.finish(), "\n");
-        let mut s = StopScanner::new(vec![]);
-        assert_eq!(s.push("abc"), ("abc", false));
     }
 }

@@ -1,17 +1,19 @@
-//! One model loaded for inference on the CPU: tokenizer, chat template, KV cache, and the
-//! loop that evaluates prompts and generates tokens with a sampler.
+//! One model loaded for inference (CPU or GPU): tokenizer, chat template, KV cache, and the
+//! loop that evaluates prompts and generates tokens, picked by [`crate::pick::Picker`].
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use model::Model;
-use runtime::cpu::KvConfig;
+use runtime::KvConfig;
 use runtime::Batch;
 use tokenizer::{ChatTemplate, Tokenizer};
 
 use crate::backend::{place, Backend, GpuLayers, Shape};
-use crate::sampling::{argmax_excluding, top_logprobs, Sampler, SamplingParams};
+use crate::pick::Picker;
+use crate::sampling::{top_logprobs, SamplingParams};
+use crate::stop::TextStream;
 
 /// Why loading or running failed.
 #[derive(Debug, thiserror::Error)]
@@ -464,8 +466,10 @@ impl Engine {
     }
 
     /// Generates up to `opts.max_tokens` tokens after `prompt` (ids, BOS included as the
-    /// caller wants) in sequence 0, calling `on_token(id, text_piece)` for each; returning
-    /// `false` from it stops early ("cancelled").
+    /// caller wants) in sequence 0, calling `on_token(id, text)` for each with the text that
+    /// may be shown now (text that may start a stop string is held back: the returned
+    /// [`Generation::text`] past what was shown is the rest); returning `false` from it stops
+    /// early ("cancelled").
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -497,24 +501,8 @@ impl Engine {
                 n_ctx: self.n_ctx,
             });
         }
-        let vocab = self.model.hp.n_vocab;
-        let mut sampler = Sampler::new(opts.sampling.clone(), vocab);
-        for p in &parts {
-            if let PromptPart::Tokens(t) = p {
-                for &t in *t {
-                    sampler.accept(t);
-                }
-            }
-        }
-        let mut out = Generation {
-            finish_reason: "length",
-            ..Generation::default()
-        };
-        out.tokens.reserve(opts.max_tokens);
-        let mut emit = Emitter::new();
+        let (mut picker, mut out, mut emit) = self.start_generation(&parts, opts);
         let mut top = Vec::with_capacity(opts.logprobs);
-        let eog: Vec<u32> = self.tokenizer.eog_ids().to_vec();
-        let mut masked: Vec<f32> = Vec::with_capacity(if opts.ignore_eos { vocab } else { 0 });
 
         let t0 = Instant::now();
         // The cache's token list describes sequence 0 only while the prompt is all tokens.
@@ -550,23 +538,11 @@ impl Engine {
         let t1 = Instant::now();
         for pos in prompt_len..prompt_len + opts.max_tokens {
             let logits = self.backend.read(self.model.acts.logits, 1)?;
-            let id = if opts.ignore_eos && opts.sampling.temperature <= 0.0 {
-                argmax_excluding(logits, &eog)
-            } else if opts.ignore_eos {
-                masked.clear();
-                masked.extend_from_slice(logits);
-                for &e in &eog {
-                    masked[e as usize] = f32::NEG_INFINITY;
-                }
-                sampler.sample(&masked)
-            } else {
-                sampler.sample(logits)
-            };
+            let id = picker.pick(logits);
             if opts.logprobs > 0 {
                 top_logprobs(logits, opts.logprobs, &mut top);
                 out.logprobs.push(top.clone());
             }
-            sampler.accept(id);
             if emit.push(&self.tokenizer, opts, &mut out, id, &mut on_token) {
                 break;
             }
@@ -584,19 +560,44 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// What a generation after `parts` starts with: its picker (which has seen the prompt's
+    /// tokens), its empty output and its emitter. Shared by plain and speculative generation.
+    pub(crate) fn start_generation(
+        &self,
+        parts: &[PromptPart],
+        opts: &GenerateOptions,
+    ) -> (Picker, Generation, Emitter) {
+        let vocab = self.model.hp.n_vocab;
+        let eog = self.tokenizer.eog_ids();
+        let mut picker = Picker::new(&opts.sampling, vocab, opts.ignore_eos, eog);
+        for p in parts {
+            if let PromptPart::Tokens(t) = p {
+                for &t in *t {
+                    picker.accept(t);
+                }
+            }
+        }
+        let mut out = Generation {
+            finish_reason: "length",
+            ..Generation::default()
+        };
+        out.tokens.reserve(opts.max_tokens);
+        (picker, out, Emitter::new(opts))
+    }
+}
+
 /// Adds generated tokens to a [`Generation`] as `generate` does: end of generation, text
-/// streamed through `on_token`, stop strings, the token limit. Shared by plain and
-/// speculative generation.
+/// streamed through `on_token` (held back while it may start a stop string, see
+/// [`TextStream`]), stop strings, the token limit. Shared by plain and speculative generation.
 pub(crate) struct Emitter {
-    stream: tokenizer::StreamDecoder,
-    piece: String,
+    text: TextStream,
 }
 
 impl Emitter {
-    pub(crate) fn new() -> Emitter {
+    pub(crate) fn new(opts: &GenerateOptions) -> Emitter {
         Emitter {
-            stream: tokenizer::StreamDecoder::new(false),
-            piece: String::with_capacity(64),
+            text: TextStream::new(opts.stop.clone()),
         }
     }
 
@@ -616,41 +617,30 @@ impl Emitter {
             return true;
         }
         out.tokens.push(id);
-        self.piece.clear();
-        self.stream.push(tok, id, &mut self.piece);
-        out.text.push_str(&self.piece);
         out.timings.generated_tokens += 1;
-        if !on_token(id, &self.piece) {
+        let (safe, stopped) = self.text.push(tok, id);
+        if !on_token(id, safe) {
             out.finish_reason = "cancelled";
             return true;
         }
-        // A stop string not seen before ends in the new piece: search only the tail.
-        let longest = opts.stop.iter().map(String::len).max().unwrap_or(0);
-        let mut from = out
-            .text
-            .len()
-            .saturating_sub(self.piece.len() + longest.saturating_sub(1));
-        while !out.text.is_char_boundary(from) {
-            from -= 1;
-        }
-        let hit = opts
-            .stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| out.text[from..].find(s.as_str()))
-            .min();
-        if let Some(at) = hit {
-            out.text.truncate(from + at);
+        if stopped {
             out.finish_reason = "stop";
             return true;
         }
         out.tokens.len() == opts.max_tokens
     }
 
-    /// Flushes what the stream decoder still holds (bytes of an unfinished character).
+    /// Ends the text: after anything but a stop, flushes what the stream still holds (bytes
+    /// of an unfinished character, which may complete a stop string). `out.text` is then
+    /// the whole text; what `on_token` was not given is the rest of it past what it was.
     pub(crate) fn finish(&mut self, out: &mut Generation) {
-        self.piece.clear();
-        self.stream.finish(&mut self.piece);
-        out.text.push_str(&self.piece);
+        if out.finish_reason != "stop" {
+            let (_, hit) = self.text.finish();
+            if hit && out.finish_reason != "cancelled" {
+                out.finish_reason = "stop";
+            }
+        }
+        out.text.clear();
+        out.text.push_str(self.text.text());
     }
 }

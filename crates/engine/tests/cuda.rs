@@ -3,7 +3,7 @@
 //! CUDA is unusable, and skips models that are not on disk (nothing is downloaded).
 
 use engine::sampling::SamplingParams;
-use engine::speculative::{Controller, MtpDrafter};
+use engine::speculative::{Controller, DraftSource, MtpDrafter};
 use engine::{Engine, EngineError, EngineOptions, GenerateOptions, GpuLayers};
 
 fn opts(gpu: GpuLayers) -> EngineOptions {
@@ -191,7 +191,7 @@ fn gpu_mtp_speculation_keeps_greedy_tokens() {
             stop: vec![],
         };
         let plain = gpu.generate(&prompt, &g, |_, _| true).unwrap().tokens;
-        let mut drafter = MtpDrafter { trace: None };
+        let mut drafter = DraftSource::Mtp(MtpDrafter::default());
         let mut ctl = Controller::fixed(3);
         let (spec, stats) = gpu
             .generate_speculative(&prompt, &g, &mut drafter, &mut ctl, |_, _| true)

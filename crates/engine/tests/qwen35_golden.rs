@@ -177,7 +177,7 @@ fn q8_0_greedy_matches_llama_cpp() {
         max: 0.15,
         median: 0.03,
     };
-    let n_batch = runtime::cpu::GEMM_MIN_TOKENS - 1;
+    let n_batch = runtime::GEMM_MIN_TOKENS - 1;
     check_greedy(
         "qwen35-tiny-q8_0.gguf",
         &r["variants"]["q8_0"]["greedy"],
@@ -390,7 +390,7 @@ fn q8_0_greedy_follows_the_f64_oracle() {
     if fixture_missing("qwen35-tiny-q8_0.gguf") {
         return;
     }
-    let n = runtime::cpu::GEMM_MIN_TOKENS - 1;
+    let n = runtime::GEMM_MIN_TOKENS - 1;
     // On the GPU (emulated): median 0.0336 with the decode kernels (batches of 7), whose
     // 8-bit activations and products equal the CPU's (cuda::gpu_tests::
     // matvec_dp4a_rounds_activations_as_the_cpu), and 0.040 with prompts through the f16

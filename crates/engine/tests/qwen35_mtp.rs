@@ -5,7 +5,7 @@
 //! two probabilities are within `tie`, after which that round is not compared).
 
 use engine::sampling::SamplingParams;
-use engine::speculative::{Controller, MtpDrafter};
+use engine::speculative::{Controller, DraftSource, MtpDrafter};
 use engine::{Engine, EngineOptions, GenerateOptions};
 use serde_json::Value;
 use testkit::ids;
@@ -40,9 +40,7 @@ fn check(file: &str, cases: &Value, tie: f64) {
         let prompt = ids(&case["prompt_ids"]);
         let plain = engine.generate(&prompt, &gen_opts, |_, _| true).unwrap();
         for fixed in [true, false] {
-            let mut drafter = MtpDrafter {
-                trace: Some(Vec::new()),
-            };
+            let mut drafter = DraftSource::Mtp(MtpDrafter::traced());
             let mut ctl = if fixed {
                 Controller::fixed(3)
             } else {
@@ -78,7 +76,10 @@ fn check(file: &str, cases: &Value, tie: f64) {
                 };
                 start = after as usize;
             }
-            for (pos, ours) in drafter.trace.unwrap() {
+            let DraftSource::Mtp(mtp) = drafter else {
+                unreachable!()
+            };
+            for (pos, ours) in mtp.trace.unwrap() {
                 let Some((_, theirs, top2)) = reference.iter().find(|r| r.0 == pos) else {
                     continue;
                 };

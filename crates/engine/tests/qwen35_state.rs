@@ -5,7 +5,7 @@
 
 use engine::multi::DecodeItem;
 use engine::sampling::SamplingParams;
-use engine::speculative::{Controller, NgramDrafter, MAX_DRAFT};
+use engine::speculative::{Controller, DraftSource, NgramDrafter, MAX_DRAFT};
 use engine::{Engine, EngineOptions, GenerateOptions};
 
 fn load(n_batch: usize, n_seq: usize, logit_rows: usize) -> Engine {
@@ -194,7 +194,7 @@ fn speculative_greedy_equals_plain_greedy() {
         e.clear_cache();
         let plain = e.generate(&ids, &opts, |_, _| true).unwrap();
         e.clear_cache();
-        let mut ngram = NgramDrafter::default();
+        let mut ngram = DraftSource::Ngram(NgramDrafter::default());
         let mut ctl = Controller::fixed(4);
         let (spec, stats) = e
             .generate_speculative(&ids, &opts, &mut ngram, &mut ctl, |_, _| true)

@@ -72,3 +72,62 @@ fn stop_strings_and_limits() {
     assert!(e.generate(&p, &too_long, |_, _| true).is_err());
     assert!(e.generate(&[], &greedy(1), |_, _| true).is_err());
 }
+
+/// Streamed text holds back what may start a stop string: what `on_token` is given never
+/// shows any part of the stop string, is a prefix of the final text, and the rest of that
+/// text is released at the end. Speculative generation streams the same way.
+#[test]
+fn streamed_text_holds_back_a_partial_stop_string() {
+    use engine::speculative::{Controller, DraftSource, NgramDrafter};
+    let mut e = engine();
+    let p = e.tokenizer.encode("1, 2, 3, 4, 5,", true, true);
+    // " 7, 8" arrives over several tokens: " 7" first, which must be held back.
+    let mut opts = greedy(20);
+    opts.stop = vec![" 7, 8".into(), " 6, 7, 9".into()];
+    let mut streamed = String::new();
+    let g = e
+        .generate(&p, &opts, |_, piece| {
+            streamed.push_str(piece);
+            true
+        })
+        .unwrap();
+    assert_eq!(g.finish_reason, "stop");
+    assert_eq!(g.text, " 6,");
+    assert_eq!(streamed, " 6,", "a partial stop string was streamed");
+    // A partial match that turns out not to be one is released as soon as it is known.
+    opts.stop = vec![" 6, 7, 9".into()];
+    opts.max_tokens = 8;
+    let mut pieces = Vec::new();
+    let g = e
+        .generate(&p, &opts, |_, piece| {
+            pieces.push(piece.to_string());
+            true
+        })
+        .unwrap();
+    assert_eq!(g.finish_reason, "length");
+    let streamed: String = pieces.concat();
+    assert!(g.text.starts_with(" 6, 7, 8"), "{:?}", g.text);
+    assert!(g.text.starts_with(&streamed));
+    assert!(pieces.iter().take(3).all(|p| p.is_empty()), "{pieces:?}");
+    assert!(streamed.starts_with(" 6, 7, 8"), "{streamed:?}");
+    // Speculative generation streams the same text.
+    opts.stop = vec![" 7, 8".into()];
+    opts.max_tokens = 20;
+    let mut spec_streamed = String::new();
+    let mut source = DraftSource::Ngram(NgramDrafter::default());
+    e.clear_cache();
+    let (g, _) = e
+        .generate_speculative(
+            &p,
+            &opts,
+            &mut source,
+            &mut Controller::fixed(3),
+            |_, piece| {
+                spec_streamed.push_str(piece);
+                true
+            },
+        )
+        .unwrap();
+    assert_eq!((g.finish_reason, g.text.as_str()), ("stop", " 6,"));
+    assert_eq!(spec_streamed, " 6,");
+}

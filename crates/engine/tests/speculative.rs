@@ -4,7 +4,9 @@
 //! log-probs alike. A draft model with another tokenizer is refused.
 
 use engine::sampling::SamplingParams;
-use engine::speculative::{Controller, Drafter, ModelDrafter, NgramDrafter, SpecError, MAX_DRAFT};
+use engine::speculative::{
+    Controller, DraftSource, ModelDrafter, NgramDrafter, SpecError, MAX_DRAFT,
+};
 use engine::{Engine, EngineOptions, GenerateOptions};
 
 fn golden_prompts(file: &str) -> Vec<String> {
@@ -30,9 +32,10 @@ fn load(name: &str, logit_rows: usize) -> Engine {
 
 fn check(name: &str, file: &str) {
     let mut target = load(name, MAX_DRAFT + 1);
-    let mut by_model =
-        ModelDrafter::new(load(name, 1), &target, &SamplingParams::greedy()).unwrap();
-    let mut ngram = NgramDrafter::default();
+    let mut by_model = DraftSource::Model(Box::new(
+        ModelDrafter::new(load(name, 1), &target, &SamplingParams::greedy()).unwrap(),
+    ));
+    let mut ngram = DraftSource::Ngram(NgramDrafter::default());
     let (mut ngram_drafted, mut self_drafted, mut self_accepted) = (0, 0, 0);
     for prompt in golden_prompts(file) {
         let ids = target.tokenizer.encode(&prompt, true, true);
@@ -49,7 +52,7 @@ fn check(name: &str, file: &str) {
             target.clear_cache();
             let plain = target.generate(&ids, &opts, |_, _| true).unwrap();
             for run in 0..3 {
-                let (drafter, mut ctl): (&mut dyn Drafter, Controller) = match run {
+                let (drafter, mut ctl): (&mut DraftSource, Controller) = match run {
                     0 => (&mut ngram, Controller::fixed(4)),
                     1 => (&mut by_model, Controller::fixed(MAX_DRAFT)),
                     _ => (&mut by_model, Controller::new(3)),
@@ -192,7 +195,9 @@ fn sampling_with_speculation_follows_the_target_distribution() {
         temperature: 2.0,
         ..params(7)
     };
-    let mut drafter = ModelDrafter::new(load("smollm2-135m", 1), &target, &flat).unwrap();
+    let mut drafter = DraftSource::Model(Box::new(
+        ModelDrafter::new(load("smollm2-135m", 1), &target, &flat).unwrap(),
+    ));
     for seed in 0..n as u64 {
         target.clear_cache();
         let mut ctl = Controller::fixed(2);

@@ -4,7 +4,7 @@
 //! llama.cpp's (vision.json): tokens up to the first near-tie, top-5 log-probs within 5e-3.
 
 use engine::sampling::SamplingParams;
-use engine::speculative::{Controller, MtpDrafter};
+use engine::speculative::{Controller, DraftSource, MtpDrafter};
 use engine::{Engine, EngineOptions, GenerateOptions, Generation, ImageRows, PromptPart};
 use serde_json::Value;
 use testkit::ids;
@@ -265,7 +265,7 @@ fn mtp_speculation_with_an_image_keeps_greedy_output() {
             .generate_parts(&parts, &gen_opts, |_, _| true)
             .unwrap();
         for fixed in [true, false] {
-            let mut drafter = MtpDrafter { trace: None };
+            let mut drafter = DraftSource::Mtp(MtpDrafter::default());
             let mut ctl = if fixed {
                 Controller::fixed(3)
             } else {
@@ -324,7 +324,7 @@ fn an_image_larger_than_the_batch_goes_in_several_passes() {
         let (pre, post) = split(&engine, case);
         let parts = image_parts(&pre, &emb.data, [emb.nx, emb.ny], &post);
         if mtp {
-            let mut drafter = MtpDrafter { trace: None };
+            let mut drafter = DraftSource::Mtp(MtpDrafter::default());
             let mut ctl = Controller::fixed(3);
             let mut o = gen_opts();
             o.logprobs = 0;

@@ -73,6 +73,16 @@ fn assert_same_outputs(plain: (&Value, &Value, &[Value]), spec: (&Value, &Value,
     }
 }
 
+/// Checks that the metrics `m` count drafted tokens, some of them kept (never more than
+/// drafted); returns the tokens drafted.
+fn some_drafts_kept(m: &str) -> u64 {
+    let drafted = metric(m, "surplus_spec_drafted_total");
+    let accepted = metric(m, "surplus_spec_accepted_total");
+    assert!(drafted > 0, "nothing drafted:\n{m}");
+    assert!(accepted > 0 && accepted <= drafted, "{m}");
+    drafted
+}
+
 #[test]
 fn ngram_speculation_keeps_greedy_output_and_counts_drafts() {
     let plain = start(4, 16, 256);
@@ -91,11 +101,8 @@ fn ngram_speculation_keeps_greedy_output_and_counts_drafts() {
     );
     assert_eq!(s_alone["usage"]["completion_tokens"], 24);
 
-    let drafted = metric(&m, "surplus_spec_drafted_total");
-    let accepted = metric(&m, "surplus_spec_accepted_total");
-    assert!(drafted > 0, "nothing drafted:\n{m}");
     // The prompt repeats itself: most drafts are right.
-    assert!(accepted > 0 && accepted <= drafted, "{m}");
+    let drafted = some_drafts_kept(&m);
     let d0 = metric(&m, "surplus_spec_drafted_by_position_total{position=\"0\"}");
     let a0 = metric(
         &m,
@@ -193,10 +200,7 @@ fn draft_model_speculation_keeps_greedy_output() {
         (&s_alone, &s_busy, &s_others),
     );
     assert_eq!(s_alone["usage"]["completion_tokens"], 16);
-    let drafted = metric(&m, "surplus_spec_drafted_total");
-    let accepted = metric(&m, "surplus_spec_accepted_total");
-    assert!(drafted > 0, "nothing drafted:\n{m}");
-    assert!(accepted > 0 && accepted <= drafted, "{m}");
+    some_drafts_kept(&m);
     assert_eq!(
         metric(&m, "surplus_generation_tokens_total"),
         2 * 16 + 2 * 12
