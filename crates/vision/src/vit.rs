@@ -4,30 +4,29 @@
 use runtime::Weight;
 
 use crate::nn::{self, f16_round};
-use crate::weights::Tensors;
 use crate::VisionError;
+use model::Loader;
 
 /// The `clip.vision.*` keys of a projector file.
 #[derive(Clone, Debug)]
 pub struct VisionHparams {
-    /// Side of the square input, in pixels (`clip.vision.image_size`): Gemma's fixed input
-    /// size; the Qwen tower takes any size.
+    /// Side of the square image the tower was trained on.
     pub image_size: usize,
-    /// Side of a square patch, in pixels: one token before any merging or pooling.
+    /// Side of a patch, in pixels.
     pub patch_size: usize,
     /// Width of the tower.
     pub n_embd: usize,
-    /// Width of the hidden layer of each block's MLP.
+    /// Hidden width of the MLP.
     pub n_ff: usize,
-    /// Number of ViT blocks.
+    /// ViT blocks.
     pub n_layer: usize,
-    /// Attention heads per block; divides `n_embd`.
+    /// Attention heads.
     pub n_head: usize,
-    /// Epsilon of the LayerNorms (`1e-6` when the file has none).
+    /// LayerNorm epsilon.
     pub eps: f32,
-    /// Per-channel (R, G, B) mean subtracted from pixel values scaled to 0..=1.
+    /// Per-channel mean subtracted from the pixels (0..1).
     pub mean: [f32; 3],
-    /// Per-channel (R, G, B) divisor applied after the mean; never zero.
+    /// Per-channel standard deviation the pixels are divided by.
     pub std: [f32; 3],
     /// Attention as llama.cpp's default (flash attention on its CPU backend) computes it:
     /// queries, keys and values rounded to f16 and the weighted sum of values accumulated
@@ -36,18 +35,18 @@ pub struct VisionHparams {
 }
 
 impl VisionHparams {
-    pub(crate) fn read(t: &Tensors) -> Result<VisionHparams, VisionError> {
+    pub(crate) fn read(m: &gguf::Metadata) -> Result<VisionHparams, VisionError> {
         let k = |s: &str| format!("clip.vision.{s}");
         let hp = VisionHparams {
-            image_size: t.count(&k("image_size"))?,
-            patch_size: t.count(&k("patch_size"))?,
-            n_embd: t.count(&k("embedding_length"))?,
-            n_ff: t.count(&k("feed_forward_length"))?,
-            n_layer: t.count(&k("block_count"))?,
-            n_head: t.count(&k("attention.head_count"))?,
-            eps: t.f32_or(&k("attention.layer_norm_epsilon"), 1e-6)?,
-            mean: t.rgb(&k("image_mean"))?,
-            std: t.rgb(&k("image_std"))?,
+            image_size: count(m, &k("image_size"))?,
+            patch_size: count(m, &k("patch_size"))?,
+            n_embd: count(m, &k("embedding_length"))?,
+            n_ff: count(m, &k("feed_forward_length"))?,
+            n_layer: count(m, &k("block_count"))?,
+            n_head: count(m, &k("attention.head_count"))?,
+            eps: f32_or(m, &k("attention.layer_norm_epsilon"), 1e-6)?,
+            mean: rgb(m, &k("image_mean"))?,
+            std: rgb(m, &k("image_std"))?,
             f16_attention: true,
         };
         if !hp.n_embd.is_multiple_of(hp.n_head) {
@@ -62,10 +61,49 @@ impl VisionHparams {
         Ok(hp)
     }
 
-    /// Width of one attention head: `n_embd / n_head`.
+    /// Values per attention head.
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
     }
+}
+
+/// A required unsigned key, at least 1.
+fn count(m: &gguf::Metadata, key: &str) -> Result<usize, VisionError> {
+    let v = m
+        .get_u64(key)
+        .ok_or_else(|| VisionError::Metadata(key.into(), "missing or not an integer".into()))?;
+    if v == 0 || v > 1 << 20 {
+        return Err(VisionError::Metadata(
+            key.into(),
+            format!("{v} is out of range"),
+        ));
+    }
+    Ok(v as usize)
+}
+
+/// An f32 key, or `default` when absent.
+fn f32_or(m: &gguf::Metadata, key: &str, default: f32) -> Result<f32, VisionError> {
+    match m.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_f32()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| VisionError::Metadata(key.into(), "not a finite number".into())),
+    }
+}
+
+/// A required array of three f32 values (image mean or std).
+fn rgb(m: &gguf::Metadata, key: &str) -> Result<[f32; 3], VisionError> {
+    let bad = || VisionError::Metadata(key.into(), "expected 3 numbers".into());
+    let a = m.get_array(key).ok_or_else(bad)?;
+    if a.len() != 3 {
+        return Err(bad());
+    }
+    let mut out = [0.0f32; 3];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = a.get(i).and_then(|v| v.as_f32()).ok_or_else(bad)?;
+    }
+    Ok(out)
 }
 
 /// A patch-embedding kernel `[p, p, 3, n_embd]`, its values rounded to f16 as llama.cpp's
@@ -76,7 +114,7 @@ pub(crate) struct PatchKernel {
 }
 
 impl PatchKernel {
-    pub fn load(t: &Tensors, name: &str, hp: &VisionHparams) -> Result<PatchKernel, VisionError> {
+    pub fn load(t: &Loader, name: &str, hp: &VisionHparams) -> Result<PatchKernel, VisionError> {
         let p = hp.patch_size as u64;
         let mut w = t.values(name, &[p, p, 3, hp.n_embd as u64])?;
         for v in &mut w {
@@ -151,7 +189,7 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    pub fn load(t: &Tensors, hp: &VisionHparams, il: usize) -> Result<Block, VisionError> {
+    pub fn load(t: &Loader, hp: &VisionHparams, il: usize) -> Result<Block, VisionError> {
         let p = |s: &str| format!("v.blk.{il}.{s}");
         let (d, ff) = (hp.n_embd as u64, hp.n_ff as u64);
         let linear = |name: &str, n_in: u64, n_out: u64| -> Result<_, VisionError> {
