@@ -2,7 +2,7 @@
 //! the one check every batch passes against it before a pass, on every device.
 
 use crate::error::BackendError;
-use crate::ops::Batch;
+use crate::ops::{Batch, Plan};
 
 /// Shape of a KV cache.
 #[derive(Clone, Debug)]
@@ -40,6 +40,18 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The bounds of the buffers `plan` declares, for batches of up to `max_batch` tokens
+    /// and the KV cache `kv`.
+    pub fn new(plan: &Plan, max_batch: usize, kv: &KvConfig) -> Limits {
+        Limits {
+            max_batch,
+            max_logit_rows: plan.min_fixed_rows().unwrap_or(max_batch),
+            max_width: plan.max_token_width(),
+            n_ctx: kv.n_ctx,
+            n_seq: kv.n_seq,
+        }
+    }
+
     /// Checks `batch` (tokens of a vocabulary of `vocab`) against these bounds: its size,
     /// logit rows, positions and sequences, token ids, one position and sequence id per
     /// token, and input rows (one per token, none wider than `max_width`).

@@ -1,5 +1,5 @@
 //! What a model's forward pass asks of a device: the operations, activation buffers planned
-//! at load, the batch being evaluated. CPU implements it now; CUDA implements the same.
+//! at load, the batch being evaluated; the CPU and CUDA backends implement it.
 
 use crate::tensor::Weight;
 use std::ops::Range;

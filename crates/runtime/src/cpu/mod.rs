@@ -36,9 +36,8 @@ pub struct CpuBackend {
     widths: Vec<usize>,
     acts: Vec<Shared<f32>>,
     max_batch: usize,
-    max_logit_rows: usize,
-    /// The widest input row ([`Plan::max_token_width`]).
-    max_width: usize,
+    /// The bounds every batch is checked against.
+    limits: Limits,
     /// Activations quantized for the current matmul (one row per token).
     qbuf: Shared<u8>,
     qrow_cap: usize,
@@ -83,8 +82,7 @@ impl CpuBackend {
                 .zip(&plan.rows)
                 .map(|(w, r)| Shared::new(w * r.unwrap_or(max_batch)))
                 .collect(),
-            max_logit_rows: plan.min_fixed_rows().unwrap_or(max_batch),
-            max_width: plan.max_token_width(),
+            limits: Limits::new(plan, max_batch, &kv),
             max_batch,
             // Rows quantized for dot products, or panels of four tokens for the int8 GEMM.
             qbuf: Shared::new((qrow_cap * max_batch).max(
@@ -134,13 +132,7 @@ impl CpuBackend {
 
     /// The bounds every batch is checked against.
     pub fn limits(&self) -> Limits {
-        Limits {
-            max_batch: self.max_batch,
-            max_logit_rows: self.max_logit_rows,
-            max_width: self.max_width,
-            n_ctx: self.kv.n_ctx,
-            n_seq: self.kv.n_seq,
-        }
+        self.limits
     }
 
     /// Runs one forward pass: `f` (the model) runs on every thread with a [`CpuOps`].

@@ -1,5 +1,5 @@
-//! The CUDA backend's foundation: finding the libraries (driver, NVRTC, cuBLAS) without a
-//! toolkit, probing GPUs, and the kernels compiled at run time for the GPU at hand.
+//! CUDA: finding the libraries (driver, NVRTC, cuBLAS) without a toolkit, probing GPUs, the
+//! kernels compiled at run time for the GPU at hand, and the backend that runs a model.
 //!
 //! Always compiled: nothing here links against CUDA, every library is opened at run time,
 //! and a machine without a driver or GPU gets a reason string instead of a panic.
@@ -7,9 +7,11 @@
 //! - [`libs`]: where the libraries are (override dir, LD_LIBRARY_PATH, toolkit, pip wheels).
 //! - [`device`]: the driver (through cudarc, after our own lookup) and its GPUs.
 //! - [`nvrtc`], [`cublas`]: our bindings, loaded by full path (CUDA 12 or 13).
-//! - [`kernels`]: the `.cu` sources, compiled per architecture and cached on disk.
+//! - [`kernels`]: the `.cu` sources and each kernel's parameters, compiled per architecture
+//!   and cached on disk.
 //! - [`gpu`]: [`gpu::GpuContext`], one GPU opened with every kernel loaded (tests compare each
 //!   kernel with the CPU); [`device::GpuInfo`] only describes a GPU.
+//! - [`backend`]: a model's memory on one GPU and the [`crate::Ops`] that launch the kernels.
 
 pub mod backend;
 #[cfg(test)]

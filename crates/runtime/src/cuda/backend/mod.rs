@@ -93,8 +93,8 @@ pub struct CudaBackend {
     widths: Vec<usize>,
     acts: Vec<DevBuf>,
     max_batch: usize,
-    max_logit_rows: usize,
-    max_width: usize,
+    /// The bounds every batch is checked against.
+    limits: Limits,
     weights: HashMap<Key, DevWeight>,
     vectors: HashMap<Key, u64>,
     _weight_bufs: Vec<DevBuf>,
@@ -237,9 +237,11 @@ impl CudaBackend {
             widths: plan.widths.clone(),
             acts,
             // The info buffer holds max_batch logit ids.
-            max_logit_rows: plan.min_fixed_rows().unwrap_or(max_batch).min(max_batch),
+            limits: Limits {
+                max_logit_rows: plan.min_fixed_rows().unwrap_or(max_batch).min(max_batch),
+                ..Limits::new(plan, max_batch, &kv)
+            },
             max_batch,
-            max_width: s.max_width,
             weights,
             vectors,
             _weight_bufs: bufs,
@@ -313,13 +315,7 @@ impl CudaBackend {
 
     /// The bounds every batch is checked against.
     pub fn limits(&self) -> Limits {
-        Limits {
-            max_batch: self.max_batch,
-            max_logit_rows: self.max_logit_rows,
-            max_width: self.max_width,
-            n_ctx: self.kv.n_ctx,
-            n_seq: self.kv.n_seq,
-        }
+        self.limits
     }
 
     /// Uploads the batch's tokens, positions, sequences, key ends, logit rows and recurrent

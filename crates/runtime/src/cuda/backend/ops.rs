@@ -188,7 +188,7 @@ impl Ops for CudaOps<'_> {
         if n == 0 {
             return;
         }
-        if w.cols > x.width || w.rows > out.width || w.cols > self.be.max_width {
+        if w.cols > x.width || w.rows > out.width || w.cols > self.be.limits.max_width {
             self.fail(
                 "matmul",
                 format!(
