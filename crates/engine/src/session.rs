@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use model::Model;
-use runtime::KvConfig;
 use runtime::Batch;
+use runtime::KvConfig;
 use tokenizer::{ChatTemplate, Tokenizer};
 
 use crate::backend::{place, Backend, GpuLayers, Shape};

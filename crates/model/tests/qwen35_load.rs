@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use gguf::{Array, GgufWriter, Value};
 use model::{Model, ModelError};
-use runtime::cpu::{CpuBackend, KvConfig, RecurrentConfig};
+use runtime::cpu::CpuBackend;
 use runtime::Batch;
+use runtime::{KvConfig, RecurrentConfig};
 
 const VOCAB: usize = 100;
 

@@ -8,8 +8,9 @@ use gguf::{Array, GgufWriter, Value};
 use model::Model;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use runtime::cpu::{CpuBackend, KvConfig};
+use runtime::cpu::CpuBackend;
 use runtime::Batch;
+use runtime::KvConfig;
 
 const VOCAB: usize = 50;
 const D: usize = 64;

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use model::Model;
-use runtime::cpu::{CpuBackend, KvConfig, RecurrentConfig};
+use runtime::cpu::CpuBackend;
 use runtime::Batch;
+use runtime::{KvConfig, RecurrentConfig};
 
 fn backend(m: &Model) -> CpuBackend {
     let kv = KvConfig {

@@ -12,17 +12,14 @@ use std::sync::Arc;
 use quant::{gemm as int8, GgmlType};
 
 use crate::error::BackendError;
+use crate::limits::KvConfig;
 use crate::limits::Limits;
+use crate::ops::GEMM_MIN_TOKENS;
 use crate::ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rope};
 use crate::pool::{ThreadPool, Worker};
 use crate::tensor::Weight;
 use recurrent::Recurrent;
 pub use recurrent::DELTA_CHUNK;
-// Re-exported for callers of the former paths: defined at the runtime's top level.
-pub use crate::limits::KvConfig;
-pub use crate::ops::GEMM_MIN_TOKENS;
-pub use crate::recurrent::RecurrentConfig;
-pub use crate::rollback::ROLLBACK_TOKENS;
 pub use shared::Shared;
 
 /// Weight rows dequantized at a time for the GEMM path.
