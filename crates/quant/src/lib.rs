@@ -1,5 +1,5 @@
-//! Block layouts of the ggml quantization formats, with dequantization to `f32` and
-//! quantization from `f32` (scalar reference code; SIMD kernels come later).
+//! The ggml quantization formats: block layouts, dequantization and quantization, and the
+//! CPU kernels over them (dot products, 16-row repacking, int8 GEMM), SIMD tested against scalar.
 //!
 //! [`dequantize`] is bit-exact with ggml's reference C dequantizers: the same f32
 //! operations in the same order. [`quantize`] is this crate's own: round to nearest with a
