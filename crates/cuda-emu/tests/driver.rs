@@ -704,8 +704,8 @@ fn stats_json_lists_devices_and_copies() {
     // And to a file through the C export.
     let path = std::env::temp_dir().join(format!("surplus-emu-stats-{}.json", std::process::id()));
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: a NUL-terminated path.
     assert_eq!(
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
         unsafe { cuda_emu::stats::surplus_emu_stats_write(c.as_ptr()) },
         0
     );

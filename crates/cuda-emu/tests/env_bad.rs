@@ -15,8 +15,8 @@ fn bad_device_list_fails_cuinit_then_a_good_one_works() {
         // SAFETY: flags 0.
         assert_eq!(unsafe { cuInit(0) }, CUDA_ERROR_INVALID_VALUE, "{bad}");
         let mut n = 0;
-        // SAFETY: a valid out-pointer.
         assert_eq!(
+            // SAFETY: `&mut n` is a valid out-pointer for one `c_int`.
             unsafe { cuDeviceGetCount(&mut n) },
             CUDA_ERROR_NOT_INITIALIZED
         );

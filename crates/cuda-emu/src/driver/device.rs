@@ -41,12 +41,14 @@ pub unsafe extern "C" fn cuInit(flags: c_uint) -> CUresult {
     })
 }
 
+/// `cuDriverGetVersion`: writes [`DRIVER_VERSION`] to `v` (works before `cuInit`).
 #[no_mangle]
 pub unsafe extern "C" fn cuDriverGetVersion(v: *mut c_int) -> CUresult {
     // SAFETY: CUDA's contract: a valid out-pointer.
     guard("cuDriverGetVersion", || unsafe { put(v, DRIVER_VERSION) })
 }
 
+/// `cuDeviceGetCount`: the number of configured devices.
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetCount(n: *mut c_int) -> CUresult {
     guard("cuDeviceGetCount", || {
@@ -56,6 +58,8 @@ pub unsafe extern "C" fn cuDeviceGetCount(n: *mut c_int) -> CUresult {
     })
 }
 
+/// `cuDeviceGet`: the device of `ordinal` (a device is its ordinal); out of range,
+/// `CUDA_ERROR_INVALID_DEVICE`.
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGet(dev: *mut CUdevice, ordinal: c_int) -> CUresult {
     guard("cuDeviceGet", || {
@@ -65,6 +69,8 @@ pub unsafe extern "C" fn cuDeviceGet(dev: *mut CUdevice, ordinal: c_int) -> CUre
     })
 }
 
+/// `cuDeviceGetName`: writes `<name> (emulated)` into `name`, cut to `len - 1` bytes and
+/// NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
     guard("cuDeviceGetName", || {
@@ -86,6 +92,7 @@ pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUd
     })
 }
 
+/// `cuDeviceTotalMem_v2`: the device's configured memory in bytes.
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
     guard("cuDeviceTotalMem_v2", || {
@@ -95,6 +102,8 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
     })
 }
 
+/// `cuDeviceGetAttribute`: the value [`device_attribute`] gives; an attribute outside 1..120
+/// is `CUDA_ERROR_INVALID_VALUE`.
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetAttribute(
     pi: *mut c_int,
@@ -118,6 +127,7 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(
 // ---------------------------------------------------------------------------------------------
 // Contexts
 
+/// `cuDevicePrimaryCtxRetain`: the device's one primary context, its retain count raised.
 #[no_mangle]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut Handle, dev: CUdevice) -> CUresult {
     guard("cuDevicePrimaryCtxRetain", || {
@@ -131,6 +141,8 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut Handle, dev: CUdevi
     })
 }
 
+/// `cuDevicePrimaryCtxRelease_v2`: lowers the retain count (not below 0); the context and
+/// its allocations stay.
 #[no_mangle]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
     guard("cuDevicePrimaryCtxRelease_v2", || {
@@ -158,6 +170,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
     })
 }
 
+/// `cuDevicePrimaryCtxGetState`: flags 0, and active while the context is retained.
 #[no_mangle]
 pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(
     dev: CUdevice,
@@ -174,6 +187,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(
     })
 }
 
+/// `cuDevicePrimaryCtxSetFlags_v2`: checks the device; the flags are ignored.
 #[no_mangle]
 pub unsafe extern "C" fn cuDevicePrimaryCtxSetFlags_v2(dev: CUdevice, _flags: c_uint) -> CUresult {
     guard("cuDevicePrimaryCtxSetFlags_v2", || {
@@ -181,6 +195,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxSetFlags_v2(dev: CUdevice, _flags: c_
     })
 }
 
+/// `cuCtxGetCurrent`: the top of this thread's context stack (null when it is empty).
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxGetCurrent(pctx: *mut Handle) -> CUresult {
     guard("cuCtxGetCurrent", || {
@@ -190,6 +205,8 @@ pub unsafe extern "C" fn cuCtxGetCurrent(pctx: *mut Handle) -> CUresult {
     })
 }
 
+/// `cuCtxSetCurrent`: replaces the top of this thread's context stack (pushes onto an empty
+/// one); null pops it. Not a primary context: `CUDA_ERROR_INVALID_HANDLE`.
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxSetCurrent(ctx: Handle) -> CUresult {
     guard("cuCtxSetCurrent", || {
@@ -214,6 +231,7 @@ pub unsafe extern "C" fn cuCtxSetCurrent(ctx: Handle) -> CUresult {
     })
 }
 
+/// `cuCtxPushCurrent_v2`: pushes a primary context onto this thread's context stack.
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxPushCurrent_v2(ctx: Handle) -> CUresult {
     guard("cuCtxPushCurrent_v2", || {
@@ -227,6 +245,8 @@ pub unsafe extern "C" fn cuCtxPushCurrent_v2(ctx: Handle) -> CUresult {
     })
 }
 
+/// `cuCtxPopCurrent_v2`: pops this thread's context stack into `pctx` (which may be null);
+/// an empty stack is `CUDA_ERROR_INVALID_CONTEXT`.
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxPopCurrent_v2(pctx: *mut Handle) -> CUresult {
     guard("cuCtxPopCurrent_v2", || {
@@ -242,6 +262,7 @@ pub unsafe extern "C" fn cuCtxPopCurrent_v2(pctx: *mut Handle) -> CUresult {
     })
 }
 
+/// `cuCtxGetDevice`: the current context's device (`CUDA_ERROR_INVALID_CONTEXT` when none).
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut CUdevice) -> CUresult {
     guard("cuCtxGetDevice", || {
@@ -251,6 +272,7 @@ pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut CUdevice) -> CUresult {
     })
 }
 
+/// `cuCtxGetApiVersion`: 12080 for a primary context or null.
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxGetApiVersion(ctx: Handle, version: *mut c_uint) -> CUresult {
     guard("cuCtxGetApiVersion", || {
@@ -266,6 +288,8 @@ pub unsafe extern "C" fn cuCtxGetApiVersion(ctx: Handle, version: *mut c_uint) -
     })
 }
 
+/// `cuCtxSynchronize`: everything has run already, so only the current device's sticky
+/// error is returned; refused while this thread captures.
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
     guard("cuCtxSynchronize", || {
@@ -277,11 +301,13 @@ pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
     })
 }
 
+/// `cuProfilerStart`: does nothing (there is no profiler).
 #[no_mangle]
 pub unsafe extern "C" fn cuProfilerStart() -> CUresult {
     CUDA_SUCCESS
 }
 
+/// `cuProfilerStop`: does nothing (there is no profiler).
 #[no_mangle]
 pub unsafe extern "C" fn cuProfilerStop() -> CUresult {
     CUDA_SUCCESS

@@ -86,6 +86,8 @@ pub fn error_name(e: CUresult) -> Option<&'static str> {
         .and_then(|x| x.1.to_str().ok())
 }
 
+/// `cuGetErrorString`: the static description of `e` into `p`; a code not in the table
+/// writes null and returns `CUDA_ERROR_INVALID_VALUE`.
 #[no_mangle]
 pub unsafe extern "C" fn cuGetErrorString(e: CUresult, p: *mut *const c_char) -> CUresult {
     guard("cuGetErrorString", || {
@@ -98,6 +100,8 @@ pub unsafe extern "C" fn cuGetErrorString(e: CUresult, p: *mut *const c_char) ->
     })
 }
 
+/// `cuGetErrorName`: the static name of `e` (`CUDA_ERROR_...`) into `p`; a code not in the
+/// table writes null and returns `CUDA_ERROR_INVALID_VALUE`.
 #[no_mangle]
 pub unsafe extern "C" fn cuGetErrorName(e: CUresult, p: *mut *const c_char) -> CUresult {
     guard("cuGetErrorName", || {

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// `cuStreamBeginCapture_v2`: starts recording stream `s` in `mode` (0 global, 1
+/// thread-local, 2 relaxed). The legacy stream: `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`; a
+/// stream already capturing: `CUDA_ERROR_ILLEGAL_STATE`.
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamBeginCapture_v2(s: Handle, mode: c_int) -> CUresult {
     guard("cuStreamBeginCapture_v2", || {
@@ -34,6 +37,9 @@ pub unsafe extern "C" fn cuStreamBeginCapture_v2(s: Handle, mode: c_int) -> CUre
     })
 }
 
+/// `cuStreamEndCapture`: ends the capture of `s`; its nodes become a new graph written to
+/// `graph`. A capture a refused call invalidated: `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED` and
+/// a null graph; a stream not capturing: `CUDA_ERROR_ILLEGAL_STATE`.
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamEndCapture(s: Handle, graph: *mut Handle) -> CUresult {
     guard("cuStreamEndCapture", || {
@@ -81,6 +87,8 @@ pub unsafe extern "C" fn cuStreamEndCapture(s: Handle, graph: *mut Handle) -> CU
     })
 }
 
+/// `cuStreamIsCapturing`: 0 when `s` is not capturing, 1 when it is, 2 when its capture
+/// was invalidated.
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamIsCapturing(s: Handle, status: *mut c_int) -> CUresult {
     guard("cuStreamIsCapturing", || {
@@ -98,6 +106,8 @@ pub unsafe extern "C" fn cuStreamIsCapturing(s: Handle, status: *mut c_int) -> C
     })
 }
 
+/// `cuGraphInstantiateWithFlags`: an executable graph sharing the graph's nodes (the flags
+/// are ignored).
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphInstantiateWithFlags(
     exec: *mut Handle,
@@ -122,6 +132,8 @@ pub unsafe extern "C" fn cuGraphInstantiateWithFlags(
     })
 }
 
+/// `cuGraphLaunch`: replays the nodes in order on `s`'s device; a faulting node stops the
+/// rest and its error turns sticky. Into a capturing stream, the nodes join that capture.
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphLaunch(exec: Handle, s: Handle) -> CUresult {
     guard("cuGraphLaunch", || {
@@ -156,6 +168,7 @@ pub unsafe extern "C" fn cuGraphLaunch(exec: Handle, s: Handle) -> CUresult {
     })
 }
 
+/// `cuGraphExecDestroy`: forgets the executable graph.
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphExecDestroy(exec: Handle) -> CUresult {
     guard("cuGraphExecDestroy", || {
@@ -170,6 +183,7 @@ pub unsafe extern "C" fn cuGraphExecDestroy(exec: Handle) -> CUresult {
     })
 }
 
+/// `cuGraphDestroy`: forgets the graph (executables made from it keep its nodes).
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphDestroy(graph: Handle) -> CUresult {
     guard("cuGraphDestroy", || {

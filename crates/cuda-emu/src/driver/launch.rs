@@ -8,6 +8,10 @@ const LAUNCH_PARAM_END: usize = 0;
 const LAUNCH_PARAM_BUFFER_POINTER: usize = 1;
 const LAUNCH_PARAM_BUFFER_SIZE: usize = 2;
 
+/// `cuLaunchKernel`: gathers the parameters from `kernel_params` (one pointer per parameter)
+/// or `extra` (one buffer), checks the shape (at most 1024 threads per block, block z <= 64,
+/// grid y/z <= 65535, dynamic shared <= 98304 bytes, else `CUDA_ERROR_INVALID_VALUE`) and runs
+/// the kernel to completion now, or records it when `s` captures.
 #[no_mangle]
 pub unsafe extern "C" fn cuLaunchKernel(
     f: Handle,

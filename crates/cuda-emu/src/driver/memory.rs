@@ -3,6 +3,8 @@
 
 use super::*;
 
+/// `cuMemGetInfo_v2`: the current device's free bytes (its configured memory less the live
+/// allocations) and total bytes.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
     guard("cuMemGetInfo_v2", || {
@@ -20,6 +22,9 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
     })
 }
 
+/// `cuMemAlloc_v2`: allocates `size` bytes on the current context's device (addresses are
+/// never reused); 0 bytes: `CUDA_ERROR_INVALID_VALUE`; past the device's memory:
+/// `CUDA_ERROR_OUT_OF_MEMORY`. Refused while this thread captures.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, size: usize) -> CUresult {
     guard("cuMemAlloc_v2", || {
@@ -50,6 +55,9 @@ pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, size: usize) -> C
     })
 }
 
+/// `cuMemFree_v2`: frees the live allocation that starts at `dptr` (0 does nothing); any
+/// other address, or a second free, is `CUDA_ERROR_INVALID_VALUE`. Refused while this thread
+/// captures.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     guard("cuMemFree_v2", || {
@@ -74,6 +82,8 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     })
 }
 
+/// `cuMemGetAddressRange_v2`: the base and size of the live allocation holding `dptr`
+/// (`CUDA_ERROR_NOT_FOUND` when none); either out-pointer may be null.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemGetAddressRange_v2(
     pbase: *mut CUdeviceptr,
@@ -123,6 +133,8 @@ fn host_alloc(func: &str, pp: *mut *mut c_void, size: usize) -> Result<(), CUres
     unsafe { put(pp, p as *mut c_void) }
 }
 
+/// `cuMemAllocHost_v2`: `size` bytes of zeroed, page-aligned host memory, recorded as pinned
+/// (so captured copies may use it).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAllocHost_v2(pp: *mut *mut c_void, size: usize) -> CUresult {
     guard("cuMemAllocHost_v2", || {
@@ -130,6 +142,7 @@ pub unsafe extern "C" fn cuMemAllocHost_v2(pp: *mut *mut c_void, size: usize) ->
     })
 }
 
+/// `cuMemHostAlloc`: as [`cuMemAllocHost_v2`] (the flags are ignored).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemHostAlloc(
     pp: *mut *mut c_void,
@@ -139,6 +152,8 @@ pub unsafe extern "C" fn cuMemHostAlloc(
     guard("cuMemHostAlloc", || host_alloc("cuMemHostAlloc", pp, size))
 }
 
+/// `cuMemFreeHost`: frees pinned host memory from [`cuMemAllocHost_v2`] or
+/// [`cuMemHostAlloc`]; any other pointer is `CUDA_ERROR_INVALID_VALUE`.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
     guard("cuMemFreeHost", || {
@@ -248,26 +263,36 @@ fn dtod(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> Node {
     Node::DtoD { dst, src, len }
 }
 
+/// `cuMemsetD8_v2`: sets `n` bytes at `dst` to `v`, synchronously (refused while this
+/// thread captures).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, v: u8, n: usize) -> CUresult {
     memset("cuMemsetD8_v2", None, dst, v as u32, 1, n)
 }
 
+/// `cuMemsetD16_v2`: sets `n` 16-bit elements at `dst` to `v`, synchronously (refused while
+/// this thread captures).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD16_v2(dst: CUdeviceptr, v: u16, n: usize) -> CUresult {
     memset("cuMemsetD16_v2", None, dst, v as u32, 2, n)
 }
 
+/// `cuMemsetD32_v2`: sets `n` 32-bit elements at `dst` to `v`, synchronously (refused while
+/// this thread captures).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, v: c_uint, n: usize) -> CUresult {
     memset("cuMemsetD32_v2", None, dst, v, 4, n)
 }
 
+/// `cuMemsetD8Async`: sets `n` bytes at `dst` to `v` on stream `s` (recorded when it
+/// captures).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD8Async(dst: CUdeviceptr, v: u8, n: usize, s: Handle) -> CUresult {
     memset("cuMemsetD8Async", Some(s), dst, v as u32, 1, n)
 }
 
+/// `cuMemsetD16Async`: sets `n` 16-bit elements at `dst` to `v` on stream `s` (recorded when
+/// it captures).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD16Async(
     dst: CUdeviceptr,
@@ -278,6 +303,8 @@ pub unsafe extern "C" fn cuMemsetD16Async(
     memset("cuMemsetD16Async", Some(s), dst, v as u32, 2, n)
 }
 
+/// `cuMemsetD32Async`: sets `n` 32-bit elements at `dst` to `v` on stream `s` (recorded when
+/// it captures).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD32Async(
     dst: CUdeviceptr,
@@ -288,6 +315,8 @@ pub unsafe extern "C" fn cuMemsetD32Async(
     memset("cuMemsetD32Async", Some(s), dst, v, 4, n)
 }
 
+/// `cuMemcpyHtoD_v2`: copies `n` bytes from host `src` to device `dst`, synchronously; the
+/// device range must lie in one live allocation (else `CUDA_ERROR_INVALID_VALUE`).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyHtoD_v2(
     dst: CUdeviceptr,
@@ -299,6 +328,8 @@ pub unsafe extern "C" fn cuMemcpyHtoD_v2(
     guard(f, || unsafe { issue(f, None, htod(dst, src as usize, n)) })
 }
 
+/// `cuMemcpyDtoH_v2`: copies `n` bytes from device `src` to host `dst`, synchronously; the
+/// device range must lie in one live allocation (else `CUDA_ERROR_INVALID_VALUE`).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoH_v2(dst: *mut c_void, src: CUdeviceptr, n: usize) -> CUresult {
     let f = "cuMemcpyDtoH_v2";
@@ -306,6 +337,8 @@ pub unsafe extern "C" fn cuMemcpyDtoH_v2(dst: *mut c_void, src: CUdeviceptr, n: 
     guard(f, || unsafe { issue(f, None, dtoh(dst as usize, src, n)) })
 }
 
+/// `cuMemcpyDtoD_v2`: copies `n` bytes between device addresses, synchronously; each range
+/// must lie in one live allocation (else `CUDA_ERROR_INVALID_VALUE`).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
     let f = "cuMemcpyDtoD_v2";
@@ -313,6 +346,8 @@ pub unsafe extern "C" fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, n: 
     guard(f, || unsafe { issue(f, None, dtod(dst, src, n)) })
 }
 
+/// `cuMemcpyHtoDAsync_v2`: copies `n` bytes from host `src` to device `dst` on stream `s`;
+/// when `s` captures, recorded if `src` is pinned, else refused (the capture invalidated).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
     dst: CUdeviceptr,
@@ -328,6 +363,8 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
     })
 }
 
+/// `cuMemcpyDtoHAsync_v2`: copies `n` bytes from device `src` to host `dst` on stream `s`;
+/// when `s` captures, recorded if `dst` is pinned, else refused (the capture invalidated).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
     dst: *mut c_void,
@@ -342,6 +379,8 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
     })
 }
 
+/// `cuMemcpyDtoDAsync_v2`: copies `n` bytes between device addresses on stream `s`
+/// (recorded when it captures).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(
     dst: CUdeviceptr,
@@ -381,6 +420,8 @@ unsafe fn memcpy_unified(
     unsafe { issue(func, s, node) }
 }
 
+/// `cuMemcpy`: a synchronous copy of `n` bytes whose direction follows from which pointers
+/// lie in device allocations (neither: `CUDA_ERROR_INVALID_VALUE`).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
     // SAFETY: CUDA's contract: host pointers hold `n` bytes.
@@ -389,6 +430,8 @@ pub unsafe extern "C" fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, n: usize) 
     })
 }
 
+/// `cuMemcpyAsync`: as [`cuMemcpy`], on stream `s` (recorded when it captures, host memory
+/// pinned).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyAsync(
     dst: CUdeviceptr,

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// `cuModuleLoadData`: loads NUL-terminated PTX text, or the PTX embedded in an ELF cubin,
+/// into the current device (its globals allocated there). Neither: `CUDA_ERROR_INVALID_IMAGE`;
+/// PTX the interpreter cannot load: `CUDA_ERROR_INVALID_PTX`.
 #[no_mangle]
 pub unsafe extern "C" fn cuModuleLoadData(module: *mut Handle, image: *const c_void) -> CUresult {
     guard("cuModuleLoadData", || {
@@ -82,6 +85,8 @@ pub unsafe extern "C" fn cuModuleLoadData(module: *mut Handle, image: *const c_v
     })
 }
 
+/// `cuModuleGetFunction`: the kernel `name` of module `hmod` (the same handle each time); no
+/// such kernel: `CUDA_ERROR_NOT_FOUND`, with the module's kernels listed on stderr.
 #[no_mangle]
 pub unsafe extern "C" fn cuModuleGetFunction(
     hfunc: *mut Handle,
@@ -123,6 +128,7 @@ pub unsafe extern "C" fn cuModuleGetFunction(
     })
 }
 
+/// `cuModuleUnload`: frees the module's globals and forgets it and its functions.
 #[no_mangle]
 pub unsafe extern "C" fn cuModuleUnload(hmod: Handle) -> CUresult {
     guard("cuModuleUnload", || {
@@ -147,6 +153,8 @@ fn func_dev(st: &State, func: &str, f: Handle) -> Result<usize, CUresult> {
     Ok(st.modules[&mh].dev)
 }
 
+/// `cuFuncGetAttribute`: fixed values (1024 threads per block, 32 registers, PTX version 70,
+/// the device's SM as binary version, 49152 dynamic shared bytes, carveout -1; 0 otherwise).
 #[no_mangle]
 pub unsafe extern "C" fn cuFuncGetAttribute(pi: *mut c_int, attrib: c_int, f: Handle) -> CUresult {
     guard("cuFuncGetAttribute", || {
@@ -167,6 +175,7 @@ pub unsafe extern "C" fn cuFuncGetAttribute(pi: *mut c_int, attrib: c_int, f: Ha
     })
 }
 
+/// `cuFuncSetAttribute`: checks the function handle; the setting is ignored.
 #[no_mangle]
 pub unsafe extern "C" fn cuFuncSetAttribute(f: Handle, _attrib: c_int, _value: c_int) -> CUresult {
     guard("cuFuncSetAttribute", || {
@@ -174,6 +183,7 @@ pub unsafe extern "C" fn cuFuncSetAttribute(f: Handle, _attrib: c_int, _value: c
     })
 }
 
+/// `cuFuncSetCacheConfig`: checks the function handle; the setting is ignored.
 #[no_mangle]
 pub unsafe extern "C" fn cuFuncSetCacheConfig(f: Handle, _config: c_int) -> CUresult {
     guard("cuFuncSetCacheConfig", || {

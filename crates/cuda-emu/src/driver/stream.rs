@@ -21,11 +21,14 @@ fn create_stream(func: &str, ph: *mut Handle) -> Result<(), CUresult> {
     unsafe { put(ph, h as Handle) }
 }
 
+/// `cuStreamCreate`: a new stream on the current device (the flags are ignored).
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamCreate(ph: *mut Handle, _flags: c_uint) -> CUresult {
     guard("cuStreamCreate", || create_stream("cuStreamCreate", ph))
 }
 
+/// `cuStreamCreateWithPriority`: a new stream on the current device (the flags and the
+/// priority are ignored).
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamCreateWithPriority(
     ph: *mut Handle,
@@ -37,6 +40,8 @@ pub unsafe extern "C" fn cuStreamCreateWithPriority(
     })
 }
 
+/// `cuCtxGetStreamPriorityRange`: 0 and 0 (priorities are not emulated); either out-pointer
+/// may be null.
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(
     least: *mut c_int,
@@ -56,6 +61,7 @@ pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(
     })
 }
 
+/// `cuStreamDestroy_v2`: forgets the stream (returning its device's sticky error).
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamDestroy_v2(s: Handle) -> CUresult {
     guard("cuStreamDestroy_v2", || {
@@ -69,6 +75,9 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(s: Handle) -> CUresult {
     })
 }
 
+/// `cuStreamSynchronize`: everything has run already, so only the device's sticky error is
+/// returned; refused on a capturing stream (the capture invalidated), and for the legacy
+/// stream while this thread captures.
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamSynchronize(s: Handle) -> CUresult {
     guard("cuStreamSynchronize", || {
@@ -86,6 +95,8 @@ pub unsafe extern "C" fn cuStreamSynchronize(s: Handle) -> CUresult {
     })
 }
 
+/// `cuStreamQuery`: a stream is always idle: `CUDA_SUCCESS` or the device's sticky error;
+/// refused on a capturing stream (the capture invalidated).
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamQuery(s: Handle) -> CUresult {
     guard("cuStreamQuery", || {
@@ -100,6 +111,7 @@ pub unsafe extern "C" fn cuStreamQuery(s: Handle) -> CUresult {
     })
 }
 
+/// `cuStreamWaitEvent`: checks both handles; there is nothing to wait for.
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamWaitEvent(s: Handle, e: Handle, _flags: c_uint) -> CUresult {
     guard("cuStreamWaitEvent", || {
@@ -113,6 +125,7 @@ pub unsafe extern "C" fn cuStreamWaitEvent(s: Handle, e: Handle, _flags: c_uint)
     })
 }
 
+/// `cuEventCreate`: a new, unrecorded event on the current device (the flags are ignored).
 #[no_mangle]
 pub unsafe extern "C" fn cuEventCreate(ph: *mut Handle, _flags: c_uint) -> CUresult {
     guard("cuEventCreate", || {
@@ -140,11 +153,14 @@ fn record_event(func: &str, e: Handle, s: Handle) -> Result<(), CUresult> {
     })
 }
 
+/// `cuEventRecord`: stamps the event with the time now (all work before it on `s` has run
+/// already).
 #[no_mangle]
 pub unsafe extern "C" fn cuEventRecord(e: Handle, s: Handle) -> CUresult {
     guard("cuEventRecord", || record_event("cuEventRecord", e, s))
 }
 
+/// `cuEventRecordWithFlags`: as [`cuEventRecord`] (the flags are ignored).
 #[no_mangle]
 pub unsafe extern "C" fn cuEventRecordWithFlags(e: Handle, s: Handle, _flags: c_uint) -> CUresult {
     guard("cuEventRecordWithFlags", || {
@@ -159,6 +175,8 @@ fn event_dev(st: &State, func: &str, e: Handle) -> Result<usize, CUresult> {
     }
 }
 
+/// `cuEventSynchronize`: an event is always complete: `CUDA_SUCCESS` or its device's sticky
+/// error.
 #[no_mangle]
 pub unsafe extern "C" fn cuEventSynchronize(e: Handle) -> CUresult {
     guard("cuEventSynchronize", || {
@@ -169,6 +187,7 @@ pub unsafe extern "C" fn cuEventSynchronize(e: Handle) -> CUresult {
     })
 }
 
+/// `cuEventQuery`: an event is always complete: `CUDA_SUCCESS` or its device's sticky error.
 #[no_mangle]
 pub unsafe extern "C" fn cuEventQuery(e: Handle) -> CUresult {
     guard("cuEventQuery", || {
@@ -200,6 +219,8 @@ fn elapsed(func: &str, ms: *mut f32, a: Handle, b: Handle) -> Result<(), CUresul
     unsafe { put(ms, v) }
 }
 
+/// `cuEventElapsedTime`: the milliseconds from event `a`'s stamp to event `b`'s (negative
+/// when `b` came first); an event never recorded: `CUDA_ERROR_INVALID_HANDLE`.
 #[no_mangle]
 pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, a: Handle, b: Handle) -> CUresult {
     guard("cuEventElapsedTime", || {
@@ -207,6 +228,7 @@ pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, a: Handle, b: Handle) 
     })
 }
 
+/// `cuEventElapsedTime_v2`: as [`cuEventElapsedTime`].
 #[no_mangle]
 pub unsafe extern "C" fn cuEventElapsedTime_v2(ms: *mut f32, a: Handle, b: Handle) -> CUresult {
     guard("cuEventElapsedTime_v2", || {
@@ -214,6 +236,7 @@ pub unsafe extern "C" fn cuEventElapsedTime_v2(ms: *mut f32, a: Handle, b: Handl
     })
 }
 
+/// `cuEventDestroy_v2`: forgets the event (returning its device's sticky error).
 #[no_mangle]
 pub unsafe extern "C" fn cuEventDestroy_v2(e: Handle) -> CUresult {
     guard("cuEventDestroy_v2", || {

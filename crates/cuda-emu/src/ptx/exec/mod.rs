@@ -60,23 +60,32 @@ pub enum Src {
 /// The operands and modifiers of an ALU instruction.
 #[derive(Clone, Debug)]
 pub struct Alu {
+    /// The destination register.
     pub d: u16,
     /// Sources as decoded (registers, negated predicates, immediates).
     pub s: [Src; 4],
     /// The sources as registers (immediates live in constant registers), filled by
     /// [`Code::finish`]; `neg` is xored into each (1 for a negated predicate).
     pub r: [u16; 4],
+    /// Xored into each source's value (1 for a negated predicate, else 0).
     pub neg: [u64; 4],
+    /// The floating-point rounding modifier (`.rn` when none is given).
     pub rnd: Round,
+    /// The integral rounding modifier (`.rzi` when none is given).
     pub irnd: RoundInt,
+    /// `.ftz`: subnormal inputs and results flushed to zero.
     pub ftz: bool,
+    /// `.sat`: the result clamped (to [0, 1] for floats).
     pub sat: bool,
     /// Operation-specific: comparison code, combining op, conversion flags.
     pub aux: u32,
+    /// Operation-specific, second word: a comparison's combining op, a conversion's source
+    /// type.
     pub aux2: u32,
 }
 
 impl Alu {
+    /// An ALU instruction writing register `d`, its sources immediate 0 and no modifiers.
     pub fn new(d: u16) -> Alu {
         Alu {
             d,
@@ -99,10 +108,16 @@ pub type AluFn = fn(&mut Regs, u32, &Alu);
 /// A state space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Space {
+    /// `.global`: device memory, through [`Memory`].
     Global,
+    /// `.shared`: the block's shared memory.
     Shared,
+    /// `.local`: the thread's local memory.
     Local,
+    /// `.param`: the kernel's parameter buffer (read only).
     Param,
+    /// No space given: the address says which ([`SHARED_WINDOW`], [`LOCAL_WINDOW`], else
+    /// global).
     Generic,
 }
 
@@ -121,6 +136,7 @@ impl Space {
 /// A load or store.
 #[derive(Clone, Debug)]
 pub struct MemOp {
+    /// The state space accessed.
     pub space: Space,
     /// Bytes per element (1, 2, 4, 8).
     pub size: u8,
@@ -130,64 +146,101 @@ pub struct MemOp {
     pub signed: bool,
     /// Destination registers (loads; `u16::MAX` is a sink) or sources (stores).
     pub regs: [Src; 4],
+    /// The address register, if any (its value plus `off` is the address).
     pub base: Option<u16>,
+    /// The byte offset (with a symbol, its address folded in).
     pub off: u64,
 }
 
 /// `shfl.sync` modes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShflMode {
+    /// `.up`: from lane `lane - b`.
     Up,
+    /// `.down`: from lane `lane + b`.
     Down,
+    /// `.bfly`: from lane `lane ^ b`.
     Bfly,
+    /// `.idx`: from lane `b` (within its segment).
     Idx,
 }
 
 /// `vote.sync` modes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VoteMode {
+    /// `.all`: true when the predicate holds in every lane of the mask.
     All,
+    /// `.any`: true when it holds in some lane.
     Any,
+    /// `.uni`: true when it is the same in every lane.
     Uni,
+    /// `.ballot.b32`: the bit mask of the lanes where it holds.
     Ballot,
 }
 
 /// A decoded operation.
 #[derive(Clone, Debug)]
 pub enum Op {
+    /// A lane-wise ALU operation and its operands.
     Alu(AluFn, Alu),
+    /// A load.
     Ld(MemOp),
+    /// A store.
     St(MemOp),
     /// `mov.bN d, {a, b, ...}`: `n` elements of `bits` each.
     Pack {
+        /// The destination register.
         d: u16,
+        /// The elements, lowest first.
         s: [Src; 4],
+        /// How many elements.
         n: u8,
+        /// Bits per element.
         bits: u8,
     },
     /// `mov.bN {a, b, ...}, s` (`u16::MAX` is a sink).
     Unpack {
+        /// The destination registers, lowest element first.
         d: [u16; 4],
+        /// The packed source.
         a: Src,
+        /// How many elements.
         n: u8,
+        /// Bits per element.
         bits: u8,
     },
+    /// `bra`: jump to this instruction index (lanes split when the guard diverges).
     Bra(u32),
+    /// `exit`/`ret`: the lanes end.
     Exit,
+    /// `bar.sync 0`: waits for every warp of the block.
     Bar,
+    /// `shfl.sync`: reads `a` from another lane of the warp.
     Shfl {
+        /// Which lane to read from.
         mode: ShflMode,
+        /// The destination register.
         d: u16,
+        /// The optional predicate destination: whether the source lane was in range.
         p: Option<u16>,
+        /// The value shuffled.
         a: Src,
+        /// The lane offset or index.
         b: Src,
+        /// The clamp (low 5 bits) and the segment mask (5 bits from bit 8).
         c: Src,
+        /// The member mask (the lanes must be converged on it).
         mask: Src,
     },
+    /// `vote.sync`: combines a predicate over the warp.
     Vote {
+        /// How it combines.
         mode: VoteMode,
+        /// The destination register (a predicate, or the ballot's mask).
         d: u16,
+        /// The predicate voted on.
         a: Src,
+        /// The member mask (the lanes must be converged on it).
         mask: Src,
     },
 }
@@ -195,6 +248,7 @@ pub enum Op {
 /// One instruction.
 #[derive(Clone, Debug)]
 pub struct Instr {
+    /// What it does.
     pub op: Op,
     /// Guard predicate register and whether it is negated.
     pub guard: Option<(u16, bool)>,
@@ -202,16 +256,25 @@ pub struct Instr {
 
 /// A kernel, decoded.
 pub struct Code {
+    /// The entry point's name.
     pub name: String,
+    /// Its parameters in order.
     pub params: Vec<Param>,
+    /// Bytes of the parameter buffer (every parameter's end, aligned).
     pub param_size: usize,
+    /// The instructions; branch targets are indices into it.
     pub instrs: Vec<Instr>,
+    /// The PTX line of each instruction (for fault reports).
     pub lines: Vec<u32>,
+    /// The PTX text of each instruction (for fault reports).
     pub texts: Vec<String>,
+    /// Register slots per lane: specials, declared registers, then constants.
     pub nregs: usize,
+    /// Bytes of the statically declared shared variables.
     pub shared_static: u32,
     /// Offset of the dynamic (`.extern .shared`) area.
     pub dyn_off: u32,
+    /// Bytes of local memory per thread.
     pub local_size: u32,
     /// Constant registers: (register, value in every lane).
     pub consts: Vec<(u16, u64)>,

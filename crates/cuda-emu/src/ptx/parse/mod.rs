@@ -42,14 +42,20 @@ struct Sym {
 
 /// What the module loader needs to place module-level variables.
 pub struct Global {
+    /// Its PTX name.
     pub name: String,
+    /// Its size in bytes.
     pub size: u64,
+    /// Its initial bytes (`size` of them; zeros where no initialiser was given).
     pub init: Vec<u8>,
 }
 
 /// The parsed module.
 pub struct Parsed {
+    /// The module-level variables in declaration order (each already placed through the
+    /// loader's callback).
     pub globals: Vec<Global>,
+    /// The entry points, decoded, in declaration order.
     pub kernels: Vec<Code>,
 }
 

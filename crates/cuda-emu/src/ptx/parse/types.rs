@@ -6,15 +6,25 @@ use super::*;
 /// A data type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ty {
+    /// `.bN`: untyped bits, N = 8, 16, 32 or 64.
     B(u32),
+    /// `.uN`: unsigned integer of N bits.
     U(u32),
+    /// `.sN`: signed integer of N bits.
     S(u32),
+    /// `.f16`: IEEE half.
     F16,
+    /// `.f16x2`: two halves in 32 bits.
     F16x2,
+    /// `.bf16`: bfloat16.
     BF16,
+    /// `.bf16x2`: two bfloat16 in 32 bits.
     BF16x2,
+    /// `.f32`: IEEE single.
     F32,
+    /// `.f64`: IEEE double.
     F64,
+    /// `.pred`: a predicate (one bit).
     Pred,
 }
 
