@@ -18,32 +18,50 @@ use crate::stop::TextStream;
 /// Why loading or running failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The GGUF file could not be opened or parsed.
     #[error("{path}: {source}")]
     File {
+        /// The file's path, as displayed.
         path: String,
+        /// What the GGUF reader reported.
         #[source]
         source: gguf::Error,
     },
+    /// The file's metadata or tensors do not make a model this engine runs.
     #[error(transparent)]
     Model(#[from] model::ModelError),
+    /// The file's vocabulary could not be turned into a tokenizer.
     #[error(transparent)]
     Tokenizer(#[from] tokenizer::TokenizerError),
+    /// The chat template could not be parsed or rendered.
     #[error(transparent)]
     Template(#[from] tokenizer::TemplateError),
+    /// The compute backend (CPU or GPU) failed: allocation, upload or a kernel.
     #[error(transparent)]
     Device(#[from] runtime::BackendError),
+    /// The layers cannot be placed as asked (e.g. `--gpu-layers` given but CUDA unusable);
+    /// the message says why.
     #[error("{0}")]
     Placement(String),
+    /// The prompt plus the tokens to generate do not fit one sequence's context.
     #[error("the prompt has {prompt} tokens; with {generate} to generate that exceeds the context of {n_ctx} (raise --ctx-size)")]
     ContextFull {
+        /// Positions the prompt takes (tokens and image rows), or the end position of a
+        /// chunk evaluated at an offset.
         prompt: usize,
+        /// Tokens asked for (`max_tokens`; 0 when only evaluating, e.g. perplexity).
         generate: usize,
+        /// Context positions per sequence.
         n_ctx: usize,
     },
+    /// The prompt takes no position, so there are no logits to start from.
     #[error("empty prompt: nothing to evaluate")]
     EmptyPrompt,
+    /// [`SamplingParams::validate`] rejected the parameters; the message names the bad one.
     #[error("invalid sampling parameters: {0}")]
     Sampling(String),
+    /// Input rows given directly (an image's embeddings) have the wrong size or do not fit;
+    /// the message says which.
     #[error("bad input rows: {0}")]
     Embeddings(String),
 }
@@ -51,6 +69,7 @@ pub enum EngineError {
 /// One piece of a prompt: token ids, or input rows given directly (an image's embeddings).
 #[derive(Clone, Copy, Debug)]
 pub enum PromptPart<'a> {
+    /// Token ids, one position each.
     Tokens(&'a [u32]),
     /// Rows of the model's width, evaluated in one batch of their own.
     Embeddings(ImageRows<'a>),
@@ -118,9 +137,13 @@ impl Default for EngineOptions {
 /// Timings of one generation.
 #[derive(Clone, Debug, Default)]
 pub struct Timings {
+    /// Positions of the prompt, a reused cached prefix included.
     pub prompt_tokens: usize,
+    /// Wall time evaluating the prompt (only the part past a reused prefix is evaluated).
     pub prompt_time: Duration,
+    /// Tokens added to the output (an end-of-generation token that ended it is not counted).
     pub generated_tokens: usize,
+    /// Wall time from the end of the prompt to the end of generation.
     pub generation_time: Duration,
 }
 
@@ -141,6 +164,7 @@ impl Timings {
 pub struct GenerateOptions {
     /// Most tokens to generate.
     pub max_tokens: usize,
+    /// How each token is chosen from the logits (checked before anything runs).
     pub sampling: SamplingParams,
     /// Keep going past end-of-generation tokens (they are masked out of the choice).
     pub ignore_eos: bool,
@@ -153,19 +177,25 @@ pub struct GenerateOptions {
 /// What a generation produced.
 #[derive(Clone, Debug, Default)]
 pub struct Generation {
+    /// The generated token ids, without the end-of-generation token that ended it.
     pub tokens: Vec<u32>,
+    /// The generated text, cut before a stop string that ended it.
     pub text: String,
     /// Per step: the top-K (id, log-probability) pairs of the raw logits.
     pub logprobs: Vec<Vec<(u32, f32)>>,
     /// Why it stopped: "length", "eos", "stop" or "cancelled".
     pub finish_reason: &'static str,
+    /// Token counts and wall times of the prompt and the generation.
     pub timings: Timings,
 }
 
 /// A model ready to run.
 pub struct Engine {
+    /// The loaded model: its family, hyper-parameters, weights and activation buffers.
     pub model: Model,
+    /// The tokenizer built from the file's vocabulary.
     pub tokenizer: Tokenizer,
+    /// The file's chat template (or the built-in fallback), which turns messages into a prompt.
     pub template: ChatTemplate,
     pub(crate) backend: Backend,
     /// Where the model runs, in one line (the GPU's memory plan, or why the CPU).

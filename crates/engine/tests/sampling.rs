@@ -15,20 +15,29 @@ thread_local! {
     static ALLOCS: Cell<u64> = const { Cell::new(0) };
 }
 
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// allocator keeps `System`'s guarantees; counting touches only a thread-local `Cell`
+// (`try_with`, which neither allocates nor panics during thread teardown).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: `layout` comes from our caller, who upholds `GlobalAlloc::alloc`'s contract.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by this allocator, i.e. by `System`, with `layout`
+        // (our caller's contract).
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: as in `alloc`: the caller's `layout` meets the contract.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: `ptr` came from `System` with `layout` and `new_size` is valid for it (our
+        // caller's contract), so `System.realloc`'s contract holds.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }

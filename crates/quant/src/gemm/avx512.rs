@@ -93,11 +93,14 @@ pub(super) unsafe fn unpack_levels(ty: gguf::GgmlType, row: &[u8], q: &mut [u8])
     use gguf::GgmlType;
     let (rp, qp) = (row.as_ptr(), q.as_mut_ptr());
     let nib = _mm256_set1_epi8(0x0F);
-    // SAFETY (all arms): block i of `row` and its levels in `q` are in bounds (the caller's
-    // contract: the row is exactly these blocks); loads and stores are unaligned.
+    // In every arm, block i of `row` and its levels in `q` are in bounds (the caller's
+    // contract: the row is exactly q.len() weights of these blocks); loads and stores are
+    // unaligned, so any byte offset will do.
     match ty {
         GgmlType::Q5_0 => {
             for i in 0..q.len() / 32 {
+                // SAFETY: i < q.len() / 32 blocks: bytes 2..22 of the 22-byte block i (qh,
+                // then the 16 level bytes at 6) and levels 32i..32i + 32 of `q`.
                 unsafe {
                     let b = rp.add(Q5_0_BYTES * i);
                     let qh = u32::from_le_bytes([*b.add(2), *b.add(3), *b.add(4), *b.add(5)]);
@@ -112,6 +115,8 @@ pub(super) unsafe fn unpack_levels(ty: gguf::GgmlType, row: &[u8], q: &mut [u8])
         }
         GgmlType::Q8_0 => {
             for i in 0..q.len() / 32 {
+                // SAFETY: i < q.len() / 32 blocks: the 32 levels at bytes 2..34 of the
+                // 34-byte block i, and levels 32i..32i + 32 of `q`.
                 unsafe {
                     let x = _mm256_loadu_si256(rp.add(Q8_0_BYTES * i + 2).cast());
                     let v = _mm256_xor_si256(x, _mm256_set1_epi8(-128));
@@ -122,6 +127,9 @@ pub(super) unsafe fn unpack_levels(ty: gguf::GgmlType, row: &[u8], q: &mut [u8])
         GgmlType::Q4_K => {
             for i in 0..q.len() / 256 {
                 for c in 0..4 {
+                    // SAFETY: i < q.len() / 256 blocks, c < 4: level bytes 16 + 32c..48 + 32c
+                    // ≤ 144 of the 144-byte block i, and levels 256i + 64c..256i + 64c + 64
+                    // of `q`.
                     unsafe {
                         let x = _mm256_loadu_si256(rp.add(Q4_K_BYTES * i + 16 + 32 * c).cast());
                         let lo = _mm256_and_si256(x, nib);
@@ -136,6 +144,9 @@ pub(super) unsafe fn unpack_levels(ty: gguf::GgmlType, row: &[u8], q: &mut [u8])
             let two = _mm256_set1_epi8(3);
             for i in 0..q.len() / 256 {
                 for h in 0..2 {
+                    // SAFETY: i < q.len() / 256 blocks, h < 2: `ql` bytes 64h..64h + 64 ≤ 128
+                    // and `qh` bytes 128 + 32h..160 + 32h ≤ 192 of the 210-byte block i, and
+                    // levels 256i + 128h..256i + 128h + 128 of `q`.
                     unsafe {
                         let b = rp.add(Q6_K_BYTES * i);
                         let ql0 = _mm256_loadu_si256(b.add(64 * h).cast());

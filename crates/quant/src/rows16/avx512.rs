@@ -141,12 +141,21 @@ unsafe fn run<const T: usize, const KIND: u8>(
         }
     });
     let g = group.as_ptr();
-    // SAFETY (every read below): offsets come from `block_at` and `layout` for a block
-    // b < nb of a group of `cols` columns, which `group` is; activation reads are field b
-    // (or levels 32b..32b + 32) of a token's act_bytes(cols) bytes. Loads are unaligned.
+    // Every read below is at an offset from `block_at` and `layout` for a block b < nb of a
+    // group of `cols` columns, which `group` is (the caller's contract, `super::check`);
+    // activation reads are field b (or levels 32b..32b + 32) of a token's act_bytes(cols)
+    // bytes. Loads are unaligned, so any byte offset will do.
+    // SAFETY: 64 level bytes at `at + lo + 64j`: j < 4 of a block group's 256 (j < 8 of
+    // Q8_0's 512), or Q6_K's top-bit plane `at + lo + 256 + 64(j / 2)` in its last 128.
     let ld = |o: usize| unsafe { _mm512_loadu_si512(g.add(o).cast()) };
+    // SAFETY: 16 f16 scales (32 bytes) at a block group's `at` / `at + mo`, or at a
+    // K-quant header's `h` / `h + 32` (64 header bytes for Q4_K, 32 for Q6_K).
     let halfs = |o: usize| _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(g.add(o).cast()) });
+    // SAFETY: 16 sub-scale bytes at a K-quant block group's `at` / `at + 16`, within its
+    // first 32 bytes.
     let bytes16 = |o: usize| unsafe { _mm_loadu_si128(g.add(o).cast()) };
+    // SAFETY: 8 fifth-bit mask bytes at `at + ko + 16j (+ 8)`, j < 4: within the block
+    // group's 64 mask bytes (Q5_0 and Q5_1 only).
     let mask = |o: usize| unsafe { g.add(o).cast::<u64>().read_unaligned() };
     let m4 = _mm512_set1_epi8(0x0F);
     let b4 = _mm512_set1_epi8(0x10);

@@ -35,14 +35,19 @@ pub struct Job {
     pub prompt: Vec<u32>,
     /// Input rows placed in the prompt (images), in order, not overlapping.
     pub images: Vec<JobImage>,
+    /// Most tokens to generate; the prompt plus these must fit the context.
     pub max_tokens: usize,
+    /// How each token is chosen from the logits.
     pub sampling: SamplingParams,
+    /// Stop strings: the job ends when the generated text contains one (not sent).
     pub stop: Vec<String>,
     /// Some(k): report the chosen token's log-probability and the top k.
     pub logprobs: Option<usize>,
+    /// Keep going past end-of-generation tokens (the picker masks them out).
     pub ignore_eos: bool,
     /// Where the tokens go; a closed channel (the client left) cancels the job.
     pub events: UnboundedSender<Event>,
+    /// When the request arrived: the time to first token is measured from it.
     pub received: Instant,
 }
 
@@ -51,7 +56,9 @@ pub struct Job {
 /// after it, cut at the usual fixed offsets).
 #[derive(Debug, Clone)]
 pub struct JobImage {
+    /// The prompt position of the first row.
     pub start: usize,
+    /// Rows, one position each.
     pub len: usize,
     /// `len × n_embd` values, row-major.
     pub data: Vec<f32>,
@@ -80,7 +87,9 @@ impl JobImage {
 /// The log-probabilities of one generated token.
 #[derive(Debug, Clone)]
 pub struct TokenLogprob {
+    /// The chosen token's log-softmax of the raw logits (natural log, ≤ 0).
     pub logprob: f32,
+    /// The `k` best (id, log-probability) pairs, best first.
     pub top: Vec<(u32, f32)>,
 }
 
@@ -89,15 +98,24 @@ pub struct TokenLogprob {
 pub enum Event {
     /// A generated token and the text that may be shown now (possibly empty: held back).
     Token {
+        /// The token's id.
         id: u32,
+        /// Text that can be shown now; bytes that may start a stop string or finish a
+        /// character are held back for a later event.
         text: String,
+        /// Its log-probabilities, when the job asked for them.
         logprob: Option<TokenLogprob>,
     },
     /// The end: the last held-back text, why it stopped and the token counts.
     Done {
+        /// Held-back text still to show (empty after a stop string).
         text: String,
+        /// "stop" (an end-of-generation token or a stop string) or "length" (`max_tokens`
+        /// or the end of the context).
         finish_reason: &'static str,
+        /// Positions of the prompt (images included).
         prompt_tokens: usize,
+        /// Tokens sent as [`Event::Token`].
         completion_tokens: usize,
     },
     /// The job failed inside the engine.
@@ -112,14 +130,23 @@ pub enum Speculation {
     Off,
     /// Prompt lookup ([`engine::speculative::NgramDrafter`]), at most `draft_max` tokens per sequence and step
     /// (capped at [`engine::speculative::MAX_DRAFT`]), the length adapted per sequence.
-    Ngram { draft_max: usize },
+    Ngram {
+        /// Most tokens drafted per sequence and step.
+        draft_max: usize,
+    },
     /// A draft model ([`ModelDrafter`], given to [`crate::Server::start_with_drafter`] and
     /// loaded with a sequence per slot), at most `draft_max` tokens per sequence and step
     /// (capped at [`engine::speculative::MAX_DRAFT`]), the length adapted per sequence.
-    Draft { draft_max: usize },
+    Draft {
+        /// Most tokens drafted per sequence and step.
+        draft_max: usize,
+    },
     /// The model's own multi-token-prediction block (`qwen35` files with one), at most
     /// `draft_max` tokens per sequence and step, the length adapted per sequence.
-    Mtp { draft_max: usize },
+    Mtp {
+        /// Most tokens drafted per sequence and step.
+        draft_max: usize,
+    },
 }
 
 impl Speculation {
