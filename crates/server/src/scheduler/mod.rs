@@ -118,7 +118,8 @@ pub enum Event {
         /// Tokens sent as [`Event::Token`].
         completion_tokens: usize,
     },
-    /// The job failed inside the engine.
+    /// The job failed: refused at admission (an empty prompt, or one that does not fit the
+    /// context with its `max_tokens`) or an error inside the engine; the text says which.
     Error(String),
 }
 
