@@ -5,6 +5,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use quant::GgmlType;
 
 use super::gpu::GpuContext;
+use super::kernels::Param;
 use crate::cpu::kernels as cpu;
 use crate::ops::{Rope, RopeMode};
 
@@ -47,10 +48,48 @@ fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
     }
 }
 
-/// Launches kernel `$name` with the given arguments (references to locals).
+/// The kind of parameter a test's launch argument fills, to check the arguments against the
+/// kernel's declaration as the backend's launches are.
+trait ArgKind {
+    const KIND: Param;
+}
+
+impl<T> ArgKind for CudaSlice<T> {
+    const KIND: Param = Param::Ptr;
+}
+
+/// A raw device address (0 for a null pointer).
+impl ArgKind for u64 {
+    const KIND: Param = Param::Ptr;
+}
+
+impl ArgKind for i32 {
+    const KIND: Param = Param::I32;
+}
+
+impl ArgKind for u32 {
+    const KIND: Param = Param::U32;
+}
+
+impl ArgKind for i64 {
+    const KIND: Param = Param::I64;
+}
+
+impl ArgKind for f32 {
+    const KIND: Param = Param::F32;
+}
+
+fn kind_of<T: ArgKind>(_: &T) -> Param {
+    T::KIND
+}
+
+/// Launches kernel `$name` with the given arguments (references to locals), once they are
+/// checked against its declaration (arity and kinds).
 macro_rules! launch {
     ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
-        let f = $dev.function($name).unwrap();
+        let (f, k) = $dev.kernel($name).unwrap();
+        let kinds: &[Param] = &[$(kind_of($arg)),*];
+        assert_eq!(kinds, k.params, "the arguments of {} do not match its declaration", k.name);
         let mut b = $dev.stream.launch_builder(f);
         $( b.arg($arg); )*
         // SAFETY: the arguments match the kernel's parameter list in its .cu file, and every
