@@ -3,6 +3,7 @@
 
 use quant::GgmlType;
 
+use super::backend::weights::GPU_TYPES;
 use super::backend::{AttnShape, CudaBackend};
 use super::gpu::GpuContext;
 use super::gpu_tests::device;
@@ -168,18 +169,7 @@ fn matmul_matches_cpu_for_every_type() {
     let Some(dev) = device() else { return };
     let mut plan = Plan::new();
     let (x, y) = (plan.act(512), plan.act(72));
-    let types = [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-        GgmlType::F32,
-        GgmlType::F16,
-    ];
+    let types: Vec<GgmlType> = GPU_TYPES.iter().map(|t| t.0).collect();
     let ws: Vec<Weight> = types
         .iter()
         .enumerate()

@@ -4,6 +4,7 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use quant::GgmlType;
 
+use super::backend::weights::{kernel_suffix, GPU_TYPES};
 use super::gpu::GpuContext;
 use super::kernels::Param;
 use crate::cpu::kernels as cpu;
@@ -226,19 +227,13 @@ fn multi_section_rope_matches_cpu() {
     assert_close(&down(&dev, &dx), &want, 1e-4, "multi-section rope");
 }
 
-const TYPES: &[GgmlType] = &[
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
+/// The block formats the GPU takes (those with a dp4a kernel).
+fn block_types() -> impl Iterator<Item = GgmlType> {
+    GPU_TYPES.iter().filter(|t| t.2).map(|t| t.0)
+}
 
-fn suffix(ty: GgmlType) -> String {
-    format!("{ty:?}").to_lowercase()
+fn suffix(ty: GgmlType) -> &'static str {
+    kernel_suffix(ty).expect("a GPU type").0
 }
 
 /// Quantized matrix × vector for 3 tokens: the dp4a path (activations quantized on the GPU)
@@ -249,7 +244,7 @@ fn matvec_matches_cpu_for_every_type() {
     let (rows, cols, n) = (40usize, 512usize, 3usize);
     let x = rand_vec(n * cols, 11);
     let dx = up(&dev, &x);
-    for &ty in TYPES {
+    for ty in block_types() {
         let wf = rand_vec(rows * cols, 12);
         let wq = quant::quantize_to_vec(ty, &wf).unwrap();
         let wd = quant::dequantize_to_vec(ty, &wq).unwrap();
@@ -326,7 +321,7 @@ fn matvec_dp4a_rounds_activations_as_the_cpu() {
     let (ci, ri, ni) = (cols as i32, rows as i32, n as i32);
     let grid = ((cols as u32 / 32).div_ceil(8), n as u32, 1);
     launch!(dev, "quantize_q8_1", cfg(grid, 256); &dx, &ci, &mut q8, &nb, &ci);
-    for &ty in TYPES {
+    for ty in block_types() {
         let wf = rand_vec(rows * cols, 22);
         let wq = quant::quantize_to_vec(ty, &wf).unwrap();
         let wd = quant::dequantize_to_vec(ty, &wq).unwrap();
@@ -362,7 +357,7 @@ fn matvec_dp4a_rounds_activations_as_the_cpu() {
 fn dequantize_matches_cpu_for_every_type() {
     let Some(dev) = device() else { return };
     let (rows, cols) = (8usize, 512usize);
-    for &ty in TYPES {
+    for ty in block_types() {
         let wq = quant::quantize_to_vec(ty, &rand_vec(rows * cols, 21)).unwrap();
         let wd = quant::dequantize_to_vec(ty, &wq).unwrap();
         let row_bytes = (wq.len() / rows) as i64;

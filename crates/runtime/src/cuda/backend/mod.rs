@@ -43,7 +43,7 @@ mod launch;
 mod memory;
 mod ops;
 mod recurrent;
-mod weights;
+pub(crate) mod weights;
 
 pub use launch::CudaOps;
 pub use memory::{reserve_bytes, AttnShape, MemoryPlan, RESERVE_BYTES};

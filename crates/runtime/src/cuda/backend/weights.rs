@@ -19,23 +19,30 @@ pub(super) struct DevWeight {
     pub(super) row_bytes: usize,
 }
 
-/// Weight types the kernels take, with their kernel-name suffixes and whether the dp4a
-/// matrix × vector kernel exists.
-pub(super) fn kernel_suffix(ty: GgmlType) -> Option<(&'static str, bool)> {
-    Some(match ty {
-        GgmlType::Q4_0 => ("q4_0", true),
-        GgmlType::Q4_1 => ("q4_1", true),
-        GgmlType::Q5_0 => ("q5_0", true),
-        GgmlType::Q5_1 => ("q5_1", true),
-        GgmlType::Q8_0 => ("q8_0", true),
-        GgmlType::Q4_K => ("q4_k", true),
-        GgmlType::Q5_K => ("q5_k", true),
-        GgmlType::Q6_K => ("q6_k", true),
-        GgmlType::F32 => ("f32", false),
-        GgmlType::F16 => ("f16", false),
-        GgmlType::BF16 => ("bf16", false),
-        _ => return None,
-    })
+/// Weight types the kernels take: the type, its kernel-name suffix, and whether it is a block
+/// format with the dp4a matrix × vector kernel (`mmvq_*`). The one list: the kernel names,
+/// the placement check and the kernel tests read it.
+pub(crate) const GPU_TYPES: &[(GgmlType, &str, bool)] = &[
+    (GgmlType::Q4_0, "q4_0", true),
+    (GgmlType::Q4_1, "q4_1", true),
+    (GgmlType::Q5_0, "q5_0", true),
+    (GgmlType::Q5_1, "q5_1", true),
+    (GgmlType::Q8_0, "q8_0", true),
+    (GgmlType::Q4_K, "q4_k", true),
+    (GgmlType::Q5_K, "q5_k", true),
+    (GgmlType::Q6_K, "q6_k", true),
+    (GgmlType::F32, "f32", false),
+    (GgmlType::F16, "f16", false),
+    (GgmlType::BF16, "bf16", false),
+];
+
+/// `ty`'s kernel-name suffix and whether `mmvq_*` takes it; `None` for a type the GPU does
+/// not take.
+pub(crate) fn kernel_suffix(ty: GgmlType) -> Option<(&'static str, bool)> {
+    GPU_TYPES
+        .iter()
+        .find(|t| t.0 == ty)
+        .map(|&(_, s, q)| (s, q))
 }
 
 /// Kernel names per weight type, built once (no formatting per launch).
@@ -54,22 +61,7 @@ impl TypeKernels {
             deq: HashMap::new(),
             rows: HashMap::new(),
         };
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-            GgmlType::Q4_K,
-            GgmlType::Q5_K,
-            GgmlType::Q6_K,
-            GgmlType::F32,
-            GgmlType::F16,
-            GgmlType::BF16,
-        ] {
-            let Some((s, q)) = kernel_suffix(ty) else {
-                continue;
-            };
+        for &(ty, s, q) in GPU_TYPES {
             if q {
                 t.mmvq.insert(ty, format!("mmvq_{s}"));
             }
