@@ -326,6 +326,11 @@ impl Vocab {
         })
     }
 
+    /// The attributes of token `id` ([`attr`] flags; 0 past the vocabulary).
+    pub fn attr(&self, id: u32) -> u8 {
+        self.attrs.get(id as usize).copied().unwrap_or(0)
+    }
+
     /// The id of a token text.
     pub fn id(&self, text: &str) -> Option<u32> {
         self.by_text.get(text).copied()
