@@ -115,6 +115,8 @@ pub fn run(args: Args) -> Result<()> {
         ignore_eos: false,
         logprobs: 0,
         stop: Vec::new(),
+        constraint: None,
+        logit_bias: Vec::new(),
     };
     eprintln!(
         "surplus chat: {} ({}). Ctrl-C stops a reply, Ctrl-D quits.",

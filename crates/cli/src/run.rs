@@ -348,6 +348,8 @@ pub fn run(args: Args) -> Result<()> {
         ignore_eos: args.ignore_eos,
         logprobs: args.logprobs,
         stop: args.stop.clone(),
+        constraint: None,
+        logit_bias: Vec::new(),
     };
     let stdout = std::io::stdout();
     let json = args.json;

@@ -1,5 +1,8 @@
-//! Picking a sequence's next token from its logit row: the sampler's chain, with
-//! end-of-generation tokens masked when they are ignored, and the rejection rule for drafts.
+//! Picking a sequence's next token from its logit row: the sampler's chain, with the
+//! request's logit bias, its grammar's mask and end-of-generation tokens masked when they
+//! are ignored, and the rejection rule for drafts.
+
+use constrain::Constraint;
 
 use crate::sampling::{argmax_excluding, Sampler, SamplingParams};
 use crate::speculative::Draft;
@@ -15,6 +18,11 @@ pub struct Picker {
     masked: Vec<f32>,
     /// Scratch of the rejection rule, allocated when a sampled sequence first verifies.
     verify: Option<Verify>,
+    /// Added to these tokens' logits before each pick.
+    bias: Vec<(u32, f32)>,
+    /// What the output must match: its mask applies before each pick, and each picked
+    /// token advances it.
+    constraint: Option<Box<Constraint>>,
 }
 
 impl Picker {
@@ -27,7 +35,50 @@ impl Picker {
             banned: if ignore_eos { eog.to_vec() } else { Vec::new() },
             masked: Vec::new(),
             verify: None,
+            bias: Vec::new(),
+            constraint: None,
         }
+    }
+
+    /// The picker with `bias` added to those tokens' logits before every pick (ids past the
+    /// row are ignored).
+    pub fn with_bias(mut self, bias: Vec<(u32, f32)>) -> Picker {
+        self.bias = bias;
+        self
+    }
+
+    /// The picker with `constraint` (if any) masking every pick: a token the grammar does
+    /// not allow is never picked, and no draft outside it is ever kept.
+    pub fn with_constraint(mut self, constraint: Option<Constraint>) -> Picker {
+        self.constraint = constraint.map(Box::new);
+        self
+    }
+
+    /// Whether picks are constrained by a grammar.
+    pub fn is_constrained(&self) -> bool {
+        self.constraint.is_some()
+    }
+
+    /// Computes the grammar's mask for the next pick now (say while the forward pass runs),
+    /// so the pick itself is quick. Nothing without a grammar.
+    pub fn prepare(&mut self) {
+        if let Some(c) = self.constraint.as_mut() {
+            c.prepare();
+        }
+    }
+
+    /// How many of `drafts` the grammar allows in a row from here (all without a grammar):
+    /// the drafts past them would never be kept, so they need not be verified.
+    pub fn valid_drafts(&mut self, drafts: &[u32]) -> usize {
+        match self.constraint.as_mut() {
+            Some(c) => c.valid_prefix(drafts),
+            None => drafts.len(),
+        }
+    }
+
+    /// Whether the grammar is complete (only end-of-generation may follow).
+    pub fn grammar_finished(&self) -> bool {
+        self.constraint.as_ref().is_some_and(|c| c.is_finished())
     }
 
     /// Tells the sampler about a token of the prompt (for its penalties).
@@ -46,6 +97,9 @@ impl Picker {
     /// whether it is the draft's.
     pub fn pick_draft(&mut self, row: &[f32], drafted: Option<(&Draft, usize)>) -> (u32, bool) {
         let d = drafted.map(|(draft, i)| draft.tokens[i]);
+        if self.constraint.is_some() || !self.bias.is_empty() {
+            return self.pick_shaped(row, drafted);
+        }
         let ignore_eos = !self.banned.is_empty();
         let (id, keep) = if ignore_eos && self.greedy {
             let id = argmax_excluding(row, &self.banned);
@@ -75,6 +129,51 @@ impl Picker {
             }
         };
         self.sampler.accept(id);
+        (id, keep)
+    }
+
+    /// [`Picker::pick_draft`] with the row reshaped first: the bias added, then the
+    /// grammar's mask and the ignored end-of-generation tokens set to −∞ (these stay
+    /// allowed once the grammar is complete: then they are all it allows).
+    fn pick_shaped(&mut self, row: &[f32], drafted: Option<(&Draft, usize)>) -> (u32, bool) {
+        let d = drafted.map(|(draft, i)| draft.tokens[i]);
+        self.masked.clear();
+        self.masked.extend_from_slice(row);
+        for &(t, b) in &self.bias {
+            if let Some(v) = self.masked.get_mut(t as usize) {
+                *v += b;
+            }
+        }
+        let finished = self.grammar_finished();
+        if !finished {
+            for &e in &self.banned {
+                if let Some(v) = self.masked.get_mut(e as usize) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        if let Some(c) = self.constraint.as_mut() {
+            c.apply(&mut self.masked);
+        }
+        let row = &self.masked[..];
+        let (id, keep) = match drafted {
+            _ if self.greedy => {
+                let id = argmax_excluding(row, &[]);
+                (id, d == Some(id))
+            }
+            Some((draft, i)) => {
+                let v = self.verify.get_or_insert_with(|| Verify::new(row.len()));
+                verify_sampled(&mut self.sampler, row, draft, i, draft.tokens[i], v)
+            }
+            None => {
+                let id = self.sampler.sample(row);
+                (id, d == Some(id))
+            }
+        };
+        self.sampler.accept(id);
+        if let Some(c) = self.constraint.as_mut() {
+            c.consume(id);
+        }
         (id, keep)
     }
 }

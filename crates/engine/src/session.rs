@@ -172,6 +172,10 @@ pub struct GenerateOptions {
     pub logprobs: usize,
     /// Stop when the generated text contains one of these.
     pub stop: Vec<String>,
+    /// What the output must match (a JSON schema or grammar), if anything.
+    pub constraint: Option<constrain::Constraint>,
+    /// Added to these tokens' logits before every pick.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 /// What a generation produced.
@@ -600,7 +604,9 @@ impl Engine {
     ) -> (Picker, Generation, Emitter) {
         let vocab = self.model.hp.n_vocab;
         let eog = self.tokenizer.eog_ids();
-        let mut picker = Picker::new(&opts.sampling, vocab, opts.ignore_eos, eog);
+        let mut picker = Picker::new(&opts.sampling, vocab, opts.ignore_eos, eog)
+            .with_bias(opts.logit_bias.clone())
+            .with_constraint(opts.constraint.clone());
         for p in parts {
             if let PromptPart::Tokens(t) = p {
                 for &t in *t {

@@ -134,6 +134,8 @@ fn compare(name: &str, path: &std::path::Path, layers: GpuLayers) {
             ignore_eos: true,
             logprobs: 0,
             stop: vec![],
+            constraint: None,
+            logit_bias: Vec::new(),
         };
         let ta = cpu.generate(&ids, &g, |_, _| true).unwrap().tokens;
         let tb = gpu.generate(&ids, &g, |_, _| true).unwrap().tokens;
@@ -189,6 +191,8 @@ fn gpu_mtp_speculation_keeps_greedy_tokens() {
             ignore_eos: true,
             logprobs: 0,
             stop: vec![],
+            constraint: None,
+            logit_bias: Vec::new(),
         };
         let plain = gpu.generate(&prompt, &g, |_, _| true).unwrap().tokens;
         let mut drafter = DraftSource::Mtp(MtpDrafter::default());

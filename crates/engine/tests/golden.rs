@@ -51,6 +51,8 @@ fn check_greedy(name: &str, file: &str) {
             ignore_eos: true,
             logprobs: 8,
             stop: vec![],
+            constraint: None,
+            logit_bias: Vec::new(),
         };
         let gen = engine.generate(&got_ids, &opts, |_, _| true).unwrap();
         let f_tokens = ids(&oracle["f64_greedy_tokens"]);

@@ -68,6 +68,8 @@ fn check_greedy(file: &str, cases: &Value, n_batch: usize, rule: Rule) {
             ignore_eos: true,
             logprobs: 10,
             stop: vec![],
+            constraint: None,
+            logit_bias: Vec::new(),
         };
         let gen = engine.generate(&got_prompt, &opts, |_, _| true).unwrap();
         let want = ids(&case["tokens"]);
@@ -238,6 +240,8 @@ fn check_oracle(file: &str, n_batch: usize, tie: f64, median_max: f64, max: f64)
             ignore_eos: true,
             logprobs: 5,
             stop: vec![],
+            constraint: None,
+            logit_bias: Vec::new(),
         };
         let gen = engine.generate(&prompt_ids, &opts, |_, _| true).unwrap();
         let want = ids(&case["f64_greedy_tokens"]);

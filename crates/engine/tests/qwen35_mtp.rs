@@ -33,6 +33,8 @@ fn check(file: &str, cases: &Value, tie: f64) {
         ignore_eos: true,
         logprobs: 0,
         stop: vec![],
+        constraint: None,
+        logit_bias: Vec::new(),
     };
     let (mut aligned, mut drafts_equal) = (0, 0);
     let mut mismatches = Vec::new();

@@ -190,6 +190,8 @@ fn speculative_greedy_equals_plain_greedy() {
             ignore_eos: true,
             logprobs: 3,
             stop: vec![],
+            constraint: None,
+            logit_bias: Vec::new(),
         };
         e.clear_cache();
         let plain = e.generate(&ids, &opts, |_, _| true).unwrap();

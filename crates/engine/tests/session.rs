@@ -21,6 +21,8 @@ fn greedy(n: usize) -> GenerateOptions {
         ignore_eos: true,
         logprobs: 1,
         stop: vec![],
+        constraint: None,
+        logit_bias: Vec::new(),
     }
 }
 

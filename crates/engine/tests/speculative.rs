@@ -46,6 +46,8 @@ fn check(name: &str, file: &str) {
                 ignore_eos,
                 logprobs: 3,
                 stop: vec![],
+                constraint: None,
+                logit_bias: Vec::new(),
             };
             // Each run evaluates the whole prompt (a reused prefix would change how its last
             // token is computed: alone rather than in the prompt's batch).
@@ -174,6 +176,8 @@ fn sampling_with_speculation_follows_the_target_distribution() {
         ignore_eos: true,
         logprobs: 0,
         stop: vec![],
+        constraint: None,
+        logit_bias: Vec::new(),
     };
     let n = 300;
     let mut plain = Vec::with_capacity(n);

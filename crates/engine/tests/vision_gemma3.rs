@@ -43,6 +43,8 @@ fn gemma3_with_an_image_follows_llama_cpp() {
         ignore_eos: true,
         logprobs: 5,
         stop: vec![],
+        constraint: None,
+        logit_bias: Vec::new(),
     };
     let mut errors = Vec::new();
     for case in g["cases"].as_array().unwrap() {

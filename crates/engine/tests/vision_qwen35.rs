@@ -51,6 +51,8 @@ fn gen_opts() -> GenerateOptions {
         ignore_eos: true,
         logprobs: 10,
         stop: vec![],
+        constraint: None,
+        logit_bias: Vec::new(),
     }
 }
 

@@ -305,6 +305,8 @@ async fn generate(
         stop: p.stop,
         logprobs: p.logprobs,
         ignore_eos: p.ignore_eos,
+        constraint: None,
+        logit_bias: Vec::new(),
         events: tx,
         received: Instant::now(),
     };

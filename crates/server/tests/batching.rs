@@ -93,6 +93,8 @@ fn greedy_output_does_not_depend_on_the_batch() {
                 ignore_eos: true,
                 logprobs: 0,
                 stop: vec![],
+                constraint: None,
+                logit_bias: Vec::new(),
             },
             |_, _| true,
         )

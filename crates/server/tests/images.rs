@@ -161,6 +161,8 @@ fn an_image_gives_the_engines_greedy_text() {
         ignore_eos: true,
         logprobs: 3,
         stop: vec![],
+        constraint: None,
+        logit_bias: Vec::new(),
     };
     let want = engine
         .generate_parts(&parts, &gen_opts, |_, _| true)

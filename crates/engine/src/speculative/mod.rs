@@ -226,6 +226,9 @@ impl Engine {
             let room = self.n_ctx - seq.history.len();
             let limit = remaining.saturating_sub(1).min(room).min(max_draft);
             seq.draft(self, source, 0, limit)?;
+            // Drafts the grammar refuses would never be kept: they are not verified.
+            let valid = picker.valid_drafts(seq.drafted());
+            seq.keep_draft(valid);
             let n_draft = seq.drafted().len();
             let mut batch = [0u32; MAX_DRAFT + 1];
             batch[0] = seq.history[pos];

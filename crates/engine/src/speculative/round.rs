@@ -84,6 +84,11 @@ impl SpecSeq {
         &self.draft.tokens
     }
 
+    /// Keeps only the first `n` drafted tokens of this round (those a grammar allows).
+    pub fn keep_draft(&mut self, n: usize) {
+        self.draft.tokens.truncate(n);
+    }
+
     /// Forgets this round's draft (the next [`SpecSeq::verify`] picks from one row).
     pub fn clear_draft(&mut self) {
         self.draft.clear();

@@ -45,6 +45,10 @@ pub struct Job {
     pub logprobs: Option<usize>,
     /// Keep going past end-of-generation tokens (the picker masks them out).
     pub ignore_eos: bool,
+    /// What the output must match (JSON schema, grammar, tool calls), if anything.
+    pub constraint: Option<constrain::Constraint>,
+    /// Added to these tokens' logits before each pick.
+    pub logit_bias: Vec<(u32, f32)>,
     /// Where the tokens go; a closed channel (the client left) cancels the job.
     pub events: UnboundedSender<Event>,
     /// When the request arrived: the time to first token is measured from it.
@@ -339,9 +343,11 @@ impl Scheduler {
     }
 
     /// Puts `job` in the free slot `i`.
-    fn start(&mut self, i: usize, job: Job) {
+    fn start(&mut self, i: usize, mut job: Job) {
         let eog = self.out.tok.eog_ids();
-        let mut picker = Picker::new(&job.sampling, self.out.vocab, job.ignore_eos, eog);
+        let mut picker = Picker::new(&job.sampling, self.out.vocab, job.ignore_eos, eog)
+            .with_bias(job.logit_bias.clone())
+            .with_constraint(job.constraint.take());
         for (p, &t) in job.prompt.iter().enumerate() {
             // Image positions are not tokens (penalties see the text only).
             if !job.images.iter().any(|im| im.holds(p)) {
@@ -403,13 +409,12 @@ impl Scheduler {
             // Never past max_tokens (the model's own token follows the drafts) nor past
             // the context.
             let remaining = x.job.max_tokens.saturating_sub(x.generated() + 1);
-            if let (Some(sp), Some(source)) = (x.spec.as_mut(), self.source.as_mut()) {
+            if let (Some(_), Some(source)) = (x.spec.as_ref(), self.source.as_mut()) {
                 let room = n_ctx.saturating_sub(pos as usize + 1);
                 let limit = remaining.min(room).min(spare);
-                // A drafter that fails drafts nothing this step.
-                let tokens = sp
-                    .draft(&mut self.engine, source, i, limit)
-                    .unwrap_or_default();
+                // A drafter that fails drafts nothing this step; drafts the request's
+                // grammar refuses are dropped before the pass.
+                let tokens = x.draft(&mut self.engine, source, i, limit);
                 for (j, &token) in tokens.iter().enumerate() {
                     let pos = pos + 1 + j as u32;
                     self.items.push(DecodeItem { seq, token, pos });
@@ -431,7 +436,18 @@ impl Scheduler {
         let t0 = Instant::now();
         let before = metrics.generated_tokens.load(Ordering::Relaxed);
         let owners = std::mem::take(&mut self.owners);
-        match self.engine.decode_step(&self.items) {
+        let step = if self.engine.on_gpu() && self.slots.iter().flatten().any(Slot::is_constrained)
+        {
+            // The grammars' masks are computed on the CPU while the GPU runs the pass.
+            let (engine, items, slots) = (&mut self.engine, &self.items, &mut self.slots);
+            std::thread::scope(|s| {
+                s.spawn(|| slots.iter_mut().flatten().for_each(Slot::prepare));
+                engine.decode_step(items)
+            })
+        } else {
+            self.engine.decode_step(&self.items)
+        };
+        match step {
             Ok(logits) => {
                 let t_verify = t0.elapsed().as_secs_f64();
                 let vocab = self.out.vocab;

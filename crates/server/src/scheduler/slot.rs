@@ -62,6 +62,36 @@ impl Slot {
         self.generated
     }
 
+    /// Whether its picks follow a grammar.
+    pub fn is_constrained(&self) -> bool {
+        self.picker.is_constrained()
+    }
+
+    /// Computes its grammar's mask for the next pick (see [`Picker::prepare`]).
+    pub fn prepare(&mut self) {
+        self.picker.prepare();
+    }
+
+    /// This step's drafts for sequence `seq` (at most `limit`), from `source`: those the
+    /// request's grammar allows in a row (a failing drafter drafts nothing).
+    pub fn draft(
+        &mut self,
+        engine: &mut engine::Engine,
+        source: &mut engine::speculative::DraftSource,
+        seq: usize,
+        limit: usize,
+    ) -> &[u32] {
+        let Some(sp) = self.spec.as_mut() else {
+            return &[];
+        };
+        let n = match sp.draft(engine, source, seq, limit) {
+            Ok(tokens) => self.picker.valid_drafts(tokens),
+            Err(_) => 0,
+        };
+        sp.keep_draft(n);
+        sp.drafted()
+    }
+
     /// Uses a decode step's rows: its last token's (whose successor goes to position `pos`)
     /// and those of the tokens it drafted after it. Speculating, the drafts are verified
     /// ([`SpecSeq::verify`], the step took `t_verify` seconds) and the kept ones and the
