@@ -1,6 +1,7 @@
 //! OpenAI-compatible HTTP server over the engine: chat and text completions (JSON and SSE),
 //! models, health and Prometheus metrics, with a continuous-batching scheduler thread.
 
+pub mod answer;
 pub mod api;
 pub mod error;
 pub mod http;
