@@ -75,6 +75,21 @@ pub struct Args {
     /// enable it only for trusted clients.
     #[arg(long, requires = "mmproj")]
     allow_image_urls: bool,
+    /// Require this API key: clients send `Authorization: Bearer KEY` (or `x-api-key: KEY`)
+    /// on /v1/* and /metrics, else they get a 401; /health stays open. Repeat it for
+    /// several keys; SURPLUS_API_KEY gives one (used when the flag is absent). A key is
+    /// printable ASCII without spaces; keys are never printed.
+    #[arg(
+        long = "api-key",
+        value_name = "KEY",
+        env = "SURPLUS_API_KEY",
+        hide_env_values = true
+    )]
+    api_keys: Vec<String>,
+    /// Require one of the API keys in FILE (one a line; blank lines and lines starting
+    /// with # are skipped), as well as any --api-key.
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<std::path::PathBuf>,
 }
 
 /// Speculative decoding kinds of `--spec`.
@@ -102,6 +117,8 @@ pub fn run(args: Args) -> Result<()> {
         "--draft-max must be in 1..={}",
         engine::speculative::MAX_DRAFT
     );
+    // Keys first: a bad key file fails before any model is loaded.
+    let api_keys = api_keys(&args)?;
     let opts = registry::PullOptions {
         progress: crate::progress_enabled(),
         force: false,
@@ -204,7 +221,9 @@ pub fn run(args: Args) -> Result<()> {
         spec,
         mmproj: args.mmproj.clone(),
         allow_image_urls: args.allow_image_urls,
+        api_keys,
     };
+    let n_keys = cfg.api_keys.len();
     let srv = server::Server::start_with_drafter(engine, drafter, tokenizer, cfg)
         .with_context(|| format!("starting the server on {}:{}", args.host, args.port))?;
     let addr = srv.addr();
@@ -223,7 +242,25 @@ pub fn run(args: Args) -> Result<()> {
     if let (Some(name), server::Speculation::Draft { .. }) = (&args.draft_model, spec) {
         eprintln!("speculative decoding with draft model {name}");
     }
+    if n_keys > 0 {
+        eprintln!(
+            "requests to /v1/* and /metrics need one of {n_keys} API key{}",
+            if n_keys == 1 { "" } else { "s" }
+        );
+    }
     eprintln!("listening on http://{host}:{}", addr.port());
     srv.wait();
     Ok(())
+}
+
+/// The keys of --api-key (or SURPLUS_API_KEY) and --api-key-file; errors never show a key.
+fn api_keys(args: &Args) -> Result<server::auth::ApiKeys> {
+    let mut keys = args.api_keys.clone();
+    server::auth::ApiKeys::new(&keys).context("--api-key (or SURPLUS_API_KEY)")?;
+    if let Some(file) = &args.api_key_file {
+        let more = server::auth::read_key_file(file)
+            .with_context(|| format!("--api-key-file {}", file.display()))?;
+        keys.extend(more);
+    }
+    Ok(server::auth::ApiKeys::new(&keys)?)
 }

@@ -61,11 +61,14 @@ pub struct AppState {
     pub vision: Option<Arc<Vision>>,
     /// `--allow-image-urls`: http(s) image URLs are fetched.
     pub allow_image_urls: bool,
+    /// The API keys requests must present (none: the server is open).
+    pub api_keys: Arc<crate::auth::ApiKeys>,
 }
 
 type St = State<Arc<AppState>>;
 
-/// The router with every route, the body limit and the request counter.
+/// The router with every route, the body limit, the API-key check and the request counter
+/// (outermost, so refused requests are counted too).
 pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -76,6 +79,10 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            state.api_keys.clone(),
+            crate::auth::require_key,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }

@@ -1,7 +1,9 @@
 //! OpenAI-compatible HTTP server over the engine: chat and text completions (JSON and SSE),
 //! models, health and Prometheus metrics, with a continuous-batching scheduler thread.
 
+pub mod answer;
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod http;
 pub mod image;
@@ -49,6 +51,9 @@ pub struct Config {
     /// Fetch http(s) image URLs (else they are refused with a 400). Off by default: the
     /// server would make requests wherever a client points it.
     pub allow_image_urls: bool,
+    /// API keys: when not empty, every route but `/health` needs
+    /// `Authorization: Bearer KEY` with one of them (see [`auth::require_key`]).
+    pub api_keys: auth::ApiKeys,
 }
 
 impl Default for Config {
@@ -64,6 +69,7 @@ impl Default for Config {
             spec: Speculation::Off,
             mmproj: None,
             allow_image_urls: false,
+            api_keys: auth::ApiKeys::default(),
         }
     }
 }
@@ -126,6 +132,7 @@ impl Server {
                 .map_or(0, |d| d.as_secs()),
             vision,
             allow_image_urls: cfg.allow_image_urls,
+            api_keys: Arc::new(cfg.api_keys.clone()),
         });
         metrics.alive.store(true, Ordering::SeqCst);
         let m = metrics.clone();
