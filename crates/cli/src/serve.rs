@@ -90,6 +90,23 @@ pub struct Args {
     /// with # are skipped), as well as any --api-key.
     #[arg(long, value_name = "FILE")]
     api_key_file: Option<std::path::PathBuf>,
+    /// Where a thinking model's `<think>…</think>` goes: `auto` (or `deepseek`) puts it in
+    /// `message.reasoning_content` (`delta.reasoning_content` when streaming) and the
+    /// answer in `content`, as llama.cpp does; `none` leaves everything in `content`.
+    /// A request's `reasoning_format` overrides it.
+    #[arg(long, value_enum, default_value = "auto")]
+    reasoning_format: ReasoningFormat,
+}
+
+/// Values of `--reasoning-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ReasoningFormat {
+    /// Reasoning in `reasoning_content`.
+    Auto,
+    /// The same as auto (llama.cpp's name).
+    Deepseek,
+    /// Everything in `content`.
+    None,
 }
 
 /// Speculative decoding kinds of `--spec`.
@@ -222,6 +239,7 @@ pub fn run(args: Args) -> Result<()> {
         mmproj: args.mmproj.clone(),
         allow_image_urls: args.allow_image_urls,
         api_keys,
+        reasoning: args.reasoning_format != ReasoningFormat::None,
     };
     let n_keys = cfg.api_keys.len();
     let srv = server::Server::start_with_drafter(engine, drafter, tokenizer, cfg)

@@ -22,6 +22,16 @@ impl ToolFormat {
     /// The format a chat template writes calls in: XML when it shows `<function=`, Hermes
     /// when it shows `<tool_call>`; None when it defines no tool calls.
     pub fn from_template(source: &str) -> Option<ToolFormat> {
+        Self::for_model("", source)
+    }
+
+    /// The format a model of architecture `arch` with chat template `template` writes:
+    /// `qwen35` models were trained on the XML format (whatever their template shows),
+    /// others as their template shows.
+    pub fn for_model(arch: &str, source: &str) -> Option<ToolFormat> {
+        if arch.starts_with("qwen35") {
+            return Some(ToolFormat::QwenXml);
+        }
         if source.contains("<function=") {
             Some(ToolFormat::QwenXml)
         } else if source.contains(CALL_OPEN) {

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use tokenizer::Message;
 
 use crate::error::ApiError;
+use crate::structured::{self, OutputGrammar, Tools};
 
 /// Most stop strings per request.
 const MAX_STOP: usize = 16;
@@ -14,6 +15,8 @@ const MAX_STOP: usize = 16;
 const MAX_STOP_BYTES: usize = 256;
 /// Most top log-probabilities per token.
 pub const MAX_TOP_LOGPROBS: usize = 20;
+/// Most choices per request (`n`).
+pub const MAX_N: usize = 8;
 
 /// Fields shared by both endpoints.
 #[derive(Deserialize, Default)]
@@ -43,12 +46,18 @@ pub struct Common {
     pub stream: Option<bool>,
     /// Options of a streamed answer; ignored unless `stream` is true.
     pub stream_options: Option<StreamOptions>,
-    /// Number of choices; only 1 is accepted.
+    /// Number of choices, 1 to [`MAX_N`]; they share the prompt's evaluation.
     pub n: Option<i64>,
     /// The end user's identifier; accepted and ignored.
     pub user: Option<Value>,
-    /// Per-token logit offsets; only an empty map is accepted.
+    /// Per-token logit offsets: token ids (as strings) to a bias in [-100, 100].
     pub logit_bias: Option<Map<String, Value>>,
+    /// The output as JSON (`{"type": "json_object"}`, or `json_schema` with a schema).
+    pub response_format: Option<Value>,
+    /// Extension (llama.cpp's): a grammar the output must match, GBNF or Lark.
+    pub grammar: Option<Value>,
+    /// Extension (llama.cpp's): a JSON schema the output must match.
+    pub json_schema: Option<Value>,
     // Extensions (llama.cpp names).
     /// Keep only the `k` most likely tokens, in [0, 1000000], 0 meaning off; `None`: off.
     pub top_k: Option<i64>,
@@ -83,6 +92,17 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     /// How many most likely alternatives to return per token, in [0, 20]; needs `logprobs`.
     pub top_logprobs: Option<i64>,
+    /// The functions the model may call.
+    pub tools: Option<Value>,
+    /// `none`, `auto` (the default with tools), `required`, or one named function.
+    pub tool_choice: Option<Value>,
+    /// Whether several calls may be made in one answer; `None`: true.
+    pub parallel_tool_calls: Option<Value>,
+    /// More variables for the chat template (such as `{"enable_thinking": false}`).
+    pub chat_template_kwargs: Option<Map<String, Value>>,
+    /// Extension (llama.cpp's): `none` keeps the reasoning in `content`; `auto` or
+    /// `deepseek` split it into `reasoning_content` (the server's default).
+    pub reasoning_format: Option<String>,
     /// The fields both endpoints share.
     #[serde(flatten)]
     pub common: Common,
@@ -132,6 +152,28 @@ pub struct Params {
     pub include_usage: bool,
     /// End-of-generation tokens are never picked.
     pub ignore_eos: bool,
+    /// Choices to generate (1 to [`MAX_N`]), each sampled on its own after the prompt.
+    pub n: usize,
+    /// Added to these tokens' logits before each pick.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// What the output must match (`response_format`, `grammar` or `json_schema`).
+    pub output: Option<OutputGrammar>,
+}
+
+/// A checked chat request.
+pub struct Chat {
+    /// The messages, each image replaced by [`crate::image::MARKER`] in its text.
+    pub messages: Vec<Message>,
+    /// The images' URLs.
+    pub images: Vec<ImageRef>,
+    /// The generation parameters.
+    pub params: Params,
+    /// The tools offered, if any.
+    pub tools: Option<Tools>,
+    /// More variables for the template.
+    pub kwargs: Map<String, Value>,
+    /// `Some(false)`: the request asked for the reasoning in `content`.
+    pub reasoning: Option<bool>,
 }
 
 /// A completion prompt: text or token ids.
@@ -156,10 +198,9 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
 fn check_extra(extra: &Map<String, Value>) -> Result<(), ApiError> {
     for (k, v) in extra {
         let ok = match k.as_str() {
-            "store" | "metadata" | "service_tier" | "parallel_tool_calls" => true,
-            "tools" | "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
-            "tool_choice" | "function_call" => v.is_null() || v == "none",
-            "response_format" => v.is_null() || v.get("type").is_some_and(|t| t == "text"),
+            "store" | "metadata" | "service_tier" => true,
+            "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
+            "function_call" => v.is_null() || v == "none",
             "modalities" => {
                 v.is_null() || v.as_array().is_some_and(|a| a.iter().all(|m| m == "text"))
             }
@@ -180,26 +221,25 @@ fn check_extra(extra: &Map<String, Value>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_common(c: &Common, max_tokens: Option<i64>) -> Result<Params, ApiError> {
+fn check_common(c: &Common, max_tokens: Option<i64>, n_vocab: usize) -> Result<Params, ApiError> {
     if let Some(m) = &c.model {
         if !m.is_string() {
             return Err(ApiError::param("model", "model must be a string"));
         }
     }
-    if let Some(n) = c.n {
-        if n != 1 {
-            return Err(ApiError::param(
-                "n",
-                format!("n must be 1 (one choice per request is supported), got {n}"),
-            ));
-        }
+    let n = c.n.unwrap_or(1);
+    if !(1..=MAX_N as i64).contains(&n) {
+        return Err(ApiError::param(
+            "n",
+            format!("n must be in [1, {MAX_N}], got {n}"),
+        ));
     }
-    if let Some(b) = &c.logit_bias {
-        if !b.is_empty() {
-            return Err(ApiError::param("logit_bias", "logit_bias is not supported")
-                .code("unsupported_parameter"));
-        }
-    }
+    let logit_bias = structured::logit_bias(c.logit_bias.as_ref(), n_vocab)?;
+    let output = structured::one_grammar([
+        structured::response_format(c.response_format.as_ref())?,
+        structured::grammar(c.grammar.as_ref())?,
+        structured::json_schema(c.json_schema.as_ref())?,
+    ])?;
     let max_tokens = match max_tokens {
         None => None,
         Some(n) if n < 1 => {
@@ -333,16 +373,35 @@ fn check_common(c: &Common, max_tokens: Option<i64>) -> Result<Params, ApiError>
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
         ignore_eos: c.ignore_eos.unwrap_or(false),
+        n: n as usize,
+        logit_bias,
+        output,
     })
 }
 
 impl ChatRequest {
     /// Checks the fields; returns the messages (each image replaced by
     /// [`crate::image::MARKER`] in its text), the images' URLs and the parameters.
-    pub fn check(&self) -> Result<(Vec<Message>, Vec<ImageRef>, Params), ApiError> {
+    pub fn check(&self, n_vocab: usize) -> Result<Chat, ApiError> {
         check_extra(&self.extra)?;
         let max = self.max_completion_tokens.or(self.common.max_tokens);
-        let mut p = check_common(&self.common, max)?;
+        let mut p = check_common(&self.common, max, n_vocab)?;
+        let tools = structured::tools(
+            self.tools.as_ref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls.as_ref(),
+        )?;
+        let reasoning = match self.reasoning_format.as_deref() {
+            None => None,
+            Some("none") => Some(false),
+            Some("auto" | "deepseek" | "deepseek-legacy") => Some(true),
+            Some(other) => {
+                return Err(ApiError::param(
+                    "reasoning_format",
+                    format!("reasoning_format `{other}` is not one of none, auto, deepseek"),
+                ))
+            }
+        };
         if self.logprobs == Some(true) {
             let k = self.top_logprobs.unwrap_or(0);
             if !(0..=MAX_TOP_LOGPROBS as i64).contains(&k) {
@@ -358,8 +417,15 @@ impl ChatRequest {
                 "top_logprobs requires logprobs to be true",
             ));
         }
-        let (m, images) = messages(&self.messages)?;
-        Ok((m, images, p))
+        let (messages, images) = messages(&self.messages)?;
+        Ok(Chat {
+            messages,
+            images,
+            params: p,
+            tools,
+            kwargs: self.chat_template_kwargs.clone().unwrap_or_default(),
+            reasoning,
+        })
     }
 }
 
@@ -423,11 +489,33 @@ fn messages(v: &Value) -> Result<(Vec<Message>, Vec<ImageRef>), ApiError> {
                 ))
             }
         };
-        for k in obj.keys() {
+        let mut extra = Map::new();
+        for (k, v) in obj {
             match k.as_str() {
-                "role" | "content" | "name" | "tool_call_id" | "refusal" => {}
-                "tool_calls" | "function_call" | "audio" => {
-                    if !obj[k].is_null() {
+                "role" | "content" | "refusal" => {}
+                "name" | "tool_call_id" | "reasoning_content" => {
+                    if !(v.is_string() || v.is_null()) {
+                        return Err(ApiError::param(
+                            &param,
+                            format!("{param}.{k} must be a string"),
+                        ));
+                    }
+                    if v.is_string() {
+                        extra.insert(k.clone(), v.clone());
+                    }
+                }
+                "tool_calls" if !v.is_null() => {
+                    if role != "assistant" {
+                        return Err(ApiError::param(
+                            &param,
+                            format!("{param}.tool_calls is only allowed on assistant messages"),
+                        ));
+                    }
+                    extra.insert(k.clone(), structured::assistant_tool_calls(v, &param)?);
+                }
+                "tool_calls" => {}
+                "function_call" | "audio" => {
+                    if !v.is_null() {
                         return Err(ApiError::param(
                             &param,
                             format!("{param}.{k} is not supported by this server"),
@@ -491,7 +579,9 @@ fn messages(v: &Value) -> Result<(Vec<Message>, Vec<ImageRef>), ApiError> {
                 ))
             }
         };
-        out.push(Message::new(role, content));
+        let mut m = Message::new(role, content);
+        m.extra = extra;
+        out.push(m);
     }
     if !images.is_empty() {
         // Only the image parts may hold the marker.
@@ -528,7 +618,7 @@ impl CompletionRequest {
                 ApiError::param("suffix", "suffix is not supported").code("unsupported_parameter")
             );
         }
-        let mut p = check_common(&self.common, self.common.max_tokens)?;
+        let mut p = check_common(&self.common, self.common.max_tokens, n_vocab)?;
         if p.max_tokens.is_none() {
             p.max_tokens = Some(16); // OpenAI's default for completions
         }

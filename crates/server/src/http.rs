@@ -2,8 +2,6 @@
 //! requests are validated and tokenized here and handed to the scheduler through a bounded
 //! queue.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
@@ -14,18 +12,22 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use constrain::tools::ToolFormat;
+use constrain::{Constraint, Vocabulary};
 use serde_json::{json, Value};
-use tokenizer::{ChatTemplate, Tokenizer};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokenizer::{ChatTemplate, RenderOptions, Tokenizer};
+use tokio::sync::mpsc::unbounded_channel;
 
+use crate::answer::{self, AnswerConfig};
 use crate::api::{parse, ChatRequest, CompletionRequest, Params, Prompt};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::scheduler::{Event, Job, JobImage, TokenLogprob};
+use crate::respond::{self, Kind, Meta};
+use crate::scheduler::{Job, JobImage};
+use crate::structured::{self, Tools};
 
 /// Image input: the projector and the model's image tokens.
 pub struct Vision {
@@ -61,6 +63,15 @@ pub struct AppState {
     pub vision: Option<Arc<Vision>>,
     /// `--allow-image-urls`: http(s) image URLs are fetched.
     pub allow_image_urls: bool,
+    /// The vocabulary for constrained output (None: the model has no end-of-generation
+    /// token, so no grammar can end).
+    pub vocab: Option<Vocabulary>,
+    /// How the model writes tool calls (None: its template defines no format we parse).
+    pub tool_format: Option<ToolFormat>,
+    /// The chat template knows `<think>` blocks.
+    pub thinks: bool,
+    /// Split reasoning into `reasoning_content` by default (`--reasoning-format`).
+    pub reasoning: bool,
     /// The API keys requests must present (none: the server is open).
     pub api_keys: Arc<crate::auth::ApiKeys>,
 }
@@ -141,7 +152,7 @@ async fn models(State(st): St) -> Response {
 }
 
 /// A JSON answer.
-fn json_response(status: StatusCode, v: &Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -163,41 +174,94 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-/// Which endpoint a generation answers.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Chat,
-    Completion,
-}
-
 async fn chat(State(st): St, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let b = body(b)?;
     let req: ChatRequest = parse(&b)?;
-    let (messages, images, params) = req.check()?;
-    if !images.is_empty() {
-        let (prompt, images) = image_prompt(&st, messages, images).await?;
-        return generate(st, Kind::Chat, prompt, images, params).await;
+    let chat = req.check(st.n_vocab)?;
+    let opts = RenderOptions {
+        tools: chat.tools.as_ref().map(|t| t.raw.clone()),
+        kwargs: chat.kwargs,
+    };
+    let (prompt, images) = if chat.images.is_empty() {
+        let st2 = st.clone();
+        let messages = chat.messages;
+        tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+            let rendered = st2
+                .template
+                .render_with(&messages, true, &opts)
+                .map_err(|e| ApiError::param("messages", e.to_string()))?;
+            let ids = st2.tokenizer.encode_prompt(&rendered, true);
+            Ok(((rendered.text, ids), Vec::new()))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))??
+    } else {
+        image_prompt(&st, chat.messages, chat.images, opts).await?
+    };
+    let (text, prompt) = (prompt.0, prompt.1);
+    let thinking_open = answer::prompt_opens_thinking(&text);
+    let tool_parse = chat
+        .tools
+        .as_ref()
+        .filter(|t| t.mode.is_some())
+        .and_then(|t| st.tool_format.map(|f| (f, t.specs.clone())));
+    let reasoning = chat.reasoning.unwrap_or(st.reasoning) && (st.thinks || thinking_open);
+    let answer = AnswerConfig {
+        reasoning,
+        thinking_open: reasoning && thinking_open,
+        tools: tool_parse,
+    };
+    let constraint = compile(&st, chat.tools, &chat.params, thinking_open).await?;
+    let req = Generation {
+        kind: Kind::Chat,
+        prompt,
+        images,
+        params: chat.params,
+        constraint,
+        answer: Some(answer),
+    };
+    generate(st, req).await
+}
+
+/// Compiles a request's constraint (tool calls or output grammar) on a blocking thread.
+async fn compile(
+    st: &Arc<AppState>,
+    tools: Option<Tools>,
+    p: &Params,
+    thinking_open: bool,
+) -> Result<Option<Constraint>, ApiError> {
+    let forced = tools.as_ref().is_some_and(|t| t.mode.is_some());
+    if !forced && p.output.is_none() {
+        return Ok(None);
     }
-    let st2 = st.clone();
-    let prompt = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
-        let rendered = st2
-            .template
-            .render(&messages, true)
-            .map_err(|e| ApiError::param("messages", e.to_string()))?;
-        Ok(st2.tokenizer.encode_prompt(&rendered, true))
+    let Some(vocab) = st.vocab.clone() else {
+        return Err(ApiError::invalid(
+            "this model's vocabulary cannot be used for constrained output (it has no end-of-generation token)",
+        )
+        .code("unsupported_parameter"));
+    };
+    let (format, output) = (st.tool_format, p.output.clone());
+    tokio::task::spawn_blocking(move || {
+        structured::constraint(
+            &vocab,
+            format,
+            tools.as_ref(),
+            output.as_ref(),
+            thinking_open,
+        )
     })
     .await
-    .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))??;
-    generate(st, Kind::Chat, prompt, Vec::new(), params).await
+    .map_err(|e| ApiError::internal(format!("compiling the grammar failed: {e}")))?
 }
 
 /// Decodes and encodes a chat's images and builds its prompt around them, on a blocking
-/// thread (the vision tower is CPU work).
+/// thread (the vision tower is CPU work). Returns the rendered text and the prompt.
 async fn image_prompt(
     st: &Arc<AppState>,
     messages: Vec<tokenizer::Message>,
     images: Vec<crate::api::ImageRef>,
-) -> Result<(Vec<u32>, Vec<JobImage>), ApiError> {
+    opts: RenderOptions,
+) -> Result<((String, Vec<u32>), Vec<JobImage>), ApiError> {
     let Some(vision) = st.vision.clone() else {
         return Err(ApiError::param(
             &images[0].param,
@@ -235,9 +299,16 @@ async fn image_prompt(
         }
         let rendered = st2
             .template
-            .render(&messages, true)
+            .render_with(&messages, true, &opts)
             .map_err(|e| ApiError::param("messages", e.to_string()))?;
-        crate::image::build_prompt(&st2.tokenizer, &rendered, vision.tokens, vision.n_embd, rows)
+        let (prompt, images) = crate::image::build_prompt(
+            &st2.tokenizer,
+            &rendered,
+            vision.tokens,
+            vision.n_embd,
+            rows,
+        )?;
+        Ok(((rendered.text, prompt), images))
     })
     .await
     .map_err(|e| ApiError::internal(format!("encoding the images failed: {e}")))?
@@ -259,17 +330,38 @@ async fn completions(
                 .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))?
         }
     };
-    generate(st, Kind::Completion, prompt, Vec::new(), params).await
+    let constraint = compile(&st, None, &params, false).await?;
+    let req = Generation {
+        kind: Kind::Completion,
+        prompt,
+        images: Vec::new(),
+        params,
+        constraint,
+        answer: None,
+    };
+    generate(st, req).await
 }
 
-/// Queues the job and answers with JSON or an SSE stream.
-async fn generate(
-    st: Arc<AppState>,
+/// A generation to queue: the prompt and everything that shapes the answer.
+struct Generation {
     kind: Kind,
     prompt: Vec<u32>,
     images: Vec<JobImage>,
-    p: Params,
-) -> Result<Response, ApiError> {
+    params: Params,
+    constraint: Option<Constraint>,
+    answer: Option<AnswerConfig>,
+}
+
+/// Queues the job (one per choice) and answers with JSON or an SSE stream.
+async fn generate(st: Arc<AppState>, g: Generation) -> Result<Response, ApiError> {
+    let Generation {
+        kind,
+        prompt,
+        images,
+        params: p,
+        constraint,
+        answer,
+    } = g;
     if prompt.is_empty() {
         return Err(ApiError::param("prompt", "the prompt is empty (no tokens)"));
     }
@@ -302,22 +394,29 @@ async fn generate(
         }
         Some(m) => m,
     };
-    let (tx, rx) = unbounded_channel();
-    let prompt_tokens = prompt.len();
-    let job = Job {
-        prompt,
-        images,
-        max_tokens,
-        sampling: p.sampling,
-        stop: p.stop,
-        logprobs: p.logprobs,
-        ignore_eos: p.ignore_eos,
-        constraint: None,
-        logit_bias: Vec::new(),
-        events: tx,
-        received: Instant::now(),
-    };
-    submit(&st, job)?;
+    let mut rxs = Vec::with_capacity(p.n);
+    let mut jobs = Vec::with_capacity(p.n);
+    for i in 0..p.n {
+        let (tx, rx) = unbounded_channel();
+        let mut sampling = p.sampling.clone();
+        // Each choice samples on its own; the first is what n = 1 gives.
+        sampling.seed = sampling.seed.wrapping_add(i as u64);
+        jobs.push(Job {
+            prompt: prompt.clone(),
+            images: images.clone(),
+            max_tokens,
+            sampling,
+            stop: p.stop.clone(),
+            logprobs: p.logprobs,
+            ignore_eos: p.ignore_eos,
+            constraint: constraint.clone(),
+            logit_bias: p.logit_bias.clone(),
+            events: tx,
+            received: Instant::now(),
+        });
+        rxs.push(rx);
+    }
+    submit_all(&st, jobs)?;
     let meta = Meta {
         id: format!(
             "{}-{}",
@@ -332,12 +431,22 @@ async fn generate(
         model: st.model_id.clone(),
         kind,
         logprobs: p.logprobs.is_some(),
+        answer,
     };
     if p.stream {
-        Ok(stream(st, meta, rx, p.include_usage))
+        Ok(respond::stream(st, meta, rxs, p.include_usage))
     } else {
-        whole(st, meta, rx, prompt_tokens).await
+        respond::whole(st, meta, rxs).await
     }
+}
+
+/// Hands a request's jobs to the scheduler: all of them, or none (a 429 when the queue
+/// cannot take them all; the ones already queued are cancelled by their closed channels).
+fn submit_all(st: &AppState, jobs: Vec<Job>) -> Result<(), ApiError> {
+    for job in jobs {
+        submit(st, job)?;
+    }
+    Ok(())
 }
 
 /// Hands a job to the scheduler without waiting: a full queue is a 429.
@@ -368,280 +477,4 @@ fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Identity of one response.
-struct Meta {
-    id: String,
-    created: u64,
-    model: String,
-    kind: Kind,
-    logprobs: bool,
-}
-
-/// Log-probabilities gathered for a response.
-#[derive(Default)]
-struct Logprobs {
-    chat: Vec<Value>,
-    tokens: Vec<Value>,
-    token_logprobs: Vec<Value>,
-    top: Vec<Value>,
-    offsets: Vec<Value>,
-}
-
-impl Logprobs {
-    fn add(&mut self, tok: &Tokenizer, id: u32, lp: &TokenLogprob, offset: usize) {
-        let piece = |id: u32| {
-            let b = tok.piece(id, false);
-            (String::from_utf8_lossy(b).into_owned(), b.to_vec())
-        };
-        let (text, bytes) = piece(id);
-        self.chat.push(json!({
-            "token": text,
-            "logprob": lp.logprob,
-            "bytes": bytes,
-            "top_logprobs": lp.top.iter().map(|&(t, l)| {
-                let (tt, tb) = piece(t);
-                json!({"token": tt, "logprob": l, "bytes": tb})
-            }).collect::<Vec<_>>(),
-        }));
-        self.tokens.push(json!(text));
-        self.token_logprobs.push(json!(lp.logprob));
-        let mut top = serde_json::Map::new();
-        for &(t, l) in &lp.top {
-            top.insert(piece(t).0, json!(l));
-        }
-        self.top.push(Value::Object(top));
-        self.offsets.push(json!(offset));
-    }
-
-    fn json(&self, kind: Kind) -> Value {
-        match kind {
-            Kind::Chat => json!({"content": self.chat, "refusal": null}),
-            Kind::Completion => json!({
-                "tokens": self.tokens,
-                "token_logprobs": self.token_logprobs,
-                "top_logprobs": self.top,
-                "text_offset": self.offsets,
-            }),
-        }
-    }
-
-    fn clear(&mut self) {
-        *self = Logprobs::default();
-    }
-}
-
-fn usage(prompt: usize, completion: usize) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
-}
-
-/// Waits for the whole generation and answers one JSON object.
-async fn whole(
-    st: Arc<AppState>,
-    meta: Meta,
-    mut rx: UnboundedReceiver<Event>,
-    prompt_tokens: usize,
-) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    let mut lps = Logprobs::default();
-    loop {
-        match rx.recv().await {
-            Some(Event::Token {
-                id,
-                text: t,
-                logprob,
-            }) => {
-                if let Some(lp) = &logprob {
-                    lps.add(&st.tokenizer, id, lp, text.len());
-                }
-                text.push_str(&t);
-            }
-            Some(Event::Done {
-                text: t,
-                finish_reason,
-                prompt_tokens,
-                completion_tokens,
-            }) => {
-                text.push_str(&t);
-                let lp = if meta.logprobs {
-                    lps.json(meta.kind)
-                } else {
-                    Value::Null
-                };
-                let choice = match meta.kind {
-                    Kind::Chat => json!({
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": null},
-                        "logprobs": lp,
-                        "finish_reason": finish_reason,
-                    }),
-                    Kind::Completion => json!({
-                        "index": 0,
-                        "text": text,
-                        "logprobs": lp,
-                        "finish_reason": finish_reason,
-                    }),
-                };
-                let body = json!({
-                    "id": meta.id,
-                    "object": if meta.kind == Kind::Chat { "chat.completion" } else { "text_completion" },
-                    "created": meta.created,
-                    "model": meta.model,
-                    "system_fingerprint": null,
-                    "choices": [choice],
-                    "usage": usage(prompt_tokens, completion_tokens),
-                });
-                return Ok(json_response(StatusCode::OK, &body));
-            }
-            Some(Event::Error(e)) => return Err(ApiError::internal(e)),
-            None => {
-                let _ = prompt_tokens;
-                return Err(ApiError::unavailable("the scheduler stopped"));
-            }
-        }
-    }
-}
-
-/// State of one SSE stream.
-struct Streamer {
-    st: Arc<AppState>,
-    meta: Meta,
-    rx: UnboundedReceiver<Event>,
-    include_usage: bool,
-    pending: VecDeque<String>,
-    finished: bool,
-    started: bool,
-    lps: Logprobs,
-    offset: usize,
-}
-
-impl Streamer {
-    fn chunk(&self, text: &str, finish: Option<&str>, lp: Value) -> String {
-        let choice = match self.meta.kind {
-            Kind::Chat => {
-                let delta = if finish.is_some() && text.is_empty() {
-                    json!({})
-                } else if !self.started {
-                    json!({"role": "assistant", "content": text})
-                } else {
-                    json!({"content": text})
-                };
-                json!({"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish})
-            }
-            Kind::Completion => {
-                json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": finish})
-            }
-        };
-        let mut v = json!({
-            "id": self.meta.id,
-            "object": if self.meta.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
-            "created": self.meta.created,
-            "model": self.meta.model,
-            "system_fingerprint": null,
-            "choices": [choice],
-        });
-        if self.include_usage {
-            v["usage"] = Value::Null;
-        }
-        v.to_string()
-    }
-
-    fn on(&mut self, ev: Option<Event>) {
-        match ev {
-            Some(Event::Token { id, text, logprob }) => {
-                if let Some(lp) = &logprob {
-                    self.lps.add(&self.st.tokenizer, id, lp, self.offset);
-                }
-                self.offset += text.len();
-                if text.is_empty() && logprob.is_none() && self.started {
-                    return;
-                }
-                let lp = if self.meta.logprobs {
-                    self.lps.json(self.meta.kind)
-                } else {
-                    Value::Null
-                };
-                self.lps.clear();
-                let c = self.chunk(&text, None, lp);
-                self.started = true;
-                self.pending.push_back(c);
-            }
-            Some(Event::Done {
-                text,
-                finish_reason,
-                prompt_tokens,
-                completion_tokens,
-            }) => {
-                if !text.is_empty() || !self.started {
-                    let c = self.chunk(&text, None, Value::Null);
-                    self.started = true;
-                    self.pending.push_back(c);
-                }
-                let c = self.chunk("", Some(finish_reason), Value::Null);
-                self.pending.push_back(c);
-                if self.include_usage {
-                    let v = json!({
-                        "id": self.meta.id,
-                        "object": if self.meta.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
-                        "created": self.meta.created,
-                        "model": self.meta.model,
-                        "system_fingerprint": null,
-                        "choices": [],
-                        "usage": usage(prompt_tokens, completion_tokens),
-                    });
-                    self.pending.push_back(v.to_string());
-                }
-                self.pending.push_back("[DONE]".into());
-                self.finished = true;
-            }
-            Some(Event::Error(e)) => {
-                self.pending
-                    .push_back(ApiError::internal(e).body().to_string());
-                self.finished = true;
-            }
-            None => {
-                self.pending.push_back(
-                    ApiError::unavailable("the scheduler stopped")
-                        .body()
-                        .to_string(),
-                );
-                self.finished = true;
-            }
-        }
-    }
-}
-
-/// Answers with server-sent events; dropping the stream (the client left) drops the
-/// receiver, which cancels the job in the scheduler.
-fn stream(
-    st: Arc<AppState>,
-    meta: Meta,
-    rx: UnboundedReceiver<Event>,
-    include_usage: bool,
-) -> Response {
-    let s = Streamer {
-        st,
-        meta,
-        rx,
-        include_usage,
-        pending: VecDeque::new(),
-        finished: false,
-        started: false,
-        lps: Logprobs::default(),
-        offset: 0,
-    };
-    let events = futures_util::stream::unfold(s, |mut s| async move {
-        loop {
-            if let Some(data) = s.pending.pop_front() {
-                return Some((Ok::<_, Infallible>(SseEvent::default().data(data)), s));
-            }
-            if s.finished {
-                return None;
-            }
-            let ev = s.rx.recv().await;
-            s.on(ev);
-        }
-    });
-    Sse::new(events).into_response()
 }

@@ -8,7 +8,9 @@ pub mod error;
 pub mod http;
 pub mod image;
 pub mod metrics;
+pub mod respond;
 pub mod scheduler;
+pub mod structured;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -54,6 +56,9 @@ pub struct Config {
     /// API keys: when not empty, every route but `/health` needs
     /// `Authorization: Bearer KEY` with one of them (see [`auth::require_key`]).
     pub api_keys: auth::ApiKeys,
+    /// Split `<think>` blocks into `reasoning_content` (`--reasoning-format auto`, the
+    /// default); false keeps them in `content` (`none`).
+    pub reasoning: bool,
 }
 
 impl Default for Config {
@@ -70,6 +75,7 @@ impl Default for Config {
             mmproj: None,
             allow_image_urls: false,
             api_keys: auth::ApiKeys::default(),
+            reasoning: true,
         }
     }
 }
@@ -133,6 +139,13 @@ impl Server {
             vision,
             allow_image_urls: cfg.allow_image_urls,
             api_keys: Arc::new(cfg.api_keys.clone()),
+            vocab: constrain::Vocabulary::new(&tokenizer, engine.n_vocab()).ok(),
+            tool_format: constrain::tools::ToolFormat::for_model(
+                &engine.model.hp.arch,
+                engine.template.source(),
+            ),
+            thinks: engine.template.source().contains("<think>"),
+            reasoning: cfg.reasoning,
         });
         metrics.alive.store(true, Ordering::SeqCst);
         let m = metrics.clone();

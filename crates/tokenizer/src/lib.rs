@@ -16,7 +16,7 @@ use std::ops::Range;
 use aho_corasick::AhoCorasick;
 
 pub use stream::StreamDecoder;
-pub use template::{ChatTemplate, Message, RenderedPrompt, TemplateError};
+pub use template::{ChatTemplate, Message, RenderOptions, RenderedPrompt, TemplateError};
 pub use vocab::{attr, ModelKind, Vocab};
 
 /// Why a tokenizer could not be built from a file.

@@ -37,6 +37,11 @@ pub struct Message {
     pub role: String,
     /// The text of the message.
     pub content: String,
+    /// Other fields the template sees on the message, as the templates expect them:
+    /// `tool_calls` (each `{"type": "function", "function": {"name", "arguments"}}` with
+    /// the arguments an object), `tool_call_id`, `name`, `reasoning_content`.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Message {
@@ -45,8 +50,20 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            extra: serde_json::Map::new(),
         }
     }
+}
+
+/// What a template sees besides the messages.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RenderOptions {
+    /// The tools offered (`[{"type": "function", "function": {...}}]`); None: `tools` is
+    /// none.
+    pub tools: Option<serde_json::Value>,
+    /// More variables (`chat_template_kwargs`, such as `enable_thinking`); they cannot
+    /// replace `messages`, `tools` or the others above.
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why a template could not be built or rendered.
@@ -219,6 +236,16 @@ impl ChatTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<RenderedPrompt, TemplateError> {
+        self.render_with(messages, add_generation_prompt, &RenderOptions::default())
+    }
+
+    /// [`ChatTemplate::render`] with tools and more variables for the template.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        opts: &RenderOptions,
+    ) -> Result<RenderedPrompt, TemplateError> {
         for (index, m) in messages.iter().enumerate() {
             if !ROLES.contains(&m.role.as_str()) {
                 return Err(TemplateError::UnknownRole {
@@ -227,8 +254,8 @@ impl ChatTemplate {
                 });
             }
         }
-        let text = self.render_text(messages, add_generation_prompt)?;
-        let user_spans = spans::find(self, messages, add_generation_prompt, &text);
+        let text = self.render_text(messages, add_generation_prompt, opts)?;
+        let user_spans = spans::find(self, messages, add_generation_prompt, opts, &text);
         Ok(RenderedPrompt { text, user_spans })
     }
 
@@ -237,6 +264,7 @@ impl ChatTemplate {
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
+        opts: &RenderOptions,
     ) -> Result<String, TemplateError> {
         let template = self
             .env
@@ -247,8 +275,9 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
-            tools => Value::from(()),
+            tools => opts.tools.as_ref().map_or(Value::from(()), |t| Value::from(Serde(t))),
             documents => Value::from(()),
+            ..Value::from(Serde(&opts.kwargs))
         };
         template.render(ctx).map_err(|e| render_error(&e))
     }

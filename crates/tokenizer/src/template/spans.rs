@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::{ChatTemplate, Message};
+use super::{ChatTemplate, Message, RenderOptions};
 
 /// Candidate sentinel pairs (private-use plane 16); the first pair absent from the prompt and
 /// from every content is used.
@@ -18,6 +18,7 @@ pub(super) fn find(
     t: &ChatTemplate,
     messages: &[Message],
     add_generation_prompt: bool,
+    opts: &RenderOptions,
     text: &str,
 ) -> Vec<Range<usize>> {
     // Whitespace-only contents cannot inject anything; leave them alone.
@@ -44,9 +45,10 @@ pub(super) fn find(
                 } else {
                     m.content.clone()
                 },
+                extra: m.extra.clone(),
             })
             .collect();
-        let out = t.render_text(&wrapped, add_generation_prompt).ok()?;
+        let out = t.render_text(&wrapped, add_generation_prompt, opts).ok()?;
         strip_sentinels(&out, text, open, close)
     };
     let padded = |i: usize| messages[i].content.trim().len() != messages[i].content.len();
@@ -72,7 +74,7 @@ pub(super) fn find(
         })
         .collect();
     if per.iter().any(Option::is_none) {
-        let tail = generation_prompt_start(t, messages, add_generation_prompt, text);
+        let tail = generation_prompt_start(t, messages, add_generation_prompt, opts, text);
         for i in 0..messages.len() {
             if per[i].is_some() {
                 continue;
@@ -150,12 +152,13 @@ fn generation_prompt_start(
     t: &ChatTemplate,
     messages: &[Message],
     add_generation_prompt: bool,
+    opts: &RenderOptions,
     text: &str,
 ) -> usize {
     if !add_generation_prompt {
         return text.len();
     }
-    match t.render_text(messages, false) {
+    match t.render_text(messages, false, opts) {
         Ok(without) if text.starts_with(&without) => without.len(),
         _ => text.len(),
     }
