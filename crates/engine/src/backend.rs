@@ -153,6 +153,20 @@ impl Backend {
         self.stages.last().map_or(1, |s| s.dev.n_threads())
     }
 
+    /// Copies the KV cache of sequence `src` up to `len` positions into `dst` on every
+    /// stage.
+    pub(crate) fn kv_copy(
+        &mut self,
+        src: usize,
+        dst: usize,
+        len: usize,
+    ) -> Result<(), EngineError> {
+        for s in &mut self.stages {
+            s.dev.kv_copy(src, dst, len)?;
+        }
+        Ok(())
+    }
+
     /// Whether any part of the model runs on a GPU.
     pub(crate) fn on_gpu(&self) -> bool {
         self.stages.iter().any(|s| s.dev.is_gpu())

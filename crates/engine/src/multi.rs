@@ -111,6 +111,33 @@ impl Engine {
         self.model.rollback(&mut self.backend, seq, len)
     }
 
+    /// Whether [`Engine::copy_sequence`] can copy a sequence: models whose only
+    /// per-sequence state is the KV cache (not recurrent ones).
+    pub fn can_copy_sequences(&self) -> bool {
+        self.model.recurrent().is_none()
+    }
+
+    /// Makes sequence `dst` continue from sequence `src`'s first `len` positions (its KV
+    /// cache copied), as if `dst` had evaluated the same tokens: several answers to one
+    /// prompt share its evaluation. Only for models whose only per-sequence state is the KV
+    /// cache ([`Engine::can_copy_sequences`]).
+    pub fn copy_sequence(&mut self, src: u32, dst: u32, len: usize) -> Result<(), EngineError> {
+        if !self.can_copy_sequences() {
+            return Err(EngineError::Unsupported(
+                "copying a sequence of a model with recurrent state".into(),
+            ));
+        }
+        if src as usize >= self.n_seq || dst as usize >= self.n_seq || len > self.n_ctx {
+            return Err(EngineError::ContextFull {
+                prompt: len,
+                generate: 0,
+                n_ctx: self.n_ctx,
+            });
+        }
+        self.cached.clear();
+        self.backend.kv_copy(src as usize, dst as usize, len)
+    }
+
     /// Evaluates one prompt chunk (at most `n_batch` tokens) of sequence `seq` from position
     /// `start` in one pass; with `logits`, returns the logit row of its last token.
     ///

@@ -64,6 +64,9 @@ pub enum EngineError {
     /// the message says which.
     #[error("bad input rows: {0}")]
     Embeddings(String),
+    /// An operation this model does not support; the message says which.
+    #[error("not supported for this model: {0}")]
+    Unsupported(String),
 }
 
 /// One piece of a prompt: token ids, or input rows given directly (an image's embeddings).

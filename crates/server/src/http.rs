@@ -26,7 +26,7 @@ use crate::api::{parse, ChatRequest, CompletionRequest, Params, Prompt};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::respond::{self, Kind, Meta};
-use crate::scheduler::{Job, JobImage};
+use crate::scheduler::{Job, JobImage, Sibling};
 use crate::structured::{self, Tools};
 
 /// Image input: the projector and the model's image tokens.
@@ -72,6 +72,8 @@ pub struct AppState {
     pub thinks: bool,
     /// Split reasoning into `reasoning_content` by default (`--reasoning-format`).
     pub reasoning: bool,
+    /// Sequences the scheduler runs at once (the most answers `n` one request may ask).
+    pub n_slots: usize,
     /// The API keys requests must present (none: the server is open).
     pub api_keys: Arc<crate::auth::ApiKeys>,
 }
@@ -394,29 +396,47 @@ async fn generate(st: Arc<AppState>, g: Generation) -> Result<Response, ApiError
         }
         Some(m) => m,
     };
-    let mut rxs = Vec::with_capacity(p.n);
-    let mut jobs = Vec::with_capacity(p.n);
-    for i in 0..p.n {
-        let (tx, rx) = unbounded_channel();
-        let mut sampling = p.sampling.clone();
-        // Each choice samples on its own; the first is what n = 1 gives.
-        sampling.seed = sampling.seed.wrapping_add(i as u64);
-        jobs.push(Job {
-            prompt: prompt.clone(),
-            images: images.clone(),
-            max_tokens,
-            sampling,
-            stop: p.stop.clone(),
-            logprobs: p.logprobs,
-            ignore_eos: p.ignore_eos,
-            constraint: constraint.clone(),
-            logit_bias: p.logit_bias.clone(),
-            events: tx,
-            received: Instant::now(),
-        });
-        rxs.push(rx);
+    if p.n > st.n_slots {
+        return Err(ApiError::param(
+            "n",
+            format!(
+                "n is {}, but this server answers at most {} sequences at once (its --parallel)",
+                p.n, st.n_slots
+            ),
+        ));
     }
-    submit_all(&st, jobs)?;
+    let mut rxs = Vec::with_capacity(p.n);
+    let (tx, rx) = unbounded_channel();
+    rxs.push(rx);
+    // Each answer samples on its own; the first is what n = 1 gives.
+    let siblings = (1..p.n)
+        .map(|i| {
+            let (tx, rx) = unbounded_channel();
+            rxs.push(rx);
+            let mut sampling = p.sampling.clone();
+            sampling.seed = sampling.seed.wrapping_add(i as u64);
+            Sibling {
+                sampling,
+                constraint: constraint.clone(),
+                events: tx,
+            }
+        })
+        .collect();
+    let job = Job {
+        prompt,
+        images,
+        max_tokens,
+        sampling: p.sampling.clone(),
+        stop: p.stop.clone(),
+        logprobs: p.logprobs,
+        ignore_eos: p.ignore_eos,
+        constraint,
+        logit_bias: p.logit_bias.clone(),
+        events: tx,
+        received: Instant::now(),
+        siblings,
+    };
+    submit(&st, job)?;
     let meta = Meta {
         id: format!(
             "{}-{}",
@@ -438,15 +458,6 @@ async fn generate(st: Arc<AppState>, g: Generation) -> Result<Response, ApiError
     } else {
         respond::whole(st, meta, rxs).await
     }
-}
-
-/// Hands a request's jobs to the scheduler: all of them, or none (a 429 when the queue
-/// cannot take them all; the ones already queued are cancelled by their closed channels).
-fn submit_all(st: &AppState, jobs: Vec<Job>) -> Result<(), ApiError> {
-    for job in jobs {
-        submit(st, job)?;
-    }
-    Ok(())
 }
 
 /// Hands a job to the scheduler without waiting: a full queue is a 429.

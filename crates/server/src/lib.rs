@@ -146,6 +146,7 @@ impl Server {
             ),
             thinks: engine.template.source().contains("<think>"),
             reasoning: cfg.reasoning,
+            n_slots: slots,
         });
         metrics.alive.store(true, Ordering::SeqCst);
         let m = metrics.clone();

@@ -10,6 +10,7 @@
 
 mod slot;
 
+use std::collections::VecDeque;
 use std::fmt::Display;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -53,6 +54,39 @@ pub struct Job {
     pub events: UnboundedSender<Event>,
     /// When the request arrived: the time to first token is measured from it.
     pub received: Instant,
+    /// More answers to the same prompt (`n` > 1): each takes a slot of its own and, where
+    /// the model allows it, starts from a copy of this job's evaluated prompt.
+    pub siblings: Vec<Sibling>,
+}
+
+/// Another answer to a job's prompt: what differs from the job.
+pub struct Sibling {
+    /// How its tokens are chosen (its own seed).
+    pub sampling: SamplingParams,
+    /// Its own copy of the job's constraint.
+    pub constraint: Option<constrain::Constraint>,
+    /// Where its tokens go.
+    pub events: UnboundedSender<Event>,
+}
+
+impl Job {
+    /// The job of sibling `s`: the same prompt and limits.
+    fn sibling(&self, s: Sibling) -> Job {
+        Job {
+            prompt: self.prompt.clone(),
+            images: self.images.clone(),
+            max_tokens: self.max_tokens,
+            sampling: s.sampling,
+            stop: self.stop.clone(),
+            logprobs: self.logprobs,
+            ignore_eos: self.ignore_eos,
+            constraint: s.constraint,
+            logit_bias: self.logit_bias.clone(),
+            events: s.events,
+            received: self.received,
+            siblings: Vec::new(),
+        }
+    }
 }
 
 /// Input rows (an image's embeddings) taking positions `start..start + len` of a job's
@@ -220,6 +254,11 @@ struct Scheduler {
     /// The request channel is closed.
     closed: bool,
     rate: RateWindow,
+    /// Jobs taken from the channel that wait for enough free slots (a job with siblings
+    /// needs one each), first come, first served.
+    waiting: VecDeque<Job>,
+    /// The logit row a prompt's answers all start from (siblings sharing its evaluation).
+    fork_row: Vec<f32>,
 }
 
 impl Scheduler {
@@ -259,6 +298,8 @@ impl Scheduler {
             order: 0,
             closed: false,
             rate: RateWindow::new(),
+            waiting: VecDeque::new(),
+            fork_row: Vec::new(),
             engine,
         }
     }
@@ -293,6 +334,52 @@ impl Scheduler {
                 self.out.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
             }
         }
+        // A sibling whose prompt's evaluation went away (its job failed or was cancelled).
+        for i in 0..self.slots.len() {
+            let Some((l, order)) = self.slots[i].as_ref().and_then(|x| x.fork) else {
+                continue;
+            };
+            if self.slots[l].as_ref().is_none_or(|x| x.order != order) {
+                self.fail(i, "the prompt's evaluation failed or was cancelled");
+            }
+        }
+    }
+
+    /// Whether `job`'s siblings can share its prompt's evaluation: the model's only
+    /// per-sequence state is the KV cache, and no drafter keeps state per sequence.
+    fn can_fork(&self) -> bool {
+        self.engine.can_copy_sequences()
+            && matches!(self.source, None | Some(DraftSource::Ngram(_)))
+    }
+
+    /// The next job: one that waited for slots first, else one from the channel (waiting
+    /// for one when idle). None when there is none now or the channel is closed.
+    fn next_job(&mut self, rx: &Receiver<Job>) -> Option<Job> {
+        if let Some(j) = self.waiting.pop_front() {
+            return Some(j);
+        }
+        let idle = self.slots.iter().all(|s| s.is_none());
+        let metrics = &self.out.metrics;
+        let job = if idle {
+            metrics.active.store(0, Ordering::Relaxed);
+            rx.recv().ok()
+        } else {
+            match rx.try_recv() {
+                Ok(j) => Some(j),
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => None,
+            }
+        };
+        match job {
+            Some(j) => {
+                metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                Some(j)
+            }
+            None => {
+                self.closed = true;
+                None
+            }
+        }
     }
 
     /// Fails the job in slot `i` (if any) with `e`; the slot is free.
@@ -305,40 +392,73 @@ impl Scheduler {
     /// Admits queued jobs into free slots; waits for one when idle.
     fn admit(&mut self, rx: &Receiver<Job>) {
         let metrics = self.out.metrics.clone();
-        while !self.closed {
-            let Some(free) = self.slots.iter().position(|s| s.is_none()) else {
+        while !self.closed || !self.waiting.is_empty() {
+            let free = self.slots.iter().filter(|s| s.is_none()).count();
+            if free == 0 {
+                break;
+            }
+            let Some(mut job) = self.next_job(rx) else {
                 break;
             };
-            let idle = self.slots.iter().all(|s| s.is_none());
-            let job = if idle {
-                metrics.active.store(0, Ordering::Relaxed);
-                rx.recv().ok()
-            } else {
-                match rx.try_recv() {
-                    Ok(j) => Some(j),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => None,
-                }
-            };
-            let Some(job) = job else {
-                self.closed = true;
-                break;
-            };
-            metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            if job.events.is_closed() {
+            if job.events.is_closed() && job.siblings.iter().all(|s| s.events.is_closed()) {
                 metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let n_ctx = self.out.n_ctx;
             if job.prompt.is_empty() || job.prompt.len() + job.max_tokens > n_ctx {
-                let _ = job.events.send(Event::Error(format!(
+                let e = format!(
                     "the prompt ({} tokens) and max_tokens ({}) exceed the context of {n_ctx}",
                     job.prompt.len(),
                     job.max_tokens
-                )));
+                );
+                for s in job.siblings.drain(..) {
+                    let _ = s.events.send(Event::Error(e.clone()));
+                }
+                let _ = job.events.send(Event::Error(e));
                 continue;
             }
-            self.start(free, job);
+            if job.siblings.len() >= self.slots.len() {
+                let e = format!(
+                    "{} answers to one prompt need as many sequences; the server runs {}",
+                    job.siblings.len() + 1,
+                    self.slots.len()
+                );
+                for s in job.siblings.drain(..) {
+                    let _ = s.events.send(Event::Error(e.clone()));
+                }
+                let _ = job.events.send(Event::Error(e));
+                continue;
+            }
+            if !job.siblings.is_empty() && !self.can_fork() {
+                // Each answer evaluates the prompt on its own.
+                let siblings = std::mem::take(&mut job.siblings);
+                for s in siblings.into_iter().rev() {
+                    let j = job.sibling(s);
+                    self.waiting.push_front(j);
+                }
+                self.waiting.push_front(job);
+                continue;
+            }
+            if free < 1 + job.siblings.len() {
+                self.waiting.push_front(job);
+                break;
+            }
+            let siblings = std::mem::take(&mut job.siblings);
+            let Some(lead) = self.slots.iter().position(|s| s.is_none()) else {
+                break;
+            };
+            let sibling_jobs: Vec<Job> = siblings.into_iter().map(|s| job.sibling(s)).collect();
+            self.start(lead, job);
+            let order = self.slots[lead].as_ref().map_or(0, |x| x.order);
+            for j in sibling_jobs {
+                let Some(i) = self.slots.iter().position(|s| s.is_none()) else {
+                    break;
+                };
+                self.start(i, j);
+                if let Some(x) = self.slots[i].as_mut() {
+                    x.fork = Some((lead, order));
+                }
+            }
         }
     }
 
@@ -521,7 +641,7 @@ impl Scheduler {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, s)| s.as_ref().map(|x| (i, x)))
-                .filter(|(_, x)| x.next.is_none())
+                .filter(|(_, x)| x.next.is_none() && x.fork.is_none())
                 .min_by_key(|(_, x)| x.order)
                 .map(|(i, _)| i);
             let Some(i) = pick else {
@@ -584,9 +704,24 @@ impl Scheduler {
             .prompt_tokens
             .fetch_add(n as u64, Ordering::Relaxed);
         slot.prefilled = r.end;
+        let order = slot.order;
         if let Some(l) = logits {
-            if !slot.next_token(l, len, &mut self.out) {
-                self.slots[i] = None;
+            let forks: Vec<usize> = (0..self.slots.len())
+                .filter(|&j| {
+                    self.slots[j]
+                        .as_ref()
+                        .is_some_and(|x| x.fork == Some((i, order)))
+                })
+                .collect();
+            if forks.is_empty() {
+                let slot = self.slots[i].as_mut()?;
+                if !slot.next_token(l, len, &mut self.out) {
+                    self.slots[i] = None;
+                }
+            } else {
+                self.fork_row.clear();
+                self.fork_row.extend_from_slice(l);
+                self.start_forks(i, len, &forks);
             }
         }
         // The MTP block's pass over a token chunk (its cache entries).
@@ -598,6 +733,33 @@ impl Scheduler {
             }
         }
         Some(n)
+    }
+}
+
+impl Scheduler {
+    /// Slot `lead` evaluated its prompt of `len` positions (its last logit row in
+    /// `fork_row`): the slots `forks` (its siblings) continue from a copy of it, and each
+    /// answer picks its first token from that row.
+    fn start_forks(&mut self, lead: usize, len: usize, forks: &[usize]) {
+        for &j in forks {
+            if let Err(e) = self.engine.copy_sequence(lead as u32, j as u32, len) {
+                self.fail(j, e);
+                continue;
+            }
+            if let Some(x) = self.slots[j].as_mut() {
+                x.fork = None;
+                x.prefilled = len;
+            }
+        }
+        let row = std::mem::take(&mut self.fork_row);
+        for &j in std::iter::once(&lead).chain(forks) {
+            if let Some(x) = self.slots[j].as_mut() {
+                if !x.next_token(&row, len, &mut self.out) {
+                    self.slots[j] = None;
+                }
+            }
+        }
+        self.fork_row = row;
     }
 }
 

@@ -38,6 +38,9 @@ pub(super) struct Slot {
     first_token: bool,
     /// Speculative decoding state, when on.
     pub spec: Option<SpecSeq>,
+    /// `(slot, order)` of the job whose prompt evaluation this one waits to copy (an answer
+    /// of `n` > 1 sharing it); None once it has its own.
+    pub fork: Option<(usize, u64)>,
 }
 
 impl Slot {
@@ -54,6 +57,7 @@ impl Slot {
             generated: 0,
             first_token: true,
             spec,
+            fork: None,
         }
     }
 
