@@ -407,8 +407,69 @@ pub fn constraint(
         return Ok(None);
     };
     let start = after.map_or(Start::Now, |a| Start::After(a.to_string()));
+    let grammar = match (&o.grammar, after) {
+        // After the reasoning the model usually puts a blank line before the answer.
+        (Grammar::JsonSchema(s), Some(_)) => Grammar::Lark(format!(
+            "start: lead %json {s}\nlead: /[ \\t\\r\\n]{{0,4}}/\n"
+        )),
+        (g, _) => g.clone(),
+    };
     vocab
-        .compile(&o.grammar, start)
+        .compile(&grammar, start)
         .map(Some)
         .map_err(|e| compile_err(o.param, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn qwen() -> Option<(tokenizer::Tokenizer, Vocabulary)> {
+        let g = gguf::Gguf::open(registry::test_model("qwen2.5-coder-0.5b")).ok()?;
+        let tok = tokenizer::Tokenizer::from_metadata(g.metadata()).ok()?;
+        let v = Vocabulary::new(&tok, 151_936).ok()?;
+        Some((tok, v))
+    }
+
+    /// Whether `text` goes through `c` token by token, end-of-generation allowed after it.
+    fn accepts(c: &mut Constraint, tok: &tokenizer::Tokenizer, text: &str) -> bool {
+        for id in tok.encode(text, false, true) {
+            if !c.allows(id) {
+                return false;
+            }
+            c.consume(id);
+        }
+        c.allows(tok.eog_ids()[0])
+    }
+
+    /// With the prompt inside a think block, a schema applies after `</think>` and the
+    /// blank line models put there.
+    #[test]
+    fn a_schema_after_reasoning_allows_the_blank_line() {
+        let Some((tok, v)) = qwen() else { return };
+        let out = response_format(Some(&json!({"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}}})))
+            .unwrap()
+            .unwrap();
+        let mut c = constraint(&v, None, None, Some(&out), true)
+            .unwrap()
+            .unwrap();
+        assert!(accepts(
+            &mut c,
+            &tok,
+            "Let me see.\n</think>\n\n{\"ok\": true}"
+        ));
+        let mut c = constraint(&v, None, None, Some(&out), true)
+            .unwrap()
+            .unwrap();
+        assert!(!accepts(
+            &mut c,
+            &tok,
+            "Let me see.\n</think>\n\nSure: {\"ok\": true}"
+        ));
+        let mut c = constraint(&v, None, None, Some(&out), false)
+            .unwrap()
+            .unwrap();
+        assert!(accepts(&mut c, &tok, "{\"ok\": false}"));
+    }
 }
