@@ -31,17 +31,7 @@ pub fn start_file(
     n_ctx: usize,
     spec: Speculation,
 ) -> Server {
-    let rows = parallel * (spec.draft_max() + 1);
-    let opts = EngineOptions {
-        n_ctx,
-        n_batch: 64.max(rows),
-        n_seq: parallel,
-        max_logit_rows: rows,
-        n_threads: 2,
-        gpu_layers: engine::GpuLayers::for_tests(),
-    };
-    let engine = Engine::load(&path, &opts).expect("loading the model");
-    let tok = Engine::tokenizer_from_file(&path).expect("loading the tokenizer");
+    let (engine, tok, opts) = load(&path, parallel, n_ctx, spec);
     // A draft model: the same model (the only test model with its tokenizer).
     let drafter = matches!(spec, Speculation::Draft { .. }).then(|| {
         ModelDrafter::load_for(
@@ -53,23 +43,51 @@ pub fn start_file(
         )
         .expect("loading the draft model")
     });
-    Server::start_with_drafter(
-        engine,
-        drafter,
-        tok,
-        Config {
-            host: "127.0.0.1".into(),
-            port: 0,
-            model_id: MODEL.into(),
-            queue,
-            max_body: 64 * 1024,
-            prefill_chunk: 64,
-            handle_signals: false,
-            spec,
-            ..Config::default()
-        },
-    )
-    .expect("starting the server")
+    Server::start_with_drafter(engine, drafter, tok, config(queue, spec))
+        .expect("starting the server")
+}
+
+/// Loads the model file `path` for `parallel` sequences of `n_ctx` tokens, sized for the
+/// drafts of `spec`: the engine, a tokenizer for the server and the options used.
+pub fn load(
+    path: &std::path::Path,
+    parallel: usize,
+    n_ctx: usize,
+    spec: Speculation,
+) -> (Engine, tokenizer::Tokenizer, EngineOptions) {
+    let rows = parallel * (spec.draft_max() + 1);
+    let opts = EngineOptions {
+        n_ctx,
+        n_batch: 64.max(rows),
+        n_seq: parallel,
+        max_logit_rows: rows,
+        n_threads: 2,
+        gpu_layers: engine::GpuLayers::for_tests(),
+    };
+    let engine = Engine::load(path, &opts).expect("loading the model");
+    let tok = Engine::tokenizer_from_file(path).expect("loading the tokenizer");
+    (engine, tok, opts)
+}
+
+/// The tests' server configuration: a queue of `queue`, speculation `spec`.
+pub fn config(queue: usize, spec: Speculation) -> Config {
+    Config {
+        host: "127.0.0.1".into(),
+        port: 0,
+        model_id: MODEL.into(),
+        queue,
+        max_body: 64 * 1024,
+        prefill_chunk: 64,
+        handle_signals: false,
+        spec,
+        ..Config::default()
+    }
+}
+
+/// Starts a server over an engine from [`load`] (which a test may change first, e.g. its
+/// `template`), configured by `cfg` (see [`config`]; not for a draft model).
+pub fn start_engine(engine: Engine, tok: tokenizer::Tokenizer, cfg: Config) -> Server {
+    Server::start(engine, tok, cfg).expect("starting the server")
 }
 
 pub fn agent() -> ureq::Agent {
