@@ -628,5 +628,34 @@ fn completions_follow_json_object_and_lark_grammars() {
         let t = v["choices"][0]["text"].as_str().unwrap();
         assert!(t == "yes" || t == "no", "{v}");
     }
+    // GBNF, as llama.cpp takes it: a date, sampled.
+    let gbnf = "root ::= year \"-\" month \"-\" day\n\
+                year ::= [12] [0-9] [0-9] [0-9]\n\
+                month ::= \"0\" [1-9] | \"1\" [0-2]\n\
+                day ::= [0-2] [0-9] | \"3\" [01]   # no calendar check\n";
+    for seed in 0..3 {
+        let v = ok(
+            &url,
+            "/v1/completions",
+            &json!({"prompt": "The date was", "max_tokens": 16, "temperature": 1,
+                    "seed": seed, "grammar": gbnf}),
+        );
+        let t = v["choices"][0]["text"].as_str().unwrap();
+        let b = t.as_bytes();
+        assert_eq!(b.len(), 10, "{v}");
+        assert!(
+            b[4] == b'-' && b[7] == b'-' && t.chars().filter(char::is_ascii_digit).count() == 8,
+            "{v}"
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    }
+    // A GBNF grammar that does not convert: a 400 that says where.
+    let r = post_json(
+        &url,
+        "/v1/completions",
+        &json!({"prompt": "x", "grammar": "root ::= item\nitem ::= [a-z\n"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("line 2"), "{}", r.body);
     srv.shutdown();
 }
