@@ -31,6 +31,9 @@ pub struct Args {
     n_predict: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
+    // Every reply is constrained, each from the start of the grammar.
+    #[command(flatten)]
+    constraint: crate::grammar::ConstraintArgs,
     /// A vision projector file ("mmproj" GGUF): `/image PATH` then attaches an image to the
     /// next message (Gemma 3 for now).
     #[arg(long, value_name = "FILE")]
@@ -89,7 +92,10 @@ impl Images {
 
 /// Runs `surplus chat`.
 pub fn run(args: Args) -> Result<()> {
+    // Flag errors (an unreadable or invalid file) come before the model loads.
+    args.constraint.grammar()?;
     let mut engine = args.model.load(1)?;
+    let constraint = args.constraint.compile(&engine)?;
     let mut images = match &args.mmproj {
         Some(p) => Some(Images::load(&engine, p)?),
         None => None,
@@ -109,7 +115,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(s) = &args.system {
         messages.push(Message::new("system", s));
     }
-    let opts = GenerateOptions {
+    let mut opts = GenerateOptions {
         max_tokens: args.n_predict,
         sampling: args.sampling.params(),
         ignore_eos: false,
@@ -188,6 +194,8 @@ pub fn run(args: Args) -> Result<()> {
             );
             continue;
         }
+        // Each reply starts the grammar afresh (the compiled constraint is never advanced).
+        opts.constraint = constraint.clone();
         let stdout = std::io::stdout();
         let mut printed = 0;
         let on_token = |_: u32, piece: &str| {

@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod doctor;
+mod grammar;
 mod info;
 mod perplexity;
 mod pull;

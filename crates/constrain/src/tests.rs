@@ -192,3 +192,60 @@ fn drafts_are_checked_without_being_taken() {
     // Nothing was taken: the good text still goes through.
     assert_eq!(feed(&mut c, &tok, "{\"a\": 12}"), Ok(()));
 }
+
+#[test]
+fn grammar_text_is_lark_unless_it_looks_like_gbnf() {
+    assert_eq!(
+        Grammar::from_text("start: \"yes\" | \"no\""),
+        Grammar::Lark("start: \"yes\" | \"no\"".into())
+    );
+    assert_eq!(
+        Grammar::from_text("root ::= \"yes\" | \"no\"\n"),
+        Grammar::Gbnf("root ::= \"yes\" | \"no\"\n".into())
+    );
+    // The marker line goes, whatever follows it on that line; `::=` after it is Lark's.
+    assert_eq!(
+        Grammar::from_text("  %llguidance {}\nstart: a\na ::= \"x\"\n"),
+        Grammar::Lark("\nstart: a\na ::= \"x\"\n".into())
+    );
+    assert_eq!(
+        Grammar::from_text("%llguidance"),
+        Grammar::Lark(String::new())
+    );
+}
+
+/// `apply` (a mask word at a time) refuses exactly the tokens `allows` refuses, at states
+/// with few and with most tokens allowed, and every id past the vocabulary.
+#[test]
+fn apply_masks_exactly_what_allows_refuses() {
+    let Some((tok, v)) = qwen() else { return };
+    let g = Grammar::JsonSchema(json!({
+        "type": "object",
+        "properties": {"s": {"type": "string"}, "e": {"enum": ["red", "green"]}},
+        "required": ["s", "e"],
+    }));
+    let mut c = v.compile(&g, Start::Now).unwrap();
+    // Before `{`, inside a string, inside an enum, after the end.
+    let text = r#"{"s": "ab", "e": "gr"#;
+    let ids = tok.encode(text, false, false);
+    let mut checked = 0;
+    for (i, &id) in ids.iter().enumerate() {
+        if i == 0 || i == 5 || i + 1 == ids.len() {
+            // A row longer than the vocabulary: the ids past it are refused too.
+            let mut row = vec![1.0f32; v.n_vocab() + 40];
+            c.apply(&mut row);
+            let mut n_allowed = 0;
+            for (t, &l) in row.iter().enumerate() {
+                let want = t < v.n_vocab() && c.allows(t as u32);
+                assert_eq!(l == 1.0, want, "token {t} at step {i}");
+                assert!(l == 1.0 || l == f32::NEG_INFINITY);
+                n_allowed += usize::from(want);
+            }
+            assert!(n_allowed > 0 && n_allowed < v.n_vocab());
+            assert!(row[id as usize] == 1.0);
+            checked += 1;
+        }
+        c.consume(id);
+    }
+    assert_eq!(checked, 3);
+}
