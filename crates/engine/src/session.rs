@@ -580,7 +580,8 @@ impl Engine {
                 top_logprobs(logits, opts.logprobs, &mut top);
                 out.logprobs.push(top.clone());
             }
-            if emit.push(&self.tokenizer, opts, &mut out, id, &mut on_token) {
+            let eog_ends = !opts.ignore_eos || picker.grammar_finished();
+            if emit.push(&self.tokenizer, eog_ends, opts, &mut out, id, &mut on_token) {
                 break;
             }
             if track {
@@ -640,18 +641,20 @@ impl Emitter {
         }
     }
 
-    /// Adds token `id` (an end-of-generation token ends it unless `opts.ignore_eos`, and is
-    /// not added). Returns true when generation is over: EOS, `on_token` returned false
-    /// (cancelled), a stop string appeared (the text is cut before it), or `max_tokens`.
+    /// Adds token `id` (an end-of-generation token ends it when `eog_ends`: unless
+    /// `opts.ignore_eos`, or once the output's grammar is complete; it is not added).
+    /// Returns true when generation is over: EOS, `on_token` returned false (cancelled), a
+    /// stop string appeared (the text is cut before it), or `max_tokens`.
     pub(crate) fn push(
         &mut self,
         tok: &Tokenizer,
+        eog_ends: bool,
         opts: &GenerateOptions,
         out: &mut Generation,
         id: u32,
         on_token: &mut impl FnMut(u32, &str) -> bool,
     ) -> bool {
-        if !opts.ignore_eos && tok.is_eog(id) {
+        if eog_ends && tok.is_eog(id) {
             out.finish_reason = "eos";
             return true;
         }

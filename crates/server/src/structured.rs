@@ -101,13 +101,7 @@ pub fn grammar(v: Option<&Value>) -> Result<Option<OutputGrammar>, ApiError> {
     if g.trim().is_empty() {
         return Ok(None);
     }
-    let grammar = if let Some(lark) = g.trim_start().strip_prefix("%llguidance") {
-        Grammar::Lark(lark.trim_start_matches(|c: char| c != '\n').to_string())
-    } else if constrain::gbnf::looks_like_gbnf(g) {
-        Grammar::Gbnf(g.clone())
-    } else {
-        Grammar::Lark(g.clone())
-    };
+    let grammar = Grammar::from_text(g);
     Ok(Some(OutputGrammar {
         grammar,
         param: "grammar",

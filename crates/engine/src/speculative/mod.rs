@@ -202,7 +202,8 @@ impl Engine {
                     out.logprobs.push(top.clone());
                 }
                 let before = out.tokens.len();
-                done = emit.push(&self.tokenizer, opts, &mut out, id, &mut on_token);
+                let eog_ends = !opts.ignore_eos || picker.grammar_finished();
+                done = emit.push(&self.tokenizer, eog_ends, opts, &mut out, id, &mut on_token);
                 if out.tokens.len() > before {
                     seq.history.push(id);
                 }

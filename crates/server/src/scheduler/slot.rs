@@ -152,7 +152,8 @@ impl Slot {
             out.metrics
                 .observe_ttft(job.received.elapsed().as_secs_f64());
         }
-        if !job.ignore_eos && out.tok.is_eog(id) {
+        // With the output's grammar complete, end-of-generation ends it even when ignored.
+        if (!job.ignore_eos || self.picker.grammar_finished()) && out.tok.is_eog(id) {
             return self.finish("stop", false);
         }
         let logprob = job.logprobs.map(|k| {
