@@ -249,3 +249,27 @@ fn apply_masks_exactly_what_allows_refuses() {
     }
     assert_eq!(checked, 3);
 }
+
+#[test]
+fn xml_strings_keep_to_their_max_length() {
+    let Some((tok, v)) = qwen() else { return };
+    let tools = vec![ToolSpec {
+        name: "f".into(),
+        parameters: json!({"type": "object", "properties": {"s": {"type": "string", "maxLength": 5}}, "required": ["s"]}),
+    }];
+    let (g, s) = grammar(
+        ToolFormat::QwenXml,
+        &tools,
+        &ToolMode::Required,
+        false,
+        None,
+    )
+    .unwrap();
+    let call = |v: &str| {
+        format!("<tool_call>\n<function=f>\n<parameter=s>\n{v}\n</parameter>\n</function>\n</tool_call>")
+    };
+    let mut c = v.compile(&g, s.clone()).unwrap();
+    assert_eq!(feed(&mut c, &tok, &call("ab\ncd")), Ok(()));
+    let mut c = v.compile(&g, s).unwrap();
+    assert!(feed(&mut c, &tok, &call("abcdefgh")).is_err());
+}

@@ -196,8 +196,15 @@ fn xml_body(t: &ToolSpec, i: usize, lark: &mut String) -> String {
                 let alts: Vec<String> = c.iter().map(|v| lit(v)).collect();
                 format!("({}) {}", alts.join(" | "), lit("\n</parameter>"))
             } else if is_string(schema) {
-                // Raw text up to the first "\n</parameter>" (which the lazy rule includes).
-                lark.push_str(&format!("{rule}_v[lazy]: /(.|\\n)*\\n<\\/parameter>/\n"));
+                // Raw text up to the first "\n</parameter>" (which the lazy rule includes),
+                // at most `maxLength` characters when the schema says so.
+                let rep = match max_length(schema) {
+                    Some(n) => format!("{{0,{n}}}"),
+                    None => "*".to_string(),
+                };
+                lark.push_str(&format!(
+                    "{rule}_v[lazy]: /(.|\\n){rep}\\n<\\/parameter>/\n"
+                ));
                 format!("{rule}_v")
             } else {
                 let s = with_json_options(schema);
@@ -240,4 +247,13 @@ fn string_choices(schema: &Value) -> Option<Vec<&str>> {
     let e = schema.get("enum")?.as_array()?;
     let v: Vec<&str> = e.iter().filter_map(Value::as_str).collect();
     (!v.is_empty() && v.len() == e.len()).then_some(v)
+}
+
+/// Longest raw string an XML parameter may hold: the schema's `maxLength`, when it has one
+/// small enough to bound a regex (4,096).
+fn max_length(schema: &Value) -> Option<u64> {
+    schema
+        .get("maxLength")
+        .and_then(Value::as_u64)
+        .filter(|&n| n <= 4096)
 }

@@ -659,3 +659,30 @@ fn completions_follow_json_object_and_lark_grammars() {
     assert!(r.body.contains("line 2"), "{}", r.body);
     srv.shutdown();
 }
+
+/// A named tool call with MTP drafting and a free request beside it: the call is well
+/// formed and its drafts were verified through the grammar. Cheap enough for the emulated
+/// GPU in CI (`scripts/emu.sh cargo test -p surplus-server --test structured -- mtp_`),
+/// where the grammar's masks are computed on a CPU thread while the GPU runs each pass.
+#[test]
+fn mtp_drafts_under_a_grammar_beside_a_free_request() {
+    let Some(file) = qwen35_file() else { return };
+    let srv = start_qwen35(&file, Speculation::Mtp { draft_max: 3 });
+    let url = base(&srv);
+    let named = tool_request(json!({"type": "function", "function": {"name": "get_weather"}}));
+    let free = json!({"messages": [{"role": "user", "content": "Tell me a story."}],
+                      "max_tokens": 16, "temperature": 0,
+                      "chat_template_kwargs": {"enable_thinking": false}});
+    let (called, told) = std::thread::scope(|s| {
+        let a = s.spawn(|| ok(&url, "/v1/chat/completions", &named));
+        let b = s.spawn(|| ok(&url, "/v1/chat/completions", &free));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let m = get(&url, "/metrics").body;
+    srv.shutdown();
+    let (name, args) = the_call(&called);
+    assert_eq!(name, "get_weather");
+    check_arguments(&name, &args);
+    assert_eq!(told["choices"][0]["finish_reason"], "length", "{told}");
+    assert!(metric(&m, "surplus_spec_drafted_total") > 0, "{m}");
+}
