@@ -6,7 +6,7 @@
 //! [`DraftSource`] proposes (at consecutive positions after its last token); each sequence's
 //! rows are verified by the engine's per-sequence round ([`SpecSeq`], as
 //! [`Engine::generate_speculative`] does), and the kept drafts plus the model's own next
-//! token go out through the same per-token path as plain decoding ([`slot::Slot`]).
+//! token go out through the same per-token path as plain decoding (`slot::Slot`).
 
 mod slot;
 
