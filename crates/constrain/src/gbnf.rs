@@ -411,7 +411,7 @@ fn whole_literals(rules: &HashMap<String, Vec<Vec<Node>>>) -> HashSet<String> {
 }
 
 /// Appends a Lark string literal (JSON escapes) holding exactly `s`.
-fn write_lark_string(out: &mut String, s: &str) {
+pub(crate) fn write_lark_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {

@@ -135,7 +135,9 @@ pub fn grammar(
 
 /// A Lark string literal.
 fn lit(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_default()
+    let mut out = String::with_capacity(s.len() + 2);
+    crate::gbnf::write_lark_string(&mut out, s);
+    out
 }
 
 /// `x-guidance` options for every JSON part: whitespace between items is allowed but

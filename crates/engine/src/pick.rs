@@ -97,46 +97,39 @@ impl Picker {
     /// whether it is the draft's.
     pub fn pick_draft(&mut self, row: &[f32], drafted: Option<(&Draft, usize)>) -> (u32, bool) {
         let d = drafted.map(|(draft, i)| draft.tokens[i]);
-        if self.constraint.is_some() || !self.bias.is_empty() {
-            return self.pick_shaped(row, drafted);
-        }
-        let ignore_eos = !self.banned.is_empty();
-        let (id, keep) = if ignore_eos && self.greedy {
-            let id = argmax_excluding(row, &self.banned);
-            (id, d == Some(id))
-        } else {
-            let row: &[f32] = if ignore_eos {
-                self.masked.clear();
-                self.masked.extend_from_slice(row);
-                for &e in &self.banned {
-                    if let Some(v) = self.masked.get_mut(e as usize) {
-                        *v = f32::NEG_INFINITY;
+        let shaped = !self.banned.is_empty() || !self.bias.is_empty() || self.constraint.is_some();
+        let (id, keep) =
+            if shaped && self.greedy && self.bias.is_empty() && self.constraint.is_none() {
+                // Greedy, only ignoring EOS: the argmax without them (no copy of the row).
+                let id = argmax_excluding(row, &self.banned);
+                (id, d == Some(id))
+            } else {
+                if shaped {
+                    self.shape(row);
+                }
+                let row: &[f32] = if shaped { &self.masked } else { row };
+                match drafted {
+                    Some((draft, i)) if !self.greedy => {
+                        let v = self.verify.get_or_insert_with(|| Verify::new(row.len()));
+                        verify_sampled(&mut self.sampler, row, draft, i, draft.tokens[i], v)
+                    }
+                    _ => {
+                        let id = self.sampler.sample(row);
+                        (id, d == Some(id))
                     }
                 }
-                &self.masked
-            } else {
-                row
             };
-            match drafted {
-                Some((draft, i)) if !self.greedy => {
-                    let v = self.verify.get_or_insert_with(|| Verify::new(row.len()));
-                    verify_sampled(&mut self.sampler, row, draft, i, draft.tokens[i], v)
-                }
-                _ => {
-                    let id = self.sampler.sample(row);
-                    (id, d == Some(id))
-                }
-            }
-        };
         self.sampler.accept(id);
+        if let Some(c) = self.constraint.as_mut() {
+            c.consume(id);
+        }
         (id, keep)
     }
 
-    /// [`Picker::pick_draft`] with the row reshaped first: the bias added, then the
-    /// grammar's mask and the ignored end-of-generation tokens set to −∞ (these stay
-    /// allowed once the grammar is complete: then they are all it allows).
-    fn pick_shaped(&mut self, row: &[f32], drafted: Option<(&Draft, usize)>) -> (u32, bool) {
-        let d = drafted.map(|(draft, i)| draft.tokens[i]);
+    /// Copies `row` into `masked`, reshaped: the bias added, then the ignored
+    /// end-of-generation tokens and what the grammar refuses set to −∞ (end-of-generation
+    /// stays allowed once the grammar is complete: then it is all the grammar allows).
+    fn shape(&mut self, row: &[f32]) {
         self.masked.clear();
         self.masked.extend_from_slice(row);
         for &(t, b) in &self.bias {
@@ -144,8 +137,7 @@ impl Picker {
                 *v += b;
             }
         }
-        let finished = self.grammar_finished();
-        if !finished {
+        if !self.grammar_finished() {
             for &e in &self.banned {
                 if let Some(v) = self.masked.get_mut(e as usize) {
                     *v = f32::NEG_INFINITY;
@@ -155,26 +147,6 @@ impl Picker {
         if let Some(c) = self.constraint.as_mut() {
             c.apply(&mut self.masked);
         }
-        let row = &self.masked[..];
-        let (id, keep) = match drafted {
-            _ if self.greedy => {
-                let id = argmax_excluding(row, &[]);
-                (id, d == Some(id))
-            }
-            Some((draft, i)) => {
-                let v = self.verify.get_or_insert_with(|| Verify::new(row.len()));
-                verify_sampled(&mut self.sampler, row, draft, i, draft.tokens[i], v)
-            }
-            None => {
-                let id = self.sampler.sample(row);
-                (id, d == Some(id))
-            }
-        };
-        self.sampler.accept(id);
-        if let Some(c) = self.constraint.as_mut() {
-            c.consume(id);
-        }
-        (id, keep)
     }
 }
 

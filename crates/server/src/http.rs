@@ -184,7 +184,7 @@ async fn chat(State(st): St, b: Result<Bytes, BytesRejection>) -> Result<Respons
         tools: chat.tools.as_ref().map(|t| t.raw.clone()),
         kwargs: chat.kwargs,
     };
-    let (prompt, images) = if chat.images.is_empty() {
+    let ((text, prompt), images) = if chat.images.is_empty() {
         let st2 = st.clone();
         let messages = chat.messages;
         tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
@@ -200,7 +200,6 @@ async fn chat(State(st): St, b: Result<Bytes, BytesRejection>) -> Result<Respons
     } else {
         image_prompt(&st, chat.messages, chat.images, opts).await?
     };
-    let (text, prompt) = (prompt.0, prompt.1);
     let thinking_open = answer::prompt_opens_thinking(&text);
     let tool_parse = chat
         .tools
@@ -232,8 +231,8 @@ async fn compile(
     p: &Params,
     thinking_open: bool,
 ) -> Result<Option<Constraint>, ApiError> {
-    let forced = tools.as_ref().is_some_and(|t| t.mode.is_some());
-    if !forced && p.output.is_none() {
+    let calls = tools.as_ref().is_some_and(|t| t.mode.is_some());
+    if !calls && p.output.is_none() {
         return Ok(None);
     }
     let Some(vocab) = st.vocab.clone() else {

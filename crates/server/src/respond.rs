@@ -276,17 +276,18 @@ struct Streamer {
 }
 
 impl Streamer {
-    fn envelope(&self, choice: Value) -> String {
+    /// A chunk holding `choices`; with `include_usage`, `usage` is null but on the last.
+    fn envelope(&self, choices: Value, usage: Option<Value>) -> String {
         let mut v = json!({
             "id": self.meta.id,
             "object": self.meta.object(true),
             "created": self.meta.created,
             "model": self.meta.model,
             "system_fingerprint": null,
-            "choices": [choice],
+            "choices": choices,
         });
         if self.include_usage {
-            v["usage"] = Value::Null;
+            v["usage"] = usage.unwrap_or(Value::Null);
         }
         v.to_string()
     }
@@ -334,7 +335,7 @@ impl Streamer {
             }
         };
         c.started = true;
-        let s = self.envelope(choice);
+        let s = self.envelope(json!([choice]), None);
         self.pending.push_back(s);
     }
 
@@ -400,16 +401,9 @@ impl Streamer {
                 self.left -= 1;
                 if self.left == 0 {
                     if self.include_usage {
-                        let v = json!({
-                            "id": self.meta.id,
-                            "object": self.meta.object(true),
-                            "created": self.meta.created,
-                            "model": self.meta.model,
-                            "system_fingerprint": null,
-                            "choices": [],
-                            "usage": usage(self.prompt_tokens, self.completion_tokens),
-                        });
-                        self.pending.push_back(v.to_string());
+                        let u = usage(self.prompt_tokens, self.completion_tokens);
+                        let v = self.envelope(json!([]), Some(u));
+                        self.pending.push_back(v);
                     }
                     self.pending.push_back("[DONE]".into());
                     self.finished = true;

@@ -12,12 +12,7 @@ use server::Speculation;
 
 #[test]
 fn the_openai_client_gets_schemas_and_tool_calls() {
-    let have = Command::new("python3")
-        .args(["-c", "import openai, jsonschema"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
-        eprintln!("SKIPPED: the `openai` and `jsonschema` Python packages are not installed (python3 -m pip install openai jsonschema)");
+    if !python_has("openai, jsonschema") {
         return;
     }
     let file = registry::test_model("qwen2.5-coder-0.5b");

@@ -9,14 +9,7 @@ use common::*;
 
 #[test]
 fn the_official_openai_client_works() {
-    let have = Command::new("python3")
-        .args(["-c", "import openai"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
-        eprintln!(
-            "SKIPPED: the `openai` Python package is not installed (python3 -m pip install openai)"
-        );
+    if !python_has("openai") {
         return;
     }
     let srv = start(2, 8, 256);

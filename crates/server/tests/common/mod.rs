@@ -220,3 +220,17 @@ pub fn stream(base: &str, path: &str, body: &Value) -> Sse {
 pub fn base(s: &Server) -> String {
     format!("http://{}", s.addr())
 }
+
+/// Whether `python3 -c "import MODULES"` works (e.g. `"openai, jsonschema"`); when it does
+/// not, says so and how to install them (the calling test then skips).
+pub fn python_has(modules: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let pkgs = modules.replace(',', "");
+        eprintln!("SKIPPED: the Python packages {modules} are not installed (python3 -m pip install {pkgs})");
+    }
+    ok
+}
