@@ -345,7 +345,7 @@ impl Scheduler {
         }
     }
 
-    /// Whether `job`'s siblings can share its prompt's evaluation: the model's only
+    /// Whether a job's siblings can share its prompt's evaluation: the model's only
     /// per-sequence state is the KV cache, and no drafter keeps state per sequence.
     fn can_fork(&self) -> bool {
         self.engine.can_copy_sequences()
