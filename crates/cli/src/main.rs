@@ -58,16 +58,25 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // llama.cpp's `-ngl N` (a multi-letter short flag, which clap does not take).
+    // llama.cpp's multi-letter short flags, which clap does not take.
+    const LONG: [(&str, &str); 3] = [
+        ("-ngl", "--gpu-layers"),
+        ("-ctk", "--cache-type-k"),
+        ("-ctv", "--cache-type-v"),
+    ];
     let argv = std::env::args_os().map(|a| {
-        if a == "-ngl" {
-            "--gpu-layers".into()
-        } else {
-            match a.to_str().and_then(|s| s.strip_prefix("-ngl=")) {
-                Some(v) => format!("--gpu-layers={v}").into(),
-                None => a,
+        let Some(s) = a.to_str() else {
+            return a;
+        };
+        for (short, long) in LONG {
+            if s == short {
+                return long.into();
+            }
+            if let Some(v) = s.strip_prefix(short).and_then(|r| r.strip_prefix('=')) {
+                return format!("{long}={v}").into();
             }
         }
+        a
     });
     let cli = Cli::parse_from(argv);
     let result = match cli.command {

@@ -39,6 +39,21 @@ pub struct ModelArgs {
         default_value = "auto"
     )]
     pub gpu_layers: engine::GpuLayers,
+    #[command(flatten)]
+    pub cache: CacheTypes,
+}
+
+/// `--cache-type-k` / `--cache-type-v`, shared by every command that loads a model.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct CacheTypes {
+    /// How the KV cache stores keys: f32, f16, q8_0 or q4_0 (default: f32 on the CPU, f16
+    /// on a GPU). q8_0 halves an f16 cache with almost no loss; attention reads it as is.
+    /// Also `-ctk TYPE`.
+    #[arg(long = "cache-type-k", value_name = "TYPE")]
+    pub k: Option<runtime::KvType>,
+    /// How the KV cache stores values (the same types as --cache-type-k). Also `-ctv TYPE`.
+    #[arg(long = "cache-type-v", value_name = "TYPE")]
+    pub v: Option<runtime::KvType>,
 }
 
 impl ModelArgs {
@@ -61,6 +76,8 @@ impl ModelArgs {
             max_logit_rows,
             n_threads: self.threads,
             gpu_layers: self.gpu_layers,
+            cache_type_k: self.cache.k,
+            cache_type_v: self.cache.v,
         };
         load_engine(&path, &eo)
     }

@@ -37,6 +37,8 @@ pub struct Args {
         default_value = "auto"
     )]
     gpu_layers: engine::GpuLayers,
+    #[command(flatten)]
+    cache: crate::run::CacheTypes,
     /// Requests that may wait for a free sequence; more are answered 429 with Retry-After.
     #[arg(long, value_name = "N", default_value_t = 64)]
     queue: usize,
@@ -187,6 +189,8 @@ pub fn run(args: Args) -> Result<()> {
         max_logit_rows: args.parallel * rows_per_seq,
         n_threads: args.threads,
         gpu_layers: args.gpu_layers,
+        cache_type_k: args.cache.k,
+        cache_type_v: args.cache.v,
     };
     let engine = crate::run::load_engine(&path, &eo)?;
     // The draft model: a sequence per slot, the target's context and threads.
@@ -204,6 +208,8 @@ pub fn run(args: Args) -> Result<()> {
                     engine.n_threads()
                 },
                 gpu_layers: args.gpu_layers,
+                cache_type_k: args.cache.k,
+                cache_type_v: args.cache.v,
             };
             let d = ModelDrafter::load_for(
                 &dpath,

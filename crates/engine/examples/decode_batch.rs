@@ -28,6 +28,7 @@ fn main() {
         max_logit_rows: 16,
         n_threads: threads,
         gpu_layers: engine::GpuLayers::Auto,
+        ..EngineOptions::default()
     };
     let mut e = match Engine::load(std::path::Path::new(&path), &opts) {
         Ok(e) => e,

@@ -10,6 +10,7 @@ use runtime::collect::Collect;
 use runtime::cpu::CpuBackend;
 use runtime::cuda::backend::{AttnShape, CudaBackend};
 use runtime::cuda::gpu::GpuContext;
+use runtime::KvType;
 use runtime::{Act, Batch, Device, Ops, Program, Rollback};
 use runtime::{KvConfig, RecurrentConfig};
 
@@ -194,9 +195,32 @@ impl Rollback for Backend {
 
 /// Everything [`place`] needs besides the model.
 pub(crate) struct Shape {
+    /// The KV cache as the CPU holds it.
     pub kv: KvConfig,
+    /// The key and value types of a GPU's KV cache.
+    pub gpu_kv_types: (KvType, KvType),
     pub n_batch: usize,
     pub n_threads: usize,
+}
+
+/// The KV cache types the CPU backend stores.
+const CPU_KV: &[KvType] = &[KvType::F32];
+/// The KV cache types the CUDA backend stores.
+const GPU_KV: &[KvType] = &[KvType::F16];
+
+/// Checks that `device` can hold the KV cache `kv`.
+fn check_kv(kv: &KvConfig, supported: &[KvType], device: &str) -> Result<(), EngineError> {
+    kv.check().map_err(EngineError::Placement)?;
+    for t in [kv.k_type, kv.v_type] {
+        if !supported.contains(&t) {
+            let names: Vec<&str> = supported.iter().map(|t| t.name()).collect();
+            return Err(EngineError::Placement(format!(
+                "{device} cannot hold a {t} KV cache yet (it takes: {})",
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Loads the model and makes its backend as `layers` asks. Returns the model (loaded
@@ -212,6 +236,7 @@ pub(crate) fn place(
     let cpu = |file: Arc<gguf::Gguf>, why: String| -> Result<_, EngineError> {
         let model = Model::load(file, max_logit_rows)?;
         let s = shape(&model);
+        check_kv(&s.kv, CPU_KV, "the CPU")?;
         let mut be = CpuBackend::new(model.plan(), s.n_batch, s.kv, s.n_threads);
         if let Some((n_layers, net)) = model.recurrent() {
             be = be.with_recurrent(RecurrentConfig { n_layers, net });
@@ -235,6 +260,12 @@ pub(crate) fn place(
     let model = Model::load_with(file.clone(), max_logit_rows, false)?;
     let n_layers = model.hp.n_layer;
     let s = shape(&model);
+    let gpu_kv = KvConfig {
+        k_type: s.gpu_kv_types.0,
+        v_type: s.gpu_kv_types.1,
+        ..s.kv.clone()
+    };
+    check_kv(&gpu_kv, GPU_KV, "a GPU")?;
     let full_rec = model
         .recurrent()
         .map(|(n_layers, net)| RecurrentConfig { n_layers, net });
@@ -262,6 +293,8 @@ pub(crate) fn place(
         };
         let kv = KvConfig {
             n_layers: kv_before,
+            k_type: s.gpu_kv_types.0,
+            v_type: s.gpu_kv_types.1,
             ..s.kv.clone()
         };
         let rec = full_rec
@@ -343,6 +376,7 @@ pub(crate) fn place(
         }
     );
     if split {
+        check_kv(&s.kv, CPU_KV, "the CPU")?;
         let mut cpu = CpuBackend::new(model.plan(), s.n_batch, s.kv, s.n_threads);
         if let Some(r) = full_rec {
             cpu = cpu.with_recurrent(r);

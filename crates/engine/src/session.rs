@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use model::Model;
 use runtime::Batch;
-use runtime::KvConfig;
+use runtime::{KvConfig, KvType};
 use tokenizer::{ChatTemplate, Tokenizer};
 
 use crate::backend::{place, Backend, GpuLayers, Shape};
@@ -122,6 +122,11 @@ pub struct EngineOptions {
     /// Layers on the GPU (`--gpu-layers`): by default all when CUDA is usable and the
     /// model fits, else none.
     pub gpu_layers: GpuLayers,
+    /// How the KV cache stores keys (`--cache-type-k`; None: the device's default, f32 on
+    /// the CPU and f16 on a GPU).
+    pub cache_type_k: Option<KvType>,
+    /// How the KV cache stores values (`--cache-type-v`; None: the device's default).
+    pub cache_type_v: Option<KvType>,
 }
 
 impl Default for EngineOptions {
@@ -133,6 +138,8 @@ impl Default for EngineOptions {
             max_logit_rows: 1,
             n_threads: 0,
             gpu_layers: GpuLayers::Auto,
+            cache_type_k: None,
+            cache_type_v: None,
         }
     }
 }
@@ -255,7 +262,13 @@ impl Engine {
                     kv_dim: model.hp.kv_dim(),
                     n_ctx,
                     n_seq: opts.n_seq.max(1),
+                    k_type: opts.cache_type_k.unwrap_or(KvType::F32),
+                    v_type: opts.cache_type_v.unwrap_or(KvType::F32),
                 },
+                gpu_kv_types: (
+                    opts.cache_type_k.unwrap_or(KvType::F16),
+                    opts.cache_type_v.unwrap_or(KvType::F16),
+                ),
                 n_batch: opts.n_batch.clamp(1, n_ctx),
                 n_threads,
             }

@@ -14,6 +14,7 @@ fn opts(gpu: GpuLayers) -> EngineOptions {
         max_logit_rows: 1,
         n_threads: 2,
         gpu_layers: gpu,
+        ..EngineOptions::default()
     }
 }
 

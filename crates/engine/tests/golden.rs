@@ -16,6 +16,7 @@ fn load(name: &str, logit_rows: usize, n_ctx: usize) -> Engine {
         max_logit_rows: logit_rows,
         n_threads: 2,
         gpu_layers: engine::GpuLayers::for_tests(),
+        ..EngineOptions::default()
     };
     Engine::load(&registry::test_model(name), &opts).unwrap()
 }

@@ -27,6 +27,7 @@ fn load(file: &str, logit_rows: usize, n_ctx: usize, n_batch: usize) -> Engine {
         max_logit_rows: logit_rows,
         n_threads: 2,
         gpu_layers: engine::GpuLayers::for_tests(),
+        ..EngineOptions::default()
     };
     Engine::load(&data(file), &opts).unwrap()
 }

@@ -24,6 +24,7 @@ fn check(file: &str, cases: &Value, tie: f64) {
         max_logit_rows: 8,
         n_threads: 2,
         gpu_layers: engine::GpuLayers::for_tests(),
+        ..EngineOptions::default()
     };
     let mut engine = Engine::load(&data(file), &opts).unwrap();
     assert!(engine.has_mtp());

@@ -18,6 +18,7 @@ fn load(n_batch: usize, n_seq: usize, logit_rows: usize) -> Engine {
         max_logit_rows: logit_rows,
         n_threads: 2,
         gpu_layers: engine::GpuLayers::for_tests(),
+        ..EngineOptions::default()
     };
     Engine::load(&path, &opts).unwrap()
 }

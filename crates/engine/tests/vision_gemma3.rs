@@ -33,6 +33,7 @@ fn gemma3_with_an_image_follows_llama_cpp() {
         max_logit_rows: 1,
         n_threads: 2,
         gpu_layers: engine::GpuLayers::for_tests(),
+        ..EngineOptions::default()
     };
     let mut engine = Engine::load(&registry::test_model("gemma3-270m"), &opts).unwrap();
     let proj = vision::Projector::open(data().join("gemma3-270m-mmproj.gguf")).unwrap();

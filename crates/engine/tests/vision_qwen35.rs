@@ -40,6 +40,7 @@ fn load() -> Engine {
         max_logit_rows: 1,
         n_threads: 2,
         gpu_layers: engine::GpuLayers::for_tests(),
+        ..EngineOptions::default()
     };
     Engine::load(&data().join("synthetic/qwen35-tiny-f32.gguf"), &opts).unwrap()
 }
@@ -247,6 +248,7 @@ fn mtp_speculation_with_an_image_keeps_greedy_output() {
         max_logit_rows: 8,
         n_threads: 2,
         gpu_layers: engine::GpuLayers::for_tests(),
+        ..EngineOptions::default()
     };
     let mut engine = Engine::load(&data().join("synthetic/qwen35-tiny-f32.gguf"), &opts).unwrap();
     let proj = vision::Projector::open(data().join("vision/qwen35-tiny-mmproj.gguf")).unwrap();
@@ -320,6 +322,7 @@ fn an_image_larger_than_the_batch_goes_in_several_passes() {
             max_logit_rows: 8,
             n_threads: 2,
             gpu_layers: engine::GpuLayers::for_tests(),
+            ..EngineOptions::default()
         };
         let mut engine =
             Engine::load(&data().join("synthetic/qwen35-tiny-f32.gguf"), &opts).unwrap();

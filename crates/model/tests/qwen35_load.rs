@@ -68,6 +68,8 @@ fn logits(m: &Model) -> Vec<f32> {
         kv_dim: m.hp.kv_dim(),
         n_ctx: 16,
         n_seq: 1,
+        k_type: runtime::KvType::F32,
+        v_type: runtime::KvType::F32,
     };
     let (n_layers, net) = m.recurrent().unwrap();
     let mut be =

@@ -214,6 +214,8 @@ fn qwen3_forward_matches_float64_reference() {
         kv_dim: KV_HEADS * HD,
         n_ctx: 64,
         n_seq: 1,
+        k_type: runtime::KvType::F32,
+        v_type: runtime::KvType::F32,
     };
     // Once as a prompt (all 11 tokens in one pass: the GEMM path), once token by token
     // (the decode path), both against the reference.

@@ -16,6 +16,8 @@ fn backend(m: &Model) -> CpuBackend {
         kv_dim: m.hp.kv_dim(),
         n_ctx: 64,
         n_seq: 1,
+        k_type: runtime::KvType::F32,
+        v_type: runtime::KvType::F32,
     };
     let mut be = CpuBackend::new(m.plan(), 16, kv, 2);
     if let Some((n_layers, net)) = m.recurrent() {

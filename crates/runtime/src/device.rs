@@ -206,6 +206,8 @@ mod tests {
             kv_dim: 4,
             n_ctx: 8,
             n_seq: 2,
+            k_type: crate::KvType::F32,
+            v_type: crate::KvType::F32,
         };
         let mut dev: Box<dyn Device> = Box::new(CpuBackend::new(&plan, 2, kv, 1));
         dev.write(x, &[2.0, 4.0, 6.0, 8.0]).unwrap();

@@ -15,7 +15,7 @@ pub mod tensor;
 
 pub use device::{Device, Pass, Program};
 pub use error::BackendError;
-pub use limits::{KvConfig, Limits};
+pub use limits::{KvConfig, KvType, Limits};
 pub use ops::{
     Act, Attention, Batch, DeltaNet, Ops, Plan, Rollback, Rope, RopeMode, GEMM_MIN_TOKENS,
 };

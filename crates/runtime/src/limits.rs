@@ -4,6 +4,86 @@
 use crate::error::BackendError;
 use crate::ops::{Batch, Plan};
 
+/// How a KV cache stores keys (or values): `--cache-type-k` / `--cache-type-v`.
+///
+/// Quantized types use GGUF's blocks of 32 values along a row (one token's keys of one
+/// layer), so `kv_dim` must be a multiple of 32 for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum KvType {
+    /// 4 bytes a value.
+    #[default]
+    F32,
+    /// IEEE half precision, 2 bytes a value.
+    F16,
+    /// Blocks of 32 signed 8-bit levels and an f16 scale: 34 bytes per 32 values.
+    Q8_0,
+    /// Blocks of 32 4-bit levels and an f16 scale: 18 bytes per 32 values.
+    Q4_0,
+}
+
+impl KvType {
+    /// Every type, in the order `--help` lists them.
+    pub const ALL: [KvType; 4] = [KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0];
+
+    /// The name on the command line (as llama.cpp's `-ctk`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
+        }
+    }
+
+    /// The GGUF block type with the same layout.
+    pub fn ggml(self) -> quant::GgmlType {
+        match self {
+            KvType::F32 => quant::GgmlType::F32,
+            KvType::F16 => quant::GgmlType::F16,
+            KvType::Q8_0 => quant::GgmlType::Q8_0,
+            KvType::Q4_0 => quant::GgmlType::Q4_0,
+        }
+    }
+
+    /// Values per block (1 for the float types).
+    pub fn block(self) -> usize {
+        match self {
+            KvType::F32 | KvType::F16 => 1,
+            KvType::Q8_0 | KvType::Q4_0 => 32,
+        }
+    }
+
+    /// Bytes of one row of `n` values (`n` a multiple of [`KvType::block`]).
+    pub fn row_bytes(self, n: usize) -> usize {
+        match self {
+            KvType::F32 => 4 * n,
+            KvType::F16 => 2 * n,
+            KvType::Q8_0 => n / 32 * 34,
+            KvType::Q4_0 => n / 32 * 18,
+        }
+    }
+}
+
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<KvType, String> {
+        KvType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<&str> = KvType::ALL.iter().map(|t| t.name()).collect();
+                format!("unknown KV cache type '{s}' (one of: {})", names.join(", "))
+            })
+    }
+}
+
 /// Shape of a KV cache.
 #[derive(Clone, Debug)]
 pub struct KvConfig {
@@ -15,12 +95,35 @@ pub struct KvConfig {
     pub n_ctx: usize,
     /// Sequences held at once.
     pub n_seq: usize,
+    /// How keys are stored.
+    pub k_type: KvType,
+    /// How values are stored.
+    pub v_type: KvType,
 }
 
 impl KvConfig {
-    /// Bytes for keys and values (f32).
+    /// Bytes for keys and values.
     pub fn bytes(&self) -> usize {
-        2 * self.n_layers * self.n_seq * self.n_ctx * self.kv_dim * 4
+        self.n_layers * self.n_seq * self.n_ctx * self.token_bytes()
+    }
+
+    /// Bytes of one position's keys and values in one layer.
+    pub fn token_bytes(&self) -> usize {
+        self.k_type.row_bytes(self.kv_dim) + self.v_type.row_bytes(self.kv_dim)
+    }
+
+    /// Checks that the types fit the row width (quantized types need whole blocks).
+    pub fn check(&self) -> Result<(), String> {
+        for t in [self.k_type, self.v_type] {
+            if !self.kv_dim.is_multiple_of(t.block()) {
+                return Err(format!(
+                    "a {t} KV cache needs rows of whole {}-value blocks; this model's are {} wide (use f16 or f32)",
+                    t.block(),
+                    self.kv_dim
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -19,6 +19,8 @@ fn kv(n_layers: usize, kv_dim: usize) -> KvConfig {
         kv_dim,
         n_ctx: 64,
         n_seq: 3,
+        k_type: runtime::KvType::F32,
+        v_type: runtime::KvType::F32,
     }
 }
 

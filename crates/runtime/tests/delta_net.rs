@@ -209,6 +209,8 @@ fn rig(inp: &Inputs, n_rows: usize, threads: usize) -> Rig {
         kv_dim: 8,
         n_ctx: 256,
         n_seq: N_SEQ,
+        k_type: runtime::KvType::F32,
+        v_type: runtime::KvType::F32,
     };
     let be = CpuBackend::new(&plan, 160, kv, threads).with_recurrent(RecurrentConfig {
         n_layers: 1,

@@ -49,6 +49,7 @@ fn start_keys(keys: ApiKeys) -> Server {
         max_logit_rows: 2,
         n_threads: 2,
         gpu_layers: engine::GpuLayers::for_tests(),
+        ..EngineOptions::default()
     };
     let engine = Engine::load(&path, &opts).expect("loading the model");
     let tok = Engine::tokenizer_from_file(&path).expect("loading the tokenizer");

@@ -25,6 +25,7 @@ fn opts() -> EngineOptions {
         max_logit_rows: 2,
         n_threads: 2,
         gpu_layers: engine::GpuLayers::for_tests(),
+        ..EngineOptions::default()
     }
 }
 
@@ -234,6 +235,7 @@ fn mtp_speculation_with_an_image_keeps_greedy_output() {
             max_logit_rows: rows,
             n_threads: 2,
             gpu_layers: engine::GpuLayers::for_tests(),
+            ..EngineOptions::default()
         };
         let engine = Engine::load(&path, &opts).unwrap();
         let tok = Engine::tokenizer_from_file(&path).unwrap();

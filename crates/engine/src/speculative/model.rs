@@ -240,6 +240,7 @@ mod tests {
             max_logit_rows: 1,
             n_threads: 2,
             gpu_layers: crate::GpuLayers::for_tests(),
+            ..EngineOptions::default()
         };
         let target = Engine::load(&path, &opts).unwrap();
         let greedy = SamplingParams::greedy();

@@ -106,6 +106,8 @@ fn kv(n_ctx: usize, kv_dim: usize, n_seq: usize, n_layers: usize) -> KvConfig {
         kv_dim,
         n_ctx,
         n_seq,
+        k_type: crate::KvType::F16,
+        v_type: crate::KvType::F16,
     }
 }
 

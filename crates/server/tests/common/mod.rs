@@ -63,6 +63,7 @@ pub fn load(
         max_logit_rows: rows,
         n_threads: 2,
         gpu_layers: engine::GpuLayers::for_tests(),
+        ..EngineOptions::default()
     };
     let engine = Engine::load(path, &opts).expect("loading the model");
     let tok = Engine::tokenizer_from_file(path).expect("loading the tokenizer");
