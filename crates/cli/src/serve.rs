@@ -98,6 +98,18 @@ pub struct Args {
     /// A request's `reasoning_format` overrides it.
     #[arg(long, value_enum, default_value = "auto")]
     reasoning_format: ReasoningFormat,
+    /// Host memory (MiB) for the prefix cache: prompts of finished requests that left their
+    /// sequence, and the recurrent checkpoints of Qwen3.5/3.6 models. A request always
+    /// resumes from the longest prefix of its tokens already evaluated (in a sequence or
+    /// here); 0 keeps only what the sequences hold.
+    #[arg(long = "cache-ram", value_name = "MiB", default_value_t = 8192)]
+    cache_ram: usize,
+    /// For models with recurrent state (qwen35): save the state every N prompt tokens
+    /// (rounded up to whole --batch-size chunks), besides the end of every prompt, so a
+    /// request sharing part of a long prompt resumes near where they part. 0: prompt ends
+    /// only.
+    #[arg(long = "checkpoint-every", value_name = "N", default_value_t = server::DEFAULT_CHECKPOINT_EVERY)]
+    checkpoint_every: usize,
 }
 
 /// Values of `--reasoning-format`.
@@ -246,7 +258,12 @@ pub fn run(args: Args) -> Result<()> {
         allow_image_urls: args.allow_image_urls,
         api_keys,
         reasoning: args.reasoning_format != ReasoningFormat::None,
+        cache: server::CacheConfig {
+            ram_bytes: args.cache_ram.saturating_mul(1 << 20),
+            checkpoint_every: args.checkpoint_every,
+        },
     };
+    let cache_line = cache_summary(&engine, &cfg);
     let n_keys = cfg.api_keys.len();
     let srv = server::Server::start_with_drafter(engine, drafter, tokenizer, cfg)
         .with_context(|| format!("starting the server on {}:{}", args.host, args.port))?;
@@ -272,6 +289,7 @@ pub fn run(args: Args) -> Result<()> {
             if n_keys == 1 { "" } else { "s" }
         );
     }
+    eprintln!("{cache_line}");
     eprintln!("listening on http://{host}:{}", addr.port());
     srv.wait();
     Ok(())
@@ -287,4 +305,37 @@ fn api_keys(args: &Args) -> Result<server::auth::ApiKeys> {
         keys.extend(more);
     }
     Ok(server::auth::ApiKeys::new(&keys)?)
+}
+
+/// One line on the prefix cache: its host memory, what a position of KV and a recurrent
+/// checkpoint cost, and whether prompts resume anywhere or at chunk boundaries.
+fn cache_summary(engine: &Engine, cfg: &server::Config) -> String {
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    let mut s = format!(
+        "prefix cache: up to {:.0} MiB of host memory; KV {:.1} KiB a position",
+        mib(cfg.cache.ram_bytes),
+        engine.kv_token_bytes() as f64 / 1024.0
+    );
+    if engine.has_recurrent() {
+        let every = match cfg.cache.checkpoint_every {
+            0 => "at prompt ends".to_string(),
+            n => format!(
+                "every {} prompt tokens and at prompt ends",
+                n.div_ceil(cfg.prefill_chunk.max(1)) * cfg.prefill_chunk.max(1)
+            ),
+        };
+        s.push_str(&format!(
+            "; recurrent checkpoints {:.1} MiB each, {every}",
+            mib(engine.state_bytes())
+        ));
+    }
+    if engine.resumes_anywhere() {
+        s.push_str("; prompts resume at any shared position");
+    } else {
+        s.push_str(&format!(
+            "; prompts resume at multiples of {} tokens (--batch-size), where a whole prompt's chunks end",
+            cfg.prefill_chunk
+        ));
+    }
+    s
 }

@@ -150,6 +150,16 @@ impl Backend {
         Ok(self.last().write(act, data)?)
     }
 
+    /// The devices, in order.
+    pub(crate) fn stages(&self) -> impl Iterator<Item = &dyn Device> {
+        self.stages.iter().map(|s| &*s.dev)
+    }
+
+    /// The devices, in order, mutably.
+    pub(crate) fn stages_mut(&mut self) -> impl Iterator<Item = &mut (dyn Device + 'static)> {
+        self.stages.iter_mut().map(|s| &mut *s.dev)
+    }
+
     pub(crate) fn n_threads(&self) -> usize {
         self.stages.last().map_or(1, |s| s.dev.n_threads())
     }

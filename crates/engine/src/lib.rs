@@ -9,6 +9,7 @@ pub mod perplexity;
 pub mod pick;
 mod positions;
 pub mod sampling;
+mod saved;
 pub mod session;
 pub mod speculative;
 pub mod stop;

@@ -205,6 +205,16 @@ impl Model {
         attention.any(|a| a.rope.section.iter().any(|&s| s != 0))
     }
 
+    /// The matrices a prompt chunk's pass multiplies through the trunk (the LM head, which
+    /// only sees logit rows, and MTP blocks left out).
+    pub fn matmul_weights(&self) -> Vec<runtime::Weight> {
+        let mut batch = runtime::Batch::one_sequence(&[0], 0, 0, false);
+        batch.logits.clear();
+        let c = runtime::collect::Collect::new(batch);
+        self.forward_layers(&c, 0..self.hp.n_layer);
+        c.finish().matmuls
+    }
+
     /// The recurrent layers whose state the device must keep per sequence: how many, and
     /// their shape (`None` when the model has none).
     pub fn recurrent(&self) -> Option<(usize, DeltaNet)> {

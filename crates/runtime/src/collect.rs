@@ -37,7 +37,10 @@ pub struct Collected {
     /// Bytes of the weights the passes' matmuls read (each call counted: what one pass
     /// reads from memory for one token, the bandwidth roofline's numerator).
     pub matmul_bytes: usize,
+    /// The weights the passes' matmuls take, each once (embedding lookups left out).
+    pub matmuls: Vec<Weight>,
     seen: HashSet<Key>,
+    seen_matmul: HashSet<Key>,
 }
 
 /// Records the weights and vectors of the passes run with it.
@@ -93,7 +96,11 @@ impl Ops for Collect {
     }
     fn matmul(&self, _n: usize, w: &Weight, _x: Act, _out: Act) {
         self.weight(w);
-        self.out.borrow_mut().matmul_bytes += w.bytes().len();
+        let mut c = self.out.borrow_mut();
+        c.matmul_bytes += w.bytes().len();
+        if c.seen_matmul.insert(weight_key(w)) {
+            c.matmuls.push(w.clone());
+        }
     }
     fn add_bias(&self, _n: usize, _x: Act, b: &[f32]) {
         self.vector(b);

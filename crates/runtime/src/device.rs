@@ -9,6 +9,8 @@ use crate::cpu::{CpuBackend, CpuOps};
 use crate::cuda::backend::{CudaBackend, CudaOps};
 use crate::error::BackendError;
 use crate::limits::Limits;
+use std::ops::Range;
+
 use crate::ops::{Act, Batch, Ops, Rollback};
 
 /// Code a device runs in a forward pass, generic over the device's [`Ops`] (a model's pass,
@@ -50,6 +52,33 @@ pub trait Device: Rollback<Error = BackendError> + Send {
     fn kv_copy(&mut self, src: usize, dst: usize, len: usize) -> Result<(), BackendError>;
     /// Positions the recurrent state of `seq` covers (`None` without recurrent layers).
     fn recurrent_len(&self, seq: u32) -> Option<usize>;
+    /// Bytes [`Device::kv_save`] writes per position: keys and values of every layer this
+    /// device holds, in the cache's types.
+    fn kv_token_bytes(&self) -> usize;
+    /// Appends the keys and values of positions `range` of sequence `seq` (every layer this
+    /// device holds, layer by layer: keys, then values) to `out`, as the cache stores them.
+    fn kv_save(
+        &mut self,
+        seq: u32,
+        range: Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BackendError>;
+    /// Writes positions `range` of sequence `seq` back from the front of `data` (what
+    /// [`Device::kv_save`] wrote for the same range); returns the bytes it took.
+    fn kv_load(
+        &mut self,
+        seq: u32,
+        range: Range<usize>,
+        data: &[u8],
+    ) -> Result<usize, BackendError>;
+    /// Bytes of one sequence's recurrent state (0 without recurrent layers).
+    fn state_bytes(&self) -> usize;
+    /// Appends sequence `seq`'s current recurrent state to `out` (nothing without recurrent
+    /// layers).
+    fn state_save(&mut self, seq: u32, out: &mut Vec<u8>) -> Result<(), BackendError>;
+    /// Makes the front of `data` (what [`Device::state_save`] wrote) sequence `seq`'s state,
+    /// covering `len` positions: its next batch continues at `len`. Returns the bytes taken.
+    fn state_load(&mut self, seq: u32, len: usize, data: &[u8]) -> Result<usize, BackendError>;
     /// The bounds every batch must fit.
     fn limits(&self) -> Limits;
     /// Host threads its passes run on.
@@ -129,6 +158,40 @@ impl Device for CpuBackend {
         CpuBackend::recurrent_len(self, seq)
     }
 
+    fn kv_token_bytes(&self) -> usize {
+        CpuBackend::kv_token_bytes(self)
+    }
+
+    fn kv_save(
+        &mut self,
+        seq: u32,
+        range: Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BackendError> {
+        CpuBackend::kv_save(self, seq, range, out)
+    }
+
+    fn kv_load(
+        &mut self,
+        seq: u32,
+        range: Range<usize>,
+        data: &[u8],
+    ) -> Result<usize, BackendError> {
+        CpuBackend::kv_load(self, seq, range, data)
+    }
+
+    fn state_bytes(&self) -> usize {
+        CpuBackend::state_bytes(self)
+    }
+
+    fn state_save(&mut self, seq: u32, out: &mut Vec<u8>) -> Result<(), BackendError> {
+        CpuBackend::state_save(self, seq, out)
+    }
+
+    fn state_load(&mut self, seq: u32, len: usize, data: &[u8]) -> Result<usize, BackendError> {
+        CpuBackend::state_load(self, seq, len, data)
+    }
+
     fn limits(&self) -> Limits {
         CpuBackend::limits(self)
     }
@@ -170,6 +233,40 @@ impl Device for CudaBackend {
 
     fn recurrent_len(&self, seq: u32) -> Option<usize> {
         CudaBackend::recurrent_len(self, seq)
+    }
+
+    fn kv_token_bytes(&self) -> usize {
+        CudaBackend::kv_token_bytes(self)
+    }
+
+    fn kv_save(
+        &mut self,
+        seq: u32,
+        range: Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BackendError> {
+        CudaBackend::kv_save(self, seq, range, out)
+    }
+
+    fn kv_load(
+        &mut self,
+        seq: u32,
+        range: Range<usize>,
+        data: &[u8],
+    ) -> Result<usize, BackendError> {
+        CudaBackend::kv_load(self, seq, range, data)
+    }
+
+    fn state_bytes(&self) -> usize {
+        CudaBackend::state_bytes(self)
+    }
+
+    fn state_save(&mut self, seq: u32, out: &mut Vec<u8>) -> Result<(), BackendError> {
+        CudaBackend::state_save(self, seq, out)
+    }
+
+    fn state_load(&mut self, seq: u32, len: usize, data: &[u8]) -> Result<usize, BackendError> {
+        CudaBackend::state_load(self, seq, len, data)
     }
 
     fn limits(&self) -> Limits {

@@ -112,6 +112,30 @@ impl KvConfig {
         self.k_type.row_bytes(self.kv_dim) + self.v_type.row_bytes(self.kv_dim)
     }
 
+    /// Checks a request to save or load positions `range` of sequence `seq` from `data`
+    /// bytes (None: saving): the one rule both devices apply.
+    pub fn check_saved(
+        &self,
+        seq: u32,
+        range: &std::ops::Range<usize>,
+        data: Option<usize>,
+    ) -> Result<(), BackendError> {
+        let need = self.n_layers * range.len() * self.token_bytes();
+        let why = if seq as usize >= self.n_seq {
+            format!("sequence {seq} of {}", self.n_seq)
+        } else if range.start > range.end || range.end > self.n_ctx {
+            format!("positions {range:?} of {}", self.n_ctx)
+        } else if data.is_some_and(|n| n < need) {
+            format!("{} bytes for {need}", data.unwrap_or(0))
+        } else {
+            return Ok(());
+        };
+        Err(BackendError::Op {
+            op: "kv_save/kv_load".into(),
+            reason: why,
+        })
+    }
+
     /// Checks that the types fit the row width (quantized types need whole blocks).
     pub fn check(&self) -> Result<(), String> {
         for t in [self.k_type, self.v_type] {

@@ -41,6 +41,12 @@ impl RecurrentConfig {
         }
     }
 
+    /// Bytes of one sequence's state as [`crate::Device::state_save`] writes it: the current
+    /// convolution history and delta-rule state of every layer (f32).
+    pub fn seq_bytes(&self) -> usize {
+        self.n_layers * (self.net.conv_state_len() + self.net.state_len()) * 4
+    }
+
     /// Bytes of state for `n_seq` sequences (both copies and the rollback inputs, f32).
     pub fn bytes(&self, n_seq: usize) -> usize {
         let s = self.state_lens(n_seq);
@@ -161,6 +167,12 @@ impl Tracker {
             );
         }
         Ok(())
+    }
+
+    /// After a saved state of `seq` covering `len` positions was written into its current
+    /// copy: the next batch continues at `len`.
+    pub fn restored(&mut self, seq: u32, len: usize) {
+        self.win[seq as usize] = Window::restored(len as u32);
     }
 
     /// After a pass: the copies it wrote become current. A pass that ran no recurrent op

@@ -57,6 +57,18 @@ impl Window {
         self.len == 0
     }
 
+    /// A state put back from a saved copy (a prefix cache's checkpoint) covering `len`
+    /// positions: the next batch continues there, and nothing before it can be returned to.
+    pub fn restored(len: u32) -> Window {
+        Window {
+            len,
+            p0: len,
+            n: 0,
+            reset: false,
+            replayable: false,
+        }
+    }
+
     /// After a pass gave the sequence `n` tokens from position `p0`.
     pub fn advance(&mut self, p0: u32, n: u32) {
         *self = Window {

@@ -74,6 +74,9 @@ pub struct AppState {
     pub reasoning: bool,
     /// Sequences the scheduler runs at once (the most answers `n` one request may ask).
     pub n_slots: usize,
+    /// The model keeps recurrent state (chat prompts then mark where their turn starts,
+    /// for a checkpoint there).
+    pub recurrent: bool,
     /// The API keys requests must present (none: the server is open).
     pub api_keys: Arc<crate::auth::ApiKeys>,
 }
@@ -184,19 +187,33 @@ async fn chat(State(st): St, b: Result<Bytes, BytesRejection>) -> Result<Respons
         tools: chat.tools.as_ref().map(|t| t.raw.clone()),
         kwargs: chat.kwargs,
     };
+    let mut turn_start = None;
     let ((text, prompt), images) = if chat.images.is_empty() {
         let st2 = st.clone();
         let messages = chat.messages;
-        tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let (r, turn) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
             let rendered = st2
                 .template
                 .render_with(&messages, true, &opts)
                 .map_err(|e| ApiError::param("messages", e.to_string()))?;
             let ids = st2.tokenizer.encode_prompt(&rendered, true);
-            Ok(((rendered.text, ids), Vec::new()))
+            // A recurrent model saves its state where the conversation so far ends (the
+            // next turn's prompt shares it; the generation prompt after it may render
+            // differently in history).
+            let turn = st2
+                .recurrent
+                .then(|| st2.template.render_with(&messages, false, &opts).ok())
+                .flatten()
+                .map(|r| {
+                    let before = st2.tokenizer.encode_prompt(&r, true);
+                    before.iter().zip(&ids).take_while(|(a, b)| a == b).count()
+                });
+            Ok(((rendered.text, ids), turn))
         })
         .await
-        .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))??
+        .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))??;
+        turn_start = turn;
+        (r, Vec::new())
     } else {
         image_prompt(&st, chat.messages, chat.images, opts).await?
     };
@@ -220,6 +237,7 @@ async fn chat(State(st): St, b: Result<Bytes, BytesRejection>) -> Result<Respons
         params: chat.params,
         constraint,
         answer: Some(answer),
+        turn_start,
     };
     generate(st, req).await
 }
@@ -339,6 +357,7 @@ async fn completions(
         params,
         constraint,
         answer: None,
+        turn_start: None,
     };
     generate(st, req).await
 }
@@ -351,6 +370,8 @@ struct Generation {
     params: Params,
     constraint: Option<Constraint>,
     answer: Option<AnswerConfig>,
+    /// Where the chat's generation prompt starts (see [`Job::turn_start`]).
+    turn_start: Option<usize>,
 }
 
 /// Queues the job (one per choice) and answers with JSON or an SSE stream.
@@ -362,6 +383,7 @@ async fn generate(st: Arc<AppState>, g: Generation) -> Result<Response, ApiError
         params: p,
         constraint,
         answer,
+        turn_start,
     } = g;
     if prompt.is_empty() {
         return Err(ApiError::param("prompt", "the prompt is empty (no tokens)"));
@@ -434,6 +456,7 @@ async fn generate(st: Arc<AppState>, g: Generation) -> Result<Response, ApiError
         events: tx,
         received: Instant::now(),
         siblings,
+        turn_start,
     };
     submit(&st, job)?;
     let meta = Meta {

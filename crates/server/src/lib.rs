@@ -23,6 +23,7 @@ use tokenizer::Tokenizer;
 
 use crate::http::AppState;
 use crate::metrics::Metrics;
+pub use crate::scheduler::prefix::{CacheConfig, DEFAULT_CHECKPOINT_EVERY};
 use crate::scheduler::SchedulerConfig;
 pub use crate::scheduler::Speculation;
 
@@ -59,6 +60,8 @@ pub struct Config {
     /// Split `<think>` blocks into `reasoning_content` (`--reasoning-format auto`, the
     /// default); false keeps them in `content` (`none`).
     pub reasoning: bool,
+    /// Prefix reuse: host memory for evicted prefixes and recurrent checkpoints.
+    pub cache: CacheConfig,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             allow_image_urls: false,
             api_keys: auth::ApiKeys::default(),
             reasoning: true,
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -147,6 +151,7 @@ impl Server {
             thinks: engine.template.source().contains("<think>"),
             reasoning: cfg.reasoning,
             n_slots: slots,
+            recurrent: engine.has_recurrent(),
         });
         metrics.alive.store(true, Ordering::SeqCst);
         let m = metrics.clone();
@@ -154,6 +159,7 @@ impl Server {
             prefill_chunk: cfg.prefill_chunk,
             spec: cfg.spec,
             draft: drafter,
+            cache: cfg.cache,
         };
         let scheduler = std::thread::Builder::new()
             .name("scheduler".into())

@@ -20,6 +20,20 @@ pub struct Metrics {
     pub prompt_tokens: AtomicU64,
     /// Tokens generated, in all.
     pub generated_tokens: AtomicU64,
+    /// Prompt positions served from the prefix cache instead of evaluated, in all.
+    pub prompt_tokens_cached: AtomicU64,
+    /// Requests that reused a cached prefix.
+    pub cache_hits: AtomicU64,
+    /// Recurrent states put back from a checkpoint.
+    pub checkpoint_restores: AtomicU64,
+    /// Recurrent checkpoints saved.
+    pub checkpoints_saved: AtomicU64,
+    /// Host bytes of the prefix cache (evicted prefixes and checkpoints).
+    pub cache_bytes: AtomicUsize,
+    /// Prefixes held in host memory.
+    pub cache_entries: AtomicUsize,
+    /// The host memory the prefix cache may use (`--cache-ram`).
+    pub cache_ram: AtomicUsize,
     /// Microseconds spent in decode steps.
     pub decode_seconds: AtomicU64,
     /// Generations cancelled because the client went away, in all.
@@ -55,6 +69,13 @@ impl Metrics {
             requests: Mutex::new(BTreeMap::new()),
             prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
+            prompt_tokens_cached: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            checkpoint_restores: AtomicU64::new(0),
+            checkpoints_saved: AtomicU64::new(0),
+            cache_bytes: AtomicUsize::new(0),
+            cache_entries: AtomicUsize::new(0),
+            cache_ram: AtomicUsize::new(0),
             decode_seconds: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             queue_depth: AtomicUsize::new(0),
@@ -142,6 +163,48 @@ impl Metrics {
             "surplus_prompt_tokens_total",
             "Prompt tokens evaluated.",
             self.prompt_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut o,
+            "surplus_prompt_tokens_cached_total",
+            "Prompt tokens served from the prefix cache instead of evaluated.",
+            self.prompt_tokens_cached.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut o,
+            "surplus_prefix_cache_hits_total",
+            "Requests that resumed from a cached prefix.",
+            self.cache_hits.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut o,
+            "surplus_checkpoint_restores_total",
+            "Recurrent states put back from a checkpoint.",
+            self.checkpoint_restores.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut o,
+            "surplus_checkpoints_saved_total",
+            "Recurrent checkpoints saved.",
+            self.checkpoints_saved.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut o,
+            "surplus_prefix_cache_bytes",
+            "Host memory held by the prefix cache (evicted prefixes and checkpoints).",
+            self.cache_bytes.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut o,
+            "surplus_prefix_cache_entries",
+            "Prefixes kept in host memory.",
+            self.cache_entries.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut o,
+            "surplus_prefix_cache_capacity_bytes",
+            "Host memory the prefix cache may use (--cache-ram).",
+            self.cache_ram.load(Ordering::Relaxed) as f64,
         );
         counter(
             &mut o,

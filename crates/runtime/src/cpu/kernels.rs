@@ -384,6 +384,11 @@ pub fn delta_chunk_scratch(c: usize, head_v: usize) -> usize {
 ///
 /// Everything is a product of small matrices, run by the `gemm` crate (K·Kᵀ, Q·Kᵀ, K·S₀ᵀ,
 /// Q·S₀ᵀ, P·U and Uᵀ·K); only the triangular solve goes token by token, over rows of U.
+///
+/// The CPU backend's passes do not use it: their rounding would depend on where a prompt
+/// chunk starts, and a prefix cache resumes prompts anywhere, so prompts step token by token
+/// like decode. It stays, tested against [`delta_step`], as the reference for a
+/// chunk-parallel GPU form.
 #[allow(clippy::too_many_arguments)]
 pub fn delta_chunk(
     s: &mut [f32],

@@ -5,6 +5,7 @@ pub mod kernels;
 mod matmul;
 mod recurrent;
 mod shared;
+mod snapshot;
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -19,7 +20,6 @@ use crate::ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rope};
 use crate::pool::{ThreadPool, Worker};
 use crate::tensor::Weight;
 use recurrent::Recurrent;
-pub use recurrent::DELTA_CHUNK;
 pub use shared::Shared;
 
 /// Weight rows dequantized at a time for the GEMM path.

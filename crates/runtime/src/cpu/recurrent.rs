@@ -21,9 +21,6 @@ use crate::recurrent::{RecurrentConfig, Tracker};
 use crate::rollback::replay_width;
 pub use crate::rollback::ROLLBACK_TOKENS;
 
-/// Tokens per chunk of the chunk-parallel delta rule used for prompt chunks.
-pub const DELTA_CHUNK: usize = 64;
-
 /// State of every recurrent layer for every sequence.
 pub(crate) struct Recurrent {
     cfg: RecurrentConfig,
@@ -50,10 +47,7 @@ impl Recurrent {
         n_threads: usize,
     ) -> Recurrent {
         let net = &cfg.net;
-        let (hk, hv, c) = (net.head_k, net.head_v, DELTA_CHUNK);
-        let scratch_per_thread = (c * (2 * hk + 2 * hv + 2) + kernels::delta_chunk_scratch(c, hv))
-            .max(net.conv_channels() + 2 * hk + hv)
-            + 16;
+        let scratch_per_thread = net.conv_channels() + 2 * net.head_k + net.head_v + 16;
         let lens = cfg.state_lens(n_seq);
         Recurrent {
             conv: Shared::new(lens.conv),
@@ -102,6 +96,69 @@ impl Recurrent {
     /// multi-token-prediction block alone) leaves the state as it was.
     pub(crate) fn finish(&mut self) -> Result<(), BackendError> {
         self.t.finish(*self.touched.get_mut())
+    }
+
+    /// The current copy of `seq`'s state: per layer, its convolution history then its
+    /// delta-rule state, as ranges of `conv` and `ssm`.
+    fn current(&self, seq: u32) -> Result<Vec<(usize, usize)>, BackendError> {
+        if seq as usize >= self.n_seq {
+            return Err(BackendError::Op {
+                op: "state_save/state_load".into(),
+                reason: format!("sequence {seq} of {}", self.n_seq),
+            });
+        }
+        let copy = self.t.cur[seq as usize];
+        Ok((0..self.cfg.n_layers)
+            .map(|l| (self.conv_at(l, seq, copy), self.ssm_at(l, seq, copy)))
+            .collect())
+    }
+
+    /// Appends `seq`'s current state to `out` (f32, native byte order).
+    pub(crate) fn save(&mut self, seq: u32, out: &mut Vec<u8>) -> Result<(), BackendError> {
+        let (nc, ns) = (self.cfg.net.conv_state_len(), self.cfg.net.state_len());
+        for (c, s) in self.current(seq)? {
+            for x in &self.conv.as_slice()[c..c + nc] {
+                out.extend_from_slice(&x.to_ne_bytes());
+            }
+            for x in &self.ssm.as_slice()[s..s + ns] {
+                out.extend_from_slice(&x.to_ne_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the front of `data` (what [`Recurrent::save`] wrote) `seq`'s current state,
+    /// covering `len` positions; returns the bytes taken.
+    pub(crate) fn load(
+        &mut self,
+        seq: u32,
+        len: usize,
+        data: &[u8],
+    ) -> Result<usize, BackendError> {
+        let need = self.cfg.seq_bytes();
+        if data.len() < need {
+            return Err(BackendError::Op {
+                op: "state_load".into(),
+                reason: format!("{} bytes for {need}", data.len()),
+            });
+        }
+        let (nc, ns) = (self.cfg.net.conv_state_len(), self.cfg.net.state_len());
+        let mut vals = data[..need]
+            .chunks_exact(4)
+            .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+        for (c, s) in self.current(seq)? {
+            for (x, v) in self.conv.as_mut_slice()[c..c + nc]
+                .iter_mut()
+                .zip(&mut vals)
+            {
+                *x = v;
+            }
+            for (x, v) in self.ssm.as_mut_slice()[s..s + ns].iter_mut().zip(&mut vals) {
+                *x = v;
+            }
+        }
+        self.t.restored(seq, len);
+        Ok(need)
     }
 
     /// Brings `seq` back to its state after `len` positions (see the module doc).
@@ -304,7 +361,6 @@ impl CpuOps<'_> {
         let ch = net.conv_channels();
         let scale = 1.0 / (hk as f32).sqrt();
         let scratch = self.rec_scratch();
-        let chunked = self.chunk.is_some();
         self.rows(r.t.groups.len() * nv, |item| {
             let (grp, h) = (&r.t.groups[item / nv], item % nv);
             let kh = h % nk;
@@ -331,69 +387,20 @@ impl CpuOps<'_> {
                             .set(at + nv + h, bs.get(tok(i) * beta.width + h, 1)[0]);
                     }
                 }
-                if chunked {
-                    let c = DELTA_CHUNK;
-                    let (qc, rest) = scratch.split_at_mut(c * hk);
-                    let (kc, rest) = rest.split_at_mut(c * hk);
-                    let (vc, rest) = rest.split_at_mut(c * hv);
-                    let (oc, rest) = rest.split_at_mut(c * hv);
-                    let (gc, rest) = rest.split_at_mut(c);
-                    let (bc, rest) = rest.split_at_mut(c);
-                    let n = grp.n as usize;
-                    for i0 in (0..n).step_by(c) {
-                        let m = c.min(n - i0);
-                        for j in 0..m {
-                            let t = tok(i0 + j);
-                            let row = xs.get(t * qkv.width, ch);
-                            kernels::l2_normalize(
-                                &row[kh * hk..][..hk],
-                                net.eps,
-                                scale,
-                                &mut qc[j * hk..(j + 1) * hk],
-                            );
-                            kernels::l2_normalize(
-                                &row[(nk + kh) * hk..][..hk],
-                                net.eps,
-                                1.0,
-                                &mut kc[j * hk..(j + 1) * hk],
-                            );
-                            vc[j * hv..(j + 1) * hv]
-                                .copy_from_slice(&row[2 * nk * hk + h * hv..][..hv]);
-                            gc[j] = gs.get(t * g.width + h, 1)[0];
-                            bc[j] = bs.get(t * beta.width + h, 1)[0];
-                        }
-                        kernels::delta_chunk(
-                            st,
-                            &qc[..m * hk],
-                            &kc[..m * hk],
-                            &vc[..m * hv],
-                            &gc[..m],
-                            &bc[..m],
-                            &mut oc[..m * hv],
-                            rest,
-                        );
-                        for j in 0..m {
-                            let t = tok(i0 + j);
-                            os.get_mut(t * out.width + h * hv, hv)
-                                .copy_from_slice(&oc[j * hv..(j + 1) * hv]);
-                        }
-                    }
-                } else {
-                    let (qn, rest) = scratch.split_at_mut(hk);
-                    let kn = &mut rest[..hk];
-                    for i in 0..grp.n as usize {
-                        let t = tok(i);
-                        let row = xs.get(t * qkv.width, ch);
-                        kernels::l2_normalize(&row[kh * hk..][..hk], net.eps, scale, qn);
-                        kernels::l2_normalize(&row[(nk + kh) * hk..][..hk], net.eps, 1.0, kn);
-                        let v = &row[2 * nk * hk + h * hv..][..hv];
-                        let o = os.get_mut(t * out.width + h * hv, hv);
-                        let (gv, bv) = (
-                            gs.get(t * g.width + h, 1)[0],
-                            bs.get(t * beta.width + h, 1)[0],
-                        );
-                        kernels::delta_step(st, qn, kn, v, gv, bv, o);
-                    }
+                let (qn, rest) = scratch.split_at_mut(hk);
+                let kn = &mut rest[..hk];
+                for i in 0..grp.n as usize {
+                    let t = tok(i);
+                    let row = xs.get(t * qkv.width, ch);
+                    kernels::l2_normalize(&row[kh * hk..][..hk], net.eps, scale, qn);
+                    kernels::l2_normalize(&row[(nk + kh) * hk..][..hk], net.eps, 1.0, kn);
+                    let v = &row[2 * nk * hk + h * hv..][..hv];
+                    let o = os.get_mut(t * out.width + h * hv, hv);
+                    let (gv, bv) = (
+                        gs.get(t * g.width + h, 1)[0],
+                        bs.get(t * beta.width + h, 1)[0],
+                    );
+                    kernels::delta_step(st, qn, kn, v, gv, bv, o);
                 }
             }
         });

@@ -8,6 +8,7 @@
 //! [`Engine::generate_speculative`] does), and the kept drafts plus the model's own next
 //! token go out through the same per-token path as plain decoding (`slot::Slot`).
 
+pub mod prefix;
 mod slot;
 
 use std::collections::VecDeque;
@@ -28,6 +29,7 @@ use tokenizer::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::Metrics;
+use prefix::{CacheConfig, PrefixCache};
 use slot::{Out, Slot};
 
 /// One generation request, validated and tokenized.
@@ -57,6 +59,10 @@ pub struct Job {
     /// More answers to the same prompt (`n` > 1): each takes a slot of its own and, where
     /// the model allows it, starts from a copy of this job's evaluated prompt.
     pub siblings: Vec<Sibling>,
+    /// Where a chat's generation prompt starts (the end of its last message): a model with
+    /// recurrent state saves its state there, since the next turn's prompt shares the
+    /// conversation up to it (the generation prompt may render otherwise in history).
+    pub turn_start: Option<usize>,
 }
 
 /// Another answer to a job's prompt: what differs from the job.
@@ -85,6 +91,7 @@ impl Job {
             events: s.events,
             received: self.received,
             siblings: Vec::new(),
+            turn_start: self.turn_start,
         }
     }
 }
@@ -209,6 +216,8 @@ pub struct SchedulerConfig {
     /// The draft model of [`Speculation::Draft`] (sharing the engine's threads), with a
     /// sequence per slot; slots past its sequences do not speculate.
     pub draft: Option<ModelDrafter>,
+    /// Prefix reuse and its host memory.
+    pub cache: CacheConfig,
 }
 
 /// Where one sequence's rows are in a decode step.
@@ -259,6 +268,10 @@ struct Scheduler {
     waiting: VecDeque<Job>,
     /// The logit row a prompt's answers all start from (siblings sharing its evaluation).
     fork_row: Vec<f32>,
+    /// What each sequence holds for later prompts, and the host cache.
+    prefix: PrefixCache,
+    /// Slots whose job ended in the current step.
+    ended: Vec<usize>,
 }
 
 impl Scheduler {
@@ -278,12 +291,17 @@ impl Scheduler {
             Speculation::Mtp { .. } => None,
         };
         let n_slots = engine.n_seq().min(engine.max_logit_rows()).max(1);
+        let chunk = cfg.prefill_chunk.clamp(1, engine.n_batch());
+        let prefix = PrefixCache::new(&engine, chunk, cfg.cache);
+        metrics
+            .cache_ram
+            .store(cfg.cache.ram_bytes, Ordering::Relaxed);
         let step_limit = engine.max_logit_rows().min(engine.n_batch()).max(1);
         Scheduler {
             source,
             draft_max: cfg.spec.draft_max(),
             slots: (0..n_slots).map(|_| None).collect(),
-            chunk: cfg.prefill_chunk.clamp(1, engine.n_batch()),
+            chunk,
             step_limit,
             items: Vec::with_capacity(step_limit),
             owners: Vec::with_capacity(n_slots),
@@ -300,6 +318,8 @@ impl Scheduler {
             rate: RateWindow::new(),
             waiting: VecDeque::new(),
             fork_row: Vec::new(),
+            prefix,
+            ended: Vec::with_capacity(n_slots),
             engine,
         }
     }
@@ -328,9 +348,12 @@ impl Scheduler {
 
     /// Frees the slots whose client went away.
     fn cancel_gone(&mut self) {
-        for s in self.slots.iter_mut() {
-            if s.as_ref().is_some_and(|x| x.job.events.is_closed()) {
-                *s = None;
+        for i in 0..self.slots.len() {
+            if self.slots[i]
+                .as_ref()
+                .is_some_and(|x| x.job.events.is_closed())
+            {
+                self.release(i);
                 self.out.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -382,11 +405,33 @@ impl Scheduler {
         }
     }
 
-    /// Fails the job in slot `i` (if any) with `e`; the slot is free.
+    /// Fails the job in slot `i` (if any) with `e`; the slot is free and what its sequence
+    /// holds is forgotten.
     fn fail(&mut self, i: usize, e: impl Display) {
         if let Some(slot) = self.slots[i].take() {
             let _ = slot.job.events.send(Event::Error(e.to_string()));
+            self.prefix.forget(i);
         }
+    }
+
+    /// Frees slot `i` after its job ended (finished or cancelled): its sequence keeps the
+    /// evaluated tokens for later prompts.
+    fn release(&mut self, i: usize) {
+        let Some(slot) = self.slots[i].take() else {
+            return;
+        };
+        let (tokens, valid, chunked) = slot.held();
+        self.prefix
+            .finish(&mut self.engine, i, &tokens, valid, chunked);
+        self.publish_cache();
+    }
+
+    /// Publishes the prefix cache's gauges.
+    fn publish_cache(&self) {
+        let m = &self.out.metrics;
+        m.cache_bytes.store(self.prefix.bytes(), Ordering::Relaxed);
+        m.cache_entries
+            .store(self.prefix.entries(), Ordering::Relaxed);
     }
 
     /// Admits queued jobs into free slots; waits for one when idle.
@@ -444,17 +489,32 @@ impl Scheduler {
                 break;
             }
             let siblings = std::mem::take(&mut job.siblings);
-            let Some(lead) = self.slots.iter().position(|s| s.is_none()) else {
-                break;
-            };
+            let free: Vec<usize> = (0..self.slots.len())
+                .filter(|&i| self.slots[i].is_none())
+                .collect();
+            let limit = job.images.first().map_or(job.prompt.len(), |im| im.start);
+            let resume = self
+                .prefix
+                .admit(&mut self.engine, &job.prompt, limit, &free);
+            let lead = resume.seq;
+            metrics
+                .prompt_tokens_cached
+                .fetch_add(resume.at as u64, Ordering::Relaxed);
+            if resume.at > 0 {
+                metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            }
+            if resume.restored {
+                metrics.checkpoint_restores.fetch_add(1, Ordering::Relaxed);
+            }
             let sibling_jobs: Vec<Job> = siblings.into_iter().map(|s| job.sibling(s)).collect();
-            self.start(lead, job);
+            self.start(lead, job, resume.at);
             let order = self.slots[lead].as_ref().map_or(0, |x| x.order);
             for j in sibling_jobs {
                 let Some(i) = self.slots.iter().position(|s| s.is_none()) else {
                     break;
                 };
-                self.start(i, j);
+                self.prefix.take(&mut self.engine, i);
+                self.start(i, j, 0);
                 if let Some(x) = self.slots[i].as_mut() {
                     x.fork = Some((lead, order));
                 }
@@ -462,8 +522,9 @@ impl Scheduler {
         }
     }
 
-    /// Puts `job` in the free slot `i`.
-    fn start(&mut self, i: usize, mut job: Job) {
+    /// Puts `job` in the free slot `i`, whose sequence holds the prompt's first `resumed`
+    /// positions already.
+    fn start(&mut self, i: usize, mut job: Job, resumed: usize) {
         let eog = self.out.tok.eog_ids();
         let mut picker = Picker::new(&job.sampling, self.out.vocab, job.ignore_eos, eog)
             .with_bias(job.logit_bias.clone())
@@ -476,7 +537,11 @@ impl Scheduler {
         }
         self.order += 1;
         let spec = self.start_spec(i, &job);
-        self.slots[i] = Some(Slot::new(job, self.order, picker, spec));
+        let mut slot = Slot::new(job, self.order, picker, spec);
+        slot.prefilled = resumed;
+        slot.valid = resumed;
+        self.slots[i] = Some(slot);
+        self.publish_cache();
     }
 
     /// The speculation state of `job` in slot `i`, when it speculates: a draft model
@@ -578,7 +643,7 @@ impl Scheduler {
                     let rows = &logits[o.row * vocab..(o.row + 1 + o.drafted) * vocab];
                     let pos = self.items[o.row].pos as usize + 1;
                     if !slot.apply_step(rows, pos, t_verify, &mut self.out) {
-                        self.slots[o.slot] = None;
+                        self.ended.push(o.slot);
                     } else if o.drafted > 0 {
                         // The state past the kept drafts is rolled back (recurrent
                         // models; the KV cache needs nothing).
@@ -587,6 +652,10 @@ impl Scheduler {
                         }
                     }
                 }
+                for k in 0..self.ended.len() {
+                    self.release(self.ended[k]);
+                }
+                self.ended.clear();
                 self.after_step(&owners);
             }
             Err(e) => {
@@ -680,6 +749,12 @@ impl Scheduler {
             if let Some(im) = slot.job.images.iter().find(|im| im.start > r.start) {
                 r.end = r.end.min(im.start);
             }
+            // And where a checkpoint is wanted, when cutting there changes nothing.
+            if let Some(t) = slot.job.turn_start {
+                if t > r.start && t < r.end && self.prefix.cuts_at_turns() {
+                    r.end = t;
+                }
+            }
             let n = r.len();
             if n == 0 || (n > budget && budget < chunk) {
                 return None;
@@ -698,14 +773,39 @@ impl Scheduler {
                 return Some(0);
             }
         };
+        // The last chunk's logit row, kept while the chunk is recorded.
+        let has_logits = logits.is_some();
+        if let Some(l) = logits {
+            self.fork_row.clear();
+            self.fork_row.extend_from_slice(l);
+        }
         let n = r.len();
         self.out
             .metrics
             .prompt_tokens
             .fetch_add(n as u64, Ordering::Relaxed);
         slot.prefilled = r.end;
+        slot.valid = r.end;
         let order = slot.order;
-        if let Some(l) = logits {
+        let text_end = slot
+            .job
+            .images
+            .first()
+            .map_or(r.end, |im| im.start.min(r.end));
+        if self.prefix.after_chunk(
+            &mut self.engine,
+            i,
+            &slot.job.prompt[..text_end],
+            r.end,
+            len,
+            slot.job.turn_start == Some(r.end),
+        ) {
+            self.out
+                .metrics
+                .checkpoints_saved
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if has_logits {
             let forks: Vec<usize> = (0..self.slots.len())
                 .filter(|&j| {
                     self.slots[j]
@@ -715,12 +815,10 @@ impl Scheduler {
                 .collect();
             if forks.is_empty() {
                 let slot = self.slots[i].as_mut()?;
-                if !slot.next_token(l, len, &mut self.out) {
-                    self.slots[i] = None;
+                if !slot.next_token(&self.fork_row, len, &mut self.out) {
+                    self.release(i);
                 }
             } else {
-                self.fork_row.clear();
-                self.fork_row.extend_from_slice(l);
                 self.start_forks(i, len, &forks);
             }
         }
@@ -749,13 +847,14 @@ impl Scheduler {
             if let Some(x) = self.slots[j].as_mut() {
                 x.fork = None;
                 x.prefilled = len;
+                x.valid = len;
             }
         }
         let row = std::mem::take(&mut self.fork_row);
         for &j in std::iter::once(&lead).chain(forks) {
             if let Some(x) = self.slots[j].as_mut() {
                 if !x.next_token(&row, len, &mut self.out) {
-                    self.slots[j] = None;
+                    self.release(j);
                 }
             }
         }

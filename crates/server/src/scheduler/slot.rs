@@ -30,8 +30,12 @@ pub(super) struct Slot {
     pub order: u64,
     picker: Picker,
     text: TextStream,
-    /// Prompt tokens evaluated so far.
+    /// Prompt tokens evaluated so far (a reused prefix included).
     pub prefilled: usize,
+    /// Positions evaluated: the prompt's, then up to the last picked token's.
+    pub valid: usize,
+    /// Tokens picked so far (end-of-generation included), at positions from the prompt's end.
+    picked: Vec<u32>,
     /// The token to evaluate next and its position (once the prompt is done).
     pub next: Option<(u32, u32)>,
     generated: usize,
@@ -53,12 +57,25 @@ impl Slot {
             order,
             picker,
             prefilled: 0,
+            valid: 0,
+            picked: Vec::new(),
             next: None,
             generated: 0,
             first_token: true,
             spec,
             fork: None,
         }
+    }
+
+    /// What its sequence holds once the job ends: the token ids at positions `0..valid`
+    /// (cut at the first image, whose positions hold placeholders), `valid`, and how many
+    /// of them prompt chunks computed.
+    pub fn held(&self) -> (Vec<u32>, usize, usize) {
+        let text = self.job.images.first().map_or(usize::MAX, |im| im.start);
+        let valid = self.valid.min(text);
+        let mut tokens = Vec::with_capacity(valid);
+        tokens.extend(self.job.prompt.iter().chain(&self.picked).take(valid));
+        (tokens, valid, self.prefilled.min(valid))
     }
 
     /// Tokens generated so far.
@@ -146,6 +163,9 @@ impl Slot {
     /// next): EOS, stop strings and max_tokens end the job. Returns false when the job is
     /// over.
     fn emit(&mut self, logits: &[f32], id: u32, pos: usize, out: &mut Out) -> bool {
+        // Every position before the token's own is evaluated.
+        self.valid = pos;
+        self.picked.push(id);
         let job = &self.job;
         if self.first_token {
             self.first_token = false;

@@ -43,6 +43,7 @@ mod launch;
 mod memory;
 mod ops;
 mod recurrent;
+mod snapshot;
 pub(crate) mod weights;
 
 pub use launch::CudaOps;
