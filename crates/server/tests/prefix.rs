@@ -286,3 +286,36 @@ fn qwen35_turns_resume_from_checkpoints_and_equal_a_cold_server() {
         "MTP drafted"
     );
 }
+
+/// A greedy completion of `prompt` on the qwen35 fixture server: text and log-probabilities.
+fn complete_ids(base: &str, prompt: &[u32]) -> (String, Value) {
+    let (text, logprobs, _) = complete(base, prompt);
+    (text, logprobs)
+}
+
+/// Runs on the emulated GPU in CI (`scripts/emu.sh`), where prompts resume only at chunk
+/// boundaries (a GPU's prompt GEMM rounds by shape); on the CPU, anywhere.
+#[test]
+fn qwen35_resumes_at_a_chunk_boundary_checkpoint_exactly() {
+    if testkit::fixtures_missing(testkit::QWEN35) {
+        return;
+    }
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/synthetic/qwen35-tiny-q8_0.gguf");
+    let tok = engine::Engine::tokenizer_from_file(&file).expect("the tokenizer");
+    let mut p1 = tok.encode(&long_text(7), true, true);
+    p1.truncate(200);
+    let mut p2 = p1.clone();
+    p2.extend(tok.encode(" Fact 60: the town number 4", false, false));
+    let s = start_qwen35(&file);
+    let url = base(&s);
+    complete_ids(&url, &p1);
+    let (_, c0) = counts(&url);
+    let warm = complete_ids(&url, &p2);
+    let cached = (counts(&url).1 - c0) as usize;
+    // The test config's prompt chunks are 64 tokens: 192 is the last boundary before 200.
+    assert!(cached >= 192, "{cached} reused");
+    assert!(metric(&url, "surplus_checkpoint_restores_total") >= 1.0);
+    let fresh = start_qwen35(&file);
+    assert_eq!(warm, complete_ids(&base(&fresh), &p2));
+}

@@ -798,7 +798,7 @@ impl Scheduler {
             &slot.job.prompt[..text_end],
             r.end,
             len,
-            slot.job.turn_start == Some(r.end),
+            slot.job.turn_start,
         ) {
             self.out
                 .metrics

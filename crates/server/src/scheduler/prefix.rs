@@ -447,9 +447,11 @@ impl PrefixCache {
     }
 
     /// After a prompt chunk of sequence `seq` ended at position `end` (the prompt's first
-    /// `end` tokens are `tokens`, cut at any image; `prompt_len` in all; `turn`: a chat turn
-    /// starts there): the sequence holds them, and a recurrent model saves its state when a
-    /// checkpoint is due. Returns whether it saved one.
+    /// `end` tokens are `tokens`, cut at any image; `prompt_len` in all; a chat turn starts
+    /// at `turn_start`): the sequence holds them, and a recurrent model saves its state when
+    /// a checkpoint is due: every `checkpoint_every` tokens, and at the prompt's end and its
+    /// turn's start (where prompts resume at chunk boundaries only, at the last boundary
+    /// before each). Returns whether it saved one.
     pub fn after_chunk(
         &mut self,
         engine: &mut Engine,
@@ -457,7 +459,7 @@ impl PrefixCache {
         tokens: &[u32],
         end: usize,
         prompt_len: usize,
-        turn: bool,
+        turn_start: Option<usize>,
     ) -> bool {
         let p = &mut self.held[seq];
         p.tokens.clear();
@@ -468,8 +470,18 @@ impl PrefixCache {
             return false;
         }
         let every = self.cfg.checkpoint_every;
-        let due = (every > 0 && end.is_multiple_of(every))
-            || ((end == prompt_len || turn) && self.state_ok(&self.held[seq], end));
+        let chunk = self.chunk;
+        let mark = |m: usize| {
+            if self.anywhere {
+                end == m
+            } else {
+                end == m / chunk * chunk
+            }
+        };
+        let due = ((every > 0 && end.is_multiple_of(every))
+            || mark(prompt_len)
+            || turn_start.is_some_and(mark))
+            && self.state_ok(p, end);
         if !due || p.checkpoints.iter().any(|c| c.pos == end) {
             return false;
         }
