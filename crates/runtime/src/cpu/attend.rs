@@ -15,7 +15,7 @@ use super::kernels::{softmax, tanh};
 use crate::limits::KvType;
 
 /// Most queries (token × head pairs) one [`attend`] call takes.
-pub const MAX_QUERIES: usize = 32;
+pub const MAX_QUERIES: usize = 64;
 
 /// Floats of scratch [`attend`] needs for `n_queries` queries of heads of `head_dim`
 /// values over at most `n_ctx` positions.
@@ -447,27 +447,42 @@ fn score_tile<const FMA: bool>(q: [&[f32]; 4], kt: &[f32], hd: usize) -> [[f32; 
 }
 
 /// `out += Σ_j p[j] · v_j` in order of j, where row j is `rows[r0 + j * stride..][..out.len()]`;
-/// the output is held in registers a chunk at a time.
+/// the output is held in registers a chunk of [`OUT_CHUNK`] values at a time.
 #[inline(always)]
 fn accumulate<const FMA: bool>(p: &[f32], rows: &[f32], r0: usize, stride: usize, out: &mut [f32]) {
-    for (c, o) in out.chunks_mut(OUT_CHUNK).enumerate() {
-        let w = o.len();
-        let mut acc = [0.0f32; OUT_CHUNK];
-        acc[..w].copy_from_slice(o);
+    let mut chunks = out.chunks_exact_mut(OUT_CHUNK);
+    let mut c0 = 0;
+    for o in &mut chunks {
+        // Four vectors of sixteen, named apart so that they live in registers.
+        let lanes = |k: usize| -> [f32; 16] { std::array::from_fn(|i| o[16 * k + i]) };
+        let (mut a0, mut a1, mut a2, mut a3) = (lanes(0), lanes(1), lanes(2), lanes(3));
         for (j, &pj) in p.iter().enumerate() {
-            let start = r0 + j * stride + c * OUT_CHUNK;
-            let v = &rows[start..start + w];
-            if w == OUT_CHUNK {
-                for (a, &x) in acc.iter_mut().zip(v) {
-                    *a = madd::<FMA>(pj, x, *a);
-                }
-            } else {
-                for (a, &x) in acc[..w].iter_mut().zip(v) {
-                    *a = madd::<FMA>(pj, x, *a);
-                }
+            let start = r0 + j * stride + c0;
+            let Some(v) = rows.get(start..start + OUT_CHUNK) else {
+                break;
+            };
+            for i in 0..16 {
+                a0[i] = madd::<FMA>(pj, v[i], a0[i]);
+                a1[i] = madd::<FMA>(pj, v[16 + i], a1[i]);
+                a2[i] = madd::<FMA>(pj, v[32 + i], a2[i]);
+                a3[i] = madd::<FMA>(pj, v[48 + i], a3[i]);
             }
         }
-        o.copy_from_slice(&acc[..w]);
+        for (k, a) in [a0, a1, a2, a3].iter().enumerate() {
+            o[16 * k..16 * k + 16].copy_from_slice(a);
+        }
+        c0 += OUT_CHUNK;
+    }
+    let o = chunks.into_remainder();
+    let w = o.len();
+    for (j, &pj) in p.iter().enumerate() {
+        let start = r0 + j * stride + c0;
+        let Some(v) = rows.get(start..start + w) else {
+            break;
+        };
+        for (a, &x) in o.iter_mut().zip(v) {
+            *a = madd::<FMA>(pj, x, *a);
+        }
     }
 }
 

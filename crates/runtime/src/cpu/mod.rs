@@ -374,7 +374,7 @@ impl Ops for CpuOps<'_> {
         // along the batch, so interleaving balances them).
         let n_kv = spec.n_kv_heads.max(1);
         let group = (spec.n_heads / n_kv).max(1);
-        let per_tile = (attend::MAX_QUERIES / group).clamp(1, 8);
+        let per_tile = (attend::MAX_QUERIES / group).clamp(1, 16);
         let heads_per_part = group.min(attend::MAX_QUERIES);
         let n_tiles = b.len().div_ceil(per_tile);
         let mut parts = group.div_ceil(heads_per_part);
