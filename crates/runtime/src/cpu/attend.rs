@@ -1,13 +1,5 @@
-//! The CPU KV cache's rows in their stored types (f32, f16, q8_0, q4_0) and the one attention
-//! kernel that reads them in place for every batch: decode, verification and prompt chunks.
-//!
-//! A query head's output is computed by the same arithmetic whatever else shares the call
-//! (other heads of its GQA group, other tokens), so a token's result never depends on the
-//! batch it was evaluated in: scores are one dot product per (query, key) row — f32 or f16
-//! keys against the f32 query, q8_0 / q4_0 keys against the query quantized once to q8_0 —
-//! scaled, softcapped, softmaxed over the visible positions, and the values are summed in
-//! position order in f32, each value row dequantized as it is read. A call loads every key
-//! and value row once for all its queries.
+//! The CPU KV cache's rows in their stored types (f32, f16, q8_0, q4_0), and the one attention
+//! kernel that reads them in place for decode, verification and prompt chunks alike.
 
 use quant::{BlockQ4_0, BlockQ8_0, DotFn, GgmlType};
 
@@ -137,8 +129,8 @@ impl<'a> KvRows<'a> {
 }
 
 /// One query of an [`attend`] call: a query head's values `q`, the positions `first..end`
-/// it sees, and its output `out` (as long as `q`).
-#[derive(Debug)]
+/// it sees, and its output `out` (as long as `q`). The default sees nothing.
+#[derive(Debug, Default)]
 pub struct Query<'a> {
     /// The query head (already roped).
     pub q: &'a [f32],

@@ -391,7 +391,9 @@ impl Ops for CpuOps<'_> {
             let n = be.attn_bytes_per_thread;
             be.attn_bytes.get_mut(self.w.ith() * n, n)
         };
-        let mut queries = Vec::with_capacity(attend::MAX_QUERIES);
+        // The queries of one call, on the stack (no allocation in a forward pass).
+        let mut queries: [attend::Query; attend::MAX_QUERIES] =
+            std::array::from_fn(|_| attend::Query::default());
         for u in (self.w.ith()..n_units).step_by(nth) {
             let (tile, rest) = (u / (n_kv * parts), u % (n_kv * parts));
             let (kvh, part) = (rest / parts, rest % parts);
@@ -406,7 +408,7 @@ impl Ops for CpuOps<'_> {
                     .find(|&t| b.seq[t] != seq)
                     .unwrap_or(tokens.end);
                 let base = row_at(seq, 0);
-                queries.clear();
+                let mut nq = 0;
                 for t in t0..t1 {
                     let pos = b.pos[t] as usize;
                     // A non-causal batch: up to its last position in this token's sequence.
@@ -423,12 +425,15 @@ impl Ops for CpuOps<'_> {
                                 os.get_mut(t * out.width + h * hd, hd),
                             )
                         };
-                        queries.push(attend::Query {
-                            q: qh,
-                            first,
-                            end,
-                            out: oh,
-                        });
+                        if let Some(slot) = queries.get_mut(nq) {
+                            *slot = attend::Query {
+                                q: qh,
+                                first,
+                                end,
+                                out: oh,
+                            };
+                            nq += 1;
+                        }
                     }
                 }
                 // SAFETY: the cache is only read in this phase.
@@ -439,7 +444,7 @@ impl Ops for CpuOps<'_> {
                     )
                 };
                 attend::attend(
-                    &mut queries,
+                    &mut queries[..nq],
                     attend::KvRows {
                         ty: c.k_type,
                         data: keys,
