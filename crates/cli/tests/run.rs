@@ -506,3 +506,43 @@ fn run_with_a_bad_schema_fails_naming_the_file() {
     assert!(!ok);
     assert!(err.contains("cannot be used with"), "{err}");
 }
+
+#[test]
+fn run_with_a_q8_0_kv_cache_keeps_the_greedy_start() {
+    let model = registry::test_model("smollm2-135m");
+    let g = golden("f64/smollm2-135m-instruct-q4_1");
+    // The "1, 2, 3, 4, 5," prompt, whose first steps are far from ties (see above).
+    let case = &g["greedy"][4];
+    let prompt = golden("smollm2-135m-instruct-q4_1")["greedy"][4]["prompt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let j = surplus(&[
+        "run",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        &prompt,
+        "-n",
+        "4",
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "-t",
+        "2",
+        "--gpu-layers",
+        "0",
+        "-ctk",
+        "q8_0",
+        "-ctv",
+        "q8_0",
+        "--json",
+    ]);
+    assert_eq!(j["prompt_tokens"], case["prompt_ids"]);
+    let tokens = j["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 4);
+    assert_eq!(
+        tokens[..3],
+        case["f64_greedy_tokens"].as_array().unwrap()[..3]
+    );
+}

@@ -214,7 +214,7 @@ pub(crate) struct Shape {
 }
 
 /// The KV cache types the CPU backend stores.
-const CPU_KV: &[KvType] = &[KvType::F32];
+const CPU_KV: &[KvType] = &[KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0];
 /// The KV cache types the CUDA backend stores.
 const GPU_KV: &[KvType] = &[KvType::F16];
 
@@ -227,6 +227,20 @@ fn check_kv(kv: &KvConfig, supported: &[KvType], device: &str) -> Result<(), Eng
             return Err(EngineError::Placement(format!(
                 "{device} cannot hold a {t} KV cache yet (it takes: {})",
                 names.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a quantized KV cache's blocks do not straddle two heads (heads of
+/// `head_dim` values), which the attention kernels read one head at a time.
+fn check_heads(kv: &KvConfig, head_dim: usize) -> Result<(), EngineError> {
+    for t in [kv.k_type, kv.v_type] {
+        if !head_dim.is_multiple_of(t.block()) {
+            return Err(EngineError::Placement(format!(
+                "a {t} KV cache needs heads of whole {}-value blocks; this model's are {head_dim} wide (use f16 or f32)",
+                t.block()
             )));
         }
     }
@@ -247,6 +261,7 @@ pub(crate) fn place(
         let model = Model::load(file, max_logit_rows)?;
         let s = shape(&model);
         check_kv(&s.kv, CPU_KV, "the CPU")?;
+        check_heads(&s.kv, model.hp.head_dim)?;
         let mut be = CpuBackend::new(model.plan(), s.n_batch, s.kv, s.n_threads);
         if let Some((n_layers, net)) = model.recurrent() {
             be = be.with_recurrent(RecurrentConfig { n_layers, net });
@@ -387,6 +402,7 @@ pub(crate) fn place(
     );
     if split {
         check_kv(&s.kv, CPU_KV, "the CPU")?;
+        check_heads(&s.kv, model.hp.head_dim)?;
         let mut cpu = CpuBackend::new(model.plan(), s.n_batch, s.kv, s.n_threads);
         if let Some(r) = full_rec {
             cpu = cpu.with_recurrent(r);

@@ -49,4 +49,53 @@ impl BlockQ4_0 {
         pack_nibbles_split(&q, &mut qs);
         BlockQ4_0 { d, qs }
     }
+
+    /// ggml's reference quantizer (`quantize_row_q4_0_ref`): `d = max / -8` for the
+    /// element `max` of largest magnitude, in f32, and each level `x / d + 8.5` truncated
+    /// and capped at 15 (what a KV cache row written by llama.cpp's reference path holds).
+    pub fn quantize_ref(x: &[f32; QK4_0]) -> Self {
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in x {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let d = max / -8.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        // `as u8` truncates toward zero (and saturates), as C's (int8_t) cast in this range.
+        let q = x.map(|v| ((v * id + 8.5) as u8).min(15));
+        let mut qs = [0u8; QK4_0 / 2];
+        pack_nibbles_split(&q, &mut qs);
+        BlockQ4_0 {
+            d: f16::from_f32(d),
+            qs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_ref_follows_ggml() {
+        let mut x = [0.0f32; 32];
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = (i as f32 - 12.0) * 0.5;
+        }
+        // max = 9.5 (i = 31): d = -1.1875, levels trunc(x / d + 8.5) capped at 15.
+        let b = BlockQ4_0::quantize_ref(&x);
+        assert_eq!(b.d.to_f32(), -1.1875);
+        let mut y = [0.0f32; 32];
+        b.dequantize(&mut y);
+        assert_eq!(y[31], 9.5); // level 0
+        assert_eq!(y[12], 0.0); // level 8
+                                // x = -6 (i = 0): -6 / -1.1875 + 8.5 = 13.55 -> 13, value -5 × -1.1875.
+        assert_eq!(y[0], 5.0 * -1.1875);
+        // x = -3.5 (i = 5): 2.947 + 8.5 = 11.447 -> 11.
+        assert_eq!(y[5], 3.0 * -1.1875);
+        let z = BlockQ4_0::quantize_ref(&[0.0; 32]);
+        assert_eq!((z.d.to_f32(), z.qs), (0.0, [0x88; 16]));
+    }
 }

@@ -41,6 +41,19 @@ impl BlockQ8_0 {
         let (d, qs) = quantize_symmetric8(x, true);
         BlockQ8_0 { d, qs }
     }
+
+    /// ggml's reference quantizer (`quantize_row_q8_0_ref`): scale `d = max|x| / 127` in
+    /// f32, each element times `1 / d` rounded half away from zero (what a KV cache row
+    /// written by llama.cpp's reference path holds).
+    pub fn quantize_ref(x: &[f32; QK8_0]) -> Self {
+        let amax = x.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        BlockQ8_0 {
+            d: f16::from_f32(d),
+            qs: x.map(|v| (v * id).round() as i8),
+        }
+    }
 }
 
 /// Symmetric 8-bit quantization with an f16 scale `amax / 127` (shared with Q8_1).
@@ -65,4 +78,27 @@ pub(crate) fn quantize_symmetric8(x: &[f32; 32], ggml_levels: bool) -> (f16, [i8
         inverse(d.to_f32())
     };
     (d, x.map(|v| round_i32(v * id).clamp(-127, 127) as i8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_ref_follows_ggml() {
+        let mut x = [0.0f32; 32];
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = (i as f32 - 10.0) * 0.25;
+        }
+        // amax 5.25 at i = 31: d = 5.25 / 127, levels x × 127 / 5.25 rounded half away.
+        let b = BlockQ8_0::quantize_ref(&x);
+        assert_eq!(b.d, f16::from_f32(5.25 / 127.0));
+        assert_eq!(b.qs[31], 127);
+        assert_eq!(b.qs[10], 0);
+        // -2.5 × 127 / 5.25 = -60.476...
+        assert_eq!(b.qs[0], -60);
+        assert_eq!(b.qs[11], 6); // 0.25 × 24.19 = 6.05
+        let z = BlockQ8_0::quantize_ref(&[0.0; 32]);
+        assert_eq!((z.d.to_f32(), z.qs), (0.0, [0; 32]));
+    }
 }

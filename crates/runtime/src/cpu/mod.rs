@@ -1,6 +1,7 @@
 //! The CPU backend: activation buffers and KV cache allocated once, and [`CpuOps`], which
 //! runs every operation of a forward pass on all threads of the pool with a barrier after each.
 
+pub mod attend;
 pub mod kernels;
 mod matmul;
 mod recurrent;
@@ -50,8 +51,16 @@ pub struct CpuBackend {
     panel_scratch: Shared<u8>,
     panel_scratch_per_thread: usize,
     kv: KvConfig,
-    k: Shared<f32>,
-    v: Shared<f32>,
+    /// Keys, as bytes of `kv.k_type`: for each layer and sequence, `n_ctx` rows of
+    /// `k_stride` bytes.
+    k: Shared<u8>,
+    /// Values, as bytes of `kv.v_type`, laid out as `k`.
+    v: Shared<u8>,
+    k_stride: usize,
+    v_stride: usize,
+    /// Per-thread bytes for attention: the queries quantized for quantized keys.
+    attn_bytes: Shared<u8>,
+    attn_bytes_per_thread: usize,
     /// State of the recurrent layers ([`CpuBackend::with_recurrent`]).
     rec: Option<Recurrent>,
 }
@@ -65,10 +74,21 @@ impl CpuBackend {
         // Any activation format takes at most 4 bytes per value (f32), plus block headers.
         let qrow_cap = max_width * 4 + 64;
         // Attention scores of a whole prompt chunk against the context, or the other users.
-        let scratch_per_thread =
-            (kv.n_ctx * max_batch).max(kv.n_ctx + 2 * max_width + GEMM_ROWS * max_width) + 64;
+        let scratch_per_thread = (kv.n_ctx * max_batch)
+            .max(kv.n_ctx + 2 * max_width + GEMM_ROWS * max_width)
+            .max(attend::scratch_len(
+                attend::MAX_QUERIES,
+                kv.n_ctx,
+                max_width,
+            ))
+            + 64;
         let n_threads = n_threads.max(1);
-        let kv_len = kv.n_layers * kv.n_seq * kv.n_ctx * kv.kv_dim;
+        // Rows of whole blocks (the engine checks that `kv_dim` is whole blocks, so this is
+        // `KvConfig::bytes` in all).
+        let stride = |t: crate::KvType| t.row_bytes(kv.kv_dim.next_multiple_of(t.block()));
+        let (k_stride, v_stride) = (stride(kv.k_type), stride(kv.v_type));
+        let rows = kv.n_layers * kv.n_seq * kv.n_ctx;
+        let attn_bytes_per_thread = attend::scratch_bytes(attend::MAX_QUERIES, max_width) + 64;
         let panel_scratch_per_thread = int8::weight_panel_bytes(max_width) + max_width + 64;
         CpuBackend {
             pool: Arc::new(ThreadPool::new(n_threads)),
@@ -93,8 +113,12 @@ impl CpuBackend {
             panel_sums: Shared::new((max_batch.div_ceil(4) * 4) * (max_width / 32 + 1)),
             panel_scratch: Shared::new(panel_scratch_per_thread * n_threads),
             panel_scratch_per_thread,
-            k: Shared::new(kv_len),
-            v: Shared::new(kv_len),
+            k: Shared::new(rows * k_stride),
+            v: Shared::new(rows * v_stride),
+            k_stride,
+            v_stride,
+            attn_bytes: Shared::new(attn_bytes_per_thread * n_threads),
+            attn_bytes_per_thread,
             kv,
             rec: None,
         }
@@ -180,12 +204,15 @@ impl CpuBackend {
     /// (the KV cache only, not recurrent state).
     pub fn kv_copy(&mut self, src: usize, dst: usize, len: usize) {
         let c = &self.kv;
-        let per_seq = c.n_ctx * c.kv_dim;
-        let n = len.min(c.n_ctx) * c.kv_dim;
-        for layer in 0..c.n_layers {
-            let s = (layer * c.n_seq + src) * per_seq;
-            let d = (layer * c.n_seq + dst) * per_seq;
-            for buf in [&mut self.k, &mut self.v] {
+        if src >= c.n_seq || dst >= c.n_seq || src == dst {
+            return;
+        }
+        for (buf, stride) in [(&mut self.k, self.k_stride), (&mut self.v, self.v_stride)] {
+            let per_seq = c.n_ctx * stride;
+            let n = len.min(c.n_ctx) * stride;
+            for layer in 0..c.n_layers {
+                let s = (layer * c.n_seq + src) * per_seq;
+                let d = (layer * c.n_seq + dst) * per_seq;
                 buf.as_mut_slice().copy_within(s..s + n, d);
             }
         }
@@ -324,63 +351,119 @@ impl Ops for CpuOps<'_> {
     fn attention(&self, layer: usize, q: Act, k: Act, v: Act, spec: &Attention, out: Act) {
         let be = self.be;
         let c = &be.kv;
-        let kv_dim = spec.n_kv_heads * spec.head_dim;
+        let hd = spec.head_dim;
+        let kv_dim = (spec.n_kv_heads * hd).min(c.kv_dim);
         let (ks, vs, qs, os) = (be.act(k), be.act(v), be.act(q), be.act(out));
-        let seq_base = |seq: u32| ((layer * c.n_seq + seq as usize) * c.n_ctx) * c.kv_dim;
-        // 1. Store this batch's keys and values.
-        self.rows(self.batch.len(), |t| {
-            let at = seq_base(self.batch.seq[t]) + self.batch.pos[t] as usize * c.kv_dim;
+        let row_at = |seq: u32, pos: usize| (layer * c.n_seq + seq as usize) * c.n_ctx + pos;
+        let b = self.batch;
+        // 1. Store this batch's keys and values, converted to the cache's types.
+        self.rows(b.len(), |t| {
+            let r = row_at(b.seq[t], b.pos[t] as usize);
             // SAFETY: each (sequence, position) slot is written by one token of the batch,
             // handled by one thread; k and v rows are only read.
             unsafe {
-                be.k.get_mut(at, kv_dim)
-                    .copy_from_slice(ks.get(t * k.width, kv_dim));
-                be.v.get_mut(at, kv_dim)
-                    .copy_from_slice(vs.get(t * v.width, kv_dim));
+                let kr = be.k.get_mut(r * be.k_stride, be.k_stride);
+                attend::store_row(c.k_type, ks.get(t * k.width, kv_dim), kr);
+                let vr = be.v.get_mut(r * be.v_stride, be.v_stride);
+                attend::store_row(c.v_type, vs.get(t * v.width, kv_dim), vr);
             }
         });
         self.w.barrier();
-        if self.chunk.is_some() {
-            self.attention_gemm(spec, q, out, layer);
-            self.done(out);
-            return;
+        // 2. Attend. A unit of work is a tile of consecutive tokens × one KV head × a part
+        // of its group's query heads; each thread takes every nth unit (causal tiles grow
+        // along the batch, so interleaving balances them).
+        let n_kv = spec.n_kv_heads.max(1);
+        let group = (spec.n_heads / n_kv).max(1);
+        let per_tile = (attend::MAX_QUERIES / group).clamp(1, 16);
+        let heads_per_part = group.min(attend::MAX_QUERIES);
+        let n_tiles = b.len().div_ceil(per_tile);
+        let mut parts = group.div_ceil(heads_per_part);
+        let nth = self.w.nth();
+        if n_tiles * n_kv * parts < nth {
+            parts = nth.div_ceil(n_tiles * n_kv).min(group);
         }
-        // 2. Attend, one (token, head) pair at a time.
-        let group = spec.n_heads / spec.n_kv_heads.max(1);
-        let scores = self.scratch();
-        let b = self.batch;
-        self.rows(self.batch.len() * spec.n_heads, |r| {
-            let (t, h) = (r / spec.n_heads, r % spec.n_heads);
-            let pos = self.batch.pos[t] as usize;
-            // A non-causal batch: up to its last position in this token's sequence.
-            let n_pos = b.key_end(t) as usize;
-            let first = match spec.window {
-                Some(win) => (pos + 1).saturating_sub(win as usize),
-                None => 0,
-            };
-            let base = seq_base(self.batch.seq[t]);
-            // SAFETY: the cache is only read in this phase; query head (t, h) is read and
-            // output head (t, h) written by this thread only.
-            unsafe {
-                let keys = be.k.get(base, n_pos * c.kv_dim);
-                let vals = be.v.get(base, n_pos * c.kv_dim);
-                let qh = qs.get(t * q.width + h * spec.head_dim, spec.head_dim);
-                let oh = os.get_mut(t * out.width + h * spec.head_dim, spec.head_dim);
-                kernels::attend(
-                    qh,
-                    keys,
-                    vals,
-                    c.kv_dim,
-                    (h / group) * spec.head_dim,
-                    first,
-                    n_pos,
+        let heads_per_part = group.div_ceil(parts);
+        let parts = group.div_ceil(heads_per_part);
+        let n_units = n_tiles * n_kv * parts;
+        let scratch = self.scratch();
+        // SAFETY: each thread's slice of the byte scratch is its own.
+        let qbytes = unsafe {
+            let n = be.attn_bytes_per_thread;
+            be.attn_bytes.get_mut(self.w.ith() * n, n)
+        };
+        // The queries of one call, on the stack (no allocation in a forward pass).
+        let mut queries: [attend::Query; attend::MAX_QUERIES] =
+            std::array::from_fn(|_| attend::Query::default());
+        for u in (self.w.ith()..n_units).step_by(nth) {
+            let (tile, rest) = (u / (n_kv * parts), u % (n_kv * parts));
+            let (kvh, part) = (rest / parts, rest % parts);
+            let heads = kvh * group + part * heads_per_part
+                ..(kvh * group + (part + 1) * heads_per_part).min((kvh + 1) * group);
+            let tokens = tile * per_tile..((tile + 1) * per_tile).min(b.len());
+            // Runs of tokens of one sequence share the cache rows they read.
+            let mut t0 = tokens.start;
+            while t0 < tokens.end {
+                let seq = b.seq[t0];
+                let t1 = (t0..tokens.end)
+                    .find(|&t| b.seq[t] != seq)
+                    .unwrap_or(tokens.end);
+                let base = row_at(seq, 0);
+                let mut nq = 0;
+                for t in t0..t1 {
+                    let pos = b.pos[t] as usize;
+                    // A non-causal batch: up to its last position in this token's sequence.
+                    let end = b.key_end(t) as usize;
+                    let first = spec
+                        .window
+                        .map_or(0, |win| (pos + 1).saturating_sub(win as usize));
+                    for h in heads.clone() {
+                        // SAFETY: q is only read; output head (t, h) is written by the one
+                        // thread that owns this unit.
+                        let (qh, oh) = unsafe {
+                            (
+                                qs.get(t * q.width + h * hd, hd),
+                                os.get_mut(t * out.width + h * hd, hd),
+                            )
+                        };
+                        if let Some(slot) = queries.get_mut(nq) {
+                            *slot = attend::Query {
+                                q: qh,
+                                first,
+                                end,
+                                out: oh,
+                            };
+                            nq += 1;
+                        }
+                    }
+                }
+                // SAFETY: the cache is only read in this phase.
+                let (keys, vals) = unsafe {
+                    (
+                        be.k.get(base * be.k_stride, c.n_ctx * be.k_stride),
+                        be.v.get(base * be.v_stride, c.n_ctx * be.v_stride),
+                    )
+                };
+                attend::attend(
+                    &mut queries[..nq],
+                    attend::KvRows {
+                        ty: c.k_type,
+                        data: keys,
+                        stride: be.k_stride,
+                    },
+                    attend::KvRows {
+                        ty: c.v_type,
+                        data: vals,
+                        stride: be.v_stride,
+                    },
+                    kvh * hd,
                     spec.scale,
                     spec.softcap,
-                    scores,
-                    oh,
+                    scratch,
+                    qbytes,
                 );
+                t0 = t1;
             }
-        });
+        }
         self.done(out);
     }
 
@@ -527,97 +610,6 @@ impl Ops for CpuOps<'_> {
 }
 
 impl CpuOps<'_> {
-    /// Attention of a prompt chunk, one head at a time per thread: scores = Q·Kᵀ by GEMM over
-    /// every position up to the chunk's end, masked (causal, window), softcapped, softmaxed
-    /// row by row, then out = P·V by GEMM.
-    fn attention_gemm(&self, spec: &Attention, q: Act, out: Act, layer: usize) {
-        let Some((seq, p0)) = self.chunk else {
-            return;
-        };
-        let be = self.be;
-        let c = &be.kv;
-        let n = self.batch.len();
-        let len = p0 as usize + n;
-        let hd = spec.head_dim;
-        let group = spec.n_heads / spec.n_kv_heads.max(1);
-        let base = ((layer * c.n_seq + seq as usize) * c.n_ctx) * c.kv_dim;
-        let (qs, os) = (be.act(q), be.act(out));
-        let scores = &mut self.scratch()[..n * len];
-        for h in self.w.split(spec.n_heads) {
-            let off = (h / group) * hd;
-            // SAFETY: the cache and q are only read in this phase; this thread alone writes
-            // head h's columns of `out` (n rows of out.width, columns h*hd..h*hd+hd); the
-            // strides below stay inside the buffers: scores is n × len, the cache holds
-            // len positions of kv_dim values from `base`, q and out hold n rows.
-            unsafe {
-                let keys = be.k.get(base, len * c.kv_dim).as_ptr().add(off);
-                let vals = be.v.get(base, len * c.kv_dim).as_ptr().add(off);
-                let qp = qs.get(0, n * q.width).as_ptr().add(h * hd);
-                gemm::gemm(
-                    n,
-                    len,
-                    hd,
-                    scores.as_mut_ptr(),
-                    1,
-                    len as isize,
-                    false,
-                    qp,
-                    1,
-                    q.width as isize,
-                    keys,
-                    c.kv_dim as isize,
-                    1,
-                    0.0,
-                    spec.scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-                for i in 0..n {
-                    let pos = p0 as usize + i;
-                    let first = spec
-                        .window
-                        .map_or(0, |w| (pos + 1).saturating_sub(w as usize));
-                    // A non-causal batch sees all of itself.
-                    let end = if self.batch.non_causal { len - 1 } else { pos };
-                    let row = &mut scores[i * len..(i + 1) * len];
-                    if let Some(cap) = spec.softcap {
-                        for v in &mut row[first..=end] {
-                            *v = cap * kernels::tanh(*v / cap);
-                        }
-                    }
-                    kernels::softmax(&mut row[first..=end]);
-                    // Hidden keys (outside the window, or later positions) weigh nothing.
-                    row[..first].fill(0.0);
-                    row[end + 1..].fill(0.0);
-                }
-                let op = os.as_mut_ptr().add(h * hd);
-                gemm::gemm(
-                    n,
-                    hd,
-                    len,
-                    op,
-                    1,
-                    out.width as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    len as isize,
-                    vals,
-                    1,
-                    c.kv_dim as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        }
-    }
-
     /// `out = f(a, b)` row by row; `out` may be `a` or `b`.
     fn zip2(&self, n: usize, a: Act, b: Act, out: Act, f: impl Fn(&[f32], &[f32], &mut [f32])) {
         let (sa, sb, so) = (self.be.act(a), self.be.act(b), self.be.act(out));
