@@ -23,12 +23,11 @@ impl CpuBackend {
         self.kv.check_saved(seq, &range, None)?;
         let c = &self.kv;
         for layer in 0..c.n_layers {
-            let base = (layer * c.n_seq + seq as usize) * c.n_ctx * c.kv_dim;
-            let span = base + range.start * c.kv_dim..base + range.end * c.kv_dim;
-            for buf in [&mut self.k, &mut self.v] {
-                for x in &buf.as_slice()[span.clone()] {
-                    out.extend_from_slice(&x.to_ne_bytes());
-                }
+            for (buf, stride) in [(&mut self.k, self.k_stride), (&mut self.v, self.v_stride)] {
+                let base = (layer * c.n_seq + seq as usize) * c.n_ctx * stride;
+                out.extend_from_slice(
+                    &buf.as_slice()[base + range.start * stride..base + range.end * stride],
+                );
             }
         }
         Ok(())
@@ -45,14 +44,12 @@ impl CpuBackend {
         let c = &self.kv;
         let mut at = 0;
         for layer in 0..c.n_layers {
-            let base = (layer * c.n_seq + seq as usize) * c.n_ctx * c.kv_dim;
-            let span = base + range.start * c.kv_dim..base + range.end * c.kv_dim;
-            for buf in [&mut self.k, &mut self.v] {
-                for x in &mut buf.as_mut_slice()[span.clone()] {
-                    let b: [u8; 4] = data[at..at + 4].try_into().unwrap_or_default();
-                    *x = f32::from_ne_bytes(b);
-                    at += 4;
-                }
+            for (buf, stride) in [(&mut self.k, self.k_stride), (&mut self.v, self.v_stride)] {
+                let base = (layer * c.n_seq + seq as usize) * c.n_ctx * stride;
+                let n = range.len() * stride;
+                buf.as_mut_slice()[base + range.start * stride..][..n]
+                    .copy_from_slice(&data[at..at + n]);
+                at += n;
             }
         }
         Ok(at)
