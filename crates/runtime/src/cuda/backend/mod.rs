@@ -488,6 +488,30 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// The bytes of the key and value caches as stored (for tests), after the passes so far.
+    #[cfg(test)]
+    pub(crate) fn cache_bytes(&mut self) -> Result<(Vec<u8>, Vec<u8>), BackendError> {
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .map_err(drv("binding the context"))?;
+        let mut out = Vec::new();
+        for buf in [&self.kc, &self.vc] {
+            let mut host = vec![0u8; buf.bytes];
+            // SAFETY: `buf` holds `bytes` bytes; the copy is ordered after the passes on the
+            // stream and completes before the synchronization below returns.
+            unsafe {
+                result::memcpy_dtoh_async(&mut host[..], buf.ptr, self.dev.stream.cu_stream())
+            }
+            .map_err(drv("reading the cache"))?;
+            out.push(host);
+        }
+        self.synchronize()?;
+        let v = out.pop().unwrap_or_default();
+        let k = out.pop().unwrap_or_default();
+        Ok((k, v))
+    }
+
     /// Positions the recurrent state of `seq` covers (`None` without recurrent layers).
     pub fn recurrent_len(&self, seq: u32) -> Option<usize> {
         self.rec.as_ref().and_then(|r| r.t.seq_len(seq))
