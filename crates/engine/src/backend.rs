@@ -205,8 +205,9 @@ pub(crate) struct Shape {
 
 /// The KV cache types the CPU backend stores.
 const CPU_KV: &[KvType] = &[KvType::F32];
-/// The KV cache types the CUDA backend stores.
-const GPU_KV: &[KvType] = &[KvType::F16];
+/// The KV cache types the CUDA backend stores (f32 only with heads of up to 128 values,
+/// which the backend checks at load).
+const GPU_KV: &[KvType] = &[KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0];
 
 /// Checks that `device` can hold the KV cache `kv`.
 fn check_kv(kv: &KvConfig, supported: &[KvType], device: &str) -> Result<(), EngineError> {
