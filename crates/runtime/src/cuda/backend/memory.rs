@@ -264,3 +264,52 @@ impl CudaBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k_type: KvType, v_type: KvType) -> KvConfig {
+        KvConfig {
+            n_layers: 2,
+            kv_dim: 128,
+            n_ctx: 512,
+            n_seq: 3,
+            k_type,
+            v_type,
+        }
+    }
+
+    /// The plan counts the cache's bytes by type (4 blocks of 34 or 18 bytes per q8_0 /
+    /// q4_0 row of 128), and the placement line names the types.
+    #[test]
+    fn kv_cache_bytes_follow_the_types() {
+        let mut plan = Plan::new();
+        plan.act(64);
+        let rows = 2 * 512 * 3;
+        let bytes = |k, v| sizes(&plan, 4, &kv(k, v), None, 4, 64, 1 << 34).kv;
+        assert_eq!(bytes(KvType::F32, KvType::F32), rows * 2 * 512);
+        assert_eq!(bytes(KvType::F16, KvType::F16), rows * 2 * 256);
+        assert_eq!(bytes(KvType::Q8_0, KvType::Q8_0), rows * 2 * 136);
+        assert_eq!(bytes(KvType::Q4_0, KvType::Q4_0), rows * 2 * 72);
+        assert_eq!(bytes(KvType::Q8_0, KvType::F16), rows * (136 + 256));
+        let line = |k, v| {
+            MemoryPlan {
+                kv_cache: bytes(k, v),
+                kv_types: (k, v),
+                ..MemoryPlan::default()
+            }
+            .to_string()
+        };
+        assert!(line(KvType::Q8_0, KvType::Q8_0).contains("KV cache 1 MiB (q8_0)"));
+        assert!(line(KvType::F16, KvType::F16).contains("KV cache 2 MiB (f16)"));
+        assert!(line(KvType::Q4_0, KvType::F16).contains("(K q4_0, V f16)"));
+    }
+
+    #[test]
+    fn f32_caches_take_heads_of_up_to_128() {
+        assert_eq!(kv_max_head_dim(&kv(KvType::F16, KvType::Q4_0)), 256);
+        assert_eq!(kv_max_head_dim(&kv(KvType::Q8_0, KvType::F32)), 128);
+        assert_eq!(kv_code(KvType::Q4_0), 3);
+    }
+}
