@@ -539,6 +539,18 @@ fn attention_with_cache(kt: KvType, vt: KvType, tol: f32) {
         "decode at 100",
         false,
     );
+    // Past the first of the two splits of 150 keys (the positions between are zero rows
+    // in both caches).
+    let far = Batch {
+        tokens: vec![1, 2],
+        pos: vec![200, 160],
+        seq: vec![0, 1],
+        logits: vec![],
+        embd: vec![],
+        non_causal: false,
+        rope_pos: Vec::new(),
+    };
+    step(&mut p, &far, "decode over two splits", false);
     eprintln!("{kt}/{vt} cache: largest deviation from an f32 cache {worst:.2e} (bound {tol:.1e})");
 }
 
