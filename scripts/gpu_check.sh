@@ -10,9 +10,9 @@
 #      golden tests with SURPLUS_TEST_GPU=1 (qwen35 fixture always; the test models when on
 #      disk under $SURPLUS_HOME/models or ~/.cache/surplus/models);
 #   4. surplus bench (pp512, tg128) on the models present and on a synthetic Llama-3-8B-shaped
-#      model written here (surplus synth), plus tg128 without CUDA graphs; with
-#      GPU_CHECK_QWEN36=1 also a Qwen3.6-27B-shaped qwen35 model (about 16 GB, 2-3 more
-#      minutes): bench, and 128 tokens with MTP on and off;
+#      model written here (surplus synth), plus that model with a q8_0 KV cache and tg128
+#      without CUDA graphs; with GPU_CHECK_QWEN36=1 also a Qwen3.6-27B-shaped qwen35 model
+#      (about 16 GB, 2-3 more minutes): bench, and 128 tokens with MTP on and off;
 #   5. the copy bandwidth, and a table: tokens/s and % of the bandwidth roofline
 #      (weight bytes read per token × tokens/s ÷ copy bandwidth).
 # From a session with the device tool: scripts/gpu_bundle.sh here, then run
@@ -123,11 +123,12 @@ done
 
 echo "=== 4. bench $(elapsed)"
 BENCH="$OUT/bench.jsonl"; : > "$BENCH"
-bench() { # name path n-prompt
+bench() { # name path n-prompt [extra flags...]
   local name=$1 path=$2 np=${3:-512}
+  shift; shift; [ $# -gt 0 ] && shift
   echo "--- $name"
   if timeout 240 "$BIN" bench -m "$path" -p "$np" -n 128 -r 2 -c 1024 --gpu-layers all --json \
-      > "$OUT/bench-$name.json" 2> "$OUT/bench-$name.err"; then
+      "$@" > "$OUT/bench-$name.json" 2> "$OUT/bench-$name.err"; then
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["name"]=sys.argv[2]; print(json.dumps(d))' \
       "$OUT/bench-$name.json" "$name" >> "$BENCH"
     cat "$OUT/bench-$name.json"
@@ -152,6 +153,8 @@ echo "--- synthetic Llama-3-8B shape (vocabulary: ${VOCAB:-placeholder, 49152 to
 # shellcheck disable=SC2086 # GPU_CHECK_SYNTH: extra flags (a smaller shape to try the script)
 if timeout 240 "$BIN" synth "$SYN" ${VOCAB:+--vocab-from "$VOCAB"} ${GPU_CHECK_SYNTH:-}; then
   bench llama3-8b-shape "$SYN"
+  echo "--- llama3-8b-shape with a q8_0 KV cache"
+  bench llama3-8b-shape-kv-q8_0 "$SYN" 512 -ctk q8_0 -ctv q8_0
   echo "--- llama3-8b-shape tg128 without CUDA graphs"
   SURPLUS_NO_CUDA_GRAPH=1 bench llama3-8b-shape-nograph "$SYN" 0
 fi

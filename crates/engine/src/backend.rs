@@ -213,29 +213,12 @@ pub(crate) struct Shape {
     pub n_threads: usize,
 }
 
-/// The KV cache types the CPU backend stores.
-const CPU_KV: &[KvType] = &[KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0];
-/// The KV cache types the CUDA backend stores.
-const GPU_KV: &[KvType] = &[KvType::F16];
-
-/// Checks that `device` can hold the KV cache `kv`.
-fn check_kv(kv: &KvConfig, supported: &[KvType], device: &str) -> Result<(), EngineError> {
+/// Checks that a KV cache of `kv`'s types fits the model's rows and heads (`head_dim`
+/// values): a quantized type's blocks may not straddle two heads, which attention reads one
+/// at a time. Every device stores f32, f16, q8_0 and q4_0; the CUDA backend checks its own
+/// limits at load.
+fn check_kv(kv: &KvConfig, head_dim: usize) -> Result<(), EngineError> {
     kv.check().map_err(EngineError::Placement)?;
-    for t in [kv.k_type, kv.v_type] {
-        if !supported.contains(&t) {
-            let names: Vec<&str> = supported.iter().map(|t| t.name()).collect();
-            return Err(EngineError::Placement(format!(
-                "{device} cannot hold a {t} KV cache yet (it takes: {})",
-                names.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Checks that a quantized KV cache's blocks do not straddle two heads (heads of
-/// `head_dim` values), which the attention kernels read one head at a time.
-fn check_heads(kv: &KvConfig, head_dim: usize) -> Result<(), EngineError> {
     for t in [kv.k_type, kv.v_type] {
         if !head_dim.is_multiple_of(t.block()) {
             return Err(EngineError::Placement(format!(
@@ -260,8 +243,7 @@ pub(crate) fn place(
     let cpu = |file: Arc<gguf::Gguf>, why: String| -> Result<_, EngineError> {
         let model = Model::load(file, max_logit_rows)?;
         let s = shape(&model);
-        check_kv(&s.kv, CPU_KV, "the CPU")?;
-        check_heads(&s.kv, model.hp.head_dim)?;
+        check_kv(&s.kv, model.hp.head_dim)?;
         let mut be = CpuBackend::new(model.plan(), s.n_batch, s.kv, s.n_threads);
         if let Some((n_layers, net)) = model.recurrent() {
             be = be.with_recurrent(RecurrentConfig { n_layers, net });
@@ -290,7 +272,7 @@ pub(crate) fn place(
         v_type: s.gpu_kv_types.1,
         ..s.kv.clone()
     };
-    check_kv(&gpu_kv, GPU_KV, "a GPU")?;
+    check_kv(&gpu_kv, model.hp.head_dim)?;
     let full_rec = model
         .recurrent()
         .map(|(n_layers, net)| RecurrentConfig { n_layers, net });
@@ -401,8 +383,7 @@ pub(crate) fn place(
         }
     );
     if split {
-        check_kv(&s.kv, CPU_KV, "the CPU")?;
-        check_heads(&s.kv, model.hp.head_dim)?;
+        check_kv(&s.kv, model.hp.head_dim)?;
         let mut cpu = CpuBackend::new(model.plan(), s.n_batch, s.kv, s.n_threads);
         if let Some(r) = full_rec {
             cpu = cpu.with_recurrent(r);

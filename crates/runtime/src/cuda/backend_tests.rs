@@ -11,7 +11,7 @@ use crate::collect::Collect;
 use crate::cpu::CpuBackend;
 use crate::ops::{Act, Attention, Batch, DeltaNet, Ops, Plan, Rollback, Rope, RopeMode};
 use crate::tensor::{Bytes, Weight};
-use crate::{KvConfig, RecurrentConfig};
+use crate::{KvConfig, KvType, RecurrentConfig};
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed
@@ -54,6 +54,18 @@ impl Pair {
         rec: Option<RecurrentConfig>,
         f: &(dyn Fn(&dyn Ops) + Sync),
     ) -> Pair {
+        Pair::with_kv(dev, plan, kv.clone(), kv, rec, f)
+    }
+
+    /// As [`Pair::new`], the CPU's cache shaped `kv` and the GPU's `gpu_kv`.
+    fn with_kv(
+        dev: GpuContext,
+        plan: &Plan,
+        kv: KvConfig,
+        gpu_kv: KvConfig,
+        rec: Option<RecurrentConfig>,
+        f: &(dyn Fn(&dyn Ops) + Sync),
+    ) -> Pair {
         let mut b = Batch::one_sequence(&[0], 0, 0, true);
         b.logits = vec![0];
         let c = Collect::new(b);
@@ -67,7 +79,7 @@ impl Pair {
             max_heads: 8,
             max_head_dim: 128,
         };
-        let gpu = CudaBackend::new(dev, plan, MAX_ROWS, kv, rec, attn, &used)
+        let gpu = CudaBackend::new(dev, plan, MAX_ROWS, gpu_kv, rec, attn, &used)
             .unwrap_or_else(|e| panic!("CudaBackend::new: {e}"));
         Pair { cpu, gpu }
     }
@@ -106,8 +118,8 @@ fn kv(n_ctx: usize, kv_dim: usize, n_seq: usize, n_layers: usize) -> KvConfig {
         kv_dim,
         n_ctx,
         n_seq,
-        k_type: crate::KvType::F16,
-        v_type: crate::KvType::F16,
+        k_type: KvType::F16,
+        v_type: KvType::F16,
     }
 }
 
@@ -309,6 +321,347 @@ fn attention_ops_match_cpu() {
         &mut p,
         &Batch::one_sequence(&[5], 100, 0, false),
         "decode at 100",
+    );
+}
+
+/// ggml's reference `quantize_row_q8_0` / `quantize_row_q4_0`, which the GPU's `kv_write`
+/// follows: a row of whole blocks as the cache stores it (float types as they are).
+fn kv_ref_bytes(ty: KvType, x: &[f32]) -> Vec<u8> {
+    let f16 = |d: f32| half::f16::from_f32(d).to_bits().to_le_bytes();
+    let mut out = Vec::new();
+    match ty {
+        KvType::F32 => out.extend(x.iter().flat_map(|v| v.to_le_bytes())),
+        KvType::F16 => out.extend(x.iter().flat_map(|&v| f16(v))),
+        KvType::Q8_0 => {
+            for b in x.chunks(32) {
+                let amax = b
+                    .iter()
+                    .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(f16(d));
+                out.extend(b.iter().map(|&v| (v * id).round() as i8 as u8));
+            }
+        }
+        KvType::Q4_0 => {
+            for b in x.chunks(32) {
+                let (mut amax, mut max) = (0.0f32, 0.0f32);
+                for &v in b {
+                    if amax < v.abs() {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(f16(d));
+                let level = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+                out.extend((0..16).map(|j| level(b[j]) | (level(b[j + 16]) << 4)));
+            }
+        }
+    }
+    out
+}
+
+/// What a cache of `ty` gives back for rows `x` (the reference quantization, dequantized).
+fn kv_roundtrip(ty: KvType, x: &[f32]) -> Vec<f32> {
+    match ty {
+        KvType::F32 => x.to_vec(),
+        _ => quant::dequantize_to_vec(ty.ggml(), &kv_ref_bytes(ty, x)).unwrap(),
+    }
+}
+
+/// Rows that probe the quantizers' rounding: an all-zero block, the largest magnitude
+/// twice with opposite signs (q4_0 takes the first), levels exactly halfway (q8_0 rounds
+/// them away from zero, q4_0 truncates x / d + 8.5), and a block of one tiny value.
+fn kv_edge_rows(kv_dim: usize) -> Vec<f32> {
+    let mut r = vec![0.0f32; 4 * kv_dim];
+    for (i, v) in r[kv_dim..2 * kv_dim].iter_mut().enumerate() {
+        *v = [-3.0, 3.0, 1.25, -0.75][i % 4] * (1.0 + (i / 32) as f32);
+    }
+    // amax 127 (q8_0: d = 1) or max -8 (q4_0: d = 1): halves land on ties.
+    for (i, v) in r[2 * kv_dim..3 * kv_dim].iter_mut().enumerate() {
+        *v = match i % 32 {
+            0 => {
+                if (i / 32) % 2 == 0 {
+                    127.0
+                } else {
+                    -8.0
+                }
+            }
+            l => (l as f32 - 16.0) * 0.5,
+        };
+    }
+    r[3 * kv_dim + 5] = 1e-30;
+    r
+}
+
+/// Attention (prompt chunks, decode steps of two sequences, a window, a softcap, a
+/// non-causal chunk) with the GPU's cache in `kt`/`vt` and the CPU's in f32:
+/// - against the CPU given the values the GPU's cache holds (the reference quantization
+///   of its inputs): equal up to f32 rounding (1e-4 of the largest output);
+/// - against the CPU given the exact inputs: within `tol` of the largest output, the
+///   quantization's own error (except for a first chunk whose keys start with edge rows).
+///
+/// The GPU's cache rows of the first chunk equal the reference quantizer's bytes.
+fn attention_with_cache(kt: KvType, vt: KvType, tol: f32) {
+    let Some(dev) = device() else { return };
+    let (heads, kvh, hd) = (8usize, 2usize, 64usize);
+    let kv_dim = kvh * hd;
+    let mut plan = Plan::new();
+    let (q, k, v, out) = (
+        plan.act(heads * hd),
+        plan.act(kv_dim),
+        plan.act(kv_dim),
+        plan.act(heads * hd),
+    );
+    let specs: Vec<Attention> = [(None, None), (Some(7u32), None), (None, Some(20.0f32))]
+        .into_iter()
+        .map(|(window, softcap)| Attention {
+            n_heads: heads,
+            n_kv_heads: kvh,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window,
+            softcap,
+        })
+        .collect();
+    let f = |o: &dyn Ops| {
+        for (layer, spec) in specs.iter().enumerate() {
+            o.attention(layer, q, k, v, spec, out);
+        }
+    };
+    let f32_kv = kv(300, kv_dim, 2, 3);
+    let f32_kv = KvConfig {
+        k_type: KvType::F32,
+        v_type: KvType::F32,
+        ..f32_kv
+    };
+    let gpu_kv = KvConfig {
+        k_type: kt,
+        v_type: vt,
+        ..f32_kv.clone()
+    };
+    let mut p = Pair::with_kv(dev, &plan, f32_kv.clone(), gpu_kv, None, &f);
+    let mut exact = CpuBackend::new(&plan, MAX_ROWS, f32_kv, 2);
+    let mut seed = 400;
+    let mut worst = 0.0f32;
+    let mut step = |p: &mut Pair, batch: &Batch, what: &str, edge: bool| {
+        let n = batch.len();
+        seed += 3;
+        let qd = rand_vec(n * q.width, seed);
+        let mut kd = rand_vec(n * kv_dim, seed + 1);
+        let vd = rand_vec(n * kv_dim, seed + 2);
+        if edge {
+            let e = kv_edge_rows(kv_dim);
+            kd[..e.len()].copy_from_slice(&e);
+        }
+        p.write(q, &qd);
+        exact.write(q, &qd);
+        for (a, d, ty) in [(k, &kd, kt), (v, &vd, vt)] {
+            p.gpu.write(a, d).unwrap();
+            exact.write(a, d);
+            p.cpu.write(a, &kv_roundtrip(ty, d));
+        }
+        p.run(batch, 50, &f);
+        exact.forward(batch, 50, |o| f(o)).unwrap();
+        p.check(out, n, 1e-4, &format!("{kt}/{vt} {what}"));
+        let want = exact.read(out, n);
+        let got = p.gpu.read(out, n).unwrap();
+        let scale = 1.0 + want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let dev = got
+            .iter()
+            .zip(want)
+            .fold(0.0f32, |m, (g, w)| m.max((g - w).abs() / scale));
+        // (Not for the edge rows: keys of 127 make scores that amplify any error.)
+        if !edge {
+            assert!(dev <= tol, "{kt}/{vt} {what}: {dev} from an f32 cache");
+            worst = worst.max(dev);
+        }
+        (kd, vd)
+    };
+    let prompt: Vec<u32> = (0..40).collect();
+    let (kd, vd) = step(
+        &mut p,
+        &Batch::one_sequence(&prompt, 0, 0, false),
+        "prefill with edge rows",
+        true,
+    );
+    // Layer 0, sequence 0, positions 0..40: the reference quantizer's bytes.
+    let (kc, vc) = p.gpu.cache_bytes().unwrap();
+    assert_eq!(
+        kc[..40 * kt.row_bytes(kv_dim)],
+        kv_ref_bytes(kt, &kd)[..],
+        "{kt} key rows"
+    );
+    assert_eq!(
+        vc[..40 * vt.row_bytes(kv_dim)],
+        kv_ref_bytes(vt, &vd)[..],
+        "{vt} value rows"
+    );
+    // The same positions again, without the edge rows (which would stay in view).
+    step(
+        &mut p,
+        &Batch::one_sequence(&prompt, 0, 0, false),
+        "prefill",
+        false,
+    );
+    step(
+        &mut p,
+        &Batch::one_sequence(&prompt[..25], 0, 1, false),
+        "prefill seq 1",
+        false,
+    );
+    for i in 0..3u32 {
+        let b = Batch {
+            tokens: vec![1, 2],
+            pos: vec![40 + i, 25 + i],
+            seq: vec![0, 1],
+            logits: vec![],
+            embd: vec![],
+            non_causal: false,
+            rope_pos: Vec::new(),
+        };
+        step(&mut p, &b, "decode", false);
+    }
+    let mut nc = Batch::one_sequence(&prompt[..12], 43, 0, false);
+    nc.non_causal = true;
+    step(&mut p, &nc, "non-causal chunk", false);
+    step(
+        &mut p,
+        &Batch::one_sequence(&prompt, 60, 0, false),
+        "prefill at 60",
+        false,
+    );
+    step(
+        &mut p,
+        &Batch::one_sequence(&[5], 100, 0, false),
+        "decode at 100",
+        false,
+    );
+    // Past the first of the two splits of 150 keys (the positions between are zero rows
+    // in both caches).
+    let far = Batch {
+        tokens: vec![1, 2],
+        pos: vec![200, 160],
+        seq: vec![0, 1],
+        logits: vec![],
+        embd: vec![],
+        non_causal: false,
+        rope_pos: Vec::new(),
+    };
+    step(&mut p, &far, "decode over two splits", false);
+    eprintln!("{kt}/{vt} cache: largest deviation from an f32 cache {worst:.2e} (bound {tol:.1e})");
+}
+
+#[test]
+fn attention_with_a_q8_0_cache_matches_cpu() {
+    // Measured on the emulated GPU: 2.1e-3.
+    attention_with_cache(KvType::Q8_0, KvType::Q8_0, 5e-3);
+}
+
+#[test]
+fn attention_with_a_q4_0_cache_matches_cpu() {
+    // Measured on the emulated GPU: 5.6e-2.
+    attention_with_cache(KvType::Q4_0, KvType::Q4_0, 1e-1);
+}
+
+#[test]
+fn attention_with_mixed_and_f32_caches_matches_cpu() {
+    // Measured on the emulated GPU: 7.5e-4, 5.6e-2, 4.9e-7.
+    attention_with_cache(KvType::Q8_0, KvType::F16, 5e-3);
+    attention_with_cache(KvType::F32, KvType::Q4_0, 1e-1);
+    attention_with_cache(KvType::F32, KvType::F32, 1e-5);
+}
+
+/// `kv_copy` of a quantized cache (q4_0 keys, q8_0 values: rows of different sizes): the
+/// copied rows equal the source's bytes in every layer, and decoding the copy matches the
+/// CPU's copy of an f32 cache holding the same values.
+#[test]
+fn kv_copy_of_a_quantized_cache() {
+    let Some(dev) = device() else { return };
+    let (heads, kvh, hd) = (4usize, 2usize, 32usize);
+    let kv_dim = kvh * hd;
+    let mut plan = Plan::new();
+    let (q, k, v, out) = (
+        plan.act(heads * hd),
+        plan.act(kv_dim),
+        plan.act(kv_dim),
+        plan.act(heads * hd),
+    );
+    let spec = Attention {
+        n_heads: heads,
+        n_kv_heads: kvh,
+        head_dim: hd,
+        scale: 0.2,
+        window: None,
+        softcap: None,
+    };
+    let f = |o: &dyn Ops| {
+        for layer in 0..2 {
+            o.attention(layer, q, k, v, &spec, out);
+        }
+    };
+    let (kt, vt) = (KvType::Q4_0, KvType::Q8_0);
+    let base = KvConfig {
+        k_type: KvType::F32,
+        v_type: KvType::F32,
+        ..kv(64, kv_dim, 3, 2)
+    };
+    let gpu_kv = KvConfig {
+        k_type: kt,
+        v_type: vt,
+        ..base.clone()
+    };
+    let mut p = Pair::with_kv(dev, &plan, base, gpu_kv, None, &f);
+    let mut seed = 500;
+    let mut step = |p: &mut Pair, batch: &Batch, what: &str| {
+        let n = batch.len();
+        seed += 3;
+        p.write(q, &rand_vec(n * q.width, seed));
+        for (a, ty, s) in [(k, kt, seed + 1), (v, vt, seed + 2)] {
+            let d = rand_vec(n * kv_dim, s);
+            p.gpu.write(a, &d).unwrap();
+            p.cpu.write(a, &kv_roundtrip(ty, &d));
+        }
+        p.run(batch, 50, &f);
+        p.check(out, n, 1e-4, what);
+    };
+    let prompt: Vec<u32> = (0..20).collect();
+    step(
+        &mut p,
+        &Batch::one_sequence(&prompt, 0, 0, false),
+        "prefill",
+    );
+    p.cpu.kv_copy(0, 2, 20);
+    p.gpu.kv_copy(0, 2, 20).unwrap();
+    let (kc, vc) = p.gpu.cache_bytes().unwrap();
+    for (c, ty) in [(&kc, kt), (&vc, vt)] {
+        let row = ty.row_bytes(kv_dim);
+        for layer in 0..2 {
+            let slot = |s: usize| (layer * 3 + s) * 64 * row;
+            assert_eq!(
+                c[slot(2)..slot(2) + 20 * row],
+                c[slot(0)..slot(0) + 20 * row],
+                "{ty} layer {layer}"
+            );
+            assert!(c[slot(0)..slot(0) + 20 * row].iter().any(|&b| b != 0));
+        }
+    }
+    let b = Batch {
+        tokens: vec![1, 2],
+        pos: vec![20, 20],
+        seq: vec![2, 0],
+        logits: vec![],
+        embd: vec![],
+        non_causal: false,
+        rope_pos: Vec::new(),
+    };
+    step(&mut p, &b, "decode the copy and the source");
+    step(
+        &mut p,
+        &Batch::one_sequence(&[3, 4, 5], 21, 2, false),
+        "continue the copy",
     );
 }
 

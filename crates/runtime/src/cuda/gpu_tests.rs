@@ -418,9 +418,11 @@ fn attention_matches_cpu() {
         up(&dev, &pos),
         up(&dev, &seq),
     );
-    let (kvi, ctxi, off) = (kv_dim as i32, n_ctx as i32, 0i64);
+    // Layer offsets in bytes; type 1 is f16 (KV_F16 in attention.cu).
+    let (kvi, ctxi, off, f16t) = (kv_dim as i32, n_ctx as i32, 0i64, 1i32);
     launch!(dev, "kv_write", cfg(((kv_dim as u32).div_ceil(256), len as u32, 1), 256);
-        &dk, &kvi, &dv, &kvi, &mut ck, &mut cv, &dp, &ds, &kvi, &ctxi, &off);
+        &dk, &kvi, &dv, &kvi, &mut ck, &mut cv, &dp, &ds, &kvi, &ctxi, &off, &off, &f16t,
+        &f16t);
     let scale = 1.0 / (d as f32).sqrt();
     for (window, softcap) in [(0i32, 0.0f32), (100, 0.0), (0, 30.0)] {
         // CPU reference for the queries at the last 20 positions.
@@ -466,8 +468,8 @@ fn attention_matches_cpu() {
         let kend: Vec<u32> = qpos.iter().map(|p| p + 1).collect();
         let dke = up(&dev, &kend);
         launch!(dev, "attn_decode", cfg((heads as u32, nq as u32, n_split), 128);
-            &dq, &qs, &ck, &cv, &dqp, &dqs, &dke, &mut part, &hi, &kvh, &di, &ctxi, &off, &scale,
-            &softcap, &window, &split);
+            &dq, &qs, &ck, &cv, &dqp, &dqs, &dke, &mut part, &hi, &kvh, &di, &ctxi, &off, &off,
+            &f16t, &f16t, &scale, &softcap, &window, &split);
         let mut out = dev.stream.alloc_zeros::<f32>(nq * heads * d).unwrap();
         let ns = n_split as i32;
         launch!(dev, "attn_combine", cfg((heads as u32, nq as u32, 1), d as u32);
@@ -478,7 +480,7 @@ fn attention_matches_cpu() {
         let (nqi, sq, p0i) = (nq as i32, 1i32, p0 as i32);
         launch!(dev, "attn_prefill", cfg(((nq as u32).div_ceil(8), heads as u32, 1), 128);
             &dq, &qs, &ck, &cv, &mut out, &qs, &nqi, &sq, &p0i, &hi, &kvh, &di, &ctxi, &off,
-            &scale, &softcap, &window, &0i32);
+            &off, &f16t, &f16t, &scale, &softcap, &window, &0i32);
         assert_close(&down(&dev, &out), &want, 1e-4, "attn_prefill");
     }
 }

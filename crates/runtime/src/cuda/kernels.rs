@@ -196,15 +196,17 @@ pub const MODULES: &[Module] = &[
         body: include_str!("kernels/attention.cu"),
         quant: false,
         kernels: &[
-            k("kv_write", &[P, I, P, I, P, P, P, P, I, I, L]),
+            k("kv_write", &[P, I, P, I, P, P, P, P, I, I, L, L, I, I]),
             k(
                 "attn_decode",
-                &[P, I, P, P, P, P, P, P, I, I, I, I, L, F, F, I, I],
+                &[P, I, P, P, P, P, P, P, I, I, I, I, L, L, I, I, F, F, I, I],
             ),
             k("attn_combine", &[P, P, I, I, I, I]),
             k(
                 "attn_prefill",
-                &[P, I, P, P, P, I, I, I, I, I, I, I, I, L, F, F, I, I],
+                &[
+                    P, I, P, P, P, I, I, I, I, I, I, I, I, L, L, I, I, F, F, I, I,
+                ],
             ),
         ],
     },

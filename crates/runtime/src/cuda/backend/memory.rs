@@ -8,7 +8,7 @@ use cudarc::driver::{result, sys};
 use super::{drv, BackendError, CudaBackend, InfoLayout};
 use crate::collect::Collected;
 use crate::cuda::gpu::GpuContext;
-use crate::limits::KvConfig;
+use crate::limits::{KvConfig, KvType};
 use crate::ops::Plan;
 use crate::recurrent::RecurrentConfig;
 use crate::rollback::ROLLBACK_TOKENS;
@@ -27,6 +27,27 @@ pub(super) fn tile_bytes(total: usize) -> usize {
     TILE_BYTES.min((total / 16).max(4 << 20))
 }
 
+/// The number the attention kernels know a cache type by (`KV_*` in attention.cu).
+pub(super) fn kv_code(t: KvType) -> i32 {
+    match t {
+        KvType::F32 => 0,
+        KvType::F16 => 1,
+        KvType::Q8_0 => 2,
+        KvType::Q4_0 => 3,
+    }
+}
+
+/// The largest head size the attention kernels take with this cache: 256, or 128 when keys
+/// or values are f32 (a prompt chunk stages a tile of 32 keys' rows in shared memory, which
+/// holds 256 f16 values, or 128 f32 ones, per key).
+pub(crate) fn kv_max_head_dim(kv: &KvConfig) -> usize {
+    if kv.k_type == KvType::F32 || kv.v_type == KvType::F32 {
+        128
+    } else {
+        256
+    }
+}
+
 /// Bytes left free for the driver, cuBLAS's workspace and the kernels, on a large GPU.
 pub const RESERVE_BYTES: usize = 768 << 20;
 
@@ -43,8 +64,10 @@ pub struct MemoryPlan {
     pub device: String,
     /// Weight matrices and vectors, in their file formats.
     pub weights: usize,
-    /// Keys and values (f16).
+    /// Keys and values, in their types.
     pub kv_cache: usize,
+    /// How keys and values are stored.
+    pub kv_types: (KvType, KvType),
     /// Recurrent state (both copies and the rollback inputs).
     pub recurrent: usize,
     /// Activation buffers.
@@ -74,14 +97,19 @@ impl MemoryPlan {
 impl fmt::Display for MemoryPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+        let kv_types = match self.kv_types {
+            (k, v) if k == v => k.to_string(),
+            (k, v) => format!("K {k}, V {v}"),
+        };
         write!(
             f,
-            "{}: weights {:.0} MiB, KV cache {:.0} MiB, recurrent {:.0} MiB, activations {:.0} \
-             MiB, scratch {:.0} MiB = {:.0} MiB (+{:.0} MiB reserve) of {:.0} MiB free ({:.0} \
-             MiB total)",
+            "{}: weights {:.0} MiB, KV cache {:.0} MiB ({}), recurrent {:.0} MiB, activations \
+             {:.0} MiB, scratch {:.0} MiB = {:.0} MiB (+{:.0} MiB reserve) of {:.0} MiB free \
+             ({:.0} MiB total)",
             self.device,
             mib(self.weights),
             mib(self.kv_cache),
+            kv_types,
             mib(self.recurrent),
             mib(self.activations),
             mib(self.scratch),
@@ -167,7 +195,7 @@ pub(super) fn sizes(
     let info = InfoLayout::new(max_batch).len * 4;
     let embd = max_batch * max_width * 4;
     let scratch = part + q8 + xh + tile + info + embd;
-    let kvb = 2 * kv.n_layers * kv.n_seq * kv.n_ctx * kv.kv_dim * 2;
+    let kvb = kv.bytes();
     let recb = rec.map_or(0, |r| {
         r.bytes(kv.n_seq) + ROLLBACK_TOKENS * r.net.value_dim() * 4 + 64 * 4
     });
@@ -226,6 +254,7 @@ impl CudaBackend {
             ),
             weights,
             kv_cache: s.kv,
+            kv_types: (kv.k_type, kv.v_type),
             recurrent: s.rec,
             activations: s.acts,
             scratch: s.scratch,
@@ -233,5 +262,54 @@ impl CudaBackend {
             free,
             total,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k_type: KvType, v_type: KvType) -> KvConfig {
+        KvConfig {
+            n_layers: 2,
+            kv_dim: 128,
+            n_ctx: 512,
+            n_seq: 3,
+            k_type,
+            v_type,
+        }
+    }
+
+    /// The plan counts the cache's bytes by type (4 blocks of 34 or 18 bytes per q8_0 /
+    /// q4_0 row of 128), and the placement line names the types.
+    #[test]
+    fn kv_cache_bytes_follow_the_types() {
+        let mut plan = Plan::new();
+        plan.act(64);
+        let rows = 2 * 512 * 3;
+        let bytes = |k, v| sizes(&plan, 4, &kv(k, v), None, 4, 64, 1 << 34).kv;
+        assert_eq!(bytes(KvType::F32, KvType::F32), rows * 2 * 512);
+        assert_eq!(bytes(KvType::F16, KvType::F16), rows * 2 * 256);
+        assert_eq!(bytes(KvType::Q8_0, KvType::Q8_0), rows * 2 * 136);
+        assert_eq!(bytes(KvType::Q4_0, KvType::Q4_0), rows * 2 * 72);
+        assert_eq!(bytes(KvType::Q8_0, KvType::F16), rows * (136 + 256));
+        let line = |k, v| {
+            MemoryPlan {
+                kv_cache: bytes(k, v),
+                kv_types: (k, v),
+                ..MemoryPlan::default()
+            }
+            .to_string()
+        };
+        assert!(line(KvType::Q8_0, KvType::Q8_0).contains("KV cache 1 MiB (q8_0)"));
+        assert!(line(KvType::F16, KvType::F16).contains("KV cache 2 MiB (f16)"));
+        assert!(line(KvType::Q4_0, KvType::F16).contains("(K q4_0, V f16)"));
+    }
+
+    #[test]
+    fn f32_caches_take_heads_of_up_to_128() {
+        assert_eq!(kv_max_head_dim(&kv(KvType::F16, KvType::Q4_0)), 256);
+        assert_eq!(kv_max_head_dim(&kv(KvType::Q8_0, KvType::F32)), 128);
+        assert_eq!(kv_code(KvType::Q4_0), 3);
     }
 }

@@ -1,6 +1,6 @@
 //! The CUDA backend: [`CudaBackend`] owns the device memory of a model (weights in their
-//! GGUF blocks, activations, an f16 KV cache, recurrent state, scratch), and [`CudaOps`]
-//! implements [`Ops`] by launching our kernels on one stream.
+//! GGUF blocks, activations, a KV cache of f32, f16, q8_0 or q4_0 rows, recurrent state,
+//! scratch), and [`CudaOps`] implements [`Ops`] by launching our kernels on one stream.
 //!
 //! - Weights: every matrix and host vector a pass uses is found by running the model's code
 //!   once with [`crate::collect::Collect`] at load and uploaded then, in the file's layout
@@ -11,7 +11,8 @@
 //!   by token, so a token's result never depends on its batch; prompt chunks of
 //!   [`crate::GEMM_MIN_TOKENS`] or more dequantize weight rows to f16 tiles and run cuBLAS.
 //! - Attention: split-K flash decoding over a fixed grid of splits (any position, the same
-//!   launches: graph-friendly), a tiled kernel for prompt chunks.
+//!   launches: graph-friendly), a tiled kernel for prompt chunks; both read the cache in its
+//!   type (q8_0/q4_0 blocks quantized at the write, dequantized as they are loaded).
 //! - Decode steps (one token) are captured once into a CUDA graph and replayed while the
 //!   pass launches the same kernels with the same arguments (checked by hashing a dry run
 //!   of the pass); `SURPLUS_NO_CUDA_GRAPH=1` turns that off.
@@ -34,7 +35,7 @@ use crate::ops::{Act, Batch, Plan};
 use crate::recurrent::RecurrentConfig;
 use graph::Graph;
 use launch::Mode;
-use memory::{sizes, DevBuf, ATT_TOKENS};
+use memory::{kv_max_head_dim, sizes, DevBuf, ATT_TOKENS};
 use recurrent::RecHost;
 use weights::{DevWeight, TypeKernels};
 
@@ -160,6 +161,17 @@ impl CudaBackend {
         for w in &used.weights {
             check_weight(w).map_err(BackendError::Unsupported)?;
         }
+        kv.check().map_err(BackendError::Unsupported)?;
+        if attn.max_head_dim > kv_max_head_dim(&kv) {
+            return Err(BackendError::Unsupported(format!(
+                "a {}/{} KV cache with heads of {} values (the CUDA kernels take up to {}; \
+                 use f16, q8_0 or q4_0)",
+                kv.k_type,
+                kv.v_type,
+                attn.max_head_dim,
+                kv_max_head_dim(&kv)
+            )));
+        }
         if let Some(r) = &rec {
             let net = &r.net;
             if net.conv_kernel.max(1) - 1 > 7 {
@@ -204,7 +216,7 @@ impl CudaBackend {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let layout = InfoLayout::new(max_batch);
-        let kv_elems = kv.n_layers * kv.n_seq * kv.n_ctx * kv.kv_dim;
+        let kv_rows = kv.n_layers * kv.n_seq * kv.n_ctx;
         let rec = match rec {
             None => None,
             Some(cfg) => Some(RecHost::new(cfg, kv.n_seq, max_batch, stream)?),
@@ -265,8 +277,16 @@ impl CudaBackend {
             )?,
             n_split: s.n_split,
             split_len: s.split_len,
-            kc: DevBuf::new(kv_elems * 2, "the key cache", stream)?,
-            vc: DevBuf::new(kv_elems * 2, "the value cache", stream)?,
+            kc: DevBuf::new(
+                kv_rows * kv.k_type.row_bytes(kv.kv_dim),
+                "the key cache",
+                stream,
+            )?,
+            vc: DevBuf::new(
+                kv_rows * kv.v_type.row_bytes(kv.kv_dim),
+                "the value cache",
+                stream,
+            )?,
             kv,
             rec,
             host: Vec::new(),
@@ -452,13 +472,14 @@ impl CudaBackend {
                 reason: format!("sequences {src} -> {dst} of {}", c.n_seq),
             });
         }
-        let per_seq = c.n_ctx * c.kv_dim * 2;
-        let n = len.min(c.n_ctx) * c.kv_dim * 2;
         let stream = self.dev.stream.cu_stream();
-        for layer in 0..c.n_layers {
-            let s = ((layer * c.n_seq + src) * per_seq) as u64;
-            let d = ((layer * c.n_seq + dst) * per_seq) as u64;
-            for buf in [&self.kc, &self.vc] {
+        // The bytes of `len` rows, copied as they are stored (whole blocks per row).
+        for (buf, ty) in [(&self.kc, c.k_type), (&self.vc, c.v_type)] {
+            let per_seq = c.n_ctx * ty.row_bytes(c.kv_dim);
+            let n = len.min(c.n_ctx) * ty.row_bytes(c.kv_dim);
+            for layer in 0..c.n_layers {
+                let s = ((layer * c.n_seq + src) * per_seq) as u64;
+                let d = ((layer * c.n_seq + dst) * per_seq) as u64;
                 // SAFETY: both ranges lie inside the cache (sequence slots of n_ctx
                 // positions); distinct sequences do not overlap.
                 unsafe { result::memcpy_dtod_async(buf.ptr + d, buf.ptr + s, n, stream) }
@@ -466,6 +487,30 @@ impl CudaBackend {
             }
         }
         Ok(())
+    }
+
+    /// The bytes of the key and value caches as stored (for tests), after the passes so far.
+    #[cfg(test)]
+    pub(crate) fn cache_bytes(&mut self) -> Result<(Vec<u8>, Vec<u8>), BackendError> {
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .map_err(drv("binding the context"))?;
+        let mut out = Vec::new();
+        for buf in [&self.kc, &self.vc] {
+            let mut host = vec![0u8; buf.bytes];
+            // SAFETY: `buf` holds `bytes` bytes; the copy is ordered after the passes on the
+            // stream and completes before the synchronization below returns.
+            unsafe {
+                result::memcpy_dtoh_async(&mut host[..], buf.ptr, self.dev.stream.cu_stream())
+            }
+            .map_err(drv("reading the cache"))?;
+            out.push(host);
+        }
+        self.synchronize()?;
+        let v = out.pop().unwrap_or_default();
+        let k = out.pop().unwrap_or_default();
+        Ok((k, v))
     }
 
     /// Positions the recurrent state of `seq` covers (`None` without recurrent layers).

@@ -2,7 +2,7 @@
 //! kernels through [`CudaOps`].
 
 use super::launch::{fnv, grid1, Arg, CudaOps, Mode, MAX_GRID_YZ};
-use super::memory::ATT_TOKENS;
+use super::memory::{kv_code, kv_max_head_dim, ATT_TOKENS};
 use super::weights::DevWeight;
 use crate::ops::GEMM_MIN_TOKENS;
 use crate::ops::{Act, Attention, Batch, DeltaNet, Ops, Rope, RopeMode};
@@ -338,7 +338,7 @@ impl Ops for CudaOps<'_> {
         if layer >= c.n_layers
             || kv_dim != c.kv_dim
             || !hd.is_multiple_of(32)
-            || hd > 256
+            || hd > kv_max_head_dim(c)
             || spec.n_kv_heads == 0
             || !spec.n_heads.is_multiple_of(spec.n_kv_heads)
             || spec.n_heads * hd > q.width.min(out.width)
@@ -348,16 +348,22 @@ impl Ops for CudaOps<'_> {
             self.fail(
                 "attention",
                 format!(
-                    "unsupported shape: {} (KV cache of {} layers × {}; head sizes must be \
-                     multiples of 32 up to 256)",
+                    "unsupported shape: {} (KV cache of {} layers × {}, {}/{}; head sizes \
+                     must be multiples of 32 up to {})",
                     shapes(),
                     c.n_layers,
-                    c.kv_dim
+                    c.kv_dim,
+                    c.k_type,
+                    c.v_type,
+                    kv_max_head_dim(c)
                 ),
             );
             return;
         }
-        let layer_off = (layer * c.n_seq * c.n_ctx * c.kv_dim) as i64;
+        // Each layer's keys (values) are n_seq × n_ctx rows in the cache's type.
+        let k_off = (layer * c.n_seq * c.n_ctx * c.k_type.row_bytes(c.kv_dim)) as i64;
+        let v_off = (layer * c.n_seq * c.n_ctx * c.v_type.row_bytes(c.kv_dim)) as i64;
+        let (k_type, v_type) = (kv_code(c.k_type), kv_code(c.v_type));
         let l = be.layout;
         self.launch(
             "kv_write",
@@ -374,7 +380,10 @@ impl Ops for CudaOps<'_> {
                 Arg::P(self.info(l.seq)),
                 Arg::I(kv_dim as i32),
                 Arg::I(c.n_ctx as i32),
-                Arg::L(layer_off),
+                Arg::L(k_off),
+                Arg::L(v_off),
+                Arg::I(k_type),
+                Arg::I(v_type),
             ],
             shapes,
         );
@@ -399,7 +408,10 @@ impl Ops for CudaOps<'_> {
                     Arg::I(spec.n_kv_heads as i32),
                     Arg::I(hd as i32),
                     Arg::I(c.n_ctx as i32),
-                    Arg::L(layer_off),
+                    Arg::L(k_off),
+                    Arg::L(v_off),
+                    Arg::I(k_type),
+                    Arg::I(v_type),
                     Arg::F(spec.scale),
                     Arg::F(softcap),
                     Arg::I(window),
@@ -439,7 +451,10 @@ impl Ops for CudaOps<'_> {
                     Arg::I(spec.n_kv_heads as i32),
                     Arg::I(hd as i32),
                     Arg::I(c.n_ctx as i32),
-                    Arg::L(layer_off),
+                    Arg::L(k_off),
+                    Arg::L(v_off),
+                    Arg::I(k_type),
+                    Arg::I(v_type),
                     Arg::F(spec.scale),
                     Arg::F(softcap),
                     Arg::I(window),
