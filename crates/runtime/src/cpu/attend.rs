@@ -3,7 +3,7 @@
 
 use quant::{BlockQ4_0, BlockQ8_0, GgmlType};
 
-use super::kernels::{softmax, tanh};
+use super::kernels::{exp, tanh};
 use crate::limits::KvType;
 
 /// Most queries (token × head pairs) one [`attend`] call takes.
@@ -186,7 +186,9 @@ pub struct Query<'a> {
 /// Keys scored together from one transposed tile (the lanes of a vector).
 const KEY_TILE: usize = 16;
 /// Value rows widened to f32 at a time (f16 and quantized values).
-const VALUE_TILE: usize = 16;
+const VALUE_TILE: usize = 64;
+/// Queries scored against a key tile at once (independent chains of vector adds).
+const GROUP: usize = 8;
 /// Head values accumulated in registers at a time.
 const OUT_CHUNK: usize = 64;
 
@@ -365,21 +367,21 @@ fn attend_body<const FMA: bool>(
         }
         let mut i = 0;
         while i < queries.len() {
-            // Up to 4 queries at a time share the loads of the tile.
-            let m = 4.min(queries.len() - i);
+            // Up to GROUP queries at a time share the loads of the tile.
+            let m = GROUP.min(queries.len() - i);
             let pick = |g: usize| (i + g).min(i + m - 1);
             let lanes = if integer {
-                let qv = |g: usize| {
-                    let at = pick(g) * (hd + n_blocks);
-                    (&levels[at..at + hd], &levels[at + hd..at + hd + n_blocks])
-                };
-                let mut acc = [[0.0f32; KEY_TILE]; 4];
+                let dq = |g: usize, blk: usize| levels[pick(g) * (hd + n_blocks) + hd + blk];
+                let mut acc = [[0.0f32; KEY_TILE]; GROUP];
                 for blk in 0..n_blocks {
                     let d = blk * 32..blk * 32 + 32;
-                    let group: [&[f32]; 4] = std::array::from_fn(|g| &qv(g).0[d.clone()]);
+                    let group: [&[f32]; GROUP] = std::array::from_fn(|g| {
+                        let at = pick(g) * (hd + n_blocks);
+                        &levels[at + d.start..at + d.end]
+                    });
                     let sums = score_tile::<FMA>(group, &kt_tile[d.start * KEY_TILE..], 32);
                     for (g, (a, s)) in acc.iter_mut().zip(&sums).enumerate() {
-                        let dq = qv(g).1[blk];
+                        let dq = dq(g, blk);
                         for (l, (a, &s)) in a.iter_mut().zip(s).enumerate() {
                             *a = madd::<FMA>(k_scales[l * n_blocks + blk] * dq, s, *a);
                         }
@@ -387,7 +389,7 @@ fn attend_body<const FMA: bool>(
                 }
                 acc
             } else {
-                let group: [&[f32]; 4] = std::array::from_fn(|g| queries[pick(g)].q);
+                let group: [&[f32]; GROUP] = std::array::from_fn(|g| queries[pick(g)].q);
                 score_tile::<FMA>(group, kt_tile, hd)
             };
             for (g, lanes) in lanes.iter().enumerate().take(m) {
@@ -420,12 +422,12 @@ fn attend_body<const FMA: bool>(
         KvType::F32 => bytemuck::try_cast_slice::<u8, f32>(values.data).ok(),
         _ => None,
     };
-    let stride_f = values.stride / 4;
+    // Tiles of VALUE_TILE rows (they stay in L1 while every query reads them).
     let mut j0 = lo;
     while j0 < hi {
         let n = VALUE_TILE.min(hi - j0);
         let (rows, rs, r0): (&[f32], usize, usize) = match direct {
-            Some(v) => (v, stride_f, j0 * stride_f + offset),
+            Some(v) => (v, values.stride / 4, offset),
             None => {
                 for l in 0..n {
                     load(
@@ -438,24 +440,60 @@ fn attend_body<const FMA: bool>(
                 (&tile[..], hd, 0)
             }
         };
+        // Row j of the tile starts at `r0 + (j - base) * rs`.
+        let base = if direct.is_some() { 0 } else { j0 };
         for (i, q) in queries.iter_mut().enumerate() {
             let (a, b) = (q.first.max(j0), q.end.min(j0 + n));
             if a >= b {
                 continue;
             }
             let p = &scores[at[i] + a - q.first..at[i] + b - q.first];
-            accumulate::<FMA>(p, rows, r0 + (a - j0) * rs, rs, q.out);
+            accumulate::<FMA>(p, rows, r0 + (a - base) * rs, rs, q.out);
         }
         j0 += n;
     }
 }
 
-/// Dot products of four queries (`hd` values each) with a tile of [`KEY_TILE`] keys stored
-/// transposed (`kt[d * KEY_TILE + l]` is key l's value d): lane l of result g is
+/// Softmax in place: max-subtracted, the sum in f64 over eight partial sums (position
+/// mod 8) added in a fixed order.
+#[inline(always)]
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return;
+    }
+    for v in x.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let mut part = [0.0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (p, &v) in part.iter_mut().zip(c) {
+            *p += v as f64;
+        }
+    }
+    for (p, &v) in part.iter_mut().zip(tail) {
+        *p += v as f64;
+    }
+    let sum =
+        ((part[0] + part[4]) + (part[2] + part[6])) + ((part[1] + part[5]) + (part[3] + part[7]));
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Dot products of [`GROUP`] queries (`hd` values each) with a tile of [`KEY_TILE`] keys
+/// stored transposed (`kt[d * KEY_TILE + l]` is key l's value d): lane l of result g is
 /// `Σ_d q_g[d] · k_l[d]`, summed in order of d.
 #[inline(always)]
-fn score_tile<const FMA: bool>(q: [&[f32]; 4], kt: &[f32], hd: usize) -> [[f32; KEY_TILE]; 4] {
-    let mut acc = [[0.0f32; KEY_TILE]; 4];
+fn score_tile<const FMA: bool>(
+    q: [&[f32]; GROUP],
+    kt: &[f32],
+    hd: usize,
+) -> [[f32; KEY_TILE]; GROUP] {
+    let mut acc = [[0.0f32; KEY_TILE]; GROUP];
     let q = q.map(|x| &x[..hd]);
     for (d, k) in kt.chunks_exact(KEY_TILE).take(hd).enumerate() {
         for (a, qg) in acc.iter_mut().zip(&q) {
@@ -476,8 +514,11 @@ fn accumulate<const FMA: bool>(p: &[f32], rows: &[f32], r0: usize, stride: usize
     let mut c0 = 0;
     for o in &mut chunks {
         // Four vectors of sixteen, named apart so that they live in registers.
-        let lanes = |k: usize| -> [f32; 16] { std::array::from_fn(|i| o[16 * k + i]) };
-        let (mut a0, mut a1, mut a2, mut a3) = (lanes(0), lanes(1), lanes(2), lanes(3));
+        let mut a = [[0.0f32; 16]; 4];
+        for (a, o) in a.iter_mut().zip(o.chunks_exact(16)) {
+            a.copy_from_slice(o);
+        }
+        let [mut a0, mut a1, mut a2, mut a3] = a;
         for (j, &pj) in p.iter().enumerate() {
             let start = r0 + j * stride + c0;
             let Some(v) = rows.get(start..start + OUT_CHUNK) else {
