@@ -318,4 +318,21 @@ fn qwen35_resumes_at_a_chunk_boundary_checkpoint_exactly() {
     assert!(metric(&url, "surplus_checkpoint_restores_total") >= 1.0);
     let fresh = start_qwen35(&file);
     assert_eq!(warm, complete_ids(&base(&fresh), &p2));
+
+    // Two other prompts take both sequences: p2's prefix and checkpoints go to host memory
+    // (read back from the device), and a longer prompt resumes from there.
+    for seed in [8, 9] {
+        let mut q = tok.encode(&long_text(seed), true, true);
+        q.truncate(100);
+        complete_ids(&url, &q);
+    }
+    assert!(metric(&url, "surplus_prefix_cache_entries") >= 1.0);
+    let mut p3 = p2.clone();
+    p3.extend(tok.encode(" bridges and", false, false));
+    let (_, c0) = counts(&url);
+    let warm = complete_ids(&url, &p3);
+    let cached = (counts(&url).1 - c0) as usize;
+    assert!(cached >= 192, "{cached} reused from host memory");
+    let fresh = start_qwen35(&file);
+    assert_eq!(warm, complete_ids(&base(&fresh), &p3));
 }

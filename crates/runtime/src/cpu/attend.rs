@@ -493,17 +493,24 @@ fn score_tile<const FMA: bool>(
     kt: &[f32],
     hd: usize,
 ) -> [[f32; KEY_TILE]; GROUP] {
-    let mut acc = [[0.0f32; KEY_TILE]; GROUP];
+    // Two partial sums (even and odd d), added at the end: half the rounding steps.
+    let mut acc = [[[0.0f32; KEY_TILE]; GROUP]; 2];
     let q = q.map(|x| &x[..hd]);
     for (d, k) in kt.chunks_exact(KEY_TILE).take(hd).enumerate() {
-        for (a, qg) in acc.iter_mut().zip(&q) {
+        for (a, qg) in acc[d & 1].iter_mut().zip(&q) {
             let x = qg[d];
             for (s, &kv) in a.iter_mut().zip(k) {
                 *s = madd::<FMA>(x, kv, *s);
             }
         }
     }
-    acc
+    let [mut even, odd] = acc;
+    for (e, o) in even.iter_mut().zip(&odd) {
+        for (e, &o) in e.iter_mut().zip(o) {
+            *e += o;
+        }
+    }
+    even
 }
 
 /// `out += Σ_j p[j] · v_j` in order of j, where row j is `rows[r0 + j * stride..][..out.len()]`;
