@@ -1,12 +1,11 @@
 #!/usr/bin/env python3
 """Time to first token of a follow-up chat turn, cold and warm (prefix caching).
 
-Starts `surplus serve` on a long conversation (about --tokens prompt tokens), then:
-  1. the conversation and a question (cold: nothing cached);
-  2. the follow-up: the conversation, the answer and a new question (warm: the sequence
-     still holds the first request's tokens);
-  3. other requests take every sequence, then the follow-up again (warm from --cache-ram);
-  4. a fresh server answers the follow-up (cold).
+A long conversation (about --tokens prompt tokens) and a question, then the follow-up (the
+conversation, the answer and a new question), on `surplus serve`:
+  1. the follow-up right after the first answer (warm: the sequence holds its tokens);
+  2. the same after other prompts took every sequence (warm from --cache-ram);
+  3. the follow-up on a fresh server (cold).
 Prints each time to first token (the server's own histogram sum, per request), the prompt
 tokens evaluated and served from cache (/metrics), and checks the answers are identical.
 
@@ -75,7 +74,7 @@ def conversation(tokens):
     """A system prompt and turns of plain prose, about `tokens` tokens in all."""
     msgs = [{"role": "system", "content": "You are a careful assistant for a city's archive."}]
     i = 0
-    while sum(len(m["content"]) for m in msgs) < tokens * 4:
+    while sum(len(m["content"]) for m in msgs) < tokens * 2.7:
         msgs.append({"role": "user", "content":
                      f"Record {i}: the bridge on street {i * 37 % 101} was repaired in "
                      f"{1900 + i * 7 % 120} after a flood; its {i % 5 + 2} arches are stone. "
@@ -100,22 +99,31 @@ def main():
     args = ap.parse_args()
 
     msgs = conversation(args.tokens)
+    follow_up = lambda a: msgs + [{"role": "assistant", "content": a},
+                                  {"role": "user", "content": "And the oldest repair?"}]
+    # 1. The conversation, then its follow-up in the same server: the sequence holds it.
     proc, url = start(args)
     try:
         a, t_a, e_a, c_a = chat(url, msgs, args.max_tokens)
-        follow = msgs + [{"role": "assistant", "content": a},
-                         {"role": "user", "content": "And the oldest repair?"}]
-        b, t_warm, e_warm, c_warm = chat(url, follow, args.max_tokens)
-        # Other prompts take every sequence: the follow-up's prefix moves to host memory.
-        for k in range(args.parallel):
-            chat(url, conversation(args.tokens // 2 + 100 * k)[1:], 4)
-        b2, t_host, e_host, c_host = chat(url, follow, args.max_tokens)
+        b, t_warm, e_warm, c_warm = chat(url, follow_up(a), args.max_tokens)
     finally:
         proc.terminate()
         proc.wait()
+    # 2. The conversation, other prompts in every sequence (it moves to host memory), then
+    # the follow-up.
     proc, url = start(args)
     try:
-        b3, t_cold, e_cold, c_cold = chat(url, follow, args.max_tokens)
+        chat(url, msgs, args.max_tokens)
+        for k in range(args.parallel):
+            chat(url, conversation(args.tokens // 2 + 100 * k)[1:], 4)
+        b2, t_host, e_host, c_host = chat(url, follow_up(a), args.max_tokens)
+    finally:
+        proc.terminate()
+        proc.wait()
+    # 3. The follow-up on a fresh server.
+    proc, url = start(args)
+    try:
+        b3, t_cold, e_cold, c_cold = chat(url, follow_up(a), args.max_tokens)
     finally:
         proc.terminate()
         proc.wait()

@@ -1,7 +1,7 @@
 //! The CPU KV cache's rows in their stored types (f32, f16, q8_0, q4_0), and the one attention
 //! kernel that reads them in place for decode, verification and prompt chunks alike.
 
-use quant::{BlockQ4_0, BlockQ8_0, GgmlType};
+use quant::{BlockQ4_0, BlockQ8_0};
 
 use super::kernels::{exp, tanh};
 use crate::limits::KvType;
@@ -12,17 +12,7 @@ pub const MAX_QUERIES: usize = 64;
 /// Floats of scratch [`attend`] needs for `n_queries` queries of heads of `head_dim`
 /// values over at most `n_ctx` positions.
 pub fn scratch_len(n_queries: usize, n_ctx: usize, head_dim: usize) -> usize {
-    n_queries * n_ctx
-        + (KEY_TILE.max(VALUE_TILE) + 1) * head_dim
-        + KEY_TILE * head_dim.div_ceil(32).max(1)
-        + MAX_QUERIES * (head_dim + head_dim / 32)
-        + 64
-}
-
-/// Bytes of scratch [`attend`] needs for `n_queries` queries of heads of `head_dim` values
-/// (their q8_0 copies when the keys are quantized).
-pub fn scratch_bytes(n_queries: usize, head_dim: usize) -> usize {
-    n_queries * KvType::Q8_0.row_bytes(head_dim.next_multiple_of(32))
+    n_queries * n_ctx + (KEY_TILE.max(VALUE_TILE) + 1) * head_dim + 64
 }
 
 /// Writes one token's row of keys or values `x` into `out` in type `ty`: f32 and f16 value
@@ -113,43 +103,6 @@ pub fn load(ty: KvType, row: &[u8], off: usize, out: &mut [f32]) {
     }
 }
 
-/// The levels (as f32) and per-block scales of values `off..off + levels.len()` of a stored
-/// q8_0 or q4_0 row (`off` and the length whole blocks): value i is
-/// `scales[i / 32] × levels[i]`. Float types give their values and scales of 1.
-fn split_levels(ty: KvType, row: &[u8], off: usize, levels: &mut [f32], scales: &mut [f32]) {
-    let b0 = off / 32;
-    for (k, (lv, sc)) in levels
-        .chunks_exact_mut(32)
-        .zip(scales.iter_mut())
-        .enumerate()
-    {
-        match ty {
-            KvType::Q8_0 => {
-                let raw = &row[(b0 + k) * 34..(b0 + k + 1) * 34];
-                let b = bytemuck::pod_read_unaligned::<BlockQ8_0>(raw);
-                *sc = b.d.to_f32();
-                for (y, &q) in lv.iter_mut().zip(&b.qs) {
-                    *y = q as f32;
-                }
-            }
-            KvType::Q4_0 => {
-                let raw = &row[(b0 + k) * 18..(b0 + k + 1) * 18];
-                let b = bytemuck::pod_read_unaligned::<BlockQ4_0>(raw);
-                *sc = b.d.to_f32();
-                let (lo, hi) = lv.split_at_mut(16);
-                for ((&q, l), h) in b.qs.iter().zip(lo).zip(hi) {
-                    *l = ((q & 0x0F) as i32 - 8) as f32;
-                    *h = ((q >> 4) as i32 - 8) as f32;
-                }
-            }
-            KvType::F32 | KvType::F16 => {
-                load(ty, row, off + 32 * k, lv);
-                *sc = 1.0;
-            }
-        }
-    }
-}
-
 /// One layer's keys (or values) of one sequence as the cache stores them: position `j`'s
 /// row is `data[j * stride..][..stride]`, `kv_dim` values of type `ty`.
 #[derive(Clone, Copy, Debug)]
@@ -195,12 +148,11 @@ const OUT_CHUNK: usize = 64;
 /// Attention of `queries` (heads of one GQA group, of tokens of one sequence) over the
 /// cached `keys` and `values`, whose head starts at value `offset` of each row:
 /// `out = Σ_j softmax_j(softcap(scale · q·k_j)) v_j` over each query's `first..end`.
-/// `scratch` holds [`scratch_len`] floats and `qbytes` [`scratch_bytes`] bytes for the
-/// queries and the head size (with less, the queries that do not fit are left alone).
+/// `scratch` holds [`scratch_len`] floats for the queries and the head size (with less, the queries that do not fit are left alone).
 ///
 /// Each query's output has the same bits whatever other queries share the call: a score is
-/// `Σ_d q_d k_d` summed in order of `d` (q8_0 / q4_0 keys: with the query quantized to q8_0
-/// once, `Σ_b d_kb d_qb Σ_i k_i q_i` over the blocks in order, each block's integer sum exact),
+/// `Σ_d q_d k_d` in two partial sums (even and odd `d`, each in order, then added; q8_0 and
+/// q4_0 keys dequantized as ggml does, the query in f32, as the CUDA kernels score them),
 /// and the output `Σ_j p_j v_j` in order of `j`. With SIMD (the
 /// tier [`quant::Isa::selected`] picks) each product and sum is one fused multiply-add, so
 /// the bits differ from [`attend_reference`]'s within rounding.
@@ -213,24 +165,23 @@ pub fn attend(
     scale: f32,
     softcap: Option<f32>,
     scratch: &mut [f32],
-    qbytes: &mut [u8],
 ) {
     let args = (keys, values, offset, scale, softcap);
     #[cfg(target_arch = "x86_64")]
     match quant::Isa::selected() {
         quant::Isa::Avx512 => {
             // SAFETY: the selected tier is one this CPU runs; it has every feature enabled.
-            unsafe { attend_avx512(queries, args, scratch, qbytes) };
+            unsafe { attend_avx512(queries, args, scratch) };
             return;
         }
         quant::Isa::Avx2 => {
             // SAFETY: as above.
-            unsafe { attend_avx2(queries, args, scratch, qbytes) };
+            unsafe { attend_avx2(queries, args, scratch) };
             return;
         }
         quant::Isa::Scalar => {}
     }
-    attend_body::<false>(queries, args, scratch, qbytes);
+    attend_body::<false>(queries, args, scratch);
 }
 
 /// [`attend`] in plain scalar code (separate multiplies and adds): the reference the SIMD
@@ -244,10 +195,9 @@ pub fn attend_reference(
     scale: f32,
     softcap: Option<f32>,
     scratch: &mut [f32],
-    qbytes: &mut [u8],
 ) {
     let args = (keys, values, offset, scale, softcap);
-    attend_body::<false>(queries, args, scratch, qbytes);
+    attend_body::<false>(queries, args, scratch);
 }
 
 /// The arguments of [`attend`] between the queries and the scratch.
@@ -256,15 +206,15 @@ type Args<'a> = (KvRows<'a>, KvRows<'a>, usize, f32, Option<f32>);
 /// [`attend_body`] with fused multiply-adds, compiled for the AVX2 tier.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn attend_avx2(queries: &mut [Query], args: Args, s: &mut [f32], b: &mut [u8]) {
-    attend_body::<true>(queries, args, s, b);
+fn attend_avx2(queries: &mut [Query], args: Args, s: &mut [f32]) {
+    attend_body::<true>(queries, args, s);
 }
 
 /// [`attend_body`] with fused multiply-adds, compiled for the AVX-512 tier.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn attend_avx512(queries: &mut [Query], args: Args, s: &mut [f32], b: &mut [u8]) {
-    attend_body::<true>(queries, args, s, b);
+fn attend_avx512(queries: &mut [Query], args: Args, s: &mut [f32]) {
+    attend_body::<true>(queries, args, s);
 }
 
 /// `a × b + c`, fused (one rounding) when `FMA`.
@@ -283,18 +233,15 @@ fn attend_body<const FMA: bool>(
     queries: &mut [Query],
     (keys, values, offset, scale, softcap): Args,
     scratch: &mut [f32],
-    qbytes: &mut [u8],
 ) {
     let Some(hd) = queries.first().map(|q| q.q.len()) else {
         return;
     };
-    let tile_len = (KEY_TILE.max(VALUE_TILE) + 1) * hd + KEY_TILE * hd.div_ceil(32).max(1);
-    let levels_len = MAX_QUERIES * (hd + hd / 32);
-    if scratch.len() < tile_len + levels_len {
+    let tile_len = (KEY_TILE.max(VALUE_TILE) + 1) * hd;
+    if scratch.len() < tile_len {
         return;
     }
-    let (tile, rest) = scratch.split_at_mut(tile_len);
-    let (levels, scores) = rest.split_at_mut(levels_len);
+    let (tile, scores) = scratch.split_at_mut(tile_len);
     // Where each query's scores start in `scores`; queries that do not fit are dropped.
     let mut at = [0usize; MAX_QUERIES + 1];
     let mut nq = 0;
@@ -319,45 +266,17 @@ fn attend_body<const FMA: bool>(
 
     // 1. Scores, a tile of KEY_TILE keys at a time: the tile is widened to f32 and
     // transposed, so that a query's scores against it are the lanes of one vector.
-    // Float keys (and quantized ones split across heads): lane l sums q_d · k_ld in order
-    // of d. Quantized keys: the query is quantized to q8_0 once, and per block the levels'
-    // products are summed as f32 (exact: below 2^24) and added times both scales, in order
-    // of the blocks.
+    // Lane l sums q_d · k_ld in order of d (quantized keys dequantized as ggml does, the
+    // query kept in f32, as the CUDA kernels score them).
     let kt = keys.ty;
-    let n_blocks = hd / 32;
-    let integer = kt.block() > 1
-        && offset.is_multiple_of(32)
-        && hd.is_multiple_of(32)
-        && n_blocks <= 64
-        && qbytes.len() >= nq * KvType::Q8_0.row_bytes(hd)
-        && levels.len() >= nq * (hd + n_blocks);
-    if integer {
-        let qrow = KvType::Q8_0.row_bytes(hd);
-        for (i, q) in queries.iter().enumerate() {
-            let b = &mut qbytes[i * qrow..(i + 1) * qrow];
-            // Lengths match by construction (hd whole blocks, qrow bytes).
-            let _ = quant::quantize_activations(GgmlType::Q8_0, q.q, b);
-            let (lv, sc) = levels[i * (hd + n_blocks)..(i + 1) * (hd + n_blocks)].split_at_mut(hd);
-            split_levels(KvType::Q8_0, b, 0, lv, sc);
-        }
-    }
     let (kt_tile, rest) = tile.split_at_mut(KEY_TILE * hd);
-    let (wide, rest) = rest.split_at_mut(hd);
-    let k_scales = &mut rest[..KEY_TILE * n_blocks.max(1)];
+    let wide = &mut rest[..hd];
     let mut j0 = lo;
     while j0 < hi {
         let n = KEY_TILE.min(hi - j0);
-        let mut sc = [0.0f32; 64];
         for l in 0..KEY_TILE {
             if l >= n {
                 wide.fill(0.0);
-                if integer {
-                    k_scales[l * n_blocks..(l + 1) * n_blocks].fill(0.0);
-                }
-            } else if integer {
-                let ks = &mut sc[..n_blocks.min(64)];
-                split_levels(kt, keys.row(j0 + l), offset, wide, ks);
-                k_scales[l * n_blocks..(l + 1) * n_blocks].copy_from_slice(ks);
             } else {
                 load(kt, keys.row(j0 + l), offset, wide);
             }
@@ -370,28 +289,8 @@ fn attend_body<const FMA: bool>(
             // Up to GROUP queries at a time share the loads of the tile.
             let m = GROUP.min(queries.len() - i);
             let pick = |g: usize| (i + g).min(i + m - 1);
-            let lanes = if integer {
-                let dq = |g: usize, blk: usize| levels[pick(g) * (hd + n_blocks) + hd + blk];
-                let mut acc = [[0.0f32; KEY_TILE]; GROUP];
-                for blk in 0..n_blocks {
-                    let d = blk * 32..blk * 32 + 32;
-                    let group: [&[f32]; GROUP] = std::array::from_fn(|g| {
-                        let at = pick(g) * (hd + n_blocks);
-                        &levels[at + d.start..at + d.end]
-                    });
-                    let sums = score_tile::<FMA>(group, &kt_tile[d.start * KEY_TILE..], 32);
-                    for (g, (a, s)) in acc.iter_mut().zip(&sums).enumerate() {
-                        let dq = dq(g, blk);
-                        for (l, (a, &s)) in a.iter_mut().zip(s).enumerate() {
-                            *a = madd::<FMA>(k_scales[l * n_blocks + blk] * dq, s, *a);
-                        }
-                    }
-                }
-                acc
-            } else {
-                let group: [&[f32]; GROUP] = std::array::from_fn(|g| queries[pick(g)].q);
-                score_tile::<FMA>(group, kt_tile, hd)
-            };
+            let group: [&[f32]; GROUP] = std::array::from_fn(|g| queries[pick(g)].q);
+            let lanes = score_tile::<FMA>(group, kt_tile, hd);
             for (g, lanes) in lanes.iter().enumerate().take(m) {
                 let q = &queries[i + g];
                 let (a, b) = (q.first.max(j0), q.end.min(j0 + n));
@@ -629,7 +528,7 @@ mod tests {
         kvh: usize,
         which: &[usize],
         softcap: Option<f32>,
-        f: fn(&mut [Query], KvRows, KvRows, usize, f32, Option<f32>, &mut [f32], &mut [u8]),
+        f: fn(&mut [Query], KvRows, KvRows, usize, f32, Option<f32>, &mut [f32]),
     ) -> Vec<Vec<f32>> {
         let (kb, ks) = stored(kt, &c.keys, c.kv_dim);
         let (vb, vs) = stored(vt, &c.values, c.kv_dim);
@@ -645,7 +544,6 @@ mod tests {
             })
             .collect();
         let mut scratch = vec![0.0f32; scratch_len(MAX_QUERIES, c.n_pos, c.hd)];
-        let mut qbytes = vec![0u8; scratch_bytes(MAX_QUERIES, c.hd)];
         let keys = KvRows {
             ty: kt,
             data: &kb,
@@ -665,7 +563,6 @@ mod tests {
             scale,
             softcap,
             &mut scratch,
-            &mut qbytes,
         );
         outs
     }
@@ -734,45 +631,6 @@ mod tests {
                         let t = tol(kt).max(tol(vt));
                         assert!(e < t, "{kt}/{vt} query {i}: relative error {e} > {t}");
                     }
-                }
-            }
-        }
-    }
-
-    /// Quantized keys: the scores are the exact dot products of the stored key blocks with
-    /// the query quantized to q8_0 (f64 attention over exactly those values), also with
-    /// outliers of a hundred times the rest, as Qwen2.5's keys have.
-    #[test]
-    fn quantized_keys_score_the_q8_0_query_exactly() {
-        for outlier in [1.0f32, 100.0] {
-            let mut c = case(31, 64, 2, 40, 6);
-            for (i, k) in c.keys.iter_mut().enumerate() {
-                if i % 64 == 5 {
-                    *k *= outlier;
-                }
-            }
-            for kt in [KvType::Q8_0, KvType::Q4_0] {
-                let (kb, ks) = stored(kt, &c.keys, c.kv_dim);
-                let mut exact_case = Case {
-                    keys: quant::dequantize_to_vec(kt.ggml(), &kb).unwrap(),
-                    ..case(31, 64, 2, 40, 6)
-                };
-                assert_eq!(ks, kt.row_bytes(c.kv_dim));
-                let mut qs = Vec::new();
-                for q in c.queries.chunks_exact(c.hd) {
-                    let mut b = vec![0u8; KvType::Q8_0.row_bytes(c.hd)];
-                    quant::quantize_activations(GgmlType::Q8_0, q, &mut b).unwrap();
-                    qs.extend(quant::dequantize_to_vec(GgmlType::Q8_0, &b).unwrap());
-                }
-                exact_case.queries = qs;
-                let all: Vec<usize> = (0..6).collect();
-                let got = run(&c, (kt, KvType::F32), 1, &all, None, attend);
-                for (i, g) in got.iter().enumerate() {
-                    let e = rel(g, &exact(&exact_case, 1, i, None));
-                    assert!(
-                        e < 1e-5,
-                        "{kt} outlier {outlier} query {i}: relative error {e}"
-                    );
                 }
             }
         }

@@ -58,9 +58,6 @@ pub struct CpuBackend {
     v: Shared<u8>,
     k_stride: usize,
     v_stride: usize,
-    /// Per-thread bytes for attention: the queries quantized for quantized keys.
-    attn_bytes: Shared<u8>,
-    attn_bytes_per_thread: usize,
     /// State of the recurrent layers ([`CpuBackend::with_recurrent`]).
     rec: Option<Recurrent>,
 }
@@ -88,7 +85,6 @@ impl CpuBackend {
         let stride = |t: crate::KvType| t.row_bytes(kv.kv_dim.next_multiple_of(t.block()));
         let (k_stride, v_stride) = (stride(kv.k_type), stride(kv.v_type));
         let rows = kv.n_layers * kv.n_seq * kv.n_ctx;
-        let attn_bytes_per_thread = attend::scratch_bytes(attend::MAX_QUERIES, max_width) + 64;
         let panel_scratch_per_thread = int8::weight_panel_bytes(max_width) + max_width + 64;
         CpuBackend {
             pool: Arc::new(ThreadPool::new(n_threads)),
@@ -117,8 +113,6 @@ impl CpuBackend {
             v: Shared::new(rows * v_stride),
             k_stride,
             v_stride,
-            attn_bytes: Shared::new(attn_bytes_per_thread * n_threads),
-            attn_bytes_per_thread,
             kv,
             rec: None,
         }
@@ -386,11 +380,6 @@ impl Ops for CpuOps<'_> {
         let parts = group.div_ceil(heads_per_part);
         let n_units = n_tiles * n_kv * parts;
         let scratch = self.scratch();
-        // SAFETY: each thread's slice of the byte scratch is its own.
-        let qbytes = unsafe {
-            let n = be.attn_bytes_per_thread;
-            be.attn_bytes.get_mut(self.w.ith() * n, n)
-        };
         // The queries of one call, on the stack (no allocation in a forward pass).
         let mut queries: [attend::Query; attend::MAX_QUERIES] =
             std::array::from_fn(|_| attend::Query::default());
@@ -459,7 +448,6 @@ impl Ops for CpuOps<'_> {
                     spec.scale,
                     spec.softcap,
                     scratch,
-                    qbytes,
                 );
                 t0 = t1;
             }
