@@ -353,7 +353,7 @@ impl PrefixCache {
     /// no prefix found): what it held goes to host memory if worth keeping.
     pub fn take(&mut self, engine: &mut Engine, seq: usize) {
         self.evict(engine, seq);
-        self.bytes -= self.held[seq].checkpoint_bytes();
+        self.bytes = self.bytes.saturating_sub(self.held[seq].checkpoint_bytes());
         self.held[seq] = Prefix::default();
         self.live[seq] = false;
         self.running[seq] = true;
@@ -403,10 +403,10 @@ impl PrefixCache {
         while i < self.host.len() {
             if prefix.tokens.starts_with(&self.host[i].prefix.tokens) {
                 let old = self.host.swap_remove(i);
-                self.bytes -= old.kv.len();
+                self.bytes = self.bytes.saturating_sub(old.kv.len());
                 for c in old.prefix.checkpoints {
                     if prefix.checkpoints.iter().any(|k| k.pos == c.pos) {
-                        self.bytes -= c.state.len();
+                        self.bytes = self.bytes.saturating_sub(c.state.len());
                     } else {
                         prefix.checkpoints.push(c);
                     }
@@ -435,7 +435,7 @@ impl PrefixCache {
                 return false;
             };
             let e = self.host.swap_remove(i);
-            self.bytes -= e.bytes();
+            self.bytes = self.bytes.saturating_sub(e.bytes());
         }
         true
     }
@@ -534,7 +534,7 @@ impl PrefixCache {
     pub fn forget(&mut self, seq: usize) {
         self.running[seq] = false;
         self.live[seq] = false;
-        self.bytes -= self.held[seq].checkpoint_bytes();
+        self.bytes = self.bytes.saturating_sub(self.held[seq].checkpoint_bytes());
         self.held[seq] = Prefix::default();
     }
 }
@@ -544,7 +544,7 @@ fn truncate_checkpoints(p: &mut Prefix, len: usize, bytes: &mut usize) {
     p.checkpoints.retain(|c| {
         let keep = c.pos <= len;
         if !keep {
-            *bytes -= c.state.len();
+            *bytes = bytes.saturating_sub(c.state.len());
         }
         keep
     });
