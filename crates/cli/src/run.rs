@@ -47,7 +47,9 @@ pub struct ModelArgs {
 #[derive(clap::Args, Clone, Copy, Debug, Default)]
 pub struct CacheTypes {
     /// How the KV cache stores keys: f32, f16, q8_0 or q4_0 (default: f32 on the CPU, f16
-    /// on a GPU). q8_0 halves an f16 cache with almost no loss; attention reads it as is.
+    /// on a GPU). q8_0 takes about half of f16 and attention reads it as is; most models
+    /// lose little, but those with very large key values (Qwen2.5) lose more: check with
+    /// `surplus perplexity -ctk q8_0`.
     /// Also `-ctk TYPE`.
     #[arg(long = "cache-type-k", value_name = "TYPE")]
     pub k: Option<runtime::KvType>,
