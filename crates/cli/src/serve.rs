@@ -321,7 +321,7 @@ fn cache_summary(engine: &Engine, cfg: &server::Config) -> String {
             0 => "at prompt ends".to_string(),
             n => format!(
                 "every {} prompt tokens and at prompt ends",
-                n.div_ceil(cfg.prefill_chunk.max(1)) * cfg.prefill_chunk.max(1)
+                server::checkpoint_interval(n, cfg.prefill_chunk)
             ),
         };
         s.push_str(&format!(

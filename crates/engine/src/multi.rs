@@ -114,7 +114,7 @@ impl Engine {
     /// Whether [`Engine::copy_sequence`] can copy a sequence: models whose only
     /// per-sequence state is the KV cache (not recurrent ones).
     pub fn can_copy_sequences(&self) -> bool {
-        self.model.recurrent().is_none()
+        !self.has_recurrent()
     }
 
     /// Makes sequence `dst` continue from sequence `src`'s first `len` positions (its KV
@@ -127,15 +127,7 @@ impl Engine {
                 "copying a sequence of a model with recurrent state".into(),
             ));
         }
-        if src as usize >= self.n_seq || dst as usize >= self.n_seq || len > self.n_ctx {
-            return Err(EngineError::ContextFull {
-                prompt: len,
-                generate: 0,
-                n_ctx: self.n_ctx,
-            });
-        }
-        self.cached.clear();
-        self.backend.kv_copy(src as usize, dst as usize, len)
+        self.copy_kv(src, dst, len)
     }
 
     /// Evaluates one prompt chunk (at most `n_batch` tokens) of sequence `seq` from position

@@ -112,6 +112,12 @@ impl KvConfig {
         self.k_type.row_bytes(self.kv_dim) + self.v_type.row_bytes(self.kv_dim)
     }
 
+    /// Bytes of `n` positions' keys and values over every layer: what
+    /// [`crate::Device::kv_save`] writes for them.
+    pub fn saved_bytes(&self, n: usize) -> usize {
+        self.n_layers * n * self.token_bytes()
+    }
+
     /// Checks a request to save or load positions `range` of sequence `seq` from `data`
     /// bytes (None: saving): the one rule both devices apply.
     pub fn check_saved(
@@ -120,7 +126,7 @@ impl KvConfig {
         range: &std::ops::Range<usize>,
         data: Option<usize>,
     ) -> Result<(), BackendError> {
-        let need = self.n_layers * range.len() * self.token_bytes();
+        let need = self.saved_bytes(range.len());
         let why = if seq as usize >= self.n_seq {
             format!("sequence {seq} of {}", self.n_seq)
         } else if range.start > range.end || range.end > self.n_ctx {

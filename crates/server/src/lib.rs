@@ -23,7 +23,7 @@ use tokenizer::Tokenizer;
 
 use crate::http::AppState;
 use crate::metrics::Metrics;
-pub use crate::scheduler::prefix::{CacheConfig, DEFAULT_CHECKPOINT_EVERY};
+pub use crate::scheduler::prefix::{checkpoint_interval, CacheConfig, DEFAULT_CHECKPOINT_EVERY};
 use crate::scheduler::SchedulerConfig;
 pub use crate::scheduler::Speculation;
 

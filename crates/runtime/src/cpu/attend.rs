@@ -148,7 +148,8 @@ const OUT_CHUNK: usize = 64;
 /// Attention of `queries` (heads of one GQA group, of tokens of one sequence) over the
 /// cached `keys` and `values`, whose head starts at value `offset` of each row:
 /// `out = Σ_j softmax_j(softcap(scale · q·k_j)) v_j` over each query's `first..end`.
-/// `scratch` holds [`scratch_len`] floats for the queries and the head size (with less, the queries that do not fit are left alone).
+/// `scratch` holds [`scratch_len`] floats for the queries and the head size (with less,
+/// the queries that do not fit are left alone).
 ///
 /// Each query's output has the same bits whatever other queries share the call: a score is
 /// `Σ_d q_d k_d` in two partial sums (even and odd `d`, each in order, then added; q8_0 and

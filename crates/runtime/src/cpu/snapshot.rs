@@ -9,7 +9,7 @@ use crate::error::BackendError;
 impl CpuBackend {
     /// Bytes of one position's keys and values over every layer.
     pub fn kv_token_bytes(&self) -> usize {
-        self.kv.n_layers * self.kv.token_bytes()
+        self.kv.saved_bytes(1)
     }
 
     /// Appends the keys and values of positions `range` of `seq` to `out` (see

@@ -420,9 +420,8 @@ impl Scheduler {
         let Some(slot) = self.slots[i].take() else {
             return;
         };
-        let (tokens, valid, chunked) = slot.held();
-        self.prefix
-            .finish(&mut self.engine, i, &tokens, valid, chunked);
+        let (tokens, chunked) = slot.held();
+        self.prefix.finish(&mut self.engine, i, tokens, chunked);
         self.publish_cache();
     }
 

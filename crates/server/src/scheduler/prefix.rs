@@ -37,6 +37,12 @@ impl Default for CacheConfig {
 /// caching").
 pub const DEFAULT_CHECKPOINT_EVERY: usize = 1024;
 
+/// The checkpoint interval `--checkpoint-every` asks for with prompt chunks of `chunk`
+/// tokens: rounded up to whole chunks (checkpoints are taken between passes); 0 stays 0.
+pub fn checkpoint_interval(every: usize, chunk: usize) -> usize {
+    every.div_ceil(chunk.max(1)) * chunk.max(1)
+}
+
 /// A recurrent state saved after `pos` positions.
 struct Checkpoint {
     pos: usize,
@@ -125,10 +131,7 @@ impl PrefixCache {
     pub fn new(engine: &Engine, chunk: usize, cfg: CacheConfig) -> PrefixCache {
         let n = engine.n_seq();
         let chunk = chunk.max(1);
-        let every = match cfg.checkpoint_every {
-            0 => 0,
-            e => e.div_ceil(chunk) * chunk,
-        };
+        let every = checkpoint_interval(cfg.checkpoint_every, chunk);
         PrefixCache {
             cfg: CacheConfig {
                 checkpoint_every: every,
@@ -155,11 +158,6 @@ impl PrefixCache {
     /// Prefixes kept in host memory.
     pub fn entries(&self) -> usize {
         self.host.len()
-    }
-
-    /// The checkpoint interval in tokens (0: prompt ends only).
-    pub fn checkpoint_every(&self) -> usize {
-        self.cfg.checkpoint_every
     }
 
     /// The most positions of `prefix` a prompt sharing `shared` of its tokens can resume
@@ -502,22 +500,14 @@ impl PrefixCache {
         }
     }
 
-    /// The job in sequence `seq` ended: the sequence holds `tokens[..valid]` (prompt and
-    /// generated ids, evaluated; cut at any image), of which the first `chunked` came from
+    /// The job in sequence `seq` ended: the sequence holds `tokens` (the prompt's and the
+    /// answer's ids it evaluated, cut at any image), of which the first `chunked` came from
     /// prompt chunks. A recurrent state left past them (rejected drafts) is rolled back.
-    pub fn finish(
-        &mut self,
-        engine: &mut Engine,
-        seq: usize,
-        tokens: &[u32],
-        valid: usize,
-        chunked: usize,
-    ) {
+    pub fn finish(&mut self, engine: &mut Engine, seq: usize, tokens: Vec<u32>, chunked: usize) {
         self.running[seq] = false;
-        let valid = valid.min(tokens.len());
+        let valid = tokens.len();
         let p = &mut self.held[seq];
-        p.tokens.clear();
-        p.tokens.extend_from_slice(&tokens[..valid]);
+        p.tokens = tokens;
         p.chunked = chunked.min(valid);
         self.live[seq] = match engine.state_len(seq as u32) {
             None => true,

@@ -67,15 +67,15 @@ impl Slot {
         }
     }
 
-    /// What its sequence holds once the job ends: the token ids at positions `0..valid`
-    /// (cut at the first image, whose positions hold placeholders), `valid`, and how many
-    /// of them prompt chunks computed.
-    pub fn held(&self) -> (Vec<u32>, usize, usize) {
+    /// What its sequence holds once the job ends: the token ids of the positions evaluated
+    /// (cut at the first image, whose positions hold placeholders), and how many of them
+    /// prompt chunks computed.
+    pub fn held(&self) -> (Vec<u32>, usize) {
         let text = self.job.images.first().map_or(usize::MAX, |im| im.start);
         let valid = self.valid.min(text);
         let mut tokens = Vec::with_capacity(valid);
         tokens.extend(self.job.prompt.iter().chain(&self.picked).take(valid));
-        (tokens, valid, self.prefilled.min(valid))
+        (tokens, self.prefilled.min(valid))
     }
 
     /// Tokens generated so far.

@@ -11,7 +11,7 @@ use super::{drv, BackendError, CudaBackend};
 impl CudaBackend {
     /// Bytes of one position's keys and values over every layer on this GPU.
     pub fn kv_token_bytes(&self) -> usize {
-        self.kv.n_layers * self.kv.token_bytes()
+        self.kv.saved_bytes(1)
     }
 
     /// Appends the keys and values of positions `range` of `seq` to `out` (see
@@ -25,10 +25,7 @@ impl CudaBackend {
         self.kv.check_saved(seq, &range, None)?;
         self.bind()?;
         let start = out.len();
-        out.resize(
-            start + self.kv.n_layers * range.len() * self.kv.token_bytes(),
-            0,
-        );
+        out.resize(start + self.kv.saved_bytes(range.len()), 0);
         let mut at = start;
         for (buf, off, n) in self.kv_spans(seq, &range) {
             // SAFETY: the span lies inside the cache buffer (checked range of a checked
