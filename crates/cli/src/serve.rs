@@ -22,14 +22,16 @@ pub struct Args {
     /// Sequences generated at once (continuous batching; each has its own KV cache).
     #[arg(long, value_name = "N", default_value_t = 4)]
     parallel: usize,
-    /// Context size of each sequence in tokens (default: the model's, at most 4096).
+    /// Context size of each sequence in tokens (default: on GPUs with --fit on, the largest
+    /// up to the model's that fits; on the CPU, the model's, at most 4096).
     #[arg(short = 'c', long = "ctx-size", value_name = "N", default_value_t = 0)]
     ctx_size: usize,
     /// CPU threads (default: all cores).
     #[arg(short, long, value_name = "N", default_value_t = 0)]
     threads: usize,
-    /// Layers on the GPU: `all`, `0` (the CPU) or `auto` (all when CUDA works and the model
-    /// fits, else the CPU). Also `-ngl N`.
+    /// Blocks on the GPUs: N, `all` (an error when they do not fit), `0` (the CPU) or
+    /// `auto` (as many as fit, the fastest GPUs first; the CPU runs the rest). Also
+    /// `-ngl N`.
     #[arg(
         long = "gpu-layers",
         visible_alias = "n-gpu-layers",
@@ -39,6 +41,8 @@ pub struct Args {
     gpu_layers: engine::GpuLayers,
     #[command(flatten)]
     cache: crate::run::CacheTypes,
+    #[command(flatten)]
+    fit: crate::run::FitArgs,
     /// Requests that may wait for a free sequence; more are answered 429 with Retry-After.
     #[arg(long, value_name = "N", default_value_t = 64)]
     queue: usize,
@@ -194,7 +198,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     // A decode step holds every sequence's last token and, speculating, its drafts.
     let rows_per_seq = spec.draft_max() + 1;
-    let eo = EngineOptions {
+    let mut eo = EngineOptions {
         n_ctx: args.ctx_size,
         n_batch: args.batch_size.max(args.parallel * rows_per_seq),
         n_seq: args.parallel,
@@ -203,7 +207,12 @@ pub fn run(args: Args) -> Result<()> {
         gpu_layers: args.gpu_layers,
         cache_type_k: args.cache.k,
         cache_type_v: args.cache.v,
+        ..EngineOptions::default()
     };
+    args.fit.apply(&mut eo);
+    if let Some(m) = &args.mmproj {
+        eo.vision_bytes = crate::run::vision_bytes(m)?;
+    }
     let engine = crate::run::load_engine(&path, &eo)?;
     // The draft model: a sequence per slot, the target's context and threads.
     let drafter = match (&args.draft_model, spec) {
@@ -222,6 +231,7 @@ pub fn run(args: Args) -> Result<()> {
                 gpu_layers: args.gpu_layers,
                 cache_type_k: args.cache.k,
                 cache_type_v: args.cache.v,
+                ..eo.clone()
             };
             let d = ModelDrafter::load_for(
                 &dpath,

@@ -6,7 +6,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use model::Model;
-use runtime::collect::Collect;
 use runtime::cpu::CpuBackend;
 use runtime::cuda::backend::{AttnShape, CudaBackend};
 use runtime::cuda::gpu::GpuContext;
@@ -14,7 +13,8 @@ use runtime::KvType;
 use runtime::{Act, Batch, Device, Ops, Program, Rollback};
 use runtime::{KvConfig, RecurrentConfig};
 
-use crate::EngineError;
+use crate::plan::{self, DeviceSpec};
+use crate::{EngineError, EngineOptions};
 
 /// How many of a model's layers go to the GPU (`--gpu-layers N|all|auto`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -203,16 +203,6 @@ impl Rollback for Backend {
     }
 }
 
-/// Everything [`place`] needs besides the model.
-pub(crate) struct Shape {
-    /// The KV cache as the CPU holds it.
-    pub kv: KvConfig,
-    /// The key and value types of a GPU's KV cache.
-    pub gpu_kv_types: (KvType, KvType),
-    pub n_batch: usize,
-    pub n_threads: usize,
-}
-
 /// Checks that a KV cache of `kv`'s types fits the model's rows and heads (`head_dim`
 /// values): a quantized type's blocks may not straddle two heads, which attention reads one
 /// at a time. Every device stores f32, f16, q8_0 and q4_0; the CUDA backend checks its own
@@ -230,177 +220,181 @@ fn check_kv(kv: &KvConfig, head_dim: usize) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Loads the model and makes its backend as `layers` asks. Returns the model (loaded
-/// without CPU repacking when it runs on the GPU), the backend, and one line saying where it
-/// runs (the memory plan for a GPU, the reason for the CPU).
+/// Loads the model and makes its backend as `opts` asks ([`crate::plan`] decides which
+/// device runs which blocks and the context). Returns the model (loaded without CPU
+/// repacking when any of it runs on a GPU), the backend, the context, and the placement in
+/// words (the plan for GPUs, the reason for the CPU).
 pub(crate) fn place(
     file: Arc<gguf::Gguf>,
-    max_logit_rows: usize,
-    layers: GpuLayers,
-    shape: impl Fn(&Model) -> Shape,
-) -> Result<(Model, Backend, String), EngineError> {
+    opts: &EngineOptions,
+    n_threads: usize,
+) -> Result<(Model, Backend, usize, String), EngineError> {
+    let max_logit_rows = opts.max_logit_rows.max(1);
+    let layers = opts.gpu_layers;
     let explicit = !matches!(layers, GpuLayers::Auto | GpuLayers::Count(0));
     let cpu = |file: Arc<gguf::Gguf>, why: String| -> Result<_, EngineError> {
         let model = Model::load(file, max_logit_rows)?;
-        let s = shape(&model);
-        check_kv(&s.kv, model.hp.head_dim)?;
-        let mut be = CpuBackend::new(model.plan(), s.n_batch, s.kv, s.n_threads);
+        let ctx = match opts.n_ctx {
+            0 => model.hp.n_ctx_train.min(plan::MIN_FIT_CTX),
+            n => n,
+        };
+        let kv = KvConfig {
+            n_layers: model.kv_layers(),
+            kv_dim: model.hp.kv_dim(),
+            n_ctx: ctx,
+            n_seq: opts.n_seq.max(1),
+            k_type: opts.cache_type_k.unwrap_or(KvType::F32),
+            v_type: opts.cache_type_v.unwrap_or(KvType::F32),
+        };
+        check_kv(&kv, model.hp.head_dim)?;
+        let mut be = CpuBackend::new(model.plan(), opts.n_batch.clamp(1, ctx), kv, n_threads);
         if let Some((n_layers, net)) = model.recurrent() {
             be = be.with_recurrent(RecurrentConfig { n_layers, net });
         }
         let line = format!("CPU ({} threads): {why}", be.n_threads());
         let n_layers = model.hp.n_layer;
-        Ok((model, Backend::one(Box::new(be), n_layers), line))
+        Ok((model, Backend::one(Box::new(be), n_layers), ctx, line))
     };
     if layers == GpuLayers::Count(0) {
         return cpu(file, "--gpu-layers 0".into());
     }
-    let dev = match GpuContext::open(0) {
-        Ok(d) => d,
-        Err(reason) if !explicit => return cpu(file, format!("CUDA is off: {reason}")),
-        Err(reason) => {
-            return Err(EngineError::Placement(format!(
+    let unusable = |reason: String| -> Result<_, EngineError> {
+        if explicit {
+            Err(EngineError::Placement(format!(
                 "--gpu-layers asks for the GPU, but CUDA is unusable: {reason}"
             )))
+        } else {
+            cpu(file.clone(), format!("CUDA is off: {reason}"))
         }
     };
+    let info = match runtime::cuda::device::probe() {
+        Ok(i) => i,
+        Err(reason) => return unusable(reason),
+    };
+    // Every GPU the driver shows, opened (kernels loaded); one that fails to open is left
+    // out with its reason.
+    let mut gpus: Vec<(usize, Option<GpuContext>)> = Vec::new();
+    let mut specs = Vec::new();
+    let mut left_out = Vec::new();
+    for g in &info.gpus {
+        match GpuContext::open(g.ordinal) {
+            Ok(dev) => {
+                let (free, _) = dev.ctx.mem_get_info().unwrap_or((0, 0));
+                specs.push(DeviceSpec::gpu(&dev.info, free));
+                gpus.push((g.ordinal, Some(dev)));
+            }
+            Err(e) => left_out.push(e),
+        }
+    }
+    if gpus.is_empty() {
+        let why = if left_out.is_empty() {
+            "the driver shows no GPU".to_string()
+        } else {
+            left_out.join("; ")
+        };
+        return unusable(why);
+    }
+    specs.push(DeviceSpec::cpu());
     let model = Model::load_with(file.clone(), max_logit_rows, false)?;
-    let n_layers = model.hp.n_layer;
-    let s = shape(&model);
     let gpu_kv = KvConfig {
-        k_type: s.gpu_kv_types.0,
-        v_type: s.gpu_kv_types.1,
-        ..s.kv.clone()
+        n_layers: model.kv_layers(),
+        kv_dim: model.hp.kv_dim(),
+        n_ctx: 1,
+        n_seq: 1,
+        k_type: opts.cache_type_k.unwrap_or(KvType::F16),
+        v_type: opts.cache_type_v.unwrap_or(KvType::F16),
     };
     check_kv(&gpu_kv, model.hp.head_dim)?;
-    let full_rec = model
-        .recurrent()
-        .map(|(n_layers, net)| RecurrentConfig { n_layers, net });
-    let attn = AttnShape {
-        max_heads: model.hp.n_head.max(1),
-        max_head_dim: model.hp.head_dim.max(32),
-    };
-    // What the GPU holds with the first n blocks on it: the weights and vectors its passes
-    // read (the model's code run once without a device), the KV and recurrent state of its
-    // blocks (layer numbers from 0 match), and the memory plan.
-    let part = |n_gpu: usize| {
-        let split = n_gpu < n_layers;
-        let c = Collect::new(Batch::one_sequence(&[0], 0, 0, true));
-        model.forward_layers(&c, 0..n_gpu);
-        if !split {
-            for k in 0..model.n_mtp() {
-                model.mtp_forward(&c, k);
-            }
-        }
-        let used = c.finish();
-        let (kv_before, rec_before) = if split {
-            model.state_layers_before(n_gpu)
-        } else {
-            (s.kv.n_layers, full_rec.as_ref().map_or(0, |r| r.n_layers))
-        };
-        let kv = KvConfig {
-            n_layers: kv_before,
-            k_type: s.gpu_kv_types.0,
-            v_type: s.gpu_kv_types.1,
-            ..s.kv.clone()
-        };
-        let rec = full_rec
-            .clone()
-            .filter(|_| rec_before > 0)
-            .map(|r| RecurrentConfig {
-                n_layers: rec_before,
-                ..r
-            });
-        let plan = CudaBackend::plan_memory(
-            &dev,
-            model.plan(),
-            s.n_batch,
-            &kv,
-            rec.as_ref(),
-            attn,
-            &used,
+    let placement = plan::plan(&model, &specs, opts)?;
+    if placement.gpu_blocks() == 0 {
+        let why = format!(
+            "the model does not fit the GPU{}: {}",
+            if gpus.len() > 1 { "s" } else { "" },
+            placement.to_string().trim_end()
         );
-        (used, kv, rec, plan)
-    };
-    // Blocks on the GPU: as asked, or (auto) all when they fit, else as many as fit.
-    let mut n_gpu = match layers {
-        GpuLayers::Count(n) => n.min(n_layers),
-        _ => n_layers,
-    };
-    let (mut used, mut gpu_kv, mut rec, mut plan) = part(n_gpu);
-    if let Some(why) = used
-        .weights
-        .iter()
-        .find_map(|w| runtime::cuda::backend::check_weight(w).err())
-    {
+        drop(model);
+        return cpu(file, why);
+    }
+    let on_gpu = |s: &&plan::Stage| placement.devices[s.device].gpu.is_some();
+    let unsupported = placement.block_stages().filter(on_gpu).find_map(|s| {
+        plan::collect(&model, &s.blocks, s.last)
+            .weights
+            .iter()
+            .find_map(|w| runtime::cuda::backend::check_weight(w).err())
+    });
+    if let Some(why) = unsupported {
         if !explicit {
             drop(model);
             return cpu(file, format!("the GPU cannot take this model: {why}"));
         }
     }
-    if !explicit && !plan.fits() {
-        // The most blocks that fit (the plan grows with each block).
-        let (mut lo, mut hi) = (0, n_layers);
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            if part(mid).3.fits() {
-                lo = mid;
-            } else {
-                hi = mid - 1;
+    let ctx = placement.ctx;
+    let n_batch = opts.n_batch.clamp(1, ctx);
+    let attn = AttnShape {
+        max_heads: model.hp.n_head.max(1),
+        max_head_dim: model.hp.head_dim.max(32),
+    };
+    let mut stages = Vec::new();
+    let mut how = String::new();
+    for s in placement.block_stages() {
+        let (kv_first, rec_first) = (s.kv_layers.start, s.rec_layers.start);
+        let dev: Box<dyn Device> = match placement.devices[s.device].gpu {
+            Some(ordinal) => {
+                let dev = gpus
+                    .iter_mut()
+                    .find(|(o, _)| *o == ordinal)
+                    .and_then(|(_, d)| d.take())
+                    .ok_or_else(|| EngineError::Placement(format!("GPU {ordinal} is gone")))?;
+                let used = plan::collect(&model, &s.blocks, s.last);
+                let be = CudaBackend::new(
+                    dev,
+                    model.plan(),
+                    n_batch,
+                    s.kv.clone(),
+                    s.rec.clone(),
+                    attn,
+                    &used,
+                )?
+                .with_first_layers(kv_first, rec_first);
+                if how.is_empty() {
+                    let (graphs, _) = be.graphs();
+                    how = format!(
+                        "prompts by {}; decode {}",
+                        if be.has_cublas() {
+                            "cuBLAS"
+                        } else {
+                            "the matrix x vector kernels (no cuBLAS)"
+                        },
+                        if graphs {
+                            "by CUDA graph replay"
+                        } else {
+                            "without CUDA graphs"
+                        }
+                    );
+                }
+                Box::new(be)
             }
-        }
-        if lo == 0 {
-            let why = format!("the model does not fit the GPU: {plan}");
-            drop(model);
-            return cpu(file, why);
-        }
-        n_gpu = lo;
-        (used, gpu_kv, rec, plan) = part(n_gpu);
-    }
-    let split = n_gpu < n_layers;
-    let be = CudaBackend::new(dev, model.plan(), s.n_batch, gpu_kv, rec, attn, &used)?;
-    let (graphs, _) = be.graphs();
-    let line = format!(
-        "{n_gpu} of {n_layers} layers on the GPU{}: {plan}; prompts by {}; decode {}",
-        if split {
-            format!(
-                ", {} on the CPU ({} threads; the CPU part keeps the file's layout)",
-                n_layers - n_gpu,
-                s.n_threads
-            )
-        } else {
-            String::new()
-        },
-        if be.has_cublas() {
-            "cuBLAS"
-        } else {
-            "the matrix x vector kernels (no cuBLAS)"
-        },
-        if graphs {
-            "by CUDA graph replay"
-        } else {
-            "without CUDA graphs"
-        }
-    );
-    if split {
-        check_kv(&s.kv, model.hp.head_dim)?;
-        let mut cpu = CpuBackend::new(model.plan(), s.n_batch, s.kv, s.n_threads);
-        if let Some(r) = full_rec {
-            cpu = cpu.with_recurrent(r);
-        }
-        let be = Backend {
-            stages: vec![
-                Stage {
-                    dev: Box::new(be),
-                    layers: 0..n_gpu,
-                },
-                Stage {
-                    dev: Box::new(cpu),
-                    layers: n_gpu..n_layers,
-                },
-            ],
+            None => {
+                check_kv(&s.kv, model.hp.head_dim)?;
+                let mut be = CpuBackend::new(model.plan(), n_batch, s.kv.clone(), n_threads);
+                if let Some(r) = s.rec.clone() {
+                    be = be.with_recurrent(r);
+                }
+                Box::new(be.with_first_layers(kv_first, rec_first))
+            }
         };
-        return Ok((model, be, line));
+        stages.push(Stage {
+            dev,
+            layers: s.blocks.clone(),
+        });
     }
-    Ok((model, Backend::one(Box::new(be), n_layers), line))
+    let mut line = placement.to_string();
+    if stages.iter().any(|s| !s.dev.is_gpu()) {
+        line.push_str("  note: the CPU part keeps the file's layout (not repacked)\n");
+    }
+    for e in &left_out {
+        line.push_str(&format!("  note: left out: {e}\n"));
+    }
+    line.push_str(&format!("  {how}"));
+    Ok((model, Backend { stages }, ctx, line))
 }

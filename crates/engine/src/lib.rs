@@ -7,6 +7,7 @@ pub mod mtp;
 pub mod multi;
 pub mod perplexity;
 pub mod pick;
+pub mod plan;
 mod positions;
 pub mod sampling;
 mod saved;

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use model::Model;
 use runtime::Batch;
-use runtime::{KvConfig, KvType};
+use runtime::KvType;
 use tokenizer::{ChatTemplate, Tokenizer};
 
-use crate::backend::{place, Backend, GpuLayers, Shape};
+use crate::backend::{place, Backend, GpuLayers};
 use crate::pick::Picker;
 use crate::sampling::{top_logprobs, SamplingParams};
 use crate::stop::TextStream;
@@ -127,6 +127,21 @@ pub struct EngineOptions {
     pub cache_type_k: Option<KvType>,
     /// How the KV cache stores values (`--cache-type-v`; None: the device's default).
     pub cache_type_v: Option<KvType>,
+    /// Shares of the blocks per GPU by driver ordinal (`--tensor-split 3,1`); empty: by
+    /// memory and bandwidth ([`crate::plan`]).
+    pub tensor_split: Vec<f64>,
+    /// The GPU that runs the head and any MTP block: the last of the pass (`--main-gpu`).
+    pub main_gpu: Option<usize>,
+    /// `--fit on`: with `n_ctx` 0, the largest context up to the model's that keeps the
+    /// blocks on the GPUs, and a reserve kept free on each; off: 4096 positions and no
+    /// reserve.
+    pub fit: bool,
+    /// Bytes kept free on each GPU (`--fit-margin`; None: 768 MiB, at most an eighth of a
+    /// small card).
+    pub fit_margin: Option<usize>,
+    /// Bytes the process holds on the CPU besides the model (a vision projector and its
+    /// largest image), counted in the plan.
+    pub vision_bytes: usize,
 }
 
 impl Default for EngineOptions {
@@ -140,6 +155,11 @@ impl Default for EngineOptions {
             gpu_layers: GpuLayers::Auto,
             cache_type_k: None,
             cache_type_v: None,
+            tensor_split: Vec::new(),
+            main_gpu: None,
+            fit: true,
+            fit_margin: None,
+            vision_bytes: 0,
         }
     }
 }
@@ -251,32 +271,8 @@ impl Engine {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let shape = |model: &Model| {
-            let n_ctx = match opts.n_ctx {
-                0 => model.hp.n_ctx_train.min(4096),
-                n => n,
-            };
-            Shape {
-                kv: KvConfig {
-                    n_layers: model.kv_layers(),
-                    kv_dim: model.hp.kv_dim(),
-                    n_ctx,
-                    n_seq: opts.n_seq.max(1),
-                    k_type: opts.cache_type_k.unwrap_or(KvType::F32),
-                    v_type: opts.cache_type_v.unwrap_or(KvType::F32),
-                },
-                gpu_kv_types: (
-                    opts.cache_type_k.unwrap_or(KvType::F16),
-                    opts.cache_type_v.unwrap_or(KvType::F16),
-                ),
-                n_batch: opts.n_batch.clamp(1, n_ctx),
-                n_threads,
-            }
-        };
-        let (model, backend, placement) =
-            place(file, opts.max_logit_rows.max(1), opts.gpu_layers, shape)?;
-        let s = shape(&model);
-        let (n_ctx, n_batch) = (s.kv.n_ctx, s.n_batch);
+        let (model, backend, n_ctx, placement) = place(file, opts, n_threads)?;
+        let n_batch = opts.n_batch.clamp(1, n_ctx);
         Ok(Engine {
             model,
             tokenizer,

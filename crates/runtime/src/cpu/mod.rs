@@ -51,6 +51,9 @@ pub struct CpuBackend {
     panel_scratch: Shared<u8>,
     panel_scratch_per_thread: usize,
     kv: KvConfig,
+    /// The model's KV-cache and recurrent layer numbers of this backend's first layers
+    /// (non-zero on a later device of a split model; see [`CpuBackend::with_first_layers`]).
+    first: (usize, usize),
     /// Keys, as bytes of `kv.k_type`: for each layer and sequence, `n_ctx` rows of
     /// `k_stride` bytes.
     k: Shared<u8>,
@@ -114,6 +117,7 @@ impl CpuBackend {
             k_stride,
             v_stride,
             kv,
+            first: (0, 0),
             rec: None,
         }
     }
@@ -237,6 +241,13 @@ pub struct CpuOps<'a> {
     prepared: Cell<Option<(u32, GgmlType, usize)>>,
 }
 
+/// The index in this backend's state of the model's layer `layer`, its first being `first`.
+fn own_layer(layer: usize, first: usize) -> usize {
+    layer
+        .checked_sub(first)
+        .expect("a split model runs each layer on the device that holds its state")
+}
+
 impl CpuOps<'_> {
     /// This thread's scratch space. Each operation takes it once.
     #[allow(clippy::mut_from_ref)]
@@ -344,6 +355,7 @@ impl Ops for CpuOps<'_> {
 
     fn attention(&self, layer: usize, q: Act, k: Act, v: Act, spec: &Attention, out: Act) {
         let be = self.be;
+        let layer = own_layer(layer, be.first.0);
         let c = &be.kv;
         let hd = spec.head_dim;
         let kv_dim = (spec.n_kv_heads * hd).min(c.kv_dim);
@@ -589,11 +601,11 @@ impl Ops for CpuOps<'_> {
     }
 
     fn conv_silu(&self, layer: usize, x: Act, w: &[f32], net: &DeltaNet, out: Act) {
-        self.conv_silu_impl(layer, x, w, net, out);
+        self.conv_silu_impl(own_layer(layer, self.be.first.1), x, w, net, out);
     }
 
     fn gated_delta(&self, layer: usize, qkv: Act, g: Act, beta: Act, net: &DeltaNet, out: Act) {
-        self.gated_delta_impl(layer, qkv, g, beta, net, out);
+        self.gated_delta_impl(own_layer(layer, self.be.first.1), qkv, g, beta, net, out);
     }
 }
 

@@ -245,6 +245,14 @@ impl CpuBackend {
         self
     }
 
+    /// Makes this backend hold the state of the model's KV-cache layers from `kv` and
+    /// recurrent layers from `rec` on (the blocks of a later device of a split model): its
+    /// [`KvConfig::n_layers`] and [`RecurrentConfig::n_layers`] count from there.
+    pub fn with_first_layers(mut self, kv: usize, rec: usize) -> CpuBackend {
+        self.first = (kv, rec);
+        self
+    }
+
     /// The recurrent layers this backend keeps state for, if any.
     pub fn recurrent_config(&self) -> Option<&RecurrentConfig> {
         self.rec.as_ref().map(Recurrent::config)

@@ -28,6 +28,15 @@ pub struct GpuContext {
     _modules: Vec<Arc<CudaModule>>,
 }
 
+/// Free and total memory of GPU `ordinal` in bytes, read through a context of its own (no
+/// kernels loaded): what a planner needs of a GPU it will not use itself.
+pub fn memory_info(ordinal: usize) -> Result<(usize, usize), String> {
+    device::probe()?;
+    let ctx = CudaContext::new(ordinal).map_err(|e| format!("GPU {ordinal}: {e}"))?;
+    ctx.mem_get_info()
+        .map_err(|e| format!("GPU {ordinal}: reading its free memory: {e}"))
+}
+
 impl GpuContext {
     /// Opens GPU `ordinal` and loads every kernel (compiled for its exact architecture, or
     /// read from the kernel cache).

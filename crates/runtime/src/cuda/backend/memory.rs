@@ -121,6 +121,18 @@ impl fmt::Display for MemoryPlan {
     }
 }
 
+/// Device memory the kernels' modules hold for their globals (the driver allocates it as
+/// they load; under 1 KiB today), counted with the scratch.
+const MODULE_GLOBALS: usize = 64 << 10;
+
+/// The smallest buffer [`DevBuf::new`] allocates.
+const MIN_BUF: usize = 256;
+
+/// Bytes `DevBuf::new(bytes, ..)` allocates.
+pub(super) fn buf_bytes(bytes: usize) -> usize {
+    bytes.max(MIN_BUF)
+}
+
 /// Device memory freed on drop (the owning backend makes its context current first).
 pub(super) struct DevBuf {
     pub(super) ptr: u64,
@@ -136,7 +148,7 @@ impl DevBuf {
         what: &str,
         stream: sys::CUstream,
     ) -> Result<DevBuf, BackendError> {
-        let bytes = bytes.max(256);
+        let bytes = buf_bytes(bytes);
         // SAFETY: the backend's context is current on this thread (bound by the caller).
         let ptr = unsafe { result::malloc_sync(bytes) }
             .map_err(|e| BackendError::OutOfMemory(format!("{what} ({bytes} bytes): {e}")))?;
@@ -186,7 +198,13 @@ pub(super) fn sizes(
     // The widest per-token buffer bounds every matmul input (its f16 and 8-bit copies) and
     // input row; the buffers of a few rows (the logits, vocabulary-wide) are outputs only.
     let max_width = plan.max_token_width();
-    let acts = plan.bytes(max_batch);
+    // Every buffer as `DevBuf::new` allocates it (at least MIN_BUF bytes).
+    let acts = plan
+        .widths
+        .iter()
+        .zip(&plan.rows)
+        .map(|(w, r)| buf_bytes(w * r.unwrap_or(max_batch) * 4))
+        .sum();
     let n_split = kv.n_ctx.div_ceil(256).clamp(1, ATT_MAX_SPLITS);
     let split_len = kv.n_ctx.div_ceil(n_split).max(1);
     let part = ATT_TOKENS * max_heads * n_split * (max_hd + 2) * 4;
@@ -194,10 +212,27 @@ pub(super) fn sizes(
     let xh = max_batch * max_width * 2;
     let info = InfoLayout::new(max_batch).len * 4;
     let embd = max_batch * max_width * 4;
-    let scratch = part + q8 + xh + tile + info + embd;
-    let kvb = kv.bytes();
+    let scratch = [part, q8, xh, tile, info, embd]
+        .into_iter()
+        .map(buf_bytes)
+        .sum::<usize>()
+        + MODULE_GLOBALS;
+    let rows = kv.n_layers * kv.n_seq * kv.n_ctx;
+    let kvb = buf_bytes(rows * kv.k_type.row_bytes(kv.kv_dim))
+        + buf_bytes(rows * kv.v_type.row_bytes(kv.kv_dim));
     let recb = rec.map_or(0, |r| {
-        r.bytes(kv.n_seq) + ROLLBACK_TOKENS * r.net.value_dim() * 4 + 64 * 4
+        let l = r.state_lens(kv.n_seq);
+        [
+            l.conv * 4,
+            l.ssm * 4,
+            l.replay * 4,
+            ROLLBACK_TOKENS * r.net.value_dim() * 4,
+            ROLLBACK_TOKENS * 4,
+            6 * 4,
+        ]
+        .into_iter()
+        .map(buf_bytes)
+        .sum()
     });
     Sizes {
         acts,
@@ -223,6 +258,53 @@ pub struct AttnShape {
     pub max_head_dim: usize,
 }
 
+/// What a backend with these buffers and weights allocates on a GPU of `total` bytes, named
+/// `device` (free memory and reserve left 0: the caller knows them). The planner of a split
+/// model calls this for GPUs it has not opened; [`CudaBackend::new`] allocates exactly this.
+#[allow(clippy::too_many_arguments)]
+pub fn gpu_memory(
+    device: String,
+    total: usize,
+    plan: &Plan,
+    max_batch: usize,
+    kv: &KvConfig,
+    rec: Option<&RecurrentConfig>,
+    attn: AttnShape,
+    used: &Collected,
+) -> MemoryPlan {
+    let s = sizes(
+        plan,
+        max_batch.max(1),
+        kv,
+        rec,
+        attn.max_heads,
+        attn.max_head_dim,
+        total,
+    );
+    let weights = used
+        .weights
+        .iter()
+        .map(|w| buf_bytes(w.bytes().len()))
+        .sum::<usize>()
+        + used
+            .vectors
+            .iter()
+            .map(|v| buf_bytes(v.len() * 4))
+            .sum::<usize>();
+    MemoryPlan {
+        device,
+        weights,
+        kv_cache: s.kv,
+        kv_types: (kv.k_type, kv.v_type),
+        recurrent: s.rec,
+        activations: s.acts,
+        scratch: s.scratch,
+        reserve: reserve_bytes(total),
+        free: 0,
+        total,
+    }
+}
+
 impl CudaBackend {
     /// What loading a model with these buffers and weights would take on `dev`'s GPU (free
     /// memory read now).
@@ -236,31 +318,22 @@ impl CudaBackend {
         used: &Collected,
     ) -> MemoryPlan {
         let (free, total) = dev.ctx.mem_get_info().unwrap_or((0, 0));
-        let s = sizes(
-            plan,
-            max_batch,
-            kv,
-            rec,
-            attn.max_heads,
-            attn.max_head_dim,
-            dev.info.memory_bytes as usize,
-        );
-        let weights = used.weights.iter().map(|w| w.bytes().len()).sum::<usize>()
-            + used.vectors.iter().map(|v| v.len() * 4).sum::<usize>();
         MemoryPlan {
-            device: format!(
-                "GPU {} ({}, sm_{})",
-                dev.info.ordinal, dev.info.name, dev.info.sm
-            ),
-            weights,
-            kv_cache: s.kv,
-            kv_types: (kv.k_type, kv.v_type),
-            recurrent: s.rec,
-            activations: s.acts,
-            scratch: s.scratch,
-            reserve: reserve_bytes(dev.info.memory_bytes as usize),
             free,
             total,
+            ..gpu_memory(
+                format!(
+                    "GPU {} ({}, sm_{})",
+                    dev.info.ordinal, dev.info.name, dev.info.sm
+                ),
+                dev.info.memory_bytes as usize,
+                plan,
+                max_batch,
+                kv,
+                rec,
+                attn,
+                used,
+            )
         }
     }
 }

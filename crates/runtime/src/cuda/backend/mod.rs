@@ -48,7 +48,7 @@ mod snapshot;
 pub(crate) mod weights;
 
 pub use launch::CudaOps;
-pub use memory::{reserve_bytes, AttnShape, MemoryPlan, RESERVE_BYTES};
+pub use memory::{gpu_memory, reserve_bytes, AttnShape, MemoryPlan, RESERVE_BYTES};
 pub use weights::check_weight;
 
 /// A driver error as a [`BackendError::Device`] naming what failed.
@@ -90,6 +90,9 @@ impl InfoLayout {
 
 /// A model's memory on one GPU and the stream its passes run on.
 pub struct CudaBackend {
+    /// The model's KV-cache and recurrent layer numbers of this backend's first layers
+    /// (see [`CudaBackend::with_first_layers`]).
+    first: (usize, usize),
     gemm: Option<Gemm>,
     names: TypeKernels,
     widths: Vec<usize>,
@@ -152,7 +155,8 @@ impl CudaBackend {
             .map_err(drv("binding the context"))?;
         let max_batch = max_batch.max(1);
         let mem = CudaBackend::plan_memory(&dev, plan, max_batch, &kv, rec.as_ref(), attn, used);
-        if !mem.fits() {
+        // The reserve is the planner's policy (`--fit-margin`); here only what is free counts.
+        if mem.needed() > mem.free {
             return Err(BackendError::OutOfMemory(format!(
                 "{mem}; lower --ctx-size, --parallel or --batch-size, or run on the CPU \
                  (--gpu-layers 0)"
@@ -245,6 +249,7 @@ impl CudaBackend {
         let sync_each = env_on("SURPLUS_CUDA_SYNC");
         let graphs_on = !env_on("SURPLUS_NO_CUDA_GRAPH") && !sync_each;
         let be = CudaBackend {
+            first: (0, 0),
             gemm,
             names: TypeKernels::new(),
             widths: plan.widths.clone(),
@@ -511,6 +516,14 @@ impl CudaBackend {
         let v = out.pop().unwrap_or_default();
         let k = out.pop().unwrap_or_default();
         Ok((k, v))
+    }
+
+    /// Makes this backend hold the state of the model's KV-cache layers from `kv` and
+    /// recurrent layers from `rec` on (the blocks of a later device of a split model): its
+    /// [`KvConfig::n_layers`] and [`RecurrentConfig::n_layers`] count from there.
+    pub fn with_first_layers(mut self, kv: usize, rec: usize) -> CudaBackend {
+        self.first = (kv, rec);
+        self
     }
 
     /// Positions the recurrent state of `seq` covers (`None` without recurrent layers).

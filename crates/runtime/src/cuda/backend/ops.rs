@@ -325,6 +325,8 @@ impl Ops for CudaOps<'_> {
 
     fn attention(&self, layer: usize, q: Act, k: Act, v: Act, spec: &Attention, out: Act) {
         let be = self.be;
+        // Past the cache's layers when it is another device's: refused below.
+        let layer = layer.checked_sub(be.first.0).unwrap_or(usize::MAX);
         let c = &be.kv;
         let n = self.batch.len();
         let hd = spec.head_dim;
@@ -667,6 +669,7 @@ impl Ops for CudaOps<'_> {
 
     fn conv_silu(&self, layer: usize, x: Act, w: &[f32], net: &DeltaNet, out: Act) {
         self.wrote(out);
+        let layer = layer.checked_sub(self.be.first.1).unwrap_or(usize::MAX);
         let Some(rec) = self.rec("conv_silu", layer, net) else {
             return;
         };
@@ -716,6 +719,7 @@ impl Ops for CudaOps<'_> {
 
     fn gated_delta(&self, layer: usize, qkv: Act, g: Act, beta: Act, net: &DeltaNet, out: Act) {
         self.wrote(out);
+        let layer = layer.checked_sub(self.be.first.1).unwrap_or(usize::MAX);
         let Some(rec) = self.rec("gated_delta", layer, net) else {
             return;
         };
