@@ -1,7 +1,7 @@
 //! `surplus plan`: where a model would run on the GPUs there are now (the blocks, bytes and
 //! predicted speed of each device), from the file's header alone, as text or `--json`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use engine::plan::{Placement, Stage};
 use serde_json::{json, Value};
 
@@ -28,6 +28,10 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Then load the model as planned (every buffer allocated, nothing run) and exit: a
+    /// check that it fits, and what the emulator's peak-allocation counters compare with.
+    #[arg(long)]
+    load: bool,
 }
 
 /// Runs `surplus plan`.
@@ -51,25 +55,33 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(mmproj) = &args.mmproj {
         eo.vision_bytes = crate::run::vision_bytes(mmproj)?;
     }
-    let p = engine::plan::plan_file(&path, &eo)?;
-    let draft = match &args.draft_model {
+    let dpath = match &args.draft_model {
+        Some(name) => Some(registry::resolve(name, &pull)?),
         None => None,
-        Some(name) => {
-            let dpath = registry::resolve(name, &pull)?;
+    };
+    eo.draft_model = dpath.clone();
+    let p = engine::plan::plan_file(&path, &eo)?;
+    let draft = match &dpath {
+        None => None,
+        Some(dpath) => {
             let deo = engine::EngineOptions {
                 n_ctx: p.ctx,
                 max_logit_rows: 1,
                 vision_bytes: 0,
                 tensor_split: Vec::new(),
                 main_gpu: None,
+                draft_model: None,
                 ..eo.clone()
             };
-            let file = gguf::Gguf::open(&dpath).with_context(|| dpath.display().to_string())?;
-            let model = model::Model::load_with(std::sync::Arc::new(file), 1, false)?;
+            let model = engine::plan::load_header(dpath, 1)?;
             let devices = left_free(&p);
             Some(engine::plan::plan(&model, &devices, &deo)?)
         }
     };
+    if args.load {
+        let engine = crate::run::load_engine(&path, &eo)?;
+        eprintln!("surplus: loaded: {}", engine.placement().trim_end());
+    }
     if args.json {
         let mut out = to_json(&p);
         if let Some(d) = &draft {
@@ -139,6 +151,7 @@ pub fn to_json(p: &Placement) -> Value {
             "free_bytes": d.free,
             "total_bytes": d.total,
             "margin_bytes": p.margins[i],
+            "draft_reserve_bytes": p.draft_reserve[i],
             "bandwidth_gbps": d.bandwidth / 1e9,
             "bandwidth_from": d.bandwidth_from,
             "read_bytes_per_token": stage.map_or(0, |s| s.read_per_token),

@@ -48,6 +48,10 @@ pub struct ModelArgs {
     /// Bytes a vision projector takes on the CPU (set by the command before loading).
     #[arg(skip)]
     pub vision_bytes: usize,
+    /// A draft model the command loads after this one (set by it before loading): the plan
+    /// keeps room for it.
+    #[arg(skip)]
+    pub draft_path: Option<std::path::PathBuf>,
 }
 
 /// How a model is split over the GPUs and what must fit (`--tensor-split`, `--main-gpu`,
@@ -121,6 +125,7 @@ impl ModelArgs {
             cache_type_k: self.cache.k,
             cache_type_v: self.cache.v,
             vision_bytes: self.vision_bytes,
+            draft_model: self.draft_path.clone(),
             ..EngineOptions::default()
         };
         self.fit.apply(&mut eo);
@@ -130,6 +135,25 @@ impl ModelArgs {
     /// Resolves the model name or path and loads it.
     pub fn load(&self, max_logit_rows: usize) -> Result<Engine> {
         self.load_other(&self.model, max_logit_rows)
+    }
+
+    /// Loads the draft model `name` for a target of `n_ctx` positions: that context, the
+    /// room the target's plan kept for it, no split or projector of the target's.
+    pub fn load_draft(&self, name: &str, n_ctx: usize) -> Result<Engine> {
+        let pull = registry::PullOptions {
+            progress: crate::progress_enabled(),
+            force: false,
+        };
+        let path = registry::resolve(name, &pull)?;
+        let eo = EngineOptions {
+            n_ctx,
+            tensor_split: Vec::new(),
+            main_gpu: None,
+            vision_bytes: 0,
+            draft_model: None,
+            ..self.options(1)
+        };
+        load_engine(&path, &eo)
     }
 
     /// Loads `model` (a name or a path) with these flags' threads, context and batch.
@@ -303,7 +327,7 @@ impl SpecArgs {
                 let Some(name) = &self.draft_model else {
                     anyhow::bail!("--spec draft needs --draft-model MODEL (a small model with the same tokenizer)");
                 };
-                let engine = model.load_other(name, 1)?;
+                let engine = model.load_draft(name, target.n_ctx())?;
                 let d = ModelDrafter::new(engine, target, sampling)
                     .with_context(|| format!("draft model {name}"))?;
                 Ok(Some(DraftSource::Model(Box::new(d))))
@@ -313,6 +337,12 @@ impl SpecArgs {
 
     /// Logit rows the target needs: one per verified token (the model may turn out to have
     /// an MTP block, which speculates by default, so only `--spec none` asks for one row).
+    /// Whether a draft model will be loaded (`--draft-model`, with `--spec draft` or no
+    /// `--spec`).
+    pub fn uses_draft(&self) -> bool {
+        self.draft_model.is_some() && matches!(self.spec, None | Some(SpecMode::Draft))
+    }
+
     pub fn logit_rows(&self) -> usize {
         if self.spec == Some(SpecMode::None) {
             1
@@ -420,6 +450,18 @@ pub fn run(mut args: Args) -> Result<()> {
     args.constraint.grammar()?;
     if let (Some(m), Some(_)) = (&args.mmproj, &args.image) {
         args.model.vision_bytes = vision_bytes(m)?;
+    }
+    if let Some(name) = args
+        .spec
+        .draft_model
+        .as_ref()
+        .filter(|_| args.spec.uses_draft())
+    {
+        let pull = registry::PullOptions {
+            progress: crate::progress_enabled(),
+            force: false,
+        };
+        args.model.draft_path = Some(registry::resolve(name, &pull)?);
     }
     let mut engine = args.model.load(args.spec.logit_rows())?;
     let constraint = args.constraint.compile(&engine)?;

@@ -213,6 +213,9 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(m) = &args.mmproj {
         eo.vision_bytes = crate::run::vision_bytes(m)?;
     }
+    if let (Some(name), server::Speculation::Draft { .. }) = (&args.draft_model, spec) {
+        eo.draft_model = Some(registry::resolve(name, &opts)?);
+    }
     let engine = crate::run::load_engine(&path, &eo)?;
     // The draft model: a sequence per slot, the target's context and threads.
     let drafter = match (&args.draft_model, spec) {
@@ -231,6 +234,10 @@ pub fn run(args: Args) -> Result<()> {
                 gpu_layers: args.gpu_layers,
                 cache_type_k: args.cache.k,
                 cache_type_v: args.cache.v,
+                tensor_split: Vec::new(),
+                main_gpu: None,
+                vision_bytes: 0,
+                draft_model: None,
                 ..eo.clone()
             };
             let d = ModelDrafter::load_for(

@@ -61,6 +61,11 @@ pub struct Args {
     /// value heads per key head.
     #[arg(long)]
     delta_heads: Option<usize>,
+    /// Leave the quantized matrices as holes: all-zero weights that take no disk space, in
+    /// a file of the full size and layout (seconds to write). For `surplus plan`, which
+    /// reads only the header and the small tensors; not for running.
+    #[arg(long)]
+    sparse: bool,
 }
 
 /// The numbers of one shape, overrides applied.
@@ -411,8 +416,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     let params = t.params;
     g.set("general.parameter_count", Value::U64(params as u64));
-    g.write_file(&args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    if args.sparse {
+        g.write_file_sparse(&args.out)
+    } else {
+        g.write_file(&args.out)
+    }
+    .with_context(|| format!("writing {}", args.out.display()))?;
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
     println!(
         "wrote {}: {:.2}B parameters, {:.2} GB",

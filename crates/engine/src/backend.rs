@@ -271,28 +271,16 @@ pub(crate) fn place(
         Ok(i) => i,
         Err(reason) => return unusable(reason),
     };
-    // Every GPU the driver shows, opened (kernels loaded); one that fails to open is left
-    // out with its reason.
-    let mut gpus: Vec<(usize, Option<GpuContext>)> = Vec::new();
+    // Every GPU the driver shows, by its free memory (a context of its own, no kernels);
+    // planned, then the GPUs the plan uses opened (kernels loaded). One that fails to open
+    // is left out with its reason and the rest planned again.
     let mut specs = Vec::new();
     let mut left_out = Vec::new();
     for g in &info.gpus {
-        match GpuContext::open(g.ordinal) {
-            Ok(dev) => {
-                let (free, _) = dev.ctx.mem_get_info().unwrap_or((0, 0));
-                specs.push(DeviceSpec::gpu(&dev.info, free));
-                gpus.push((g.ordinal, Some(dev)));
-            }
+        match runtime::cuda::gpu::memory_info(g.ordinal) {
+            Ok((free, _)) => specs.push(DeviceSpec::gpu(g, free)),
             Err(e) => left_out.push(e),
         }
-    }
-    if gpus.is_empty() {
-        let why = if left_out.is_empty() {
-            "the driver shows no GPU".to_string()
-        } else {
-            left_out.join("; ")
-        };
-        return unusable(why);
     }
     specs.push(DeviceSpec::cpu());
     let model = Model::load_with(file.clone(), max_logit_rows, false)?;
@@ -305,11 +293,47 @@ pub(crate) fn place(
         v_type: opts.cache_type_v.unwrap_or(KvType::F16),
     };
     check_kv(&gpu_kv, model.hp.head_dim)?;
-    let placement = plan::plan(&model, &specs, opts)?;
+    let draft = match &opts.draft_model {
+        Some(d) => Some(plan::load_header(d, 1)?),
+        None => None,
+    };
+    let mut gpus: Vec<(usize, Option<GpuContext>)> = Vec::new();
+    let placement = loop {
+        if specs.len() == 1 {
+            let why = if left_out.is_empty() {
+                "the driver shows no GPU".to_string()
+            } else {
+                left_out.join("; ")
+            };
+            drop(model);
+            return unusable(why);
+        }
+        let placement = plan::plan_with_draft(&model, draft.as_ref(), &specs, opts)?;
+        let failed = placement.block_stages().find_map(|s| {
+            let ordinal = placement.devices[s.device].gpu?;
+            if gpus.iter().any(|(o, _)| *o == ordinal) {
+                return None;
+            }
+            match GpuContext::open(ordinal) {
+                Ok(dev) => {
+                    gpus.push((ordinal, Some(dev)));
+                    None
+                }
+                Err(e) => Some((ordinal, e)),
+            }
+        });
+        match failed {
+            None => break placement,
+            Some((ordinal, e)) => {
+                left_out.push(e);
+                specs.retain(|d| d.gpu != Some(ordinal));
+            }
+        }
+    };
     if placement.gpu_blocks() == 0 {
         let why = format!(
             "the model does not fit the GPU{}: {}",
-            if gpus.len() > 1 { "s" } else { "" },
+            if specs.len() > 2 { "s" } else { "" },
             placement.to_string().trim_end()
         );
         drop(model);

@@ -190,6 +190,8 @@ pub struct Placement {
     pub devices: Vec<DeviceSpec>,
     /// Bytes kept free on each device (`--fit-margin`, or the default reserve).
     pub margins: Vec<usize>,
+    /// Bytes kept on each device for a draft model loaded after this one (on the last GPU).
+    pub draft_reserve: Vec<usize>,
     /// The devices holding blocks, in pass order (and the CPU when it holds only the vision
     /// tower, last, with no blocks).
     pub stages: Vec<Stage>,
@@ -270,6 +272,13 @@ impl fmt::Display for Placement {
                 mib(b.scratch),
                 mib(b.total()),
             )?;
+            if self.draft_reserve[s.device] > 0 {
+                write!(
+                    f,
+                    " (+{:.0} MiB for the draft model)",
+                    mib(self.draft_reserve[s.device])
+                )?;
+            }
             if d.is_gpu() {
                 write!(
                     f,
@@ -301,6 +310,8 @@ struct Shortfall {
 /// The planner for one model, devices and options.
 struct Planner<'a> {
     model: &'a Model,
+    /// A draft model loaded after this one: room for all of it is kept on the last GPU.
+    draft: Option<&'a Model>,
     devices: &'a [DeviceSpec],
     opts: &'a EngineOptions,
     margins: Vec<usize>,
@@ -314,7 +325,43 @@ struct Planner<'a> {
     n_blocks: usize,
 }
 
-impl Planner<'_> {
+impl<'a> Planner<'a> {
+    fn new(
+        model: &'a Model,
+        draft: Option<&'a Model>,
+        devices: &'a [DeviceSpec],
+        opts: &'a EngineOptions,
+        margins: Vec<usize>,
+    ) -> Planner<'a> {
+        Planner {
+            model,
+            draft,
+            devices,
+            opts,
+            margins,
+            order: (0..devices.len())
+                .filter(|&i| devices[i].is_gpu())
+                .collect(),
+            cpu: devices.iter().position(|d| !d.is_gpu()),
+            gpu_kv: (
+                opts.cache_type_k.unwrap_or(KvType::F16),
+                opts.cache_type_v.unwrap_or(KvType::F16),
+            ),
+            cpu_kv: (
+                opts.cache_type_k.unwrap_or(KvType::F32),
+                opts.cache_type_v.unwrap_or(KvType::F32),
+            ),
+            rec: model
+                .recurrent()
+                .map(|(n_layers, net)| RecurrentConfig { n_layers, net }),
+            attn: AttnShape {
+                max_heads: model.hp.n_head.max(1),
+                max_head_dim: model.hp.head_dim.max(32),
+            },
+            n_blocks: model.hp.n_layer,
+        }
+    }
+
     fn n_batch(&self, ctx: usize) -> usize {
         self.opts.n_batch.clamp(1, ctx.max(1))
     }
@@ -429,9 +476,32 @@ impl Planner<'_> {
         }
     }
 
-    fn fits(&self, s: &Stage) -> bool {
+    /// Bytes kept free on `dev` at `ctx`: its margin, and on the last GPU of the pass the
+    /// whole draft model (weights, its KV cache at `ctx`, its buffers).
+    fn kept(&self, dev: usize, ctx: usize) -> usize {
+        self.margins[dev] + self.draft_bytes(dev, ctx)
+    }
+
+    /// What the draft model takes on `dev` at `ctx`, when `dev` is the last GPU.
+    fn draft_bytes(&self, dev: usize, ctx: usize) -> usize {
+        let Some(draft) = self.draft else {
+            return 0;
+        };
+        if self.order.last() != Some(&dev) {
+            return 0;
+        }
+        let opts = EngineOptions {
+            max_logit_rows: 1,
+            ..self.opts.clone()
+        };
+        let d = std::slice::from_ref(&self.devices[dev]);
+        let p = Planner::new(draft, None, d, &opts, vec![0]);
+        p.stage(0, 0..p.n_blocks, true, ctx).bytes.total()
+    }
+
+    fn fits(&self, s: &Stage, ctx: usize) -> bool {
         let d = &self.devices[s.device];
-        !d.is_gpu() || s.bytes.total() + self.margins[s.device] <= d.free
+        !d.is_gpu() || s.bytes.total() + self.kept(s.device, ctx) <= d.free
     }
 
     /// The most blocks (up to `want`) device `dev` takes at `ctx`, as the first and/or last
@@ -448,7 +518,7 @@ impl Planner<'_> {
                 1.min(self.n_blocks - k)..1.min(self.n_blocks - k) + k
             }
         };
-        let ok = |k: usize| self.fits(&self.stage(dev, range(k), last, ctx));
+        let ok = |k: usize| self.fits(&self.stage(dev, range(k), last, ctx), ctx);
         let (mut lo, mut hi) = (0, want);
         if ok(hi) {
             return hi;
@@ -567,12 +637,15 @@ impl Planner<'_> {
                 }
             }
         }
-        let short = stages.iter().find(|s| !self.fits(s)).map(|s| Shortfall {
-            device: s.device,
-            need: s.bytes.total(),
-            margin: self.margins[s.device],
-            free: self.devices[s.device].free,
-        });
+        let short = stages
+            .iter()
+            .find(|s| !self.fits(s, ctx))
+            .map(|s| Shortfall {
+                device: s.device,
+                need: s.bytes.total(),
+                margin: self.kept(s.device, ctx),
+                free: self.devices[s.device].free,
+            });
         (stages, short)
     }
 
@@ -656,6 +729,17 @@ pub fn plan(
     devices: &[DeviceSpec],
     opts: &EngineOptions,
 ) -> Result<Placement, EngineError> {
+    plan_with_draft(model, None, devices, opts)
+}
+
+/// [`plan`], keeping room on the last GPU for all of `draft` (a draft model loaded after
+/// this one, at the same context).
+pub fn plan_with_draft(
+    model: &Model,
+    draft: Option<&Model>,
+    devices: &[DeviceSpec],
+    opts: &EngineOptions,
+) -> Result<Placement, EngineError> {
     let n_blocks = model.hp.n_layer;
     let mut order: Vec<usize> = (0..devices.len())
         .filter(|&i| devices[i].is_gpu())
@@ -684,30 +768,8 @@ pub fn plan(
             (true, None) => reserve_bytes(d.total),
         })
         .collect();
-    let p = Planner {
-        model,
-        devices,
-        opts,
-        margins,
-        cpu: devices.iter().position(|d| !d.is_gpu()),
-        gpu_kv: (
-            opts.cache_type_k.unwrap_or(KvType::F16),
-            opts.cache_type_v.unwrap_or(KvType::F16),
-        ),
-        cpu_kv: (
-            opts.cache_type_k.unwrap_or(KvType::F32),
-            opts.cache_type_v.unwrap_or(KvType::F32),
-        ),
-        rec: model
-            .recurrent()
-            .map(|(n_layers, net)| RecurrentConfig { n_layers, net }),
-        attn: AttnShape {
-            max_heads: model.hp.n_head.max(1),
-            max_head_dim: model.hp.head_dim.max(32),
-        },
-        n_blocks,
-        order,
-    };
+    let p = Planner::new(model, draft, devices, opts, margins);
+    let p = Planner { order, ..p };
     let train = model.hp.n_ctx_train.max(1);
     let explicit_ctx = opts.n_ctx > 0;
     let search = opts.fit && !explicit_ctx && !p.order.is_empty();
@@ -794,6 +856,7 @@ pub fn plan(
     Ok(Placement {
         devices: devices.to_vec(),
         margins: p.margins.clone(),
+        draft_reserve: (0..devices.len()).map(|d| p.draft_bytes(d, ctx)).collect(),
         stages,
         ctx,
         n_seq: opts.n_seq.max(1),
@@ -830,16 +893,30 @@ pub fn devices(gpu_layers: GpuLayers) -> (Vec<DeviceSpec>, Vec<String>) {
     (out, notes)
 }
 
-/// Plans the model at `path` on the devices there are now, reading only the file's header
-/// and index (`surplus plan`).
-pub fn plan_file(path: &std::path::Path, opts: &EngineOptions) -> Result<Placement, EngineError> {
+/// The model at `path` as the planner needs it: the header and tensor index, mapped, not
+/// read.
+pub fn load_header(path: &std::path::Path, max_logit_rows: usize) -> Result<Model, EngineError> {
     let file = gguf::Gguf::open(path).map_err(|source| EngineError::File {
         path: path.display().to_string(),
         source,
     })?;
-    let model = Model::load_with(std::sync::Arc::new(file), opts.max_logit_rows.max(1), false)?;
+    Ok(Model::load_with(
+        std::sync::Arc::new(file),
+        max_logit_rows.max(1),
+        false,
+    )?)
+}
+
+/// Plans the model at `path` on the devices there are now, reading only the file's header
+/// and index (`surplus plan`).
+pub fn plan_file(path: &std::path::Path, opts: &EngineOptions) -> Result<Placement, EngineError> {
+    let model = load_header(path, opts.max_logit_rows)?;
+    let draft = match &opts.draft_model {
+        Some(d) => Some(load_header(d, 1)?),
+        None => None,
+    };
     let (devices, notes) = devices(opts.gpu_layers);
-    let mut p = plan(&model, &devices, opts)?;
+    let mut p = plan_with_draft(&model, draft.as_ref(), &devices, opts)?;
     p.notes.extend(notes);
     Ok(p)
 }
@@ -869,11 +946,16 @@ fn shortfall(p: &Planner, s: &Shortfall, ctx: usize, explicit_ctx: bool) -> Engi
         ));
     }
     EngineError::Placement(format!(
-        "the model does not fit {}: it needs {} MiB + {} MiB margin, {} MiB are free ({} MiB \
-         short); use {}",
+        "the model does not fit {}: it needs {} MiB + {} MiB kept free (margin{}), {} MiB \
+         are free ({} MiB short); use {}",
         d.name,
         mib(s.need),
         mib(s.margin),
+        if p.draft.is_some() {
+            ", the draft model"
+        } else {
+            ""
+        },
         s.free >> 20,
         mib(short),
         fixes.join(", or ")

@@ -142,6 +142,9 @@ pub struct EngineOptions {
     /// Bytes the process holds on the CPU besides the model (a vision projector and its
     /// largest image), counted in the plan.
     pub vision_bytes: usize,
+    /// A draft model to be loaded after this one at the same context: the plan keeps room
+    /// for all of it on the last GPU.
+    pub draft_model: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -160,6 +163,7 @@ impl Default for EngineOptions {
             fit: true,
             fit_margin: None,
             vision_bytes: 0,
+            draft_model: None,
         }
     }
 }

@@ -192,30 +192,7 @@ impl GgufWriter {
     /// Writes the whole file.
     pub fn write_to<W: Write>(&self, w: &mut W) -> io::Result<()> {
         let mut w = CountingWriter { inner: w, pos: 0 };
-        w.write_all(MAGIC)?;
-        w.write_all(&self.version.to_le_bytes())?;
-        w.write_all(&(self.tensors.len() as u64).to_le_bytes())?;
-        w.write_all(&(self.metadata.len() as u64).to_le_bytes())?;
-        for (key, value) in self.metadata.iter() {
-            write_str(&mut w, key)?;
-            w.write_all(&(value.value_type() as u32).to_le_bytes())?;
-            write_value(&mut w, value)?;
-        }
-        let mut offset = 0u64;
-        let mut offsets = Vec::with_capacity(self.tensors.len());
-        for t in &self.tensors {
-            write_str(&mut w, &t.name)?;
-            w.write_all(&(t.dims.len() as u32).to_le_bytes())?;
-            for d in &t.dims {
-                w.write_all(&d.to_le_bytes())?;
-            }
-            w.write_all(&t.ggml_type.id().to_le_bytes())?;
-            w.write_all(&offset.to_le_bytes())?;
-            offsets.push(offset);
-            offset = (offset + t.data.len() as u64).div_ceil(self.alignment) * self.alignment;
-        }
-        let data_start = w.pos.div_ceil(self.alignment) * self.alignment;
-        pad(&mut w, data_start)?;
+        let (data_start, offsets) = self.write_header(&mut w)?;
         for (t, off) in self.tensors.iter().zip(offsets) {
             pad(&mut w, data_start + off)?;
             match &t.data {
@@ -228,6 +205,70 @@ impl GgufWriter {
             }
         }
         Ok(())
+    }
+
+    /// The header, the tensor index and the padding to the data; returns where the data
+    /// starts and each tensor's offset in it.
+    fn write_header<W: Write>(&self, w: &mut CountingWriter<'_, W>) -> io::Result<(u64, Vec<u64>)> {
+        w.write_all(MAGIC)?;
+        w.write_all(&self.version.to_le_bytes())?;
+        w.write_all(&(self.tensors.len() as u64).to_le_bytes())?;
+        w.write_all(&(self.metadata.len() as u64).to_le_bytes())?;
+        for (key, value) in self.metadata.iter() {
+            write_str(w, key)?;
+            w.write_all(&(value.value_type() as u32).to_le_bytes())?;
+            write_value(w, value)?;
+        }
+        let mut offset = 0u64;
+        let mut offsets = Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            write_str(w, &t.name)?;
+            w.write_all(&(t.dims.len() as u32).to_le_bytes())?;
+            for d in &t.dims {
+                w.write_all(&d.to_le_bytes())?;
+            }
+            w.write_all(&t.ggml_type.id().to_le_bytes())?;
+            w.write_all(&offset.to_le_bytes())?;
+            offsets.push(offset);
+            offset = (offset + t.data.len() as u64).div_ceil(self.alignment) * self.alignment;
+        }
+        let data_start = w.pos.div_ceil(self.alignment) * self.alignment;
+        pad(w, data_start)?;
+        Ok((data_start, offsets))
+    }
+
+    /// Writes the file to `path` with the tensors added by [`GgufWriter::add_tensor_with`]
+    /// left as holes (zero bytes that take no disk space on file systems with sparse
+    /// files): a file of a large model's size and layout for tools that read only the
+    /// header and the small tensors, such as `surplus plan`.
+    pub fn write_file_sparse(&self, path: impl AsRef<Path>) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let path = path.as_ref();
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = std::fs::File::create(path).map_err(io)?;
+        let mut end = 0u64;
+        {
+            let mut b = io::BufWriter::new(&mut file);
+            let mut w = CountingWriter {
+                inner: &mut b,
+                pos: 0,
+            };
+            let (data_start, offsets) = self.write_header(&mut w).map_err(io)?;
+            for (t, off) in self.tensors.iter().zip(&offsets) {
+                end = end.max(data_start + off + t.data.len() as u64);
+            }
+            for (t, off) in self.tensors.iter().zip(offsets) {
+                if let Data::Bytes(bytes) = &t.data {
+                    b.seek(SeekFrom::Start(data_start + off)).map_err(io)?;
+                    b.write_all(bytes).map_err(io)?;
+                }
+            }
+            b.flush().map_err(io)?;
+        }
+        file.set_len(end).map_err(io)
     }
 
     /// The whole file as bytes.

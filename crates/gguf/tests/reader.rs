@@ -398,6 +398,31 @@ fn lazily_filled_tensors_write_the_same_file() {
         .is_err());
 }
 
+/// A sparse file is the lazily filled file with zeros where the filled tensors go.
+#[test]
+fn sparse_files_hold_zeros_for_filled_tensors() {
+    let mut w = GgufWriter::new();
+    w.set_u32("a", 1);
+    w.add_tensor_with(
+        "w",
+        &[32, 3],
+        GgmlType::Q8_0,
+        Box::new(|out: &mut [u8]| out.fill(7)),
+    )
+    .unwrap();
+    w.add_f32("n", &[3], &[1.0, 2.0, 3.0]).unwrap();
+    let path = std::env::temp_dir().join(format!("surplus-sparse-{}.gguf", std::process::id()));
+    w.write_file_sparse(&path).unwrap();
+    let got = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let mut want = w.to_bytes();
+    let h = parse(&want).unwrap();
+    let t = &h.tensors[0];
+    let start = (h.data_offset + t.offset()) as usize;
+    want[start..start + t.n_bytes() as usize].fill(0);
+    assert_eq!(got, want);
+}
+
 /// Inputs the fuzzer found crashing the reader (or its callers), kept as regressions: each
 /// must be refused, or accepted with every tensor inside the file.
 #[test]
