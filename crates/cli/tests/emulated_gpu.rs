@@ -3,7 +3,9 @@
 //! architectures, and a device too small for the model. Without the emulator (no device
 //! named "(emulated)" in `surplus doctor`) every test passes with a note.
 
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -228,57 +230,67 @@ fn blocks(plan: &Value) -> Vec<Value> {
 /// less), and the greedy tokens are the CPU's and one big GPU's.
 #[test]
 fn two_gpus_and_the_cpu_follow_the_plan_and_the_cpus_tokens() {
-    let two = "fast:70:0.2:900,slow:61:0.3:347";
-    if emulated(two).is_none() {
+    // (model, devices): small devices, so that both GPUs and the CPU hold blocks.
+    let cases = [
+        ("qwen2.5-coder-0.5b", "fast:70:0.2:900,slow:61:0.3:347"),
+        ("smollm2-135m", "fast:70:0.07:900,slow:61:0.1:347"),
+    ];
+    if emulated(cases[0].1).is_none() {
         return;
     }
-    let model = registry::test_model("qwen2.5-coder-0.5b");
-    let model = model.to_str().unwrap();
-    // f32 caches: Qwen2.5's keys lose to f16 (BENCHMARKS.md), which would move the greedy
-    // path between a GPU's f16 cache and the CPU's f32 one.
-    let flags = [
-        "-c",
-        "512",
-        "--fit-margin",
-        "1",
-        "-ctk",
-        "f32",
-        "-ctv",
-        "f32",
-    ];
-    let prompt = ["-p", "The capital of France is"];
-    let (plan, ids) = plan_then_run(two, model, &flags, &prompt);
-    assert_eq!(plan["ctx"], 512);
-    let b = blocks(&plan);
-    assert!(
-        b[0].is_array() && b[1].is_array(),
-        "both GPUs hold blocks: {b:?}"
-    );
-    assert_eq!(plan["devices"][2]["name"], "cpu", "{plan}");
-    assert!(plan["predicted_tokens_per_s"].as_f64().unwrap() > 0.0);
-    let run = |gpus: &str, layers: &str| {
-        let mut args = vec!["run", "-m", model, "--temp", "0", "--ignore-eos", "--json"];
-        args.extend_from_slice(&["-n", "4", "-t", "2", "--spec", "none", "-ngl", layers]);
-        args.extend_from_slice(&flags);
-        args.extend_from_slice(&prompt);
-        let out = surplus(gpus, &args);
-        let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(out.status.success(), "{err}");
-        let j: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let ids: Vec<u64> = j["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_u64().unwrap())
-            .collect();
-        ids
-    };
-    assert_eq!(ids, run(two, "0"), "two GPUs and the CPU vs the CPU");
-    assert_eq!(
-        ids,
-        run("big:70:4:900", "all"),
-        "two GPUs and the CPU vs one GPU"
-    );
+    for (name, two) in cases {
+        let model = registry::test_model(name);
+        let model = model.to_str().unwrap();
+        // f32 caches: Qwen2.5's keys lose to f16 (BENCHMARKS.md), which would move the
+        // greedy path between a GPU's f16 cache and the CPU's f32 one.
+        let flags = [
+            "-c",
+            "512",
+            "--fit-margin",
+            "1",
+            "-ctk",
+            "f32",
+            "-ctv",
+            "f32",
+        ];
+        let prompt = ["-p", "The capital of France is"];
+        let (plan, ids) = plan_then_run(two, model, &flags, &prompt);
+        assert_eq!(plan["ctx"], 512);
+        let b = blocks(&plan);
+        assert!(
+            b[0].is_array() && b[1].is_array(),
+            "{name}: both GPUs hold blocks: {b:?}"
+        );
+        assert_eq!(plan["devices"][2]["name"], "cpu", "{name}: {plan}");
+        assert!(plan["predicted_tokens_per_s"].as_f64().unwrap() > 0.0);
+        let run = |gpus: &str, layers: &str| {
+            let mut args = vec!["run", "-m", model, "--temp", "0", "--ignore-eos", "--json"];
+            args.extend_from_slice(&["-n", "4", "-t", "2", "--spec", "none", "-ngl", layers]);
+            args.extend_from_slice(&flags);
+            args.extend_from_slice(&prompt);
+            let out = surplus(gpus, &args);
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success(), "{err}");
+            let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let ids: Vec<u64> = j["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap())
+                .collect();
+            ids
+        };
+        assert_eq!(
+            ids,
+            run(two, "0"),
+            "{name}: two GPUs and the CPU vs the CPU"
+        );
+        assert_eq!(
+            ids,
+            run("big:70:4:900", "all"),
+            "{name}: two GPUs and the CPU vs one GPU"
+        );
+    }
 }
 
 /// The qwen35 fixture with its MTP block and an image, split by --tensor-split over two GPUs
@@ -375,4 +387,113 @@ fn what_cannot_fit_is_an_error_that_says_what_to_change() {
             );
         }
     }
+}
+
+/// `POST path` with a JSON body; the reply's status and body.
+fn http_post(addr: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let status = r.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+/// The texts `serve ARGS` on `gpus` answers to `prompts`, all sent at once (greedy).
+fn serve_answers(gpus: &str, args: &[&str], prompts: &[&str]) -> Vec<String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_surplus"))
+        .env("SURPLUS_EMU_GPUS", gpus)
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            panic!("serve ended: {log:?}");
+        };
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            break a.to_owned();
+        }
+        log.push(line);
+    };
+    // Keep reading the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let result = std::panic::catch_unwind(|| {
+        let threads: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let addr = addr.clone();
+                let body = serde_json::json!({
+                    "prompt": p, "max_tokens": 8, "temperature": 0, "ignore_eos": true
+                })
+                .to_string();
+                std::thread::spawn(move || http_post(&addr, "/v1/completions", &body))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                let (status, body) = t.join().unwrap();
+                assert_eq!(status, 200, "{body}");
+                let j: Value = serde_json::from_str(&body).unwrap();
+                j["choices"][0]["text"].as_str().unwrap().to_string()
+            })
+            .collect::<Vec<_>>()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    match result {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("serve log: {log:?}");
+            std::panic::resume_unwind(e)
+        }
+    }
+}
+
+/// Several sequences decoding together, with MTP drafts verified, across two GPUs: the
+/// server's answers are the CPU server's.
+#[test]
+fn several_sequences_with_mtp_across_two_gpus_answer_as_the_cpu() {
+    let two = "a:70:0.05:900,b:61:0.05:347";
+    if emulated(two).is_none() {
+        return;
+    }
+    let model = data("synthetic/qwen35-tiny-q8_0.gguf");
+    let common = [
+        "-m",
+        &model,
+        "-c",
+        "256",
+        "--parallel",
+        "3",
+        "-t",
+        "2",
+        "-ctk",
+        "f32",
+        "-ctv",
+        "f32",
+        "--cache-ram",
+        "0",
+    ];
+    let prompts = ["Once upon a time", "The capital of France is", "1, 2, 3,"];
+    let mut split = common.to_vec();
+    split.extend_from_slice(&["--fit-margin", "1", "-ngl", "all", "-ts", "1,1"]);
+    let mut cpu = common.to_vec();
+    cpu.extend_from_slice(&["-ngl", "0"]);
+    let a = serve_answers(two, &split, &prompts);
+    let b = serve_answers(two, &cpu, &prompts);
+    assert!(a.iter().all(|t| !t.is_empty()), "{a:?}");
+    assert_eq!(a, b, "two GPUs vs the CPU");
 }
