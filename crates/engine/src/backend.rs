@@ -86,6 +86,9 @@ impl Program for Part<'_> {
 struct Stage {
     dev: Box<dyn Device>,
     layers: Range<usize>,
+    /// Whether the residual comes from the previous stage's GPU peer to peer (else through
+    /// host memory).
+    peer: bool,
 }
 
 /// A loaded model's devices, in order: the first runs the embeddings, each a range of
@@ -102,6 +105,7 @@ impl Backend {
             stages: vec![Stage {
                 dev,
                 layers: 0..n_layers,
+                peer: false,
             }],
         }
     }
@@ -129,8 +133,14 @@ impl Backend {
         for i in 0..self.stages.len() {
             let (done, rest) = self.stages.split_at_mut(i);
             if let Some(prev) = done.last_mut() {
-                let x = prev.dev.read(model.acts.x, batch.len())?;
-                rest[0].dev.write(model.acts.x, x)?;
+                let (x, n) = (model.acts.x, batch.len());
+                match (rest[0].peer, prev.dev.as_cuda(), rest[0].dev.as_cuda()) {
+                    (true, Some(a), Some(b)) => a.copy_act_to(x, n, b)?,
+                    _ => {
+                        let rows = prev.dev.read(x, n)?;
+                        rest[0].dev.write(x, rows)?;
+                    }
+                }
             }
             let part = Part {
                 model,
@@ -407,12 +417,25 @@ pub(crate) fn place(
                 Box::new(be.with_first_layers(kv_first, rec_first))
             }
         };
+        let peer = match (
+            stages.last().and_then(|p: &Stage| p.dev.as_cuda()),
+            dev.as_cuda(),
+        ) {
+            (Some(a), Some(b)) => a.enable_peer(b),
+            _ => false,
+        };
         stages.push(Stage {
             dev,
             layers: s.blocks.clone(),
+            peer,
         });
     }
     let mut line = placement.to_string();
+    if stages.iter().any(|s| s.peer) {
+        line.push_str("  note: GPUs pass the residual peer to peer\n");
+    } else if stages.iter().filter(|s| s.dev.is_gpu()).count() > 1 {
+        line.push_str("  note: GPUs pass the residual through host memory (no peer access)\n");
+    }
     if stages.iter().any(|s| !s.dev.is_gpu()) {
         line.push_str("  note: the CPU part keeps the file's layout (not repacked)\n");
     }

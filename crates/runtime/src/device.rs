@@ -97,6 +97,10 @@ pub trait Device: Rollback<Error = BackendError> + Send {
     fn is_gpu(&self) -> bool {
         false
     }
+    /// The CUDA backend, when this device is a GPU (for copies between GPUs).
+    fn as_cuda(&self) -> Option<&CudaBackend> {
+        None
+    }
 }
 
 /// The check of a write into an activation buffer of `len` values: whole rows that fit.
@@ -275,6 +279,10 @@ impl Device for CudaBackend {
 
     fn is_gpu(&self) -> bool {
         true
+    }
+
+    fn as_cuda(&self) -> Option<&CudaBackend> {
+        Some(self)
     }
 }
 

@@ -69,6 +69,34 @@ pub unsafe extern "C" fn cuDeviceGet(dev: *mut CUdevice, ordinal: c_int) -> CUre
     })
 }
 
+/// `cuDeviceCanAccessPeer`: 1 for two different devices (every emulated device reaches
+/// every other), unless `SURPLUS_EMU_PEER=0`, which makes copies between devices go through
+/// the host (as between consumer cards without peer-to-peer).
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceCanAccessPeer(
+    can: *mut c_int,
+    dev: CUdevice,
+    peer: CUdevice,
+) -> CUresult {
+    guard("cuDeviceCanAccessPeer", || {
+        let (a, b) = with_state(|st| Ok((st.device(dev)?, st.device(peer)?)))?;
+        let off = std::env::var("SURPLUS_EMU_PEER").is_ok_and(|v| v == "0");
+        // SAFETY: CUDA's contract: a valid out-pointer.
+        unsafe { put(can, c_int::from(a != b && !off)) }
+    })
+}
+
+/// `cuCtxEnablePeerAccess`: accepted (every allocation is reachable from every context).
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxEnablePeerAccess(_peer: Handle, flags: c_uint) -> CUresult {
+    guard("cuCtxEnablePeerAccess", || {
+        if flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        Ok(())
+    })
+}
+
 /// `cuDeviceGetName`: writes `<name> (emulated)` into `name`, cut to `len - 1` bytes and
 /// NUL-terminated.
 #[no_mangle]

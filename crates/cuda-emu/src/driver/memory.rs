@@ -346,6 +346,37 @@ pub unsafe extern "C" fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, n: 
     guard(f, || unsafe { issue(f, None, dtod(dst, src, n)) })
 }
 
+/// `cuMemcpyPeer`: copies `n` bytes from `src` (of context `src_ctx`) to `dst` (of
+/// `dst_ctx`), synchronously. One address space holds every device's memory, so this is a
+/// device-to-device copy (each range in one live allocation).
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyPeer(
+    dst: CUdeviceptr,
+    _dst_ctx: Handle,
+    src: CUdeviceptr,
+    _src_ctx: Handle,
+    n: usize,
+) -> CUresult {
+    let f = "cuMemcpyPeer";
+    // SAFETY: no host memory involved.
+    guard(f, || unsafe { issue(f, None, dtod(dst, src, n)) })
+}
+
+/// `cuMemcpyPeerAsync`: [`cuMemcpyPeer`] on stream `s` (recorded when it captures).
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyPeerAsync(
+    dst: CUdeviceptr,
+    _dst_ctx: Handle,
+    src: CUdeviceptr,
+    _src_ctx: Handle,
+    n: usize,
+    s: Handle,
+) -> CUresult {
+    let f = "cuMemcpyPeerAsync";
+    // SAFETY: no host memory involved.
+    guard(f, || unsafe { issue(f, Some(s), dtod(dst, src, n)) })
+}
+
 /// `cuMemcpyHtoDAsync_v2`: copies `n` bytes from host `src` to device `dst` on stream `s`;
 /// when `s` captures, recorded if `src` is pinned, else refused (the capture invalidated).
 #[no_mangle]

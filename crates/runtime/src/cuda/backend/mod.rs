@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 
-use cudarc::driver::result;
+use cudarc::driver::{result, sys};
 
 use super::cublas::{Cublas, Gemm};
 use super::gpu::GpuContext;
@@ -441,6 +441,80 @@ impl CudaBackend {
         // SAFETY: checked to fit; pageable source staged before return.
         unsafe { result::memcpy_htod_async(b.ptr, data, self.dev.stream.cu_stream()) }
             .map_err(drv("write"))
+    }
+
+    /// Lets this backend's GPU and `other`'s read each other's memory (peer to peer), when
+    /// the driver allows it both ways; returns whether it does. Without it,
+    /// [`CudaBackend::copy_act_to`] still works but the driver stages through the host, so
+    /// callers copy through their own host buffer instead.
+    pub fn enable_peer(&self, other: &CudaBackend) -> bool {
+        let can = |a: &CudaBackend, b: &CudaBackend| {
+            let mut v = 0;
+            // SAFETY: a valid out-pointer and two devices the driver gave.
+            let r = unsafe {
+                sys::cuDeviceCanAccessPeer(&mut v, a.dev.ctx.cu_device(), b.dev.ctx.cu_device())
+            };
+            r == sys::CUresult::CUDA_SUCCESS && v == 1
+        };
+        if !can(self, other) || !can(other, self) {
+            return false;
+        }
+        for (a, b) in [(self, other), (other, self)] {
+            if a.dev.ctx.bind_to_thread().is_err() {
+                return false;
+            }
+            // SAFETY: `b`'s context is alive (owned by `b`); `a`'s is current.
+            let r = unsafe { sys::cuCtxEnablePeerAccess(b.dev.ctx.cu_ctx(), 0) };
+            if r != sys::CUresult::CUDA_SUCCESS
+                && r != sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Copies the first `rows` rows of `act` into the same buffer of `dst` (another GPU's
+    /// backend of the same model): after this backend's passes so far, before `dst`'s next.
+    pub fn copy_act_to(
+        &self,
+        act: Act,
+        rows: usize,
+        dst: &CudaBackend,
+    ) -> Result<(), BackendError> {
+        let (s, d) = (&self.acts[act.id as usize], &dst.acts[act.id as usize]);
+        let n = rows * act.width * 4;
+        if n > s.bytes || n > d.bytes {
+            return Err(BackendError::Op {
+                op: "copy to another GPU".into(),
+                reason: format!("{rows} rows of {} values past a buffer's end", act.width),
+            });
+        }
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .map_err(drv("binding the context"))?;
+        self.dev
+            .stream
+            .synchronize()
+            .map_err(drv("finishing the pass before a copy to another GPU"))?;
+        dst.dev
+            .ctx
+            .bind_to_thread()
+            .map_err(drv("binding the context"))?;
+        // SAFETY: both ranges checked to lie in live buffers of their contexts; ordered on
+        // `dst`'s stream before its next pass, after this backend's finished work.
+        unsafe {
+            result::memcpy_peer_async(
+                dst.dev.ctx.cu_ctx(),
+                d.ptr,
+                self.dev.ctx.cu_ctx(),
+                s.ptr,
+                n,
+                dst.dev.stream.cu_stream(),
+            )
+        }
+        .map_err(drv("copying to another GPU"))
     }
 
     /// The first `rows` rows of an activation buffer, after the passes so far (waits).
