@@ -1,5 +1,5 @@
-//! Where a model runs: the CPU, or one GPU through CUDA, picked at load
-//! ([`GpuLayers`]), behind one type the rest of the engine drives.
+//! Where a model runs: the CPU, GPUs through CUDA, or a pipeline of several (as
+//! [`crate::plan`] decides at load), behind one type the rest of the engine drives.
 
 use std::ops::Range;
 use std::str::FromStr;
@@ -19,14 +19,14 @@ use crate::{EngineError, EngineOptions};
 /// How many of a model's layers go to the GPU (`--gpu-layers N|all|auto`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GpuLayers {
-    /// All of them when CUDA is usable and the model fits, else as many leading blocks as
-    /// fit, else none (with the reason in [`crate::Engine::placement`]).
+    /// All of them when CUDA is usable and the model fits, else as many as fit (the
+    /// fastest GPUs first), else none (with the reason in [`crate::Engine::placement`]).
     #[default]
     Auto,
-    /// This many: the first N blocks on the GPU, the rest (and the LM head, and any MTP
-    /// block) on the CPU; 0 is the CPU alone.
+    /// This many blocks on the GPUs, the rest (and then the LM head and any MTP block) on
+    /// the CPU; 0 is the CPU alone.
     Count(usize),
-    /// Every layer; an error when CUDA is unusable or the model does not fit.
+    /// Every block; an error when CUDA is unusable or the model does not fit.
     All,
 }
 
