@@ -190,7 +190,7 @@ python3 - "$BENCH" "$OUT/bandwidth.json" <<'PY' || true
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 try:
-    bw = json.load(open(sys.argv[2]))["copy_bandwidth_bytes_per_s"]
+    bw = json.load(open(sys.argv[2]))["gpus"][0]["copy_bandwidth_bytes_per_s"]
 except Exception:
     bw = None
 print()

@@ -1,7 +1,7 @@
 //! `surplus doctor`: what this machine offers (CPU features, GPUs, driver, NVRTC, cuBLAS),
 //! with plain-words hints when something is missing; `--compile-kernels` checks the kernels.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use runtime::cuda::{self, cublas::Cublas, device, libs, nvrtc::Nvrtc};
 use serde_json::{json, Value as Json};
 
@@ -15,10 +15,35 @@ pub struct Args {
     /// NVRTC found (no GPU needed), report each, and exit non-zero if any fails.
     #[arg(long, value_name = "ARCHS")]
     compile_kernels: Option<String>,
-    /// Measure GPU 0's device-to-device copy bandwidth (bytes read + written per second),
-    /// the denominator of the decode roofline.
+    /// Measure each GPU's device-to-device copy bandwidth (bytes read + written per
+    /// second), the denominator of the decode roofline, and keep it in the cache directory
+    /// (`bandwidth.json`), where the placement planner takes it before the driver's peak.
     #[arg(long)]
     bandwidth: bool,
+}
+
+/// Where `doctor --bandwidth` keeps what it measured: `bandwidth.json` beside the models
+/// directory (`$SURPLUS_HOME`, else `~/.cache/surplus`).
+pub fn bandwidth_file() -> std::path::PathBuf {
+    let models = registry::models_dir();
+    models
+        .parent()
+        .map_or_else(|| models.clone(), |p| p.to_path_buf())
+        .join("bandwidth.json")
+}
+
+/// The bandwidths `doctor --bandwidth` measured (bytes/s by GPU name); none when it has not
+/// run or its file does not read.
+pub fn measured_bandwidths() -> Vec<(String, f64)> {
+    let Ok(text) = std::fs::read_to_string(bandwidth_file()) else {
+        return Vec::new();
+    };
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&text) else {
+        return Vec::new();
+    };
+    m.into_iter()
+        .filter_map(|(k, v)| Some((k, v.as_f64().filter(|b| *b > 0.0)?)))
+        .collect()
 }
 
 /// Runs `surplus doctor`.
@@ -27,17 +52,46 @@ pub fn run(args: Args) -> Result<()> {
         return compile_kernels(list, args.json);
     }
     if args.bandwidth {
-        let dev = cuda::gpu::GpuContext::open(0).map_err(anyhow::Error::msg)?;
-        let bw = dev
-            .copy_bandwidth(1 << 30, 20)
-            .map_err(anyhow::Error::msg)?;
+        let n = cuda::device::probe()
+            .map_err(anyhow::Error::msg)?
+            .gpus
+            .len();
+        let mut kept = measured_bandwidths();
+        let mut out = Vec::new();
+        for ordinal in 0..n {
+            let dev = cuda::gpu::GpuContext::open(ordinal).map_err(anyhow::Error::msg)?;
+            // 1 GiB each way, or an eighth of a small card.
+            let bytes = (1usize << 30).min(dev.info.memory_bytes as usize / 8);
+            let bw = dev.copy_bandwidth(bytes, 20).map_err(anyhow::Error::msg)?;
+            // The emulator's bandwidth is its configured figure; its copies measure the host.
+            if !dev.info.name.ends_with("(emulated)") {
+                kept.retain(|(name, _)| *name != dev.info.name);
+                kept.push((dev.info.name.clone(), bw));
+            }
+            if args.json {
+                out.push(json!({"gpu": dev.info.name, "ordinal": ordinal, "copy_bandwidth_bytes_per_s": bw}));
+            } else {
+                println!(
+                    "GPU {ordinal} ({}): copy bandwidth {:.0} GB/s",
+                    dev.info.name,
+                    bw / 1e9
+                );
+            }
+        }
+        let path = bandwidth_file();
+        let saved = serde_json::Map::from_iter(kept.into_iter().map(|(k, v)| (k, json!(v))));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&saved)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
         if args.json {
             println!(
                 "{}",
-                json!({"gpu": dev.info.name, "copy_bandwidth_bytes_per_s": bw})
+                json!({"gpus": out, "saved": path.display().to_string()})
             );
         } else {
-            println!("{}: copy bandwidth {:.0} GB/s", dev.info.name, bw / 1e9);
+            println!("saved for the placement planner: {}", path.display());
         }
         return Ok(());
     }

@@ -94,6 +94,7 @@ impl FitArgs {
         eo.main_gpu = self.main_gpu;
         eo.fit = self.fit;
         eo.fit_margin = self.fit_margin.map(|m| m << 20);
+        eo.measured_bandwidth = crate::doctor::measured_bandwidths();
     }
 }
 

@@ -288,7 +288,7 @@ pub(crate) fn place(
     let mut left_out = Vec::new();
     for g in &info.gpus {
         match runtime::cuda::gpu::memory_info(g.ordinal) {
-            Ok((free, _)) => specs.push(DeviceSpec::gpu(g, free)),
+            Ok((free, _)) => specs.push(DeviceSpec::gpu(g, free, &opts.measured_bandwidth)),
             Err(e) => left_out.push(e),
         }
     }

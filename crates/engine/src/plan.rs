@@ -72,10 +72,22 @@ impl DeviceSpec {
         }
     }
 
-    /// A GPU as the driver reports it, with `free` bytes free.
-    pub fn gpu(info: &runtime::cuda::device::GpuInfo, free: usize) -> DeviceSpec {
-        let (bandwidth, bandwidth_from) = match info.peak_bandwidth {
-            Some(b) if b > 0.0 => (b, "driver"),
+    /// A GPU as the driver reports it, with `free` bytes free. Its bandwidth: measured by
+    /// `surplus doctor --bandwidth` (in `measured`, by name), else the driver's memory clock
+    /// × bus width (the emulator's configured figure), else [`known_bandwidth`], else a
+    /// guess of 500 GB/s.
+    pub fn gpu(
+        info: &runtime::cuda::device::GpuInfo,
+        free: usize,
+        measured: &[(String, f64)],
+    ) -> DeviceSpec {
+        let mine = measured
+            .iter()
+            .find(|(name, b)| *name == info.name && *b > 0.0)
+            .map(|&(_, b)| b);
+        let (bandwidth, bandwidth_from) = match (mine, info.peak_bandwidth) {
+            (Some(b), _) => (b, "measured"),
+            (None, Some(b)) if b > 0.0 => (b, "driver"),
             _ => match known_bandwidth(&info.name) {
                 Some(b) => (b, "known cards"),
                 None => (500e9, "guess"),
@@ -871,17 +883,19 @@ pub fn plan_with_draft(
 /// The devices a model could use now: every GPU the driver shows (its free memory read
 /// through a context of its own, no kernels loaded), then the CPU. Without a usable driver,
 /// or with `--gpu-layers 0`, the CPU alone, and why.
-pub fn devices(gpu_layers: GpuLayers) -> (Vec<DeviceSpec>, Vec<String>) {
+pub fn devices(opts: &EngineOptions) -> (Vec<DeviceSpec>, Vec<String>) {
     let mut out = Vec::new();
     let mut notes = Vec::new();
-    if gpu_layers == GpuLayers::Count(0) {
+    if opts.gpu_layers == GpuLayers::Count(0) {
         notes.push("--gpu-layers 0: the CPU alone".into());
     } else {
         match runtime::cuda::device::probe() {
             Ok(info) => {
                 for g in &info.gpus {
                     match runtime::cuda::gpu::memory_info(g.ordinal) {
-                        Ok((free, _)) => out.push(DeviceSpec::gpu(g, free)),
+                        Ok((free, _)) => {
+                            out.push(DeviceSpec::gpu(g, free, &opts.measured_bandwidth))
+                        }
                         Err(e) => notes.push(format!("left out: {e}")),
                     }
                 }
@@ -915,7 +929,7 @@ pub fn plan_file(path: &std::path::Path, opts: &EngineOptions) -> Result<Placeme
         Some(d) => Some(load_header(d, 1)?),
         None => None,
     };
-    let (devices, notes) = devices(opts.gpu_layers);
+    let (devices, notes) = devices(opts);
     let mut p = plan_with_draft(&model, draft.as_ref(), &devices, opts)?;
     p.notes.extend(notes);
     Ok(p)

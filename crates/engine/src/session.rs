@@ -145,6 +145,9 @@ pub struct EngineOptions {
     /// A draft model to be loaded after this one at the same context: the plan keeps room
     /// for all of it on the last GPU.
     pub draft_model: Option<std::path::PathBuf>,
+    /// GPUs' bandwidths measured by `surplus doctor --bandwidth`, bytes/s by the driver's
+    /// name of the GPU (the planner's first choice).
+    pub measured_bandwidth: Vec<(String, f64)>,
 }
 
 impl Default for EngineOptions {
@@ -164,6 +167,7 @@ impl Default for EngineOptions {
             fit_margin: None,
             vision_bytes: 0,
             draft_model: None,
+            measured_bandwidth: Vec::new(),
         }
     }
 }

@@ -299,3 +299,29 @@ fn the_mtp_cache_and_recurrent_state_go_with_their_blocks() {
     );
     assert!(b.last && !a.last);
 }
+
+/// A bandwidth measured by `doctor --bandwidth` comes first, then the driver's figure, then
+/// the table of known cards.
+#[test]
+fn measured_bandwidth_comes_first() {
+    let info = runtime::cuda::device::GpuInfo {
+        ordinal: 0,
+        name: "Tesla V100-PCIE-16GB".into(),
+        sm: 70,
+        memory_bytes: 16 << 30,
+        sm_count: 80,
+        peak_bandwidth: Some(897e9),
+    };
+    let measured = vec![("Tesla V100-PCIE-16GB".to_string(), 790e9)];
+    let d = DeviceSpec::gpu(&info, 1 << 30, &measured);
+    assert_eq!((d.bandwidth, d.bandwidth_from), (790e9, "measured"));
+    let d = DeviceSpec::gpu(&info, 1 << 30, &[("Other".to_string(), 1e9)]);
+    assert_eq!((d.bandwidth, d.bandwidth_from), (897e9, "driver"));
+    let no_clock = runtime::cuda::device::GpuInfo {
+        peak_bandwidth: None,
+        ..info
+    };
+    let d = DeviceSpec::gpu(&no_clock, 1 << 30, &[]);
+    assert_eq!((d.bandwidth, d.bandwidth_from), (900e9, "known cards"));
+    assert_eq!(d.gpu, Some(0));
+}
