@@ -37,6 +37,17 @@ fn emulated(gpus: &str) -> Option<Vec<Value>> {
     Some(list)
 }
 
+/// The token ids of `run --json`'s output.
+fn token_ids(stdout: &[u8]) -> Vec<u64> {
+    let j: Value = serde_json::from_slice(stdout).expect("one JSON object");
+    j["tokens"]
+        .as_array()
+        .expect("a tokens array")
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect()
+}
+
 /// Greedy token ids of `run` on `model` with `-ngl LAYERS`; panics with stderr on failure.
 fn greedy(gpus: &str, model: &str, layers: &str, n: usize) -> (Vec<u64>, String) {
     let n = n.to_string();
@@ -62,13 +73,7 @@ fn greedy(gpus: &str, model: &str, layers: &str, n: usize) -> (Vec<u64>, String)
     );
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "run -ngl {layers} failed: {err}");
-    let j: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    let ids = j["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap())
-        .collect();
+    let ids = token_ids(&out.stdout);
     (ids, err)
 }
 
@@ -203,13 +208,7 @@ fn plan_then_run(gpus: &str, model: &str, flags: &[&str], run: &[&str]) -> (Valu
     let out = surplus_stats(gpus, &stats, &args);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "run failed: {err}");
-    let j: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    let ids = j["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap())
-        .collect();
+    let ids = token_ids(&out.stdout);
     let st: Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
     let devs = plan["devices"].as_array().unwrap();
     for (i, d) in devs.iter().filter(|d| d["gpu"].is_u64()).enumerate() {
@@ -286,14 +285,7 @@ fn two_gpus_and_the_cpu_follow_the_plan_and_the_cpus_tokens() {
             let out = surplus(gpus, &args);
             let err = String::from_utf8_lossy(&out.stderr).to_string();
             assert!(out.status.success(), "{err}");
-            let j: Value = serde_json::from_slice(&out.stdout).unwrap();
-            let ids: Vec<u64> = j["tokens"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t.as_u64().unwrap())
-                .collect();
-            ids
+            token_ids(&out.stdout)
         };
         assert_eq!(
             ids,

@@ -543,11 +543,7 @@ impl<'a> Planner<'a> {
                 hi = mid;
             }
         }
-        if lo == 0 && !ok(0) {
-            0
-        } else {
-            lo
-        }
+        lo
     }
 
     /// Blocks per GPU (in [`Planner::order`]) to put `want` blocks on the GPUs at `ctx`:
